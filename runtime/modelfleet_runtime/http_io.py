@@ -1,0 +1,80 @@
+"""Reading request bodies within limits, writing JSON answers, checking bearer tokens.
+
+Shared by the protocol modules so that every endpoint bounds its input the
+same way (DESIGN.md section 9): the size is checked before the body is read,
+and JSON is parsed only from a body within the limit.
+"""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .errors import InvalidInput, PayloadTooLarge, Unauthorized
+
+JSON = "application/json"
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise InvalidInput("Content-Length is not a number") from None
+        if size > limit:
+            raise PayloadTooLarge(f"request body is {size} bytes; the limit is {limit}")
+        return await request.body()
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(body: bytes) -> Any:
+    if not body:
+        raise InvalidInput("empty request body: send a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        hint = " (NaN and Infinity are not valid JSON numbers)" if b"NaN" in body or b"Infinity" in body else ""
+        raise InvalidInput(f"malformed JSON: {exc}{hint}") from None
+
+
+async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
+    payload = parse_json(await read_body(request, limit))
+    if not isinstance(payload, dict):
+        raise InvalidInput(f"the body must be a JSON object, got {type(payload).__name__}")
+    return payload
+
+
+def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status,
+                    headers=headers, media_type=JSON)
+
+
+def read_token(path: str) -> str | None:
+    """The token in `path`, or None when no path is configured."""
+    if not path:
+        return None
+    token = Path(path).read_text().strip()
+    if not token:
+        raise ValueError(f"token file {path} is empty")
+    return token
+
+
+def require_bearer(request: Request, token: str | None) -> None:
+    if token is None:
+        return
+    supplied = request.headers.get("authorization", "")
+    scheme, _, value = supplied.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+        raise Unauthorized("missing or wrong bearer token: send 'Authorization: Bearer <token>'")

@@ -1,0 +1,64 @@
+"""Turn JSON rows into a model input array, or say exactly what is wrong with them.
+
+Shared by every endpoint that accepts rows of features (/predict, /feedback), so
+the same input gets the same answer everywhere. Validation happens before a row
+can reach a batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidInput, InvalidValue
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _find_problem(rows: list[Any], width: int | None) -> Exception:
+    """Slow path: walk the rows to name the first bad one."""
+    for r, row in enumerate(rows):
+        if not isinstance(row, list):
+            return InvalidInput(f"row {r} must be a list of numbers, got {type(row).__name__}")
+        if width is not None and len(row) != width:
+            return InvalidInput(f"row {r}: expected {width} features, got {len(row)}")
+        for c, value in enumerate(row):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return InvalidValue(f"row {r} feature {c} is not a number: {_describe(value)}")
+    return InvalidInput("rows must all have the same number of numeric features")
+
+
+def rows_to_array(rows: list[Any], width: int | None, dtype: np.dtype, *, prefix: np.ndarray | None = None) -> np.ndarray:
+    """Validate `rows` (a list of feature lists) and return a (len(rows), width) array of `dtype`.
+
+    `prefix` (one row of entity features) is placed before every row's own
+    features; `width` is then the model's width minus the prefix's.
+    """
+    if not rows:
+        raise InvalidInput("no rows: send at least one row of features")
+    try:
+        array = np.asarray(rows)
+    except (ValueError, TypeError):
+        raise _find_problem(rows, width) from None
+    if array.ndim != 2 or array.dtype.kind not in "iuf":
+        raise _find_problem(rows, width)
+    if width is not None and array.shape[1] != width:
+        raise InvalidInput(f"expected {width} features, got {array.shape[1]}")
+    if array.dtype.kind == "f" or dtype.kind == "f":
+        with np.errstate(over="ignore", invalid="ignore"):
+            converted = array.astype(dtype, copy=False)
+        if dtype.kind == "f" and not np.isfinite(converted).all():
+            r, c = np.argwhere(~np.isfinite(converted))[0]
+            raise InvalidValue(f"row {r} feature {c} is not a finite {dtype.name} number: {rows[r][c]!r}")
+        if dtype.kind != "f" and not np.array_equal(converted, array):
+            raise InvalidValue(f"the model takes {dtype.name} features; got non-integral values")
+    else:
+        converted = array.astype(dtype, copy=False)
+    if prefix is not None:
+        converted = np.concatenate([np.broadcast_to(prefix.astype(dtype, copy=False), (len(rows), prefix.shape[-1])),
+                                    converted], axis=1)
+    return converted

@@ -1,0 +1,173 @@
+"""The model server's core: load, warm up, batch, drain; one instance per process.
+
+Both protocol modules (v1.py, v2.py) call `ModelServer.infer`; neither knows
+about loading or batching. State moves loading -> ready (or failed) -> draining.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cachetools import TTLCache
+
+from .batching import Batcher
+from .demo import write_demo_model
+from .errors import ModelLoadError, NotFound, Unavailable
+from .metrics import RuntimeMetrics
+from .model import OnnxModel
+from .settings import Settings
+from .sources import default_cache_dir, fetch_model
+
+log = logging.getLogger("modelfleet.server")
+
+
+class State(str, enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+    DRAINING = "draining"
+
+
+class ModelServer:
+    def __init__(self, settings: Settings, metrics: RuntimeMetrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or RuntimeMetrics()
+        self.state = State.LOADING
+        self.reason = "loading the model"
+        self.model: OnnxModel | None = None
+        self.batcher: Batcher | None = None
+        # Inputs of recent predictions, so feedback may name a request_id instead of resending features.
+        self.recent_inputs: TTLCache[str, np.ndarray] = TTLCache(maxsize=100_000, ttl=settings.request_retention_seconds)
+        self.features: Any = None  # a FeatureStore when settings.feature_store is set
+        self.model_path: Path | None = None
+        self._load_task: asyncio.Task[None] | None = None
+        self.metrics.info.labels(settings.name, settings.model_version).set(1)
+
+    @property
+    def registry(self):  # noqa: ANN201 - prometheus CollectorRegistry
+        return self.metrics.registry
+
+    @property
+    def ready(self) -> bool:
+        return self.state is State.READY
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Begin loading in the background; the HTTP server answers liveness meanwhile."""
+        self._load_task = asyncio.get_running_loop().create_task(self._load(), name="modelfleet-load")
+
+    async def wait_loaded(self) -> None:
+        if self._load_task is not None:
+            await asyncio.shield(self._load_task)
+
+    def _source_path(self) -> Path:
+        s = self.settings
+        if s.demo and not s.model:
+            folder = Path(s.cache_dir) if s.cache_dir else default_cache_dir()
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                folder = Path(tempfile.gettempdir())
+            return write_demo_model(folder / "demo-model.onnx")
+        return fetch_model(s.model, sha256=s.sha256, model_root=s.model_root, cache_dir=s.cache_dir)
+
+    def _load_sync(self) -> OnnxModel:
+        s = self.settings
+        started = time.perf_counter()
+        self.model_path = self._source_path()
+        model = OnnxModel(self.model_path, intra_op_threads=s.intra_op_threads, inter_op_threads=s.inter_op_threads)
+        loaded = time.perf_counter()
+        self.metrics.load_seconds.set(loaded - started)
+        log.info("loaded %s (inputs %s, outputs %s) in %.3fs", self.model_path,
+                 [i.metadata() for i in model.inputs], [o.metadata() for o in model.outputs], loaded - started)
+        model.warmup(s.warmup_iterations, s.max_batch_size)
+        self.metrics.warmup_seconds.set(time.perf_counter() - loaded)
+        return model
+
+    async def _load(self) -> None:
+        try:
+            model = await asyncio.to_thread(self._load_sync)
+        except ModelLoadError as exc:
+            self._fail(str(exc))
+            return
+        except Exception as exc:  # anything else is still a model that will never serve
+            log.exception("unexpected error while loading the model")
+            self._fail(f"{type(exc).__name__}: {exc}")
+            return
+        if self.state is State.DRAINING:
+            return
+        self.model = model
+        max_batch = min(self.settings.max_batch_size, model.max_rows_per_run or self.settings.max_batch_size)
+        self.batcher = Batcher(
+            model.run,
+            max_batch_size=max_batch,
+            max_latency_ms=self.settings.max_latency_ms,
+            max_queue=self.settings.max_queue,
+            on_batch=self._observe_batch,
+        )
+        self.batcher.start()
+        self.state, self.reason = State.READY, "model loaded and warmed up"
+        self.metrics.ready.set(1)
+        log.info("ready: serving %s version %s", self.settings.name, self.settings.model_version)
+
+    def _fail(self, reason: str) -> None:
+        self.state, self.reason = State.FAILED, reason
+        self.metrics.ready.set(0)
+        log.error("the model will not serve: %s", reason)
+
+    def _observe_batch(self, record: Any, waits: list[float]) -> None:
+        self.metrics.observe_batch(record, waits)
+        self.metrics.queue_depth.set(self.batcher.queued_rows if self.batcher else 0)
+
+    def begin_drain(self) -> None:
+        """Readiness turns false at once; requests already accepted still finish."""
+        if self.state is not State.DRAINING:
+            log.info("draining: readiness is now false")
+        self.state, self.reason = State.DRAINING, "shutting down"
+        self.metrics.ready.set(0)
+
+    async def stop(self) -> None:
+        self.begin_drain()
+        if self.batcher is not None:
+            await self.batcher.close(self.settings.drain_timeout_seconds)
+        if self.features is not None and hasattr(self.features, "close"):
+            await self.features.close()
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def readiness(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"ready": self.ready, "state": self.state.value, "reason": self.reason,
+                                "model": self.settings.name, "version": self.settings.model_version}
+        return body
+
+    def check_target(self, name: str, version: str | None = None) -> None:
+        s = self.settings
+        if name != s.name or (version is not None and version != s.model_version):
+            asked = f"model {name!r}" + (f" version {version!r}" if version is not None else "")
+            raise NotFound(f"{asked} is not served here; this server serves model {s.name!r} "
+                           f"version {s.model_version!r}")
+
+    def require_model(self) -> OnnxModel:
+        # While draining, requests that still reach this pod are served: endpoints take a
+        # moment to drop it, and refusing them would turn a clean rollout into errors.
+        if self.model is not None and self.state in (State.READY, State.DRAINING):
+            return self.model
+        if self.state is State.FAILED:
+            raise Unavailable(f"the model failed to load: {self.reason}", retry_after=None)
+        if self.state is State.DRAINING:
+            raise Unavailable("the server is shutting down; retry on another replica")
+        raise Unavailable("the model is still loading; retry shortly", retry_after=1)
+
+    async def infer(self, feeds: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+        self.require_model()
+        assert self.batcher is not None
+        return await self.batcher.submit(feeds, rows)
+

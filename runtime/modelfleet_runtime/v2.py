@@ -1,0 +1,185 @@
+"""Open Inference Protocol (KServe V2) REST endpoints over the same ModelServer.
+
+Health: /v2/health/live, /v2/health/ready (the model's real state, 503 with the
+reason until it is loaded and warmed up). Model: /v2/models/{name}[/versions/{v}]
+metadata, ready and infer. A name or version this server does not serve is a
+404 that names what it does serve.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+from starlette.responses import Response
+
+from . import __version__
+from .errors import InvalidInput, InvalidValue, PayloadTooLarge
+from .http_io import json_response, read_body, require_bearer
+from .model import TensorSpec
+from .serving import ModelServer
+from .v1 import VERSION_HEADER
+from .v2_models import InferenceRequest, ModelMetadata, ServerMetadata, TensorMetadata
+
+_NUMPY_OF = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT8": np.int8, "INT16": np.int16,
+             "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
+             "UINT64": np.uint64, "BOOL": np.bool_}
+
+
+def _tensor(spec: TensorSpec, given: Any, rows: int | None) -> np.ndarray:
+    if given.datatype != spec.datatype:
+        raise InvalidInput(f"input {spec.name!r}: datatype {given.datatype!r} given, the model takes {spec.datatype!r}")
+    shape = given.shape
+    if len(shape) != len(spec.shape) or any(d is not None and d != g for d, g in zip(spec.shape, shape)) \
+            or any(g < 0 for g in shape):
+        expected = [-1 if d is None else d for d in spec.shape]
+        raise InvalidInput(f"input {spec.name!r}: shape {shape} given, the model takes {expected}")
+    if rows is not None and shape[0] != rows:
+        raise InvalidInput(f"input {spec.name!r} has {shape[0]} rows; the other inputs have {rows}")
+    try:
+        array = np.asarray(given.data)
+    except (ValueError, TypeError):
+        raise InvalidInput(f"input {spec.name!r}: data is ragged; send it flat (row-major) or as nested lists") from None
+    if array.size != math.prod(shape):
+        raise InvalidInput(f"input {spec.name!r}: shape {shape} needs {math.prod(shape)} values, data has {array.size}")
+    if array.dtype.kind not in "biuf" or (array.dtype.kind == "b") != (spec.dtype.kind == "b"):
+        raise InvalidValue(f"input {spec.name!r}: data must be {spec.datatype} values")
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = array.astype(spec.dtype, copy=False).reshape(shape)
+    if spec.dtype.kind == "f" and not np.isfinite(converted).all():
+        raise InvalidValue(f"input {spec.name!r}: data holds a value that is not a finite {spec.datatype} number")
+    return converted
+
+
+def build_v2_router(server: ModelServer, predict_token: str | None) -> APIRouter:
+    router = APIRouter(prefix="/v2")
+    settings = server.settings
+    version_headers = {VERSION_HEADER: settings.model_version}
+
+    def ready_response() -> Response:
+        return json_response(server.readiness(), status=200 if server.ready else 503)
+
+    @router.get("")
+    async def server_metadata() -> Response:
+        return json_response(ServerMetadata(name="modelfleet", version=__version__, extensions=[]).model_dump())
+
+    @router.get("/health/live")
+    async def live() -> Response:
+        return json_response({"live": True})
+
+    @router.get("/health/ready")
+    async def ready() -> Response:
+        return ready_response()
+
+    def metadata(name: str, version: str | None) -> Response:
+        server.check_target(name, version)
+        model = server.require_model()
+        meta = ModelMetadata(
+            name=settings.name, versions=[settings.model_version], platform="onnxruntime_onnx",
+            inputs=[TensorMetadata(**t.metadata()) for t in model.inputs],
+            outputs=[TensorMetadata(**t.metadata()) for t in model.outputs],
+        )
+        return json_response(meta.model_dump())
+
+    @router.get("/models/{name}")
+    async def model_metadata(name: str) -> Response:
+        return metadata(name, None)
+
+    @router.get("/models/{name}/versions/{version}")
+    async def version_metadata(name: str, version: str) -> Response:
+        return metadata(name, version)
+
+    @router.get("/models/{name}/ready")
+    async def model_ready(name: str) -> Response:
+        server.check_target(name)
+        return ready_response()
+
+    @router.get("/models/{name}/versions/{version}/ready")
+    async def version_ready(name: str, version: str) -> Response:
+        server.check_target(name, version)
+        return ready_response()
+
+    async def infer(request: Request, name: str, version: str | None) -> Response:
+        started = time.perf_counter()
+        server.check_target(name, version)
+        require_bearer(request, predict_token)
+        body = await read_body(request, settings.max_body_bytes)
+        try:
+            message = InferenceRequest.model_validate_json(body)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
+            raise InvalidInput(f"not an Open Inference Protocol request: {problems}") from None
+        model = server.require_model()
+        specs = {s.name: s for s in model.inputs}
+        given = {i.name: i for i in message.inputs}
+        missing, unknown = sorted(specs.keys() - given.keys()), sorted(given.keys() - specs.keys())
+        params = message.parameters or {}
+        entity_ids = params.get("entity_ids") or ([params["entity_id"]] if "entity_id" in params else None)
+        if entity_ids is not None and model.input_width is None:
+            raise InvalidInput("entity_id needs a model with one 2-D feature input")
+        if unknown or missing:
+            problems = ([f"unknown inputs {unknown}"] if unknown else []) + ([f"missing inputs {missing}"] if missing else [])
+            raise InvalidInput(f"{'; '.join(problems)}; the model takes {[s.name for s in model.inputs]}")
+        feeds: dict[str, np.ndarray] = {}
+        rows: int | None = None
+        for spec in model.inputs:
+            if entity_ids is not None:
+                feeds[spec.name] = await _with_entities(server, spec, given[spec.name], entity_ids)
+            else:
+                feeds[spec.name] = _tensor(spec, given[spec.name], rows)
+            rows = feeds[spec.name].shape[0]
+        assert rows is not None
+        if rows > settings.max_queue:
+            raise PayloadTooLarge(f"{rows} rows in one request; the limit is {settings.max_queue}")
+        wanted = [o.name for o in message.outputs] if message.outputs else None
+        if wanted:
+            unknown_out = sorted(set(wanted) - set(model.output_names))
+            if unknown_out:
+                raise InvalidInput(f"outputs {unknown_out} unknown; the model has {model.output_names}")
+        outputs = await server.infer(feeds, rows)
+        by_spec = {o.name: o for o in model.outputs}
+        answer: dict[str, Any] = {
+            "model_name": settings.name,
+            "model_version": settings.model_version,
+            "outputs": [
+                {"name": n, "datatype": by_spec[n].datatype, "shape": list(outputs[n].shape), "data": outputs[n].ravel()}
+                for n in (wanted or model.output_names)
+            ],
+        }
+        if message.id is not None:
+            answer["id"] = message.id
+        answer["parameters"] = {"latency_ms": round((time.perf_counter() - started) * 1000.0, 3)}
+        return json_response(answer, headers=version_headers)
+
+    @router.post("/models/{name}/infer")
+    async def model_infer(request: Request, name: str) -> Response:
+        return await infer(request, name, None)
+
+    @router.post("/models/{name}/versions/{version}/infer")
+    async def version_infer(request: Request, name: str, version: str) -> Response:
+        return await infer(request, name, version)
+
+    return router
+
+
+async def _with_entities(server: ModelServer, spec: TensorSpec, given: Any, entity_ids: Any) -> np.ndarray:
+    """The request's own feature columns with each row's entity features placed before them."""
+    if not isinstance(entity_ids, list) or not all(isinstance(e, str) and e for e in entity_ids):
+        raise InvalidInput("parameters.entity_id must be a string (entity_ids: a list of strings)")
+    if server.features is None:
+        raise InvalidInput("entity_id was given but this server has no feature store configured")
+    prefixes = await server.features.get_many(entity_ids)
+    width = spec.shape[1]
+    assert width is not None
+    own = width - prefixes[0].shape[-1]
+    if given.shape != [len(entity_ids), own]:
+        raise InvalidInput(f"input {spec.name!r}: with {len(entity_ids)} entities of {prefixes[0].shape[-1]} "
+                           f"features, shape must be [{len(entity_ids)}, {own}] (the model takes {width}), "
+                           f"got {given.shape}")
+    own_spec = TensorSpec(spec.name, spec.dtype, spec.datatype, (None, own))
+    array = _tensor(own_spec, given, None)
+    return np.concatenate([np.stack(prefixes).astype(spec.dtype, copy=False), array], axis=1)
