@@ -33,6 +33,7 @@ from .settings import Settings, SettingsError
 
 # Entity ids end up in Redis keys and in error messages; bound them.
 MAX_ENTITY_ID_LENGTH = 512
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -296,9 +297,11 @@ class FeatureStore:
     def _vector(self, entity_id: str, reply: Any) -> np.ndarray:
         key = self.key(entity_id)
         if isinstance(reply, Exception):
-            raise InvalidValue(
-                f"entity {entity_id!r}: feature store key {key!r} is not a hash of feature fields ({reply})"
-            )
+            if str(reply).startswith("WRONGTYPE"):
+                raise InvalidValue(f"entity {entity_id!r}: feature store key {key!r} is not a hash of feature fields")
+            # The store refused the command (ACL, out of memory, ...): not the entity's fault.
+            self._metrics.store_errors.inc()
+            raise Unavailable(f"feature store {self._where} refused the lookup of entity {entity_id!r}: {_reason(reply)}")
         if all(value is None for value in reply):
             raise NotFound(f"unknown entity {entity_id!r}: the feature store has no features under key {key!r}")
         missing = [field for field, value in zip(self.fields, reply) if value is None]
@@ -314,11 +317,11 @@ class FeatureStore:
                 number = float(raw)
             except ValueError:
                 number = math.nan
-            vector[index] = number
-            if not math.isfinite(number) or not math.isfinite(vector[index]):
+            if not math.isfinite(number) or abs(number) > _FLOAT32_MAX:
                 raise InvalidValue(
                     f"entity {entity_id!r}: feature field {field!r} is {_shown(raw)}, not a finite float32 number"
                 )
+            vector[index] = number
         vector.setflags(write=False)
         return vector
 
