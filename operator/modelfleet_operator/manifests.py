@@ -1,0 +1,656 @@
+"""What the operator creates for ModelVersions, as pure functions returning plain dicts.
+
+`build_children(mv, config, scale)` gives one version's Deployment, Service,
+HorizontalPodAutoscaler and PodDisruptionBudget; `plan_model(versions, ready,
+config)` gives a whole model's traffic split, each version's replicas and the
+model-level objects (the shared Service, the HTTPRoute in gateway mode). The
+kopf handlers and `modelfleet-operator render` call the same functions.
+
+Rules the schema cannot express (images and URI schemes the operator's
+configuration allows) raise `SpecRejected`; the handlers map it to phase Failed
+with `reason` and the message, which says what to change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from modelfleet_operator import spec as crd
+from modelfleet_operator.config import OperatorConfig, image_allowed
+from modelfleet_operator.spec import ModelVersionSpec, SpecError, parse_spec
+from modelfleet_operator.traffic import (
+    SERVICE_PORT,
+    Scale,
+    TrafficSplit,
+    VersionState,
+    build_httproute,
+    effective_shares,
+    plan_scales,
+    scale_from_spec,
+)
+
+LABEL_MODEL = f"{crd.GROUP}/model"
+LABEL_VERSION = f"{crd.GROUP}/version"
+MANAGED_BY = "modelfleet-operator"
+PART_OF = "modelfleet"
+
+RUNTIME_COMMAND = ["modelfleet-runtime", "serve"]
+CONTAINER_NAME = "runtime"
+CONTAINER_PORT = 8080
+PORT_NAME = "http"
+RUNTIME_UID = 10001
+MODEL_ROOT = "/mnt/models"
+CACHE_DIR = "/var/cache/modelfleet"
+FEEDBACK_DIR = "/var/lib/modelfleet/feedback"
+FEEDBACK_TOKEN_DIR = "/var/run/secrets/modelfleet/feedback"
+FEEDBACK_TOKEN_FILE = f"{FEEDBACK_TOKEN_DIR}/token"
+READY_PATH = "/v2/health/ready"
+LIVE_PATH = "/v2/health/live"
+# SIGTERM handling: the endpoint is removed while the preStop sleep runs, then the
+# runtime drains its queue for at most DRAIN_SECONDS; the grace period covers both.
+PRESTOP_SLEEP_SECONDS = 5
+DRAIN_SECONDS = 30
+TERMINATION_GRACE_SECONDS = PRESTOP_SLEEP_SECONDS + DRAIN_SECONDS + 10
+# The startup probe allows this long for the first answer (slow image pulls are not
+# counted; slow model downloads and slow imports are).
+STARTUP_PERIOD_SECONDS = 10
+STARTUP_FAILURE_THRESHOLD = 60
+PROGRESS_DEADLINE_SECONDS = STARTUP_PERIOD_SECONDS * STARTUP_FAILURE_THRESHOLD + 300
+
+
+class SpecRejected(ValueError):
+    """A ModelVersion the operator will not serve; `reason` is a CamelCase condition reason."""
+
+    reason = "InvalidSpec"
+
+
+class ImageNotAllowed(SpecRejected):
+    reason = "ImageNotAllowed"
+
+
+class UriSchemeNotAllowed(SpecRejected):
+    reason = "UriSchemeNotAllowed"
+
+
+# --- reading a ModelVersion object -------------------------------------------
+
+
+def version_spec(mv: Mapping[str, Any]) -> ModelVersionSpec:
+    """The validated spec of a ModelVersion object; SpecRejected when the schema would reject it."""
+    try:
+        return parse_spec(mv.get("spec") or {})
+    except SpecError as err:
+        raise SpecRejected(str(err)) from None
+
+
+def _meta(mv: Mapping[str, Any]) -> Mapping[str, Any]:
+    return mv.get("metadata") or {}
+
+
+def _name(mv: Mapping[str, Any]) -> str:
+    return str(_meta(mv)["name"])
+
+
+def namespace_of(mv: Mapping[str, Any]) -> str:
+    return str(_meta(mv).get("namespace") or "default")
+
+
+def check_policy(name: str, spec: ModelVersionSpec, config: OperatorConfig) -> None:
+    """Rules of the operator's configuration and of naming that the CRD schema cannot check."""
+    if name == spec.model:
+        raise SpecRejected(
+            f"metadata.name {name!r} equals spec.model: the model's shared Service uses that name; "
+            f"rename the ModelVersion, for example to {spec.model}-v{spec.version}"
+        )
+    allowed = ", ".join(config.allowed_images)
+    if spec.runtime_image and not image_allowed(spec.runtime_image, config.allowed_images):
+        raise ImageNotAllowed(
+            f"spec.runtimeImage {spec.runtime_image!r} is not an allowed image (allowed: {allowed}); "
+            "remove runtimeImage to use the default, or ask the operator's administrator to allow it"
+        )
+    trainer = spec.retraining.image if spec.retraining else None
+    if trainer and not image_allowed(trainer, config.allowed_images):
+        raise ImageNotAllowed(
+            f"spec.retraining.image {trainer!r} is not an allowed image (allowed: {allowed}); "
+            "remove it to train with the runtime image, or ask the operator's administrator to allow it"
+        )
+    scheme = urlsplit(spec.source.uri).scheme
+    if scheme not in config.allowed_uri_schemes:
+        raise UriSchemeNotAllowed(
+            f"spec.source.uri uses {scheme}://, which this operator does not allow "
+            f"(allowed: {', '.join(s + '://' for s in config.allowed_uri_schemes)}); "
+            "publish the model through one of those"
+        )
+
+
+def validated(mv: Mapping[str, Any], config: OperatorConfig) -> ModelVersionSpec:
+    """version_spec + check_policy: everything that makes a version Failed before it runs."""
+    spec = version_spec(mv)
+    check_policy(_name(mv), spec, config)
+    return spec
+
+
+# --- labels and owners --------------------------------------------------------
+
+
+def selector_labels(model: str, version: str) -> dict[str, str]:
+    return {LABEL_MODEL: model, LABEL_VERSION: version}
+
+
+def label_selector(mv: Mapping[str, Any]) -> str:
+    """The version's pods as a selector string (status.selector, for the scale subresource)."""
+    spec = mv["spec"]
+    return ",".join(f"{k}={v}" for k, v in selector_labels(spec["model"], str(spec["version"])).items())
+
+
+def version_labels(name: str, spec: ModelVersionSpec) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": spec.model,
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/version": spec.version,
+        "app.kubernetes.io/component": "inference-server",
+        "app.kubernetes.io/part-of": PART_OF,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        LABEL_MODEL: spec.model,
+        LABEL_VERSION: spec.version,
+    }
+
+
+def model_labels(model: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": model,
+        "app.kubernetes.io/instance": model,
+        "app.kubernetes.io/component": "model-endpoint",
+        "app.kubernetes.io/part-of": PART_OF,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        LABEL_MODEL: model,
+    }
+
+
+def owner_reference(mv: Mapping[str, Any], *, controller: bool = True) -> dict[str, Any] | None:
+    """An ownerReference to the ModelVersion; None when it has no uid yet (render from a file)."""
+    uid = _meta(mv).get("uid")
+    if not uid:
+        return None
+    return {
+        "apiVersion": crd.API_VERSION,
+        "kind": crd.KIND,
+        "name": _name(mv),
+        "uid": str(uid),
+        "controller": controller,
+        "blockOwnerDeletion": controller,
+    }
+
+
+def _metadata(name: str, namespace: str, labels: Mapping[str, str], owners: Sequence[Mapping[str, Any]]) -> dict:
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(labels)}
+    if owners:
+        meta["ownerReferences"] = [dict(o) for o in owners]
+    return meta
+
+
+def endpoints(mv: Mapping[str, Any], config: OperatorConfig) -> tuple[str, str]:
+    """(status.endpoint, status.versionEndpoint): the model's and the version's Service URLs."""
+    namespace = namespace_of(mv)
+    suffix = f"{namespace}.svc.{config.cluster_domain}"
+    return (f"http://{mv['spec']['model']}.{suffix}", f"http://{_name(mv)}.{suffix}")
+
+
+# --- the runtime pod ----------------------------------------------------------
+
+
+@dataclass
+class PodParts:
+    """Env, volumes and mounts a feature of the spec adds to the runtime pod."""
+
+    env: list[dict[str, Any]] = field(default_factory=list)
+    volumes: list[dict[str, Any]] = field(default_factory=list)
+    mounts: list[dict[str, Any]] = field(default_factory=list)
+
+    def extend(self, other: PodParts) -> None:
+        self.env.extend(other.env)
+        self.volumes.extend(other.volumes)
+        self.mounts.extend(other.mounts)
+
+
+def _env(name: str, value: Any) -> dict[str, Any]:
+    return {"name": name, "value": str(value)}
+
+
+def runtime_image(spec: ModelVersionSpec, config: OperatorConfig) -> str:
+    return spec.runtime_image or config.runtime_image
+
+
+def source_parts(spec: ModelVersionSpec) -> PodParts:
+    """The model source: env for the runtime and, for pvc:// and configmap://, a read-only volume
+    at MODEL_ROOT/pvc/CLAIM or MODEL_ROOT/configmap/NAME (where the runtime looks for them)."""
+    parts = PodParts(env=[_env("MODELFLEET_MODEL", spec.source.uri)])
+    if spec.source.sha256:
+        parts.env.append(_env("MODELFLEET_SHA256", spec.source.sha256.lower()))
+    uri = urlsplit(spec.source.uri)
+    if uri.scheme == "pvc":
+        parts.volumes.append(
+            {"name": "model-pvc", "persistentVolumeClaim": {"claimName": uri.netloc, "readOnly": True}}
+        )
+        parts.mounts.append({"name": "model-pvc", "mountPath": f"{MODEL_ROOT}/pvc/{uri.netloc}", "readOnly": True})
+    elif uri.scheme == "configmap":
+        parts.volumes.append({"name": "model-configmap", "configMap": {"name": uri.netloc}})
+        parts.mounts.append(
+            {"name": "model-configmap", "mountPath": f"{MODEL_ROOT}/configmap/{uri.netloc}", "readOnly": True}
+        )
+    return parts
+
+
+def feature_parts(spec: ModelVersionSpec) -> PodParts:
+    """Real-time feature lookup (DESIGN.md section 4); the password only ever comes from a Secret."""
+    features = spec.features
+    if features is None:
+        return PodParts()
+    env = [
+        _env("MODELFLEET_FEATURE_STORE", features.redis.url),
+        _env("MODELFLEET_FEATURE_PREFIX", features.redis.key_prefix),
+        _env("MODELFLEET_FEATURE_FIELDS", ",".join(features.fields)),
+        _env("MODELFLEET_FEATURE_CACHE_TTL", features.cache_ttl_seconds),
+        _env("MODELFLEET_FEATURE_CACHE_SIZE", features.cache_size),
+    ]
+    ref = features.redis.password_secret_ref
+    if ref is not None:
+        env.append(
+            {
+                "name": "MODELFLEET_FEATURE_STORE_PASSWORD",
+                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+            }
+        )
+    return PodParts(env=env)
+
+
+def feedback_token_secret(spec: ModelVersionSpec) -> tuple[str, str]:
+    """(Secret name, key) of the feedback token: the one named in the spec, else MODEL-feedback-token/token,
+    which the operator creates with a random token when it is missing."""
+    ref = spec.retraining.token_secret_ref if spec.retraining else None
+    if ref is not None:
+        return ref.name, ref.key
+    return f"{spec.model}-feedback-token", "token"
+
+
+def retraining_parts(spec: ModelVersionSpec) -> PodParts:
+    """Online learning (DESIGN.md section 5): the shared feedback volume, writable, and the token
+    POST /feedback requires, mounted from its Secret."""
+    if spec.retraining is None:
+        return PodParts()
+    secret_name, secret_key = feedback_token_secret(spec)
+    return PodParts(
+        env=[_env("MODELFLEET_FEEDBACK_DIR", FEEDBACK_DIR), _env("MODELFLEET_FEEDBACK_TOKEN_FILE", FEEDBACK_TOKEN_FILE)],
+        volumes=[
+            {"name": "feedback", "persistentVolumeClaim": {"claimName": spec.retraining.feedback_claim}},
+            {
+                "name": "feedback-token",
+                "secret": {
+                    "secretName": secret_name,
+                    "items": [{"key": secret_key, "path": "token"}],
+                    "defaultMode": 0o440,
+                },
+            },
+        ],
+        mounts=[
+            {"name": "feedback", "mountPath": FEEDBACK_DIR},
+            {"name": "feedback-token", "mountPath": FEEDBACK_TOKEN_DIR, "readOnly": True},
+        ],
+    )
+
+
+def runtime_env(name: str, spec: ModelVersionSpec) -> list[dict[str, Any]]:
+    """The settings every runtime container gets (modelfleet_runtime.settings reads MODELFLEET_*)."""
+    del name  # the runtime learns its identity from the model and version, not the object name
+    return [
+        _env("MODELFLEET_NAME", spec.model),
+        _env("MODELFLEET_MODEL_VERSION", spec.version),
+        _env("MODELFLEET_HOST", "0.0.0.0"),
+        _env("MODELFLEET_PORT", CONTAINER_PORT),
+        _env("MODELFLEET_MAX_BATCH_SIZE", spec.batching.max_batch_size),
+        _env("MODELFLEET_MAX_LATENCY_MS", spec.batching.max_latency_ms),
+        _env("MODELFLEET_MAX_QUEUE", spec.batching.max_queue),
+        _env("MODELFLEET_WARMUP_ITERATIONS", spec.warmup.iterations),
+        _env("MODELFLEET_MODEL_ROOT", MODEL_ROOT),
+        _env("MODELFLEET_CACHE_DIR", CACHE_DIR),
+        _env("MODELFLEET_DRAIN_TIMEOUT_SECONDS", DRAIN_SECONDS),
+    ]
+
+
+def pod_parts(name: str, spec: ModelVersionSpec) -> PodParts:
+    parts = PodParts(
+        env=runtime_env(name, spec),
+        volumes=[{"name": "cache", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
+        mounts=[{"name": "cache", "mountPath": CACHE_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
+    )
+    for extra in (source_parts(spec), feature_parts(spec), retraining_parts(spec)):
+        parts.extend(extra)
+    return parts
+
+
+def _probe(path: str, *, period: int, failures: int, timeout: int = 2) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": PORT_NAME},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": timeout,
+    }
+
+
+def runtime_container(name: str, spec: ModelVersionSpec, config: OperatorConfig, parts: PodParts) -> dict[str, Any]:
+    resources = spec.resources.to_manifest() if spec.resources else dict(config.default_resources)
+    return {
+        "name": CONTAINER_NAME,
+        "image": runtime_image(spec, config),
+        "command": list(RUNTIME_COMMAND),
+        "ports": [{"name": PORT_NAME, "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
+        "env": parts.env,
+        "volumeMounts": parts.mounts,
+        "resources": resources,
+        # Ready only once the model is loaded and warmed up (503 with a reason until then).
+        "readinessProbe": _probe(READY_PATH, period=5, failures=3),
+        "livenessProbe": _probe(LIVE_PATH, period=10, failures=3),
+        # Liveness starts only after this passes, so a slow start is not a crash loop.
+        "startupProbe": _probe(LIVE_PATH, period=STARTUP_PERIOD_SECONDS, failures=STARTUP_FAILURE_THRESHOLD),
+        # Keep serving while kube-proxy and gateways drop the endpoint; SIGTERM then drains.
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUNTIME_UID,
+            "runAsGroup": RUNTIME_UID,
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
+# --- the objects of one version -----------------------------------------------
+
+
+def build_deployment(mv: Mapping[str, Any], config: OperatorConfig, scale: Scale | None = None) -> dict[str, Any]:
+    """The runtime Deployment, named like the ModelVersion.
+
+    With an HPA (`scale.autoscaling`) `replicas` is left out so that applying the
+    manifest never fights the autoscaler.
+    """
+    spec = validated(mv, config)
+    name = _name(mv)
+    scale = scale or default_scale(spec)
+    labels = version_labels(name, spec)
+    selector = selector_labels(spec.model, spec.version)
+    parts = pod_parts(name, spec)
+    owner = owner_reference(mv)
+    deployment_spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector},
+        # Old pods keep serving until new ones are Ready.
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        "revisionHistoryLimit": 3,
+        "progressDeadlineSeconds": PROGRESS_DEADLINE_SECONDS,
+        "template": {
+            "metadata": {"labels": labels},
+            "spec": {
+                "automountServiceAccountToken": False,
+                "enableServiceLinks": False,
+                "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+                "securityContext": {
+                    "runAsNonRoot": True,
+                    "runAsUser": RUNTIME_UID,
+                    "runAsGroup": RUNTIME_UID,
+                    "fsGroup": RUNTIME_UID,
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "containers": [runtime_container(name, spec, config, parts)],
+                "volumes": parts.volumes,
+            },
+        },
+    }
+    if scale.autoscaling is None:
+        deployment_spec = {"replicas": scale.replicas, **deployment_spec}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(name, namespace_of(mv), labels, [owner] if owner else []),
+        "spec": deployment_spec,
+    }
+
+
+def _service_spec(selector: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "type": "ClusterIP",
+        "selector": dict(selector),
+        "ports": [
+            {"name": PORT_NAME, "port": SERVICE_PORT, "targetPort": PORT_NAME, "protocol": "TCP", "appProtocol": "http"}
+        ],
+    }
+
+
+def build_version_service(mv: Mapping[str, Any], config: OperatorConfig) -> dict[str, Any]:
+    """The Service named like the ModelVersion: reaches only this version (pinning)."""
+    spec = validated(mv, config)
+    name = _name(mv)
+    owner = owner_reference(mv)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(name, namespace_of(mv), version_labels(name, spec), [owner] if owner else []),
+        "spec": _service_spec(selector_labels(spec.model, spec.version)),
+    }
+
+
+def build_hpa(mv: Mapping[str, Any], config: OperatorConfig, scale: Scale | None = None) -> dict[str, Any] | None:
+    """The HorizontalPodAutoscaler of the Deployment, with the bounds of `scale` (None without one)."""
+    spec = validated(mv, config)
+    scale = scale or default_scale(spec)
+    if scale.autoscaling is None or spec.autoscaling is None:
+        return None
+    name = _name(mv)
+    low, high = scale.autoscaling
+    owner = owner_reference(mv)
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(name, namespace_of(mv), version_labels(name, spec), [owner] if owner else []),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": low,
+            "maxReplicas": high,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "averageUtilization": spec.autoscaling.target_cpu_utilization,
+                        },
+                    },
+                }
+            ],
+        },
+    }
+
+
+def build_pdb(mv: Mapping[str, Any], config: OperatorConfig, scale: Scale | None = None) -> dict[str, Any] | None:
+    """A PodDisruptionBudget (one pod at a time) when the version may run more than one pod."""
+    spec = validated(mv, config)
+    scale = scale or default_scale(spec)
+    most = scale.autoscaling[1] if scale.autoscaling else scale.replicas
+    if most <= 1:
+        return None
+    name = _name(mv)
+    owner = owner_reference(mv)
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(name, namespace_of(mv), version_labels(name, spec), [owner] if owner else []),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector_labels(spec.model, spec.version)},
+            # A pod that never loaded its model must not block node drains.
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
+
+
+def default_scale(spec: ModelVersionSpec) -> Scale:
+    auto = (spec.autoscaling.min_replicas, spec.autoscaling.max_replicas) if spec.autoscaling else None
+    return scale_from_spec(spec.replicas, auto)
+
+
+def build_children(mv: Mapping[str, Any], config: OperatorConfig, scale: Scale | None = None) -> list[dict[str, Any]]:
+    """Everything one ModelVersion owns alone: Deployment, Service, and HPA and PDB when they apply.
+
+    `scale` comes from the traffic plan (`plan_model(...).scales[name]`); default:
+    the spec's replicas. An HPA or PDB missing from the list must be deleted if it exists.
+    Raises SpecRejected for a spec the operator will not serve.
+    """
+    validated(mv, config)
+    children = [build_deployment(mv, config, scale), build_version_service(mv, config)]
+    for optional in (build_hpa(mv, config, scale), build_pdb(mv, config, scale)):
+        if optional is not None:
+            children.append(optional)
+    return children
+
+
+# --- the objects of one model -------------------------------------------------
+
+
+def build_model_service(
+    model: str, namespace: str, owners: Sequence[Mapping[str, Any]], config: OperatorConfig
+) -> dict[str, Any]:
+    """The model's shared Service: selects every pod of every version of the model (kube-proxy
+    sends only to ready pods). Owned, without a controller, by every live version, so the
+    garbage collector removes it with the last one."""
+    del config
+    refs = [r for r in (owner_reference(o, controller=False) for o in sorted(owners, key=_name)) if r]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(model, namespace, model_labels(model), refs),
+        "spec": _service_spec({LABEL_MODEL: model}),
+    }
+
+
+def version_state(mv: Mapping[str, Any], *, ready: bool) -> VersionState:
+    """The traffic view of a ModelVersion object (its status.servingTraffic is the current share)."""
+    spec = version_spec(mv)
+    auto = (spec.autoscaling.min_replicas, spec.autoscaling.max_replicas) if spec.autoscaling else None
+    status = mv.get("status") or {}
+    return VersionState(
+        name=_name(mv),
+        version=spec.version,
+        weight=spec.traffic,
+        ready=ready,
+        replicas=spec.replicas,
+        autoscaling=auto,
+        serving=int(status.get("servingTraffic") or 0),
+    )
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """The traffic decision for one model and the model-level objects that carry it out."""
+
+    model: str
+    namespace: str
+    split: TrafficSplit
+    scales: Mapping[str, Scale]
+    manifests: Sequence[Mapping[str, Any]]  # the shared Service, and the HTTPRoute in gateway mode
+
+
+def plan_model(
+    versions: Sequence[Mapping[str, Any]], ready: Mapping[str, bool], config: OperatorConfig
+) -> ModelPlan:
+    """Split traffic across the versions of one model and build its shared objects.
+
+    `versions`: the ModelVersion objects of one model in one namespace; those being
+    deleted (metadata.deletionTimestamp) take no traffic and own nothing.
+    `ready[name]`: whether the version is Ready (loaded, warmed up, not rolled back).
+    With no live version the manifests are empty: the garbage collector removes them.
+    """
+    live = sorted((v for v in versions if not _meta(v).get("deletionTimestamp")), key=_name)
+    if not live:
+        raise ValueError("plan_model needs at least one ModelVersion")
+    models = {v["spec"]["model"] for v in versions}
+    namespaces = {namespace_of(v) for v in versions}
+    if len(models) != 1 or len(namespaces) != 1:
+        raise ValueError(f"plan_model takes the versions of one model in one namespace, got {models} in {namespaces}")
+    model, namespace = models.pop(), namespaces.pop()
+    states = [version_state(v, ready=bool(ready.get(_name(v)))) for v in live]
+    split = effective_shares(states)
+    scales = plan_scales(states, split, config)
+    manifests: list[dict[str, Any]] = [build_model_service(model, namespace, live, config)]
+    if config.routing == "gateway":
+        owners = [r for r in (owner_reference(o, controller=False) for o in live) if r]
+        manifests.append(
+            build_httproute(
+                model=model,
+                namespace=namespace,
+                versions=states,
+                split=split,
+                config=config,
+                labels=model_labels(model),
+                owner_references=owners,
+            )
+        )
+    return ModelPlan(model=model, namespace=namespace, split=split, scales=scales, manifests=manifests)
+
+
+def render_manifests(objects: Iterable[Mapping[str, Any]], config: OperatorConfig) -> list[dict[str, Any]]:
+    """Every manifest the operator creates for these ModelVersions once all of them are Ready.
+
+    Per model (sorted by namespace and name): the shared Service, the HTTPRoute in
+    gateway mode, then each version's children. Raises SpecRejected, naming the object.
+    """
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for mv in objects:
+        try:
+            spec = validated(mv, config)
+        except SpecRejected as err:
+            raise type(err)(f"ModelVersion {_meta(mv).get('name')!r}: {err}") from None
+        groups.setdefault((namespace_of(mv), spec.model), []).append(mv)
+    out: list[dict[str, Any]] = []
+    for key in sorted(groups):
+        versions = groups[key]
+        plan = plan_model(versions, {_name(v): True for v in versions}, config)
+        out.extend(dict(m) for m in plan.manifests)
+        for mv in sorted(versions, key=_name):
+            out.extend(build_children(mv, config, plan.scales[_name(mv)]))
+    return out
+
+
+__all__ = [
+    "ImageNotAllowed",
+    "ModelPlan",
+    "PodParts",
+    "SpecRejected",
+    "UriSchemeNotAllowed",
+    "build_children",
+    "build_deployment",
+    "build_hpa",
+    "build_model_service",
+    "build_pdb",
+    "build_version_service",
+    "check_policy",
+    "default_scale",
+    "endpoints",
+    "feature_parts",
+    "feedback_token_secret",
+    "label_selector",
+    "owner_reference",
+    "plan_model",
+    "render_manifests",
+    "retraining_parts",
+    "runtime_env",
+    "selector_labels",
+    "source_parts",
+    "validated",
+    "version_labels",
+    "version_state",
+]
