@@ -1,23 +1,28 @@
 """Dynamic batching: merge concurrent requests into one model run.
 
 The batcher knows nothing about HTTP. Callers submit rows (a dict of arrays
-sharing their first dimension) and await their own rows of the outputs. One
-worker task forms batches; the model runs on a dedicated thread, off the event
-loop.
+sharing their first dimension) and await their own rows of the outputs.
 
 Policy: a batch is dispatched as soon as the model is free, carrying every row
 queued at that moment (at most `max_batch_size`). Nobody waits for company that
 may not come, so a lone request on an idle server runs at once; under load the
-rows that arrive while one batch runs form the next one. A request larger than
-`max_batch_size` is split across consecutive batches and reassembled. When a
-batch fails, each request in it is retried alone, so one bad request cannot
-fail its neighbours.
+rows that arrive while one batch runs form the next one, so batches grow with
+the load by themselves. `max_latency_ms` is the bound on how long a row may
+wait for its batch to form while the model is free; this policy keeps that
+wait near zero, and `BatchRecord.formation_wait` records it for every batch.
+
+The model runs on one dedicated thread, which also forms the next batch the
+moment a run ends: the event loop only queues rows and hands out results, so a
+busy loop never delays a dispatch. A request larger than `max_batch_size` is
+split across consecutive batches and reassembled. When a batch fails, each
+request in it is retried alone, so one bad request cannot fail its neighbours.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +36,7 @@ Feeds = dict[str, np.ndarray]
 RunBatch = Callable[[Feeds], Feeds]
 
 
-@dataclass
+@dataclass(eq=False)
 class _Pending:
     feeds: Feeds
     rows: int
@@ -40,6 +45,9 @@ class _Pending:
     taken: int = 0
     done: int = 0
     chunks: list[tuple[int, Feeds]] = field(default_factory=list)
+
+
+Part = tuple[_Pending, int, int]  # a request and the [start, stop) rows of it in one batch
 
 
 @dataclass(frozen=True)
@@ -56,7 +64,7 @@ class BatchRecord:
     @property
     def formation_wait(self) -> float:
         """How long the oldest row waited for this batch to form while the model was free."""
-        return self.dispatched - max(self.oldest_enqueued, self.model_free_since)
+        return max(0.0, self.dispatched - max(self.oldest_enqueued, self.model_free_since))
 
 
 class Batcher:
@@ -77,78 +85,88 @@ class Batcher:
         self.max_queue = max_queue
         self._on_batch = on_batch
         self._clock = clock
+        self._lock = threading.Lock()
         self._queue: collections.deque[_Pending] = collections.deque()
         self.queued_rows = 0
         self.history: collections.deque[BatchRecord] = collections.deque(maxlen=history)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelfleet-infer")
-        self._wakeup = asyncio.Event()
-        self._worker: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._running = False  # the inference thread owns the queue's head while this is set
         self._closing = False
-        self._busy = False
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._model_free_since = clock()
 
     def start(self) -> None:
-        if self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(self._work(), name="modelfleet-batcher")
+        self._loop = asyncio.get_running_loop()
 
     @property
-    def idle(self) -> bool:
-        return not self._queue and not self._busy
+    def busy(self) -> bool:
+        return self._running
 
     async def submit(self, feeds: Feeds, rows: int) -> Feeds:
         """Queue `rows` rows and return this caller's rows of every output."""
         if self._closing:
             raise Unavailable("the server is shutting down; retry on another replica")
-        if self.queued_rows + rows > self.max_queue:
-            raise QueueFull(f"queue full: {self.queued_rows} rows waiting, the limit is {self.max_queue}; retry later")
-        future: asyncio.Future[Feeds] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(feeds, rows, future, self._clock()))
-        self.queued_rows += rows
-        self._wakeup.set()
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
+        future: asyncio.Future[Feeds] = loop.create_future()
+        with self._lock:
+            if self.queued_rows + rows > self.max_queue:
+                raise QueueFull(f"queue full: {self.queued_rows} rows waiting, the limit is {self.max_queue}; "
+                                "retry later")
+            self._queue.append(_Pending(feeds, rows, future, self._clock()))
+            self.queued_rows += rows
+            start_thread = not self._running
+            self._running = True
+        if start_thread:
+            self._idle.clear()
+            self._executor.submit(self._drain)
         return await future
 
     async def close(self, timeout: float | None = None) -> None:
-        """Refuse new work, let queued and running batches finish, then stop the worker."""
+        """Refuse new work, let queued and running batches finish, then stop the thread."""
         self._closing = True
-        self._wakeup.set()
-        if self._worker is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._worker), timeout)
-            except asyncio.TimeoutError:
-                self._worker.cancel()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self._queue:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            parts = self._take()
-            dispatched = self._clock()
-            self._busy = True
-            try:
-                await self._run(loop, parts)
-            finally:
-                self._busy = False
-                finished = self._clock()
-                record = BatchRecord(
-                    rows=sum(stop - start for _, start, stop in parts),
-                    requests=len(parts),
-                    oldest_enqueued=min(p.enqueued for p, _, _ in parts),
-                    model_free_since=self._model_free_since,
-                    dispatched=dispatched,
-                    finished=finished,
-                )
-                self._model_free_since = finished
-                self.history.append(record)
-                if self._on_batch is not None:
-                    self._on_batch(record, [dispatched - p.enqueued for p, start, _ in parts if start == 0])
+    # -- the inference thread --------------------------------------------------------------
 
-    def _take(self) -> list[tuple[_Pending, int, int]]:
+    def _drain(self) -> None:
+        """Run batches back to back until the queue is empty."""
+        while True:
+            with self._lock:
+                parts = self._take()
+                if not parts:
+                    self._running = False
+                    break
+            dispatched = self._clock()
+            delivered = self._run(parts)
+            finished = self._clock()
+            record = BatchRecord(
+                rows=sum(stop - start for _, start, stop in parts),
+                requests=len(parts),
+                oldest_enqueued=min(p.enqueued for p, _, _ in parts),
+                model_free_since=self._model_free_since,
+                dispatched=dispatched,
+                finished=finished,
+            )
+            self._model_free_since = finished
+            waits = [dispatched - p.enqueued for p, start, _ in parts if start == 0]
+            self._call_in_loop(self._finish_batch, delivered, record, waits)
+        self._call_in_loop(self._set_idle_if_quiet)
+
+    def _call_in_loop(self, callback: Callable[..., None], *args: object) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop is closed: nobody is left to answer
+            pass
+
+    def _take(self) -> list[Part]:
         room = self.max_batch_size
         parts = []
         while self._queue and room:
@@ -167,7 +185,7 @@ class Batcher:
         return parts
 
     @staticmethod
-    def _merge(parts: list[tuple[_Pending, int, int]]) -> Feeds:
+    def _merge(parts: list[Part]) -> Feeds:
         if len(parts) == 1:
             pending, start, stop = parts[0]
             if start == 0 and stop == pending.rows:
@@ -178,30 +196,45 @@ class Batcher:
             for name in parts[0][0].feeds
         }
 
-    async def _run(self, loop: asyncio.AbstractEventLoop, parts: list[tuple[_Pending, int, int]]) -> None:
-        if not parts:
-            return
+    def _run(self, parts: list[Part]) -> list[tuple[Part, Feeds | Exception]]:
         try:
-            outputs = await loop.run_in_executor(self._executor, self._run_batch, self._merge(parts))
+            outputs = self._run_batch(self._merge(parts))
         except Exception as exc:
             if len(parts) == 1:
-                self._fail(parts[0][0], exc)
-                return
+                return [(parts[0], exc)]
             # Find the culprit: each request alone, so its neighbours still get their answers.
-            for part in parts:
-                await self._run(loop, [part])
-            return
+            return [result for part in parts for result in self._run([part])]
+        delivered: list[tuple[Part, Feeds | Exception]] = []
         offset = 0
-        for pending, start, stop in parts:
-            count = stop - start
-            self._deliver(pending, start, {name: out[offset:offset + count] for name, out in outputs.items()})
+        for part in parts:
+            count = part[2] - part[1]
+            delivered.append((part, {name: out[offset:offset + count] for name, out in outputs.items()}))
             offset += count
+        return delivered
+
+    # -- back on the event loop --------------------------------------------------------------
+
+    def _finish_batch(self, delivered: list[tuple[Part, Feeds | Exception]], record: BatchRecord,
+                      waits: list[float]) -> None:
+        for (pending, start, _), result in delivered:
+            if isinstance(result, Exception):
+                if not pending.future.done():
+                    pending.future.set_exception(InferenceFailed(f"inference failed: {result}"))
+            else:
+                self._deliver(pending, start, result)
+        self.history.append(record)
+        if self._on_batch is not None:
+            self._on_batch(record, waits)
+
+    def _set_idle_if_quiet(self) -> None:
+        if not self._running:
+            self._idle.set()
 
     @staticmethod
     def _deliver(pending: _Pending, start: int, chunk: Feeds) -> None:
         if pending.future.done():
             return
-        pending.done += next(iter(chunk.values())).shape[0] if chunk else 0
+        pending.done += len(next(iter(chunk.values())))
         if not pending.chunks and pending.done == pending.rows:
             pending.future.set_result(chunk)
             return
@@ -211,8 +244,3 @@ class Batcher:
             pending.future.set_result({
                 name: np.concatenate([c[name] for _, c in pending.chunks]) for name in pending.chunks[0][1]
             })
-
-    @staticmethod
-    def _fail(pending: _Pending, exc: Exception) -> None:
-        if not pending.future.done():
-            pending.future.set_exception(InferenceFailed(f"inference failed: {exc}"))

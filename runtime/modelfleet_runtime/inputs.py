@@ -14,6 +14,9 @@ import numpy as np
 from .errors import InvalidInput, InvalidValue
 
 
+_NUMBER_TYPES = {int, float}
+
+
 def _describe(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -40,6 +43,15 @@ def rows_to_array(rows: list[Any], width: int | None, dtype: np.dtype, *, prefix
     """
     if not rows:
         raise InvalidInput("no rows: send at least one row of features")
+    # One C-speed pass over the element types; NumPy alone would quietly take booleans and strings.
+    kinds: set[type] = set()
+    try:
+        for row in rows:
+            kinds.update(map(type, row))
+    except TypeError:
+        raise _find_problem(rows, width) from None
+    if not kinds <= _NUMBER_TYPES:
+        raise _find_problem(rows, width)
     try:
         array = np.asarray(rows)
     except (ValueError, TypeError):

@@ -62,6 +62,10 @@ class ModelServer:
 
     async def start(self) -> None:
         """Begin loading in the background; the HTTP server answers liveness meanwhile."""
+        if self.settings.feature_store and self.features is None:
+            from .features import FeatureStore
+
+            self.features = FeatureStore.from_settings(self.settings, registry=self.metrics.registry)
         self._load_task = asyncio.get_running_loop().create_task(self._load(), name="modelfleet-load")
 
     async def wait_loaded(self) -> None:
@@ -88,6 +92,10 @@ class ModelServer:
         self.metrics.load_seconds.set(loaded - started)
         log.info("loaded %s (inputs %s, outputs %s) in %.3fs", self.model_path,
                  [i.metadata() for i in model.inputs], [o.metadata() for o in model.outputs], loaded - started)
+        if self.features is not None and (model.input_width is None or self.features.width > model.input_width):
+            raise ModelLoadError(f"the feature store supplies {self.features.width} features per entity, but the "
+                                 f"model takes {model.input_width if model.input_width is not None else 'no'} "
+                                 "features per row")
         model.warmup(s.warmup_iterations, s.max_batch_size)
         self.metrics.warmup_seconds.set(time.perf_counter() - loaded)
         return model

@@ -1,0 +1,21 @@
+"""Fixtures shared by every suite: small real ONNX models built with onnx.helper."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from onnx_models import build_mlp
+
+
+@pytest.fixture
+def mlp_path(tmp_path: Path) -> Path:
+    """A one-input regression MLP: 4 features -> 16 -> 1."""
+    return build_mlp(tmp_path / "mlp.onnx", (4, 16, 1))
+
+
+@pytest.fixture
+def classifier_path(tmp_path: Path) -> Path:
+    """A multi-class model: 6 features -> 12 -> 3 class probabilities (Softmax)."""
+    return build_mlp(tmp_path / "classifier.onnx", (6, 12, 3), softmax=True, output_name="probabilities")

@@ -1,0 +1,68 @@
+"""Small real ONNX models built with onnx.helper, shared by every suite."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def _save(graph: onnx.GraphProto, path: Path) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def build_mlp(path: Path, sizes: tuple[int, ...] = (4, 16, 1), *, softmax: bool = False, seed: int = 0,
+              input_name: str = "x", output_name: str = "y") -> Path:
+    """Gemm/Relu layers of `sizes`; the last layer is linear, or Softmax when `softmax`."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, current = [], [], input_name
+    for i, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:])):
+        w = (rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in)).astype(np.float32)
+        b = (rng.standard_normal(fan_out) * 0.1).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        last = i == len(sizes) - 2
+        out = (output_name if not softmax else "logits") if last else f"h{i}"
+        nodes.append(helper.make_node("Gemm", [current, f"w{i}", f"b{i}"], [out]))
+        if not last:
+            nodes.append(helper.make_node("Relu", [out], [f"{out}_relu"]))
+            out = f"{out}_relu"
+        current = out
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["logits"], [output_name], axis=1))
+    graph = helper.make_graph(
+        nodes, "mlp",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", sizes[0]])],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", sizes[-1]])],
+        inits,
+    )
+    return _save(graph, path)
+
+
+def build_two_output(path: Path, width: int = 3) -> Path:
+    """x -> (doubled = 2x, total = sum(x) per row): a model with two outputs."""
+    two = numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two")
+    axes = numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "two"], ["doubled"]),
+         helper.make_node("ReduceSum", ["x", "axes"], ["total"], keepdims=1)],
+        "two_outputs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("doubled", TensorProto.FLOAT, ["batch", width]),
+         helper.make_tensor_value_info("total", TensorProto.FLOAT, ["batch", 1])],
+        [two, axes],
+    )
+    return _save(graph, path)
+
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
