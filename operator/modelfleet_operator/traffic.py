@@ -20,6 +20,7 @@ HEADER_VERSION = "x-model-version"
 SERVICE_PORT = 80
 # Gateway API allows 16 rules per HTTPRoute: one per pinned version plus the weighted default.
 MAX_PINNED_VERSIONS = 15
+MAX_BACKENDS = 16
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,8 @@ def apportion(weights: Mapping[str, int], total: int = 100) -> dict[str, int]:
     starved = sorted(n for n, w in weights.items() if w > 0 and shares[n] == 0)
     if len([w for w in weights.values() if w > 0]) <= total:
         for name in starved:
-            donor = min(shares, key=lambda n: (-shares[n], n))
+            # the largest share gives; among equals the name sorting last, which got no tie-break unit
+            donor = max(shares, key=lambda n: (shares[n], n))
             shares[donor] -= 1
             shares[name] += 1
     return shares
@@ -172,7 +174,8 @@ def build_httproute(
     One rule per version matches the header `x-model-version: VERSION` and pins
     it (more header matches take precedence over the default rule); the last rule
     sends everything else to the versions with a positive share, weighted by it.
-    With more than 15 versions only the 15 with the largest shares are pinnable.
+    With more than 15 versions only the 15 with the largest shares are pinnable, and
+    at most 16 versions share the default rule (the Gateway API's limits).
     """
     gateway_namespace, gateway_name = config.gateway_ref
     parent: dict[str, Any] = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": gateway_name}
@@ -196,7 +199,9 @@ def build_httproute(
         }
         for v in pinned
     ]
-    weighted = [backend(v, split.share(v.name)) for v in sorted(versions, key=lambda v: v.name) if split.share(v.name) > 0]
+    # Gateways normalise weights over the listed backends; past 16 the smallest shares are dropped.
+    serving = [v for v in ordered if split.share(v.name) > 0][:MAX_BACKENDS]
+    weighted = [backend(v, split.share(v.name)) for v in sorted(serving, key=lambda v: v.name)]
     rules.append(
         {
             "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
