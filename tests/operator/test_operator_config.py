@@ -1,0 +1,127 @@
+"""The operator's configuration: flags over MODELFLEET_OPERATOR_* over defaults, bad values refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from modelfleet_operator.config import (
+    CONFIG_KEYS,
+    ConfigError,
+    OperatorConfig,
+    env_name,
+    image_allowed,
+    load_config,
+    parse_set_options,
+)
+
+
+def test_defaults() -> None:
+    config = load_config({}, {})
+    assert config.runtime_image == "ghcr.io/modelfleet/runtime:0.1.0"
+    assert config.routing == "service" and config.cluster_domain == "cluster.local"
+    assert config.allowed_images == ("ghcr.io/modelfleet/runtime",)
+    assert config.allowed_uri_schemes == ("https", "http", "pvc", "configmap", "file")
+    assert config.namespaces == () and not config.all_namespaces and not config.standalone
+    assert config.liveness_port == 8081
+    assert config.default_resources["requests"]
+
+
+def test_every_key_has_an_environment_variable() -> None:
+    assert env_name("runtime-image") == "MODELFLEET_OPERATOR_RUNTIME_IMAGE"
+    environ = {
+        "MODELFLEET_OPERATOR_RUNTIME_IMAGE": "registry.local/runtime:2",
+        "MODELFLEET_OPERATOR_ROUTING": "gateway",
+        "MODELFLEET_OPERATOR_GATEWAY": "infra/public",
+        "MODELFLEET_OPERATOR_CLUSTER_DOMAIN": "k8s.internal",
+        "MODELFLEET_OPERATOR_ALLOWED_IMAGES": "registry.local/, ghcr.io/modelfleet/runtime",
+        "MODELFLEET_OPERATOR_ALLOWED_URI_SCHEMES": "https,pvc",
+        "MODELFLEET_OPERATOR_NAMESPACES": "ml,staging",
+        "MODELFLEET_OPERATOR_ALL_NAMESPACES": "false",
+        "MODELFLEET_OPERATOR_STANDALONE": "yes",
+        "MODELFLEET_OPERATOR_LIVENESS_PORT": "9000",
+        "MODELFLEET_OPERATOR_LOG_LEVEL": "debug",
+        "MODELFLEET_OPERATOR_LOG_FORMAT": "json",
+        "MODELFLEET_OPERATOR_DEFAULT_RESOURCES": '{"requests": {"cpu": "1"}}',
+    }
+    assert {k.removeprefix("MODELFLEET_OPERATOR_").lower().replace("_", "-") for k in environ} == set(CONFIG_KEYS)
+    config = load_config({}, environ)
+    assert config == OperatorConfig(
+        runtime_image="registry.local/runtime:2",
+        routing="gateway",
+        gateway="infra/public",
+        cluster_domain="k8s.internal",
+        allowed_images=("registry.local/", "ghcr.io/modelfleet/runtime"),
+        allowed_uri_schemes=("https", "pvc"),
+        namespaces=("ml", "staging"),
+        standalone=True,
+        liveness_port=9000,
+        log_level="debug",
+        log_format="json",
+        default_resources={"requests": {"cpu": "1"}},
+    )
+
+
+def test_a_flag_wins_over_its_variable() -> None:
+    environ = {"MODELFLEET_OPERATOR_ROUTING": "gateway", "MODELFLEET_OPERATOR_GATEWAY": "gw"}
+    assert load_config({"routing": "service"}, environ).routing == "service"
+    assert load_config({"routing": None}, environ).routing == "gateway"
+    assert load_config({"cluster_domain": "a.b"}, {}).cluster_domain == "a.b"  # argparse dest spelling
+
+
+def test_the_allowed_images_follow_the_configured_runtime_image() -> None:
+    assert load_config({"runtime-image": "registry.local:5000/ml/runtime:3"}, {}).allowed_images == (
+        "registry.local:5000/ml/runtime",
+    )
+
+
+@pytest.mark.parametrize(
+    "image, allowed, expected",
+    [
+        ("ghcr.io/modelfleet/runtime:0.2.0", ("ghcr.io/modelfleet/runtime",), True),
+        ("ghcr.io/modelfleet/runtime@sha256:" + "a" * 64, ("ghcr.io/modelfleet/runtime",), True),
+        ("ghcr.io/modelfleet/runtime", ("ghcr.io/modelfleet/runtime",), True),
+        ("ghcr.io/modelfleet/runtime-evil:1", ("ghcr.io/modelfleet/runtime",), False),
+        ("ghcr.io/modelfleet/runtime/../x:1", ("ghcr.io/modelfleet/runtime",), False),
+        ("docker.io/library/python:3.12", ("ghcr.io/modelfleet/runtime",), False),
+        ("registry.local/team/trainer:1", ("registry.local/",), True),
+        ("registry.local.evil/x:1", ("registry.local/",), False),
+        ("python:3.12", ("python:3.12",), True),
+        ("python:3.13", ("python:3.12",), False),
+    ],
+)
+def test_image_allow_list(image: str, allowed: tuple[str, ...], expected: bool) -> None:
+    assert image_allowed(image, allowed) is expected
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ({"routing": "mesh"}, "routing must be one of service, gateway"),
+        ({"routing": "gateway"}, "routing gateway needs gateway"),
+        ({"gateway": "a/b/c"}, "gateway must be NAMESPACE/NAME"),
+        ({"allowed-uri-schemes": "https,s3"}, "unknown scheme(s) s3"),
+        ({"liveness-port": "http"}, "liveness-port: expected a whole number"),
+        ({"liveness-port": "70000"}, "liveness-port must be between 1 and 65535"),
+        ({"standalone": "maybe"}, "standalone: expected true or false"),
+        ({"log-level": "loud"}, "log-level must be one of"),
+        ({"default-resources": "cpu=1"}, "default-resources: expected a JSON object"),
+        ({"namespaces": ["ML"]}, "namespace 'ML' is not a valid namespace name"),
+        ({"namespaces": ["ml"], "all-namespaces": True}, "not both"),
+        ({"runtime-image": "a b"}, "runtime-image must be an image reference"),
+        ({"replicas": "3"}, "unknown configuration key(s) replicas"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_key(args: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(args, {})
+    assert message in str(err.value)
+
+
+def test_set_options_parse_key_value_pairs() -> None:
+    assert parse_set_options(["routing=gateway", "gateway=infra/gw", "default-resources={\"a\":1}"]) == {
+        "routing": "gateway",
+        "gateway": "infra/gw",
+        "default-resources": '{"a":1}',
+    }
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_set_options(["routing"])
