@@ -49,10 +49,26 @@ def grants(roles: Iterable[Mapping[str, Any]]) -> set[Grant]:
     return result
 
 
-def _normalise(request: Iterable[str | None]) -> Grant:
-    """(verb, group, resource[, subresource]) -> (verb, group, "resource[/sub]")."""
-    verb, group, resource, *rest = request
-    subresource = rest[0] if rest else None
+def _normalise(request: Any) -> Grant:
+    """One request -> (verb, group, "resource[/subresource]").
+
+    Accepts a (verb, group, resource[, subresource]) tuple, a mapping or an
+    object with `verb`, `api_group` (or `group`), `resource` and `subresource`
+    (the integration harness's `ApiRequest`, or its `as_dict()` / JSON dump).
+    """
+    if isinstance(request, Mapping):
+        fields = request
+    elif hasattr(request, "verb") and hasattr(request, "resource"):
+        fields = vars(request) if hasattr(request, "__dict__") else {
+            name: getattr(request, name) for name in ("verb", "api_group", "group", "resource", "subresource")
+            if hasattr(request, name)}
+    else:
+        verb, group, resource, *rest = request
+        fields = {"verb": verb, "group": group, "resource": resource, "subresource": rest[0] if rest else None}
+    verb = fields["verb"]
+    group = fields.get("api_group", fields.get("group"))
+    resource = fields["resource"]
+    subresource = fields.get("subresource")
     if group in ("v1", "core", None):  # the core group is "" in RBAC
         group = ""
     if subresource:
@@ -61,15 +77,16 @@ def _normalise(request: Iterable[str | None]) -> Grant:
 
 
 def check_requests(
-    requests: Iterable[Iterable[str | None]],
+    requests: Iterable[Any],
     role: Iterable[Mapping[str, Any]] | set[Grant],
     *,
     implicit: frozenset[Grant] = IMPLICIT_GRANTS,
 ) -> tuple[set[Grant], set[Grant]]:
     """Compare the requests an operator made with what `role` grants.
 
-    `requests` holds (verb, group, resource) or (verb, group, resource,
-    subresource) tuples; `role` is rendered role objects or a set from
+    `requests` holds (verb, group, resource[, subresource]) tuples or the
+    integration harness's recorded requests (objects or dicts with `verb`,
+    `api_group`, `resource`, `subresource`); `role` is rendered role objects or a set from
     `grants()`. Returns (missing, unused): requests the role would refuse, and
     grants no request used (minus the `implicit` ones).
     """

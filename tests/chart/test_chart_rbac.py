@@ -134,3 +134,22 @@ def test_check_requests_reports_refused_and_unused_grants() -> None:
     assert missing == {("patch", "apps", "deployments"), ("update", "", "services/status")}
     # The finalizers grant is implicit (admission plugins), so not reported as unused.
     assert unused == {("delete", "apps", "deployments")}
+
+
+def test_check_requests_reads_the_harness_request_records() -> None:
+    """The integration harness records dataclasses; their JSON dump gives dicts. Both work."""
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Recorded:
+        verb: str
+        api_group: str
+        resource: str
+        subresource: str
+        namespace: str
+
+    role = {"kind": "Role", "rules": [{"apiGroups": ["serving.modelfleet.dev"],
+                                       "resources": ["modelversions/status"], "verbs": ["patch"]}]}
+    recorded = Recorded("patch", "serving.modelfleet.dev", "modelversions", "status", "ml")
+    assert check_requests([recorded], [role], implicit=frozenset()) == (set(), set())
+    assert check_requests([dataclasses.asdict(recorded)], [role], implicit=frozenset()) == (set(), set())
