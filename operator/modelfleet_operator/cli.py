@@ -30,6 +30,7 @@ _HELP = {
     "cluster-domain": "cluster DNS domain used in status endpoints",
     "allowed-images": "comma-separated images or repositories a ModelVersion may name (prefix/ for a tree)",
     "allowed-uri-schemes": "comma-separated model URI schemes a ModelVersion may use",
+    "peering": "name of the kopf peering object shared by several operator replicas",
     "liveness-port": "port of the operator's liveness endpoint /healthz",
     "log-level": "debug, info, warning, error or critical",
     "log-format": "text or json",

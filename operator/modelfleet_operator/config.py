@@ -74,6 +74,8 @@ class OperatorConfig:
     namespaces: tuple[str, ...] = ()
     all_namespaces: bool = False
     standalone: bool = False
+    # kopf peering object several operator replicas coordinate through (empty: kopf's default).
+    peering: str = ""
     # Port of kopf's liveness endpoint (http://0.0.0.0:PORT/healthz) for the Deployment's probe.
     liveness_port: int = 8081
     log_level: str = "info"
@@ -106,6 +108,10 @@ class OperatorConfig:
                 problems.append(f"namespace {ns!r} is not a valid namespace name")
         if self.all_namespaces and self.namespaces:
             problems.append("give either namespace(s) or all-namespaces, not both")
+        if self.peering and not _DNS_SUBDOMAIN.match(self.peering):
+            problems.append(f"peering must be a DNS name, got {self.peering!r}")
+        if self.peering and self.standalone:
+            problems.append("give either peering or standalone, not both: standalone runs without peering")
         if not 0 < self.liveness_port < 65536:
             problems.append(f"liveness-port must be between 1 and 65535, got {self.liveness_port}")
         if self.log_level not in LOG_LEVELS:
