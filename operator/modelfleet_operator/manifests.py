@@ -574,14 +574,16 @@ def plan_model(
     `ready[name]`: whether the version is Ready (loaded, warmed up, not rolled back).
     With no live version the manifests are empty: the garbage collector removes them.
     """
-    live = sorted((v for v in versions if not _meta(v).get("deletionTimestamp")), key=_name)
-    if not live:
+    if not versions:
         raise ValueError("plan_model needs at least one ModelVersion")
+    live = sorted((v for v in versions if not _meta(v).get("deletionTimestamp")), key=_name)
     models = {v["spec"]["model"] for v in versions}
     namespaces = {namespace_of(v) for v in versions}
     if len(models) != 1 or len(namespaces) != 1:
         raise ValueError(f"plan_model takes the versions of one model in one namespace, got {models} in {namespaces}")
     model, namespace = models.pop(), namespaces.pop()
+    if not live:
+        return ModelPlan(model=model, namespace=namespace, split=TrafficSplit(shares={}), scales={}, manifests=[])
     states = [version_state(v, ready=bool(ready.get(_name(v)))) for v in live]
     split = effective_shares(states)
     scales = plan_scales(states, split, config)

@@ -333,3 +333,10 @@ def test_render_groups_versions_by_model_and_splits_their_traffic(make_mv: MakeM
     assert names[:3] == [("Service", "churn"), ("Deployment", "churn-v1"), ("Service", "churn-v1")]
     deployments = {o["metadata"]["name"]: o["spec"]["replicas"] for o in rendered if o["kind"] == "Deployment"}
     assert deployments == {"churn-v1": 1, "fraud-v1": 4, "fraud-v2": 1}  # ceil(4 * 10 / 100)
+
+
+def test_plan_model_with_only_deleted_versions_builds_nothing(make_mv: MakeMV) -> None:
+    gone = make_mv()
+    gone["metadata"]["deletionTimestamp"] = "2024-01-01T00:00:00Z"
+    plan = plan_model([gone], {"fraud-v1": True}, CONFIG)
+    assert plan.manifests == [] and dict(plan.scales) == {}

@@ -46,6 +46,7 @@ versions_strategy = st.lists(
 )
 
 
+@settings(deadline=None)
 @given(versions_strategy)
 def test_shares_sum_to_100_whenever_a_ready_version_wants_traffic(versions: list[VersionState]) -> None:
     split = effective_shares(versions)
@@ -57,6 +58,7 @@ def test_shares_sum_to_100_whenever_a_ready_version_wants_traffic(versions: list
         assert dict(split.shares) == {s.name: s.serving for s in versions}
 
 
+@settings(deadline=None)
 @given(versions_strategy)
 def test_non_ready_and_zero_weight_versions_never_get_a_new_share(versions: list[VersionState]) -> None:
     split = effective_shares(versions)
@@ -69,6 +71,7 @@ def test_non_ready_and_zero_weight_versions_never_get_a_new_share(versions: list
             assert split.share(s.name) >= 1  # a Ready version that asks for traffic serves some
 
 
+@settings(deadline=None)
 @given(versions_strategy, st.randoms(use_true_random=False))
 def test_shares_do_not_depend_on_the_order_of_versions(versions: list[VersionState], rnd) -> None:
     shuffled = list(versions)
@@ -76,6 +79,7 @@ def test_shares_do_not_depend_on_the_order_of_versions(versions: list[VersionSta
     assert dict(effective_shares(versions).shares) == dict(effective_shares(shuffled).shares)
 
 
+@settings(deadline=None)
 @given(st.dictionaries(st.text("xyz", min_size=1, max_size=3), st.integers(1, 100), min_size=1, max_size=10))
 def test_apportion_stays_within_one_point_of_the_exact_share(weights: dict[str, int]) -> None:
     shares = apportion(weights)
@@ -153,6 +157,7 @@ def test_service_mode_scales_hpa_bounds_by_share() -> None:
     assert scales["m-2"] == Scale(replicas=1, autoscaling=(1, 3))
 
 
+@settings(deadline=None)
 @given(versions_strategy)
 def test_service_mode_never_scales_a_version_without_share_or_weight_up(versions: list[VersionState]) -> None:
     split = effective_shares(versions)
@@ -203,7 +208,7 @@ def test_httproute_to_a_gateway_in_the_same_namespace_has_no_namespace(httproute
     assert list(httproute_validator.iter_errors(route)) == []
 
 
-@settings(max_examples=50)
+@settings(max_examples=50, deadline=None)
 @given(versions_strategy.filter(bool))
 def test_every_httproute_validates_against_the_gateway_api_schema(
     httproute_validator: jsonschema.Validator, versions: list[VersionState]
