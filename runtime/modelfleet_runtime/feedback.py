@@ -299,7 +299,10 @@ class FeedbackWriter:
                 continue
             self.appended += count
             if self.on_sync is not None:
-                self.on_sync(time.perf_counter() - started, count)
+                try:
+                    self.on_sync(time.perf_counter() - started, count)
+                except Exception:  # an observer must never leave the waiters hanging
+                    log.exception("feedback on_sync observer failed")
             for _, _, future in group:
                 if not future.done():
                     future.set_result(None)
