@@ -53,15 +53,23 @@ class FeedbackService:
         self.fsync_seconds.observe(seconds)
         self.samples_total.inc(samples)
 
-    async def append(self, samples: list[Sample]) -> int:
-        """Store `samples` durably; returns the volume's unconsumed count including them."""
+    async def append(self, samples: list[Sample]) -> int | None:
+        """Store `samples` durably; returns the volume's unconsumed count including them.
+
+        Once the samples are stored the request must not fail (a client would resend them),
+        so a count that cannot be taken is None.
+        """
         assert self.writer is not None
         try:
             await self.writer.append(samples)
         except FeedbackWriteError as exc:
             raise Unavailable(f"feedback could not be stored: {exc}", retry_after=5) from exc
         self._completed += 1
-        return await self.count(after=self._completed)
+        try:
+            return await self.count(after=self._completed)
+        except Exception:
+            log.exception("stored %d sample(s) but could not count the feedback volume", len(samples))
+            return None
 
     async def count(self, after: int = 0) -> int:
         """The unconsumed count from a scan that started after `after` appends had completed.
