@@ -8,6 +8,7 @@ queued in the batcher; then the batcher stops and the process exits 0.
 from __future__ import annotations
 
 import logging
+import signal
 
 import uvicorn
 
@@ -23,7 +24,11 @@ class _DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: object) -> None:
         self.model_server.begin_drain()
-        super().handle_exit(sig, frame)
+        super().handle_exit(sig, frame)  # type: ignore[arg-type]
+        # uvicorn re-raises captured signals after shutdown; a completed drain on SIGTERM is a
+        # clean exit (code 0), which is what Kubernetes and process supervisors expect.
+        if sig == signal.SIGTERM and getattr(self, "_captured_signals", None):
+            self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
 
 
 def serve(settings: Settings) -> int:

@@ -1,0 +1,164 @@
+"""The runtime as a process: CLI, settings from flags and env, downloads, and the SIGTERM drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import http.server
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+
+from live_server import live_server, wait_for
+from modelfleet_runtime.settings import Settings, SettingsError, parse_serve_args
+from modelfleet_runtime.sources import fetch_model, resolve_local
+from modelfleet_runtime.errors import ModelLoadError
+from onnx_models import build_mlp, free_port
+
+RUNTIME = [sys.executable, "-m", "modelfleet_runtime.cli"]
+
+
+def test_a_flag_wins_over_its_environment_variable() -> None:
+    env = {"MODELFLEET_MODEL": "file:///m.onnx", "MODELFLEET_MAX_BATCH_SIZE": "1",
+           "MODELFLEET_MAX_QUEUE": "100000", "MODELFLEET_PORT": "9000",
+           "MODELFLEET_FEATURE_FIELDS": "age, tenure_days,txn_7d"}
+    settings = parse_serve_args(["--max-batch-size", "64"], env)
+    assert settings.model == "file:///m.onnx" and settings.max_batch_size == 64 and settings.port == 9000
+    assert settings.feature_fields == ("age", "tenure_days", "txn_7d")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--model", "m.onnx", "--max-batch-size", "0"], "max-batch-size must be at least 1"),
+    (["--model", "m.onnx", "--port", "many"], "port: cannot read 'many' as int"),
+    (["--model", "m.onnx", "--sha256", "abc"], "sha256 must be 64 hexadecimal characters"),
+    ([], "no model: pass --model URI"),
+])
+def test_bad_settings_are_refused_with_the_reason(argv: list[str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message.replace("(", r"\(")):
+        parse_serve_args(argv, {})
+
+
+def test_mounted_sources_resolve_under_the_model_root() -> None:
+    assert resolve_local("pvc://models/fraud/2/model.onnx", "/mnt/models") == Path("/mnt/models/pvc/models/fraud/2/model.onnx")
+    assert resolve_local("configmap://fraud-model/model.onnx", "/mnt/models") == Path("/mnt/models/configmap/fraud-model/model.onnx")
+    assert resolve_local("file:///opt/m.onnx", "/x") == Path("/opt/m.onnx")
+    assert resolve_local("/opt/m.onnx", "/x") == Path("/opt/m.onnx")
+    assert resolve_local("https://example.invalid/m.onnx", "/x") is None
+    with pytest.raises(ModelLoadError, match="'..' is not allowed"):
+        resolve_local("pvc://claim/../etc/passwd", "/mnt/models")
+    with pytest.raises(ModelLoadError, match="unsupported scheme 's3'"):
+        resolve_local("s3://bucket/m.onnx", "/mnt/models")
+
+
+@contextlib.contextmanager
+def http_file_server(folder: Path) -> Iterator[str]:
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_http_sources_are_downloaded_once_and_verified(tmp_path: Path) -> None:
+    served = tmp_path / "served"
+    served.mkdir()
+    model = build_mlp(served / "model.onnx")
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    with http_file_server(served) as base:
+        local = fetch_model(f"{base}/model.onnx", sha256=digest, cache_dir=str(tmp_path / "cache"))
+        assert local.read_bytes() == model.read_bytes()
+        with pytest.raises(ModelLoadError, match="sha256 mismatch"):
+            fetch_model(f"{base}/model.onnx", sha256="f" * 64, cache_dir=str(tmp_path / "cache"))
+        with pytest.raises(ModelLoadError, match="could not download"):
+            fetch_model(f"{base}/missing.onnx", cache_dir=str(tmp_path / "cache"))
+    # The cached copy serves a restart even when the origin is gone.
+    assert fetch_model(f"{base}/model.onnx", sha256=digest, cache_dir=str(tmp_path / "cache")) == local
+
+
+async def test_pvc_source_is_served_from_its_mount(tmp_path: Path) -> None:
+    folder = tmp_path / "root" / "pvc" / "claim" / "fraud"
+    folder.mkdir(parents=True)
+    build_mlp(folder / "m.onnx")
+    settings = Settings(model="pvc://claim/fraud/m.onnx", model_root=str(tmp_path / "root"), warmup_iterations=1)
+    async with live_server(settings) as live:
+        assert (await live.client.get("/v2/health/ready")).status_code == 200
+
+
+def test_demo_model_command_writes_a_deterministic_model(tmp_path: Path) -> None:
+    for name in ("a.onnx", "b.onnx"):
+        subprocess.run([*RUNTIME, "demo-model", "--out", str(tmp_path / name)], check=True, capture_output=True)
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+async def _send_raw(port: int, body: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Write a whole POST /predict on its own connection, so the server surely has it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    await writer.drain()
+    return reader, writer
+
+
+async def _read_response(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[int, dict]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:] if ": " in line)
+    payload = await reader.readexactly(int(headers["content-length"]))
+    writer.close()
+    return int(lines[0].split()[1]), orjson.loads(payload)
+
+
+async def test_sigterm_answers_every_request_in_flight_then_exits_zero(tmp_path: Path) -> None:
+    # Heavy rows with small bodies: the requests arrive much faster than the model gets through them.
+    model = build_mlp(tmp_path / "heavy.onnx", (8, 3072, 3072, 1))
+    port = free_port()
+    env = {**os.environ, "MODELFLEET_MODEL": str(model), "MODELFLEET_PORT": str(port),
+           "MODELFLEET_HOST": "127.0.0.1", "MODELFLEET_WARMUP_ITERATIONS": "1", "MODELFLEET_MAX_BATCH_SIZE": "1",
+           "MODELFLEET_MAX_QUEUE": "100000", "MODELFLEET_LOG_LEVEL": "warning"}
+    process = subprocess.Popen([*RUNTIME, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            async def ready() -> bool:
+                try:
+                    return (await client.get("/v2/health/ready")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            async def in_flight() -> float:
+                text = (await client.get("/metrics")).text
+                line = next(l for l in text.splitlines() if l.startswith("modelfleet_requests_in_flight "))
+                return float(line.split()[1]) - 1  # the /metrics request itself counts as one
+
+            await wait_for(ready, timeout=60)
+            rng = np.random.default_rng(0)
+            body = orjson.dumps({"instances": rng.standard_normal((32, 8)).astype(np.float32).tolist()})
+            connections = [await _send_raw(port, body) for _ in range(40)]
+            await wait_for(lambda: _at_least(in_flight(), 40), timeout=30, interval=0.005)
+            process.send_signal(signal.SIGTERM)
+        answers = await asyncio.gather(*(_read_response(r, w) for r, w in connections))
+        assert [status for status, _ in answers] == [200] * 40
+        assert all(len(payload["predictions"]) == 32 for _, payload in answers)
+        assert await asyncio.to_thread(process.wait, 30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+async def _at_least(value: asyncio.Future, bound: float) -> bool:
+    return await value >= bound
