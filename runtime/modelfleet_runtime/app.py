@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from . import __version__
 from .errors import RuntimeProblem
+from .feedback_api import build_feedback_router
 from .http_io import json_response, read_token
 from .metrics import MetricsMiddleware, RuntimeMetrics
 from .serving import ModelServer
@@ -29,6 +30,7 @@ log = logging.getLogger("modelfleet.app")
 def create_app(settings: Settings, server: ModelServer | None = None) -> FastAPI:
     server = server or ModelServer(settings, RuntimeMetrics())
     predict_token = read_token(settings.predict_token_file)
+    feedback_router = build_feedback_router(server)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -37,12 +39,14 @@ def create_app(settings: Settings, server: ModelServer | None = None) -> FastAPI
             yield
         finally:
             await server.stop()
+            await feedback_router.feedback_service.aclose()
 
     app = FastAPI(title="ModelFleet runtime", version=__version__, lifespan=lifespan,
                   docs_url="/docs", redoc_url=None)
     app.state.server = server
     app.include_router(build_v1_router(server, predict_token))
     app.include_router(build_v2_router(server, predict_token))
+    app.include_router(feedback_router)
 
     @app.exception_handler(RuntimeProblem)
     async def problem(_: Request, exc: RuntimeProblem) -> Response:

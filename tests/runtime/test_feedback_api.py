@@ -20,18 +20,13 @@ from fastapi import FastAPI
 
 from modelfleet_runtime.app import create_app
 from modelfleet_runtime.feedback import OPEN_SUFFIX, FeedbackVolume
-from modelfleet_runtime.feedback_api import build_feedback_router
 from modelfleet_runtime.serving import ModelServer
 from modelfleet_runtime.settings import Settings
 
 
 def create_feedback_app(settings: Settings, server: ModelServer | None = None) -> FastAPI:
-    """The runtime's app with the feedback endpoints (mounted here until app.py mounts them itself)."""
-    server = server or ModelServer(settings)
-    app = create_app(settings, server)
-    if not any(getattr(route, "path", None) == "/feedback" for route in app.routes):
-        app.include_router(build_feedback_router(server))
-    return app
+    """The runtime's app, which mounts the feedback endpoints itself."""
+    return create_app(settings, server or ModelServer(settings))
 
 
 # Run in a child process: serves create_feedback_app on a listening socket inherited from the test.
