@@ -59,8 +59,8 @@ def test_render_in_gateway_mode_includes_the_httproute(repo: Path) -> None:
     assert [b["weight"] for b in route["spec"]["rules"][-1]["backendRefs"]] == [90, 10]
     # gateway mode keeps every version at full replicas
     assert {o["metadata"]["name"]: o["spec"]["replicas"] for o in printed if o["kind"] == "Deployment"} == {
-        "iris-v1": 4,
-        "iris-v2": 4,
+        "fraud-v1": 4,
+        "fraud-v2": 4,
     }
 
 
@@ -87,7 +87,7 @@ def test_render_fails_with_an_actionable_message(tmp_path: Path, repo: Path) -> 
     path.write_text(bad)
     result = _run("render", str(path))
     assert result.returncode == 2
-    assert "iris-v1" in result.stderr and "not an allowed image" in result.stderr
+    assert "fraud-v1" in result.stderr and "not an allowed image" in result.stderr
     assert result.stdout == ""
     wrong = _run("render", str(repo / "examples" / "minimal.yaml"), "--set", "routing=mesh")
     assert wrong.returncode == 2 and "routing must be one of service, gateway" in wrong.stderr
