@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -48,7 +49,6 @@ from models import input_width, write_models  # noqa: E402
 BATCHES = (1, 8, 32, 64)
 # (intra-op threads, spinning): onnxruntime settings tried for the raw limit.
 ORT_CONFIGS = ((1, False), (1, True), (2, False), (2, True))
-SERVERS = ("modelfleet", "naive", "ceiling")
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,7 @@ class Cell:
     p50_ms: list[float] = field(default_factory=list)
     p99_ms: list[float] = field(default_factory=list)
     batch: list[float] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)  # server CPU time (all threads) per request
     errors: int = 0
 
 
@@ -127,14 +128,16 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, kind: str, argv: list[str], health: str, log_dir: Path, label: str) -> None:
+    def __init__(self, kind: str, argv: list[str], health: str, log_dir: Path, label: str,
+                 env: dict[str, str] | None = None) -> None:
         self.kind = kind
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.health = health
         self.log = open(log_dir / f"{label}.log", "wb")
         self.process = subprocess.Popen([*argv, "--host", "127.0.0.1", "--port", str(self.port)],
-                                        stdout=self.log, stderr=subprocess.STDOUT, cwd=HERE.parent)
+                                        stdout=self.log, stderr=subprocess.STDOUT, cwd=HERE.parent,
+                                        env={**os.environ, **(env or {})})
 
     def wait_ready(self, deadline: float) -> None:
         while time.monotonic() < deadline:
@@ -151,13 +154,18 @@ class Server:
 
     def batch_counters(self) -> tuple[float, float] | None:
         """(rows run, model runs) so far, from ModelFleet's /metrics; None for other servers."""
-        if self.kind != "modelfleet":
+        if self.kind in ("naive", "ceiling"):
             return None
         with urllib.request.urlopen(self.url + "/metrics", timeout=5) as answer:
             text = answer.read().decode()
         rows = re.search(r"^modelfleet_inference_rows_total (\S+)$", text, re.M)
         runs = re.search(r"^modelfleet_batch_size_rows_count (\S+)$", text, re.M)
         return float(rows.group(1)), float(runs.group(1))
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process so far (all its threads)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -209,13 +217,23 @@ def main() -> int:
                         help="onnxruntime intra-op threads for both model servers (0: each one's default)")
     parser.add_argument("--server-arg", action="append", default=[],
                         help="extra flag for modelfleet-runtime serve (repeatable), e.g. --server-arg=--max-latency-ms=5")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:SPEC",
+                        help="also run a second ModelFleet server side by side, for tuning: SPEC is extra serve "
+                             "flags, and a token @DIR runs the runtime package found in DIR instead "
+                             "(e.g. 't1:--intra-op-threads 1' or 'base:@/tmp/base/runtime')")
+    parser.add_argument("--only", action="append", default=[], metavar="TEXT",
+                        help="run only the scenarios whose name contains TEXT (repeatable), e.g. 'wide 64-row'")
     args = parser.parse_args()
+    variants = dict(v.split(":", 1) for v in args.variant)
+    kinds = ("modelfleet", *variants, "naive", "ceiling")
     rounds = args.rounds or (2 if args.quick else 5)
 
     scenarios = [Scenario("tabular", 1, 1), Scenario("tabular", 1, 64), Scenario("wide", 1, 1),
                  Scenario("wide", 1, 64), Scenario("wide", 64, 64)]
     if not args.quick:
         scenarios.insert(4, Scenario("wide", 64, 1))
+    if args.only:
+        scenarios = [s for s in scenarios if any(part in s.name for part in args.only)]
 
     work = Path(tempfile.mkdtemp(prefix="modelfleet-bench-"))
     paths = write_models(work / "models")
@@ -244,6 +262,15 @@ def main() -> int:
                 servers[("modelfleet", model, rows)] = Server(
                     "modelfleet", [*runtime, "--model", str(paths[model]), *sizing, *threads, *args.server_arg],
                     "/v2/health/ready", work, f"modelfleet-{model}-{rows}")
+                for name, spec in variants.items():
+                    tokens = shlex.split(spec)
+                    extra = [t for t in tokens if not t.startswith("@")]
+                    roots = [t[1:] for t in tokens if t.startswith("@")]
+                    argv = [sys.executable, "-m", "modelfleet_runtime.cli", *runtime[1:]]
+                    env = {"PYTHONPATH": os.pathsep.join(roots)} if roots else None
+                    servers[(name, model, rows)] = Server(
+                        name, [*argv, "--model", str(paths[model]), *sizing, *threads, *args.server_arg, *extra],
+                        "/v2/health/ready", work, f"{name}-{model}-{rows}", env)
         deadline = time.monotonic() + 60
         ceiling.wait_ready(deadline)
         for server in servers.values():
@@ -252,17 +279,19 @@ def main() -> int:
         def pick(kind: str, s: Scenario) -> Server:
             if kind == "ceiling":
                 return ceiling
-            return servers[(kind, s.model, s.rows if kind == "modelfleet" else 1)]
+            return servers[(kind, s.model, 1 if kind == "naive" else s.rows)]
 
-        cells = {(s, kind): Cell() for s in scenarios for kind in SERVERS}
+        cells = {(s, kind): Cell() for s in scenarios for kind in kinds}
         for r in range(rounds):
             for s in scenarios:
-                order = SERVERS[r % 3:] + SERVERS[:r % 3]
+                order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]
                 for kind in order:
                     server, cell = pick(kind, s), cells[(s, kind)]
-                    before = server.batch_counters()
+                    before, cpu_before = server.batch_counters(), server.cpu_seconds()
                     result = load(server.url + "/predict", bodies[(s.model, s.rows)], s.connections, args.seconds)
+                    cpu = server.cpu_seconds() - cpu_before
                     after = server.batch_counters()
+                    cell.cpu_us.append(cpu / max(result["requests"], 1) * 1e6)
                     cell.req_s.append(result["requests"] / (result["duration_us"] / 1e6))
                     cell.p50_ms.append(result["p50_us"] / 1000)
                     cell.p99_ms.append(result["p99_us"] / 1000)
@@ -274,7 +303,7 @@ def main() -> int:
         for server in [*servers.values(), *([ceiling] if "ceiling" in locals() else [])]:
             server.stop()
 
-    report(scenarios, cells, raw, rounds, generator, args)
+    report(scenarios, cells, raw, rounds, generator, args, kinds)
     print(f"total {time.monotonic() - t0:.0f}s")
     shutil.rmtree(work / "models", ignore_errors=True)
     return 0
@@ -289,13 +318,14 @@ def print_raw(raw: dict[str, dict[str, dict[int, float]]]) -> None:
 
 
 def report(scenarios: list[Scenario], cells: dict, raw: dict, rounds: int, generator: str,
-           args: argparse.Namespace) -> None:
+           args: argparse.Namespace, kinds: tuple[str, ...]) -> None:
     med = statistics.median
     rows_out = []
-    print("\nscenario              server       req/s     rows/s  p50 ms  p99 ms  batch  x ceiling  x ORT  errors")
+    print("\nscenario              server       req/s     rows/s  p50 ms  p99 ms  batch  x ceiling  x ORT  "
+          "cpu us/req  errors")
     for s in scenarios:
         ceiling = cells[(s, "ceiling")]
-        for kind in SERVERS:
+        for kind in kinds:
             cell = cells[(s, kind)]
             req = med(cell.req_s)
             x_ceiling = med(a / b for a, b in zip(cell.req_s, ceiling.req_s))
@@ -308,12 +338,12 @@ def report(scenarios: list[Scenario], cells: dict, raw: dict, rounds: int, gener
                    "p50_ms": round(med(cell.p50_ms), 3), "p99_ms": round(med(cell.p99_ms), 3),
                    "mean_batch": None if mean_batch is None else round(mean_batch, 2),
                    "x_ceiling": round(x_ceiling, 3), "x_ort": None if x_ort is None else round(x_ort, 3),
-                   "errors": cell.errors}
+                   "cpu_us_per_request": round(med(cell.cpu_us), 1), "errors": cell.errors}
             rows_out.append(row)
             batch_text = f"{mean_batch:5.1f}" if mean_batch is not None else "    -"
             ort_text = f"{x_ort:5.2f}" if x_ort is not None else "    -"
-            print(f"{s.name:<21} {kind:<10} {req:>8,.0f} {req * s.rows:>10,.0f} {row['p50_ms']:>7.2f} "
-                  f"{row['p99_ms']:>7.2f}  {batch_text}  {x_ceiling:>9.2f}  {ort_text}  {cell.errors:>6}")
+            print(f"{s.name:<21} {kind[:10]:<10} {req:>8,.0f} {req * s.rows:>10,.0f} {row['p50_ms']:>7.2f} "
+                  f"{row['p99_ms']:>7.2f}  {batch_text}  {x_ceiling:>9.2f}  {ort_text}  {med(cell.cpu_us):>10,.0f}  {cell.errors:>6}")
 
     def find(model: str, rows: int, conns: int, kind: str) -> dict | None:
         return next((r for r in rows_out if (r["model"], r["rows_per_request"], r["connections"], r["server"])
@@ -339,6 +369,7 @@ def report(scenarios: list[Scenario], cells: dict, raw: dict, rounds: int, gener
     print("BENCH_JSON " + json.dumps({
         "bench": "runtime", "generator": generator, "rounds": rounds, "seconds_per_measurement": args.seconds,
         "cores": os.cpu_count(), "intra_op_threads": args.intra_op_threads, "server_args": args.server_arg,
+        "variants": args.variant,
         "raw_ort_rows_s": {m: {c: {str(b): round(v, 1) for b, v in bb.items()} for c, bb in cc.items()}
                            for m, cc in raw.items()},
         "results": rows_out, "targets": targets}))

@@ -49,6 +49,8 @@ class RuntimeMetrics:
         self.errors = 0
         self.batches = 0
         self.batched_rows = 0
+        self._request_children: dict[tuple[str, int], Any] = {}
+        self._latency_children: dict[str, Any] = {}
 
     def observe_batch(self, record: BatchRecord, waits: list[float]) -> None:
         self.batch_size.observe(record.rows)
@@ -60,8 +62,15 @@ class RuntimeMetrics:
         self.batched_rows += record.rows
 
     def observe_request(self, endpoint: str, code: int, seconds: float, inference: bool) -> None:
-        self.requests.labels(endpoint, str(code)).inc()
-        self.latency.labels(endpoint).observe(seconds)
+        # labels() takes a lock and builds a key on every call; the children are few, so keep them.
+        counter = self._request_children.get((endpoint, code))
+        if counter is None:
+            counter = self._request_children[(endpoint, code)] = self.requests.labels(endpoint, str(code))
+        histogram = self._latency_children.get(endpoint)
+        if histogram is None:
+            histogram = self._latency_children[endpoint] = self.latency.labels(endpoint)
+        counter.inc()
+        histogram.observe(seconds)
         if inference:
             self.count += 1
             if code >= 400:
