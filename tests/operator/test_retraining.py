@@ -393,7 +393,9 @@ def test_failure_streak_counts_back_from_the_newest_attempt() -> None:
 
 
 def test_a_job_without_a_finished_condition_is_running() -> None:
-    job = {"metadata": {"name": "fraud-v2-retrain-1"}, "spec": {"backoffLimit": 1}, "status": {"active": 1, "failed": 1}}
+    # One pod failed and its retry runs: not an outcome yet.
+    job = {"metadata": {"name": "fraud-v2-retrain-1"}, "spec": {"backoffLimit": 1},
+           "status": {"active": 1, "failed": 1}}
     assert job_outcome(job, '{"ok": false, "reason": "TrainingFailed", "error": "x"}').result == "Running"
 
 
@@ -468,7 +470,9 @@ def _validate_mv(validator: jsonschema.Validator, mv: dict[str, Any]) -> None:
     assert not errors, [f"{list(e.path)}: {e.message}" for e in errors]
 
 
-def test_child_is_a_valid_model_version_the_operator_serves(make_mv: MakeMV, mv_validator: jsonschema.Validator) -> None:
+def test_child_is_a_valid_model_version_the_operator_serves(
+    make_mv: MakeMV, mv_validator: jsonschema.Validator
+) -> None:
     parent = _retrainable(make_mv, replicas=3, rollout={"maxErrorRate": 0.1}, traffic=100)
     child = build_child(parent, _succeeded(), "fraud-v2-retrain-1", "fraud-feedback")
     _validate_mv(mv_validator, child)
