@@ -597,10 +597,12 @@ def promotion(
     metrics: Metrics | None,
     auto_promote: bool,
     rolled_back: bool = False,
+    others: Iterable[str] = (),
 ) -> PromotionDecision:
     """Promote `child` (traffic 100, `parent` 0) once it is Ready and its evaluation beats the
     parent's, when the parent's spec.retraining.autoPromote is on; otherwise keep the canary and
-    say why. Patching the weights is the whole promotion; rollback is patching them back."""
+    say why. `others`: the model's other live versions, also set to 0 (all traffic means all).
+    Patching the weights is the whole promotion; rollback is patching them back."""
 
     def keep(reason: str, message: str) -> PromotionDecision:
         return PromotionDecision(False, reason, message, {})
@@ -615,9 +617,31 @@ def promotion(
         return keep("NoEvaluation", f"{child} has no evaluation to compare with {parent}; promote it by hand")
     if not metrics.beats_parent():
         return keep("NotBetter", f"{child} does not beat {parent}: {describe(metrics)}")
-    return PromotionDecision(
-        True, "Promoted", f"{child} beats {parent}: {describe(metrics)}", {child: 100, parent: 0}
-    )
+    weights = {name: 0 for name in others if name != child}
+    weights.update({parent: 0, child: 100})
+    return PromotionDecision(True, "Promoted", f"{child} beats {parent}: {describe(metrics)}", weights)
+
+
+def retraining_version(versions: Sequence[Mapping[str, Any]], ready: Mapping[str, bool]) -> str | None:
+    """The one version of a model that may start retraining Jobs, or None.
+
+    The versions of a model share the feedback volume, so its unconsumed count is the same for
+    all of them; letting each retrain would train the same samples into sibling children. The
+    retraining version is the Ready, live version with spec.retraining that asks for the most
+    traffic (spec.traffic), the newest on a tie, then by name: the parent before a promotion,
+    the promoted child after it.
+    """
+    candidates = []
+    for mv in versions:
+        meta = mv.get("metadata") or {}
+        spec = mv.get("spec") or {}
+        if meta.get("deletionTimestamp") or not spec.get("retraining") or not ready.get(str(meta.get("name"))):
+            continue
+        candidates.append((int(spec.get("traffic", 100)), str(meta.get("creationTimestamp") or ""), str(meta["name"])))
+    if not candidates:
+        return None
+    best_traffic, best_created = max((t, c) for t, c, _ in candidates)
+    return min(n for t, c, n in candidates if (t, c) == (best_traffic, best_created))
 
 
 # --- time -----------------------------------------------------------------------
@@ -677,6 +701,7 @@ __all__ = [
     "parse_time",
     "pod_labels",
     "promotion",
+    "retraining_version",
     "rfc3339",
     "should_retrain",
 ]

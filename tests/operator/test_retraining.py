@@ -46,6 +46,7 @@ from modelfleet_operator.retraining import (
     next_attempt,
     output_dir,
     promotion,
+    retraining_version,
     should_retrain,
 )
 from modelfleet_runtime import sources, training
@@ -582,3 +583,32 @@ def test_a_lower_error_beats_the_parent_for_regressors() -> None:
     assert _promotion(metrics=metrics).promote
     # Without numbers the trainer's own verdict decides.
     assert _promotion(metrics=Metrics(sha256=None, improved=True)).promote
+
+
+def test_promotion_takes_traffic_from_every_other_version_of_the_model() -> None:
+    decision = _promotion(others=["fraud-v1", "fraud-v2-r1", "fraud-v2"])
+    assert decision.weights == {"fraud-v1": 0, "fraud-v2": 0, "fraud-v2-r1": 100}
+
+
+def _version(name: str, traffic: int, created: str, retraining: bool = True, **meta: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {"model": "fraud", "version": name, "traffic": traffic}
+    if retraining:
+        spec["retraining"] = dict(RETRAINING)
+    return {"metadata": {"name": name, "creationTimestamp": created, **meta}, "spec": spec}
+
+
+def test_one_version_per_model_retrains_the_one_that_takes_the_traffic() -> None:
+    parent = _version("fraud-v2", 100, "2025-01-01T00:00:00Z")
+    canary = _version("fraud-v2-r1", 15, "2025-01-02T00:00:00Z")
+    assert retraining_version([parent, canary], {"fraud-v2": True, "fraud-v2-r1": True}) == "fraud-v2"
+    promoted_parent = _version("fraud-v2", 0, "2025-01-01T00:00:00Z")
+    promoted = _version("fraud-v2-r1", 100, "2025-01-02T00:00:00Z")
+    both_ready = {"fraud-v2": True, "fraud-v2-r1": True}
+    assert retraining_version([promoted_parent, promoted], both_ready) == "fraud-v2-r1"
+    # A tie goes to the newest; a version not Ready, being deleted or without retraining never retrains.
+    tie = [_version("fraud-v2", 50, "2025-01-01T00:00:00Z"), _version("fraud-v2-r1", 50, "2025-01-02T00:00:00Z")]
+    assert retraining_version(tie, both_ready) == "fraud-v2-r1"
+    assert retraining_version([parent, canary], {"fraud-v2-r1": True}) == "fraud-v2-r1"
+    gone = _version("fraud-v2", 100, "2025-01-01T00:00:00Z", deletionTimestamp="2025-01-03T00:00:00Z")
+    assert retraining_version([gone], {"fraud-v2": True}) is None
+    assert retraining_version([_version("fraud-v2", 100, "x", retraining=False)], {"fraud-v2": True}) is None
