@@ -271,7 +271,9 @@ def pod_labels(labels: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in labels.items() if k not in (LABEL_MODEL, LABEL_VERSION)}
 
 
-def build_job(mv: Mapping[str, Any], config: OperatorConfig, *, samples: int, attempt: int, now: datetime) -> dict:
+def build_job(
+    mv: Mapping[str, Any], config: OperatorConfig, *, samples: int, attempt: int, now: datetime
+) -> dict[str, Any]:
     """The batch/v1 Job of retraining attempt `attempt` of the ModelVersion `mv`, owned by it.
 
     Its name, `job_name(mv name, attempt)`, is the idempotency key: create it and treat 409 as
