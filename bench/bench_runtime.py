@@ -3,9 +3,10 @@
     .venv/bin/python bench/bench_runtime.py            # about 2.5 minutes
     .venv/bin/python bench/bench_runtime.py --quick    # about 45 seconds
 
-1. Builds two MLPs with onnx.helper (bench/models.py) and measures raw
-   `session.run` rows/s at batch 1/8/32/64 for intra-op threads 1 and 2, with
-   and without spinning: the physical limit of this machine.
+1. Builds two MLPs with onnx.helper (bench/models.py) and, at the start of
+   every round, measures raw `session.run` rows/s at batch 1/8/32/64 for
+   intra-op threads 1 and 2, with and without spinning: the physical limit of
+   this machine (the best of the four, median over rounds).
 2. Starts, as subprocesses on 127.0.0.1, ModelFleet's server
    (`modelfleet-runtime serve`), bench/naive_server.py and
    bench/ceiling_server.py, all with one uvicorn worker, uvloop and httptools,
@@ -77,36 +78,46 @@ class Cell:
 # -- raw onnxruntime -------------------------------------------------------------------------------
 
 
-def raw_ort(paths: dict[str, Path], seconds: float, repeats: int) -> dict[str, dict[str, dict[int, float]]]:
-    """rows/s of session.run per model, ORT config and batch size (median of `repeats`)."""
-    import onnxruntime as ort
+class RawOrt:
+    """session.run rows/s per model, ORT config and batch size, measured a little in every round."""
 
-    results: dict[str, dict[str, dict[int, float]]] = {}
-    rng = np.random.default_rng(0)
-    for model, path in paths.items():
-        results[model] = {}
-        for threads, spin in ORT_CONFIGS:
-            options = ort.SessionOptions()
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            options.intra_op_num_threads = threads
-            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-            session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-            label = f"t{threads}{'-spin' if spin else ''}"
-            results[model][label] = {}
+    def __init__(self, paths: dict[str, Path], seconds: float) -> None:
+        import onnxruntime as ort
+
+        self.seconds = seconds
+        self.sessions = {}
+        self.samples: dict[tuple[str, str, int], list[float]] = {}
+        rng = np.random.default_rng(0)
+        self.inputs = {(m, b): rng.standard_normal((b, input_width(m))).astype(np.float32)
+                       for m in paths for b in BATCHES}
+        for model, path in paths.items():
+            for threads, spin in ORT_CONFIGS:
+                options = ort.SessionOptions()
+                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                options.intra_op_num_threads = threads
+                options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+                session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+                label = f"t{threads}{'-spin' if spin else ''}"
+                self.sessions[(model, label)] = session
+                for batch in BATCHES:
+                    for _ in range(5):
+                        session.run(None, {"features": self.inputs[(model, batch)]})
+
+    def measure(self) -> None:
+        for (model, label), session in self.sessions.items():
             for batch in BATCHES:
-                x = rng.standard_normal((batch, input_width(model))).astype(np.float32)
-                for _ in range(10):
-                    session.run(None, {"features": x})
-                samples = []
-                for _ in range(repeats):
-                    count, started = 0, time.perf_counter()
-                    while (elapsed := time.perf_counter() - started) < seconds and count < 1_000_000:
-                        session.run(None, {"features": x})
-                        count += 1
-                    samples.append(count * batch / elapsed)
-                results[model][label][batch] = statistics.median(samples)
-            del session
-    return results
+                x = {"features": self.inputs[(model, batch)]}
+                count, started = 0, time.perf_counter()
+                while (elapsed := time.perf_counter() - started) < self.seconds and count < 100_000:
+                    session.run(None, x)
+                    count += 1
+                self.samples.setdefault((model, label, batch), []).append(count * batch / elapsed)
+
+    def medians(self) -> dict[str, dict[str, dict[int, float]]]:
+        results: dict[str, dict[str, dict[int, float]]] = {}
+        for (model, label, batch), values in self.samples.items():
+            results.setdefault(model, {}).setdefault(label, {})[batch] = statistics.median(values)
+        return results
 
 
 def best_raw(raw: dict[str, dict[int, float]], batch: int) -> float:
@@ -243,9 +254,7 @@ def main() -> int:
           f"logs in {work}", flush=True)
 
     t0 = time.monotonic()
-    raw = raw_ort(paths, 0.05 if args.quick else 0.12, 3)
-    print_raw(raw)
-    print(f"(raw onnxruntime measured in {time.monotonic() - t0:.0f}s)", flush=True)
+    raw_ort = RawOrt(paths, 0.03 if args.quick else 0.05)
 
     runtime = [str(Path(sys.executable).with_name("modelfleet-runtime")), "serve", "--log-level", "warning"]
     threads = ["--intra-op-threads", str(args.intra_op_threads)] if args.intra_op_threads else []
@@ -283,6 +292,7 @@ def main() -> int:
 
         cells = {(s, kind): Cell() for s in scenarios for kind in kinds}
         for r in range(rounds):
+            raw_ort.measure()  # the physical limit, in the same conditions as this round's servers
             for s in scenarios:
                 order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]
                 for kind in order:
@@ -303,6 +313,8 @@ def main() -> int:
         for server in [*servers.values(), *([ceiling] if "ceiling" in locals() else [])]:
             server.stop()
 
+    raw = raw_ort.medians()
+    print_raw(raw)
     report(scenarios, cells, raw, rounds, generator, args, kinds)
     print(f"total {time.monotonic() - t0:.0f}s")
     shutil.rmtree(work / "models", ignore_errors=True)
@@ -310,7 +322,7 @@ def main() -> int:
 
 
 def print_raw(raw: dict[str, dict[str, dict[int, float]]]) -> None:
-    print("\nraw onnxruntime session.run, rows/s (median)")
+    print("\nraw onnxruntime session.run in this process, rows/s (median over rounds; servers idle)")
     print(f"{'model':<8} {'config':<8} " + " ".join(f"{'batch ' + str(b):>11}" for b in BATCHES))
     for model, configs in raw.items():
         for label, by_batch in configs.items():
