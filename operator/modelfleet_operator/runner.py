@@ -1,0 +1,75 @@
+"""Running the operator: `run(config)` for `modelfleet-operator run`, `operate(...)` for an event loop.
+
+Both build a fresh kopf registry with ModelFleet's handlers, so several
+operators can run one after another in one process (the integration tests kill
+and restart it). The cluster comes from the in-cluster service account when
+running in a pod, else from KUBECONFIG (or ~/.kube/config).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from modelfleet_operator import handlers
+from modelfleet_operator.config import OperatorConfig
+
+
+def build_registry(config: OperatorConfig, *, resync_seconds: float = handlers.DEFAULT_RESYNC_SECONDS) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, config, resync_seconds=resync_seconds)
+    return registry
+
+
+def scope(config: OperatorConfig) -> dict[str, Any]:
+    """kopf's namespace arguments: the listed namespaces, else the whole cluster."""
+    if config.namespaces and not config.all_namespaces:
+        return {"namespaces": list(config.namespaces)}
+    return {"clusterwide": True}
+
+
+async def operate(
+    config: OperatorConfig,
+    *,
+    stop_flag: asyncio.Event | None = None,
+    ready_flag: asyncio.Event | None = None,
+    resync_seconds: float = handlers.DEFAULT_RESYNC_SECONDS,
+    liveness_endpoint: str | None = None,
+) -> None:
+    """Run the operator in the current event loop until `stop_flag` is set (or the task is cancelled)."""
+    await kopf.operator(
+        registry=build_registry(config, resync_seconds=resync_seconds),
+        standalone=config.standalone,
+        liveness_endpoint=liveness_endpoint,
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
+        memo=kopf.Memo(),
+        **scope(config),
+    )
+
+
+def configure_logging(config: OperatorConfig) -> None:
+    kopf.configure(
+        debug=config.log_level == "debug",
+        verbose=config.log_level in ("debug", "info"),
+        log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.FULL,
+    )
+    logging.getLogger().setLevel(config.log_level.upper())
+
+
+def run(config: OperatorConfig) -> None:
+    """The blocking entry point: kopf with its liveness endpoint, stopping on SIGTERM/SIGINT."""
+    configure_logging(config)
+    kopf.run(
+        registry=build_registry(config),
+        standalone=config.standalone,
+        liveness_endpoint=f"http://0.0.0.0:{config.liveness_port}/healthz",
+        memo=kopf.Memo(),
+        **scope(config),
+    )
+
+
+__all__ = ["build_registry", "configure_logging", "operate", "run", "scope"]

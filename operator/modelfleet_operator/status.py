@@ -1,0 +1,193 @@
+"""A ModelVersion's status, computed from what its children report (a pure function).
+
+Inputs are what the handlers read: the Deployment (or None), the runtime's
+readiness answer of each of the version's pods (`PodReport`, from
+GET /v2/health/ready on the pod's address), and a `SpecRejected` when the
+operator will not serve the spec. Output: the `status` dict — phase,
+conditions with reason/message/lastTransitionTime, replica counts and endpoints.
+
+Phases: Failed (rejected spec, or no replica can load the model: the runtime's
+reason is quoted), Pending (no pods yet), Loading (pods loading or warming
+up), Ready (the current spec serves with every desired replica), Degraded
+(serving, but with fewer ready replicas than desired, a rollout that does not
+progress, or replicas failing to load).
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+PENDING, LOADING, READY, DEGRADED, FAILED = "Pending", "Loading", "Ready", "Degraded", "Failed"
+
+
+@dataclass(frozen=True)
+class PodReport:
+    """One pod of the version, as the API and the pod's runtime describe it."""
+
+    name: str
+    ready: bool  # the Pod's Ready condition
+    state: str | None = None  # the runtime's state: loading, ready, failed, draining (None: no answer)
+    reason: str | None = None  # the runtime's reason, e.g. "sha256 mismatch: ..."
+    terminated: str | None = None  # the last termination message of a crashed container
+
+
+@dataclass(frozen=True)
+class Observation:
+    phase: str
+    reason: str
+    message: str
+    ready_replicas: int
+    replicas: int
+    desired_replicas: int
+
+
+def now() -> str:
+    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def observe(
+    deployment: Mapping[str, Any] | None,
+    pods: Sequence[PodReport],
+    *,
+    desired_replicas: int,
+    rejected: Exception | None = None,
+    rejected_reason: str = "InvalidSpec",
+) -> Observation:
+    """Decide the phase and its reason from the children."""
+    if rejected is not None:
+        return Observation(FAILED, rejected_reason, str(rejected), 0, 0, desired_replicas)
+    if deployment is None:
+        return Observation(PENDING, "Creating", "creating the Deployment", 0, 0, desired_replicas)
+
+    dep_status = deployment.get("status") or {}
+    dep_meta = deployment.get("metadata") or {}
+    ready = int(dep_status.get("readyReplicas") or 0)
+    replicas = int(dep_status.get("replicas") or 0)
+    updated = int(dep_status.get("updatedReplicas") or 0)
+    rolled_out = (
+        int(dep_status.get("observedGeneration") or 0) >= int(dep_meta.get("generation") or 1)
+        and updated >= desired_replicas
+    )
+    failed = [p for p in pods if p.state == "failed" or (p.terminated and not p.ready)]
+    failure = _failure_text(failed)
+
+    if desired_replicas == 0:
+        return Observation(PENDING, "ScaledToZero", "no replicas: the version takes no traffic", ready, replicas, 0)
+    if ready == 0:
+        if failed and len(failed) == len(pods):
+            return Observation(FAILED, "ModelLoadFailed", failure, ready, replicas, desired_replicas)
+        if not pods:
+            return Observation(PENDING, "PodsStarting", "waiting for pods to start", ready, replicas, desired_replicas)
+        loading = next((p.reason for p in pods if p.state == "loading" and p.reason), None)
+        return Observation(LOADING, "Loading", loading or "loading and warming up the model", ready, replicas,
+                           desired_replicas)
+    if ready >= desired_replicas and rolled_out and not failed:
+        return Observation(READY, "Serving", f"{ready}/{desired_replicas} replicas ready", ready, replicas,
+                           desired_replicas)
+    if failed:
+        return Observation(DEGRADED, "ModelLoadFailed", f"{ready}/{desired_replicas} replicas ready; {failure}",
+                           ready, replicas, desired_replicas)
+    if not rolled_out:
+        return Observation(DEGRADED, "RollingOut", f"{ready}/{desired_replicas} replicas ready; "
+                           "new pods are loading the model while the old ones serve", ready, replicas,
+                           desired_replicas)
+    return Observation(DEGRADED, "ReplicasNotReady", f"{ready}/{desired_replicas} replicas ready", ready, replicas,
+                       desired_replicas)
+
+
+def _failure_text(failed: Sequence[PodReport]) -> str:
+    if not failed:
+        return ""
+    first = failed[0]
+    text = first.reason if first.state == "failed" and first.reason else (first.terminated or "the runtime failed")
+    more = f" (and {len(failed) - 1} more pod(s))" if len(failed) > 1 else ""
+    return f"pod {first.name}: {text}{more}"
+
+
+def conditions_for(obs: Observation) -> list[dict[str, str]]:
+    """The condition types of DESIGN.md section 2 that this observation decides."""
+    serving = obs.ready_replicas > 0
+    if obs.phase == FAILED and obs.reason != "ModelLoadFailed":
+        loaded = ("False", obs.reason, obs.message)
+    elif serving:
+        loaded = ("True", "Loaded", "the model is loaded")
+    elif obs.reason == "ModelLoadFailed":
+        loaded = ("False", "ModelLoadFailed", obs.message)
+    else:
+        loaded = ("Unknown", obs.reason, obs.message)
+    warmed = ("True", "WarmedUp", "warmup finished") if serving else ("False", obs.reason, obs.message)
+    available = (
+        ("True", "MinimumReplicasAvailable", f"{obs.ready_replicas}/{obs.desired_replicas} replicas ready")
+        if serving else ("False", obs.reason, obs.message)
+    )
+    ready = ("True" if obs.phase == READY else "False", obs.reason, obs.message)
+    rows = {"Ready": ready, "Available": available, "ModelLoaded": loaded, "WarmedUp": warmed}
+    return [{"type": t, "status": s, "reason": r, "message": m} for t, (s, r, m) in rows.items()]
+
+
+def merge_conditions(old: Sequence[Mapping[str, Any]] | None, new: Sequence[Mapping[str, Any]],
+                     generation: int, timestamp: str) -> list[dict[str, Any]]:
+    """New conditions keep their lastTransitionTime while their status does not change.
+
+    Conditions this module does not decide (TrafficAssigned, RetrainingTriggered, ...)
+    are kept as they are.
+    """
+    previous = {c.get("type"): c for c in old or []}
+    decided = {c["type"] for c in new}
+    result: list[dict[str, Any]] = []
+    for cond in new:
+        before = previous.get(cond["type"])
+        changed = before is None or before.get("status") != cond["status"]
+        result.append({
+            **cond,
+            "observedGeneration": generation,
+            "lastTransitionTime": timestamp if changed else before.get("lastTransitionTime", timestamp),
+        })
+    result.extend(dict(c) for t, c in previous.items() if t not in decided)
+    return result
+
+
+def build_status(
+    old_status: Mapping[str, Any] | None,
+    obs: Observation,
+    *,
+    generation: int,
+    endpoint: str | None,
+    version_endpoint: str | None,
+    selector: str | None,
+    timestamp: str | None = None,
+) -> dict[str, Any]:
+    """The status the version should have; equal to `old_status` when nothing changed."""
+    old_status = old_status or {}
+    status: dict[str, Any] = {
+        "phase": obs.phase,
+        "observedGeneration": generation,
+        "replicas": obs.replicas,
+        "readyReplicas": obs.ready_replicas,
+        "desiredReplicas": obs.desired_replicas,
+        "readyText": f"{obs.ready_replicas}/{obs.desired_replicas}",
+        "conditions": merge_conditions(old_status.get("conditions"), conditions_for(obs), generation,
+                                       timestamp or now()),
+    }
+    if endpoint:
+        status["endpoint"] = endpoint
+    if version_endpoint:
+        status["versionEndpoint"] = version_endpoint
+    if selector:
+        status["selector"] = selector
+    return status
+
+
+def status_patch(old_status: Mapping[str, Any] | None, new_status: Mapping[str, Any]) -> dict[str, Any]:
+    """A merge patch from old to new for the keys this module owns (empty when nothing changed)."""
+    old_status = old_status or {}
+    return {k: v for k, v in new_status.items() if old_status.get(k) != v}
+
+
+__all__ = [
+    "DEGRADED", "FAILED", "LOADING", "Observation", "PENDING", "PodReport", "READY",
+    "build_status", "conditions_for", "merge_conditions", "observe", "status_patch",
+]

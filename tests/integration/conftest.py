@@ -1,0 +1,141 @@
+"""Fixtures of the integration suite: an emulated cluster, the test kubelet, the real operator.
+
+    async def test_something(cluster, kubelet, operator, demo_model):
+        await cluster.apply(model_version("fraud-v1", "fraud", "1", demo_model.uri))
+        await wait_for(lambda: phase(cluster, "fraud-v1") == "Ready", timeout=60)
+
+- `cluster` (harness.cluster.Cluster): the emulated API server with the CRDs of
+  crds/ registered, namespace `ml`, KUBECONFIG pointing at it;
+- `kubelet` (harness.kubelet.DeploymentController): runs the pods the operator
+  asks for as real processes; `kubelet.pods` maps (namespace, name) to PodProcess;
+- `operator` (harness.operator.InProcessOperator): started; `kill()`, `start()`,
+  `restart()`, `stop()`;
+- `operator_config`: the OperatorConfig the operator runs with (override it in a module);
+- `demo_model`: the runtime's demo model written by `modelfleet-runtime demo-model`;
+- `api_requests` (session): every request the operators made, as `ApiRequest`s;
+  written to $MODELFLEET_API_REQUESTS_FILE (default .pytest_cache/modelfleet/api-requests.json).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from harness.client import wait_for
+from harness.cluster import MV, Cluster, running_cluster
+from harness.emulator import ApiRequest, dump_requests
+from harness.kubelet import DeploymentController, EndpointSliceController
+from harness.operator import InProcessOperator
+from modelfleet_operator.config import OperatorConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD_DIR = ROOT / "crds"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFile:
+    path: Path
+    sha256: str
+
+    @property
+    def uri(self) -> str:
+        return self.path.as_uri()
+
+
+@pytest.fixture(scope="session")
+def api_requests(request: pytest.FixtureRequest) -> Iterator[set[ApiRequest]]:
+    recorded: set[ApiRequest] = set()
+    yield recorded
+    if not recorded:
+        return
+    default = Path(request.config.rootpath) / ".pytest_cache" / "modelfleet" / "api-requests.json"
+    target = Path(os.environ.get("MODELFLEET_API_REQUESTS_FILE", default))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(dump_requests(recorded))
+
+
+@pytest.fixture(scope="session")
+def crds() -> list[dict[str, Any]]:
+    return [doc for path in sorted(CRD_DIR.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+@pytest.fixture
+async def cluster(crds: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                  api_requests: set[ApiRequest]) -> AsyncIterator[Cluster]:
+    async with running_cluster(crds, tmp_path / "cluster") as emulated:
+        monkeypatch.setenv("KUBECONFIG", str(emulated.kubeconfig))
+        try:
+            yield emulated
+        finally:
+            api_requests.update(emulated.emulator.recorded)
+
+
+@pytest.fixture
+async def kubelet(cluster: Cluster) -> AsyncIterator[DeploymentController]:
+    async with DeploymentController(cluster.emulator, cluster.client, cluster.volumes) as deployments, \
+            EndpointSliceController(cluster.emulator, cluster.client) as slices:
+        yield deployments
+    errors = deployments.errors + slices.errors
+    assert not errors, f"the test controllers failed: {errors!r}"
+
+
+@pytest.fixture
+def operator_config() -> OperatorConfig:
+    return OperatorConfig(namespaces=("ml",), standalone=True, log_level="debug")
+
+
+@pytest.fixture
+async def operator(cluster: Cluster, operator_config: OperatorConfig) -> AsyncIterator[InProcessOperator]:
+    running = InProcessOperator(operator_config)
+    await running.start()
+    try:
+        yield running
+    finally:
+        await running.kill() if not running.running else await running.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_model(tmp_path_factory: pytest.TempPathFactory) -> ModelFile:
+    path = tmp_path_factory.mktemp("models") / "demo.onnx"
+    runtime = Path(sys.executable).with_name("modelfleet-runtime")
+    subprocess.run([str(runtime), "demo-model", "--out", str(path)], check=True, capture_output=True, timeout=120)
+    return ModelFile(path=path, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+# -- small helpers the scenarios share --------------------------------------------------------
+
+
+def model_version(name: str, model: str, version: str, uri: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "serving.modelfleet.dev/v1alpha1",
+        "kind": "ModelVersion",
+        "metadata": {"name": name},
+        "spec": {"model": model, "version": version, "source": {"uri": uri}, **spec},
+    }
+
+
+def phase(cluster: Cluster, name: str) -> str | None:
+    mv = cluster.get(MV, name)
+    return ((mv or {}).get("status") or {}).get("phase")
+
+
+def condition(cluster: Cluster, name: str, kind: str) -> dict[str, Any] | None:
+    mv = cluster.get(MV, name) or {}
+    return next((c for c in (mv.get("status") or {}).get("conditions") or [] if c.get("type") == kind), None)
+
+
+async def wait_for_phase(cluster: Cluster, name: str, wanted: str, timeout: float = 90.0) -> dict[str, Any]:
+    await wait_for(lambda: phase(cluster, name) == wanted, timeout=timeout,
+                   message=lambda: f"{name} phase {wanted}; status now {(cluster.get(MV, name) or {}).get('status')}")
+    mv = cluster.get(MV, name)
+    assert mv is not None
+    return mv

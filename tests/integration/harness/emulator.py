@@ -1,0 +1,628 @@
+"""An emulated Kubernetes API server for the integration tests.
+
+kmock's `KubernetesEmulator` stores objects and serves lists, watches and
+discovery, but (in kmock 0.8) it assigns no uid, resourceVersion, generation or
+creationTimestamp, answers create with 200, lists lack `kind`, and a failed
+JSON-patch `test` answers 500 — kopf then stalls on its first finalizer patch.
+`ClusterEmulator` takes over the writes with the API server's semantics that
+kopf and the operator rely on:
+
+- create: 201, metadata filled in, 409 AlreadyExists, `status` dropped when the
+  resource has a status subresource;
+- patch: merge-patch and JSON-patch (strategic-merge and apply are refused with
+  415, so operator code that depends on them fails here, not in production);
+  the status subresource changes only `status`, the main resource never does;
+  `generation` grows when anything outside metadata/status changes; a no-op
+  patch changes nothing (no new resourceVersion, no watch event);
+  a failed `test` or a bad path answers 422; a stale resourceVersion answers 409;
+- delete: finalizers honoured (deletionTimestamp first), and garbage
+  collection by ownerReferences (the kube-controller-manager's job in a real
+  cluster) once an owner is really gone;
+- lists carry `kind`, `apiVersion` and a resourceVersion; equality label
+  selectors and `metadata.name` field selectors are honoured.
+
+Every request that does not come from the harness itself (its User-Agent) is
+recorded as an `ApiRequest` so that a test can compare what the operator did
+with the RBAC the Helm chart grants. Errors are injected with `inject_error`;
+an injected error changes nothing, as a real API server's error would not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import datetime
+import itertools
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import Any
+
+import aiohttp.web
+import jsonpatch
+import jsonpointer
+import kmock
+from kmock._internal import apps, enums, parsing, rendering
+
+HARNESS_USER_AGENT = "modelfleet-test-harness"
+
+WRITE_ACTIONS = (enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE)
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class ApiRequest:
+    """One kind of request, as RBAC sees it."""
+
+    verb: str  # get, list, watch, create, patch, update, delete, deletecollection
+    api_group: str  # "" for the core group
+    resource: str  # plural
+    subresource: str  # "" for the main resource
+    namespace: str  # "" for cluster-scoped or all-namespaces requests
+
+    def as_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResourceType:
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool = True
+    subresources: tuple[str, ...] = ()
+    shortnames: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def key(self) -> kmock.resource:
+        return kmock.resource(self.group, self.version, self.plural)
+
+
+# Every resource the operator, kopf and the harness touch.
+BUILTIN_RESOURCES: tuple[ResourceType, ...] = (
+    ResourceType("", "v1", "namespaces", "Namespace", namespaced=False, subresources=("status",)),
+    ResourceType("", "v1", "pods", "Pod", subresources=("status",)),
+    ResourceType("", "v1", "services", "Service", subresources=("status",)),
+    ResourceType("", "v1", "endpoints", "Endpoints"),
+    ResourceType("", "v1", "configmaps", "ConfigMap"),
+    ResourceType("", "v1", "secrets", "Secret"),
+    ResourceType("", "v1", "events", "Event"),
+    ResourceType("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", subresources=("status",)),
+    ResourceType("", "v1", "serviceaccounts", "ServiceAccount"),
+    ResourceType("events.k8s.io", "v1", "events", "Event"),
+    ResourceType("apps", "v1", "deployments", "Deployment", subresources=("status", "scale")),
+    ResourceType("apps", "v1", "replicasets", "ReplicaSet", subresources=("status", "scale")),
+    ResourceType("batch", "v1", "jobs", "Job", subresources=("status",)),
+    ResourceType("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", subresources=("status",)),
+    ResourceType("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", subresources=("status",)),
+    ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice"),
+    ResourceType("coordination.k8s.io", "v1", "leases", "Lease"),
+    ResourceType("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute", subresources=("status",)),
+    ResourceType("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",
+                 namespaced=False, subresources=("status",)),
+    # kopf's peering, used when the operator does not run --standalone.
+    ResourceType("kopf.dev", "v1", "kopfpeerings", "KopfPeering"),
+    ResourceType("kopf.dev", "v1", "clusterkopfpeerings", "ClusterKopfPeering", namespaced=False),
+)
+
+
+def resource_types_from_crd(crd: Mapping[str, Any]) -> list[ResourceType]:
+    """The served versions of a CustomResourceDefinition as emulator resources."""
+    spec = crd["spec"]
+    names = spec["names"]
+    result = []
+    for version in spec["versions"]:
+        if not version.get("served", True):
+            continue
+        subresources = tuple(sorted((version.get("subresources") or {}).keys()))
+        result.append(ResourceType(
+            group=spec["group"], version=version["name"], plural=names["plural"], kind=names["kind"],
+            namespaced=spec.get("scope", "Namespaced") == "Namespaced", subresources=subresources,
+            shortnames=tuple(names.get("shortNames", ())), categories=tuple(names.get("categories", ())),
+        ))
+    return result
+
+
+_stock_parse_path = parsing.parse_path
+
+
+def _parse_path(path: str) -> parsing.ParsedPath:
+    """kmock 0.8 reads `/api/v1/namespaces[/NAME]` as a namespace prefix without a resource and fails."""
+    parts = path.strip("/").split("/")
+    if len(parts) >= 3 and parts[0] == "api" and parts[2] == "namespaces" and (
+        len(parts) <= 4 or parts[4] in ("status", "finalize")
+    ):
+        return parsing.ParsedPath(
+            group="", version=parts[1], plural="namespaces",
+            name=parts[3] if len(parts) >= 4 else None,
+            subresource=parts[4] if len(parts) >= 5 else None,
+        )
+    return _stock_parse_path(path)
+
+
+parsing.parse_path = _parse_path
+
+
+def _now() -> str:
+    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _status_error(status: int, reason: str, message: str, retry_after: float | None = None) -> kmock.KubernetesError:
+    details = {"retryAfterSeconds": int(retry_after)} if retry_after is not None else {}
+    return kmock.KubernetesError(status=status, reason=reason, message=message, details=details)
+
+
+def selector_matches(selector: str, labels: Mapping[str, str]) -> bool:
+    """Equality-based label selectors: `a=b`, `a==b`, `a!=b`, `a`, `!a`, comma-separated."""
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            if labels.get(key.strip()) == value.strip():
+                return False
+        elif "=" in term:
+            key, value = term.replace("==", "=").split("=", 1)
+            if labels.get(key.strip()) != value.strip():
+                return False
+        elif term.startswith("!"):
+            if term[1:].strip() in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+@dataclasses.dataclass
+class _Fault:
+    matches: Callable[[rendering.Request], bool]
+    status: int
+    remaining: int
+    retry_after: float | None
+    hits: int = 0
+
+
+class ClusterEmulator(kmock.KubernetesEmulator):
+    """kmock's emulator with the API-server semantics the operator and kopf depend on."""
+
+    def __init__(self, resource_types: Iterable[ResourceType] = BUILTIN_RESOURCES) -> None:
+        super().__init__()
+        self._types: dict[tuple[str, str, str], ResourceType] = {}
+        self._versions = itertools.count(1)
+        self._faults: list[_Fault] = []
+        self.recorded: list[ApiRequest] = []
+        self.register(*resource_types)
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def register(self, *resource_types: ResourceType) -> None:
+        for rt in resource_types:
+            self._types[(rt.group, rt.version, rt.plural)] = rt
+            self.resources[rt.key] = kmock.ResourceInfo(
+                kind=rt.kind, singular=rt.kind.lower(), namespaced=rt.namespaced,
+                verbs={"get", "list", "watch", "create", "patch", "update", "delete"},
+                subresources=set(rt.subresources), shortnames=set(rt.shortnames), categories=set(rt.categories),
+            )
+
+    def register_crd(self, crd: Mapping[str, Any]) -> list[ResourceType]:
+        types = resource_types_from_crd(crd)
+        self.register(*types)
+        return types
+
+    def type_of(self, group: str, version: str, plural: str) -> ResourceType:
+        return self._types[(group, version, plural)]
+
+    def inject_error(
+        self,
+        status: int,
+        *,
+        verb: str | None = None,
+        plural: str | None = None,
+        namespace: str | None = None,
+        name: str | None = None,
+        subresource: str | None = None,
+        times: int = 1,
+        retry_after: float | None = None,
+        only_operator: bool = True,
+    ) -> _Fault:
+        """Answer the next `times` matching requests with `status` and change nothing.
+
+        `verb` is an RBAC verb (get, list, watch, create, patch, delete).
+        With `retry_after`, the answer carries a `Retry-After` header (as for 429).
+        """
+        def matches(request: rendering.Request) -> bool:
+            if only_operator and request.headers.get("User-Agent", "").startswith(HARNESS_USER_AGENT):
+                return False
+            if request.resource is None:
+                return False
+            return (
+                (verb is None or _verb_of(request) == verb)
+                and (plural is None or request.resource.plural == plural)
+                and (namespace is None or request.namespace == namespace)
+                and (name is None or request.name == name)
+                and (subresource is None or (request.subresource or "") == subresource)
+            )
+
+        fault = _Fault(matches=matches, status=status, remaining=times, retry_after=retry_after)
+        self._faults.append(fault)
+        return fault
+
+    # -- state access for the harness (in-memory, no request) ------------------------------------
+
+    def live_objects(self, group: str, version: str, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        key = kmock.resource(group, version, plural)
+        result = []
+        for (res, ns, _), obj in list(self.objects.items()):
+            if res == key and not obj.deleted and (namespace is None or ns == namespace):
+                result.append(copy.deepcopy(obj.raw))
+        return result
+
+    def live_object(self, group: str, version: str, plural: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        key = (kmock.resource(group, version, plural), namespace, name)
+        if key in self.objects and not self.objects[key].deleted:
+            return copy.deepcopy(self.objects[key].raw)
+        return None
+
+    # -- request handling ------------------------------------------------------------------------
+
+    async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        from_harness = request.headers.get("User-Agent", "").startswith(HARNESS_USER_AGENT)
+        if not from_harness:
+            self._record(request)
+
+        for fault in self._faults:
+            if fault.remaining > 0 and fault.matches(request):
+                fault.remaining -= 1
+                fault.hits += 1
+                return self._error_response(_status_error(
+                    fault.status, _REASONS.get(fault.status, "InternalError"),
+                    f"injected by the test harness: {fault.status}", fault.retry_after,
+                ), fault.retry_after)
+
+        is_resource = request.resource is not None and bool(request.resource.plural)
+        try:
+            if is_resource and request.action == enums.action.CREATE or (
+                is_resource and request.action in WRITE_ACTIONS and request.name is not None
+            ):
+                rt = self._resource_type(request)
+                async with self._lock:
+                    status, body = await self._write(rt, request)
+                return aiohttp.web.json_response(body, status=status)
+            if is_resource and request.action == enums.action.LIST:
+                rt = self._resource_type(request)
+                return aiohttp.web.json_response(self._list(rt, request))
+            if is_resource and request.action == enums.action.FETCH and request.subresource:
+                rt = self._resource_type(request)
+                obj = self._get(rt, request.namespace, request.name)
+                if obj is None:
+                    raise _status_error(404, "NotFound", f'{rt.plural} "{request.name}" not found')
+                return aiohttp.web.json_response(obj.raw)
+        except kmock.KubernetesError as exc:
+            return self._error_response(exc)
+        # Fetches, watches and discovery: kmock's own serving.
+        return await apps.RawHandler._handle(self, request)
+
+    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[Any]:
+        """Snapshot and subscription under one lock, so no event falls between them.
+
+        kmock 0.8 subscribes only after replaying the current objects, and a write
+        in between is lost (kopf then patches with a stale resourceVersion forever).
+        With `resourceVersion`, only objects changed after it are replayed.
+        """
+        yield b""  # send the headers: the stream is open even if nothing happens
+        assert request.resource is not None
+        rt = self._resource_type(request)
+        since = request.params.get("resourceVersion", "")
+        since_version = int(since) if since.isdigit() else 0
+        bus = self._buses[rt.key]
+        async with self._lock:
+            mark = await bus.mark()
+            events = []
+            for (res, ns, name), obj in list(self.objects.items()):
+                if res != rt.key or obj.deleted:
+                    continue
+                if request.namespace is not None and ns != request.namespace:
+                    continue
+                if request.name is not None and name != request.name:
+                    continue
+                raw = obj.raw
+                if int(raw.get("metadata", {}).get("resourceVersion", "0") or 0) > since_version:
+                    events.append({"type": "ADDED", "object": copy.deepcopy(raw)})
+        try:
+            for event in events:
+                yield event
+            async for event in bus.stream(since=mark):
+                meta = event.get("object", {}).get("metadata", {})
+                if request.namespace is not None and meta.get("namespace") != request.namespace:
+                    continue
+                if request.name is not None and meta.get("name") != request.name:
+                    continue
+                yield event
+        finally:
+            await bus.unmark(mark)
+
+    def _error_response(self, exc: kmock.KubernetesError, retry_after: float | None = None) -> aiohttp.web.Response:
+        headers = {"Retry-After": str(int(retry_after))} if retry_after is not None else None
+        body = {
+            "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+            "code": exc.status, "reason": exc.reason, "message": exc.message, "details": exc.details or {},
+        }
+        return aiohttp.web.json_response(body, status=exc.status, headers=headers)
+
+    def _record(self, request: rendering.Request) -> None:
+        if request.resource is None:
+            return  # non-resource URLs (discovery) are open to every authenticated user
+        if not request.resource.plural:
+            return  # /api/v1, /apis/group/version: discovery too
+        self.recorded.append(ApiRequest(
+            verb=_verb_of(request),
+            api_group=request.resource.group or "",
+            resource=request.resource.plural,
+            subresource=request.subresource or "",
+            namespace=request.namespace or "",
+        ))
+
+    def _resource_type(self, request: rendering.Request) -> ResourceType:
+        assert request.resource is not None
+        key = (request.resource.group or "", request.resource.version or "", request.resource.plural or "")
+        if key not in self._types:
+            raise kmock.KubernetesResourceNotFoundError()
+        return self._types[key]
+
+    def _get(self, rt: ResourceType, namespace: str | None, name: str | None) -> Any:
+        key = (rt.key, namespace if rt.namespaced else None, name)
+        if key in self.objects and not self.objects[key].deleted:
+            return self.objects[key]
+        return None
+
+    def _list(self, rt: ResourceType, request: rendering.Request) -> dict[str, Any]:
+        label_selector = request.params.get("labelSelector", "")
+        field_selector = request.params.get("fieldSelector", "")
+        items = []
+        for (res, ns, name), obj in list(self.objects.items()):
+            if res != rt.key or obj.deleted:
+                continue
+            if request.namespace is not None and ns != request.namespace:
+                continue
+            raw = obj.raw
+            if label_selector and not selector_matches(label_selector, raw.get("metadata", {}).get("labels") or {}):
+                continue
+            if field_selector:
+                fields = {"metadata.name": name, "metadata.namespace": ns or ""}
+                if not selector_matches(field_selector, fields):
+                    continue
+            items.append(copy.deepcopy(raw))
+        return {
+            "apiVersion": rt.api_version,
+            "kind": f"{rt.kind}List",
+            "metadata": {"resourceVersion": str(self._current_version())},
+            "items": items,
+        }
+
+    def _current_version(self) -> int:
+        # itertools.count has no peek: keep the last issued version next to it.
+        return getattr(self, "_last_version", 0)
+
+    def _next_version(self) -> str:
+        self._last_version = next(self._versions)
+        return str(self._last_version)
+
+    async def _publish(self, rt: ResourceType, event_type: str, obj: Mapping[str, Any]) -> None:
+        await self._buses[rt.key].put({"type": event_type, "object": copy.deepcopy(dict(obj))})
+
+    async def _write(self, rt: ResourceType, request: rendering.Request) -> tuple[int, dict[str, Any]]:
+        if request.action == enums.action.CREATE:
+            return await self._create(rt, request.namespace, request.data)
+        if request.action == enums.action.UPDATE:
+            return await self._patch(rt, request)
+        return await self._delete(rt, request.namespace, request.name)
+
+    async def _create(self, rt: ResourceType, namespace: str | None, data: Any) -> tuple[int, dict[str, Any]]:
+        if not isinstance(data, dict):
+            raise _status_error(400, "BadRequest", "the body of a create must be a JSON object")
+        obj = copy.deepcopy(data)
+        meta = obj.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+        if not meta.get("name"):
+            raise _status_error(422, "Invalid", f"{rt.kind}: metadata.name: Required value")
+        if rt.namespaced:
+            if namespace is None:
+                raise _status_error(400, "BadRequest", f"{rt.kind} is namespaced: POST to /namespaces/NS/{rt.plural}")
+            if meta.get("namespace", namespace) != namespace:
+                raise _status_error(400, "BadRequest", "the namespace of the object does not match the URL")
+            meta["namespace"] = namespace
+        else:
+            namespace = None
+        if self._get(rt, namespace, meta["name"]) is not None:
+            raise _status_error(409, "AlreadyExists", f'{rt.plural}.{rt.group} "{meta["name"]}" already exists')
+        obj["apiVersion"] = rt.api_version
+        obj["kind"] = rt.kind
+        meta["uid"] = str(uuid.uuid4())
+        meta["resourceVersion"] = self._next_version()
+        meta["generation"] = 1
+        meta["creationTimestamp"] = _now()
+        meta.pop("deletionTimestamp", None)
+        if "status" in rt.subresources:
+            obj.pop("status", None)
+        key = (rt.key, namespace, meta["name"])
+        if key in self.objects:
+            self.objects[key].history.append(obj)
+        else:
+            self.objects[key] = obj
+        await self._publish(rt, "ADDED", obj)
+        return 201, copy.deepcopy(obj)
+
+    async def _patch(self, rt: ResourceType, request: rendering.Request) -> tuple[int, dict[str, Any]]:
+        namespace = request.namespace if rt.namespaced else None
+        stored = self._get(rt, namespace, request.name)
+        if stored is None:
+            raise _status_error(404, "NotFound", f'{rt.plural}.{rt.group} "{request.name}" not found')
+        if request.method != enums.method.PATCH:
+            raise _status_error(405, "MethodNotAllowed", "only PATCH is emulated for updates")
+        content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
+        old = copy.deepcopy(stored.raw)
+        patch = request.data
+        try:
+            if content_type == "application/json-patch+json":
+                if not isinstance(patch, list):
+                    raise _status_error(400, "BadRequest", "a JSON patch must be a list")
+                new = jsonpatch.apply_patch(copy.deepcopy(old), patch, in_place=False)
+            elif content_type == "application/merge-patch+json":
+                if not isinstance(patch, dict):
+                    raise _status_error(400, "BadRequest", "a merge patch must be an object")
+                wanted_version = (patch.get("metadata") or {}).get("resourceVersion")
+                if wanted_version and wanted_version != old["metadata"].get("resourceVersion"):
+                    raise _status_error(409, "Conflict", "the object has been modified; "
+                                        "please apply your changes to the latest version and try again")
+                new = _merge_patch(old, patch)
+            else:
+                raise _status_error(415, "UnsupportedMediaType",
+                                    f"the emulator supports merge-patch and json-patch only, got {content_type!r}")
+        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
+            raise _status_error(422, "Invalid", f"the JSON patch does not apply: {exc}") from None
+
+        subresource = request.subresource or ""
+        if subresource == "status":
+            result = copy.deepcopy(old)
+            if "status" in new:
+                result["status"] = new["status"]
+            else:
+                result.pop("status", None)
+            new = result
+        elif subresource:
+            raise _status_error(404, "NotFound", f"subresource {subresource!r} is not emulated")
+        elif "status" in rt.subresources:
+            if "status" in old:
+                new["status"] = old["status"]
+            else:
+                new.pop("status", None)
+
+        # Fields the server owns.
+        for field in ("uid", "creationTimestamp", "name", "namespace", "resourceVersion", "generation",
+                      "deletionTimestamp"):
+            if field in old["metadata"]:
+                new.setdefault("metadata", {})[field] = old["metadata"][field]
+            else:
+                new.setdefault("metadata", {}).pop(field, None)
+        new["apiVersion"], new["kind"] = old["apiVersion"], old["kind"]
+
+        if new == old:
+            return 200, old  # a no-op: no new version, no event
+
+        if _without(new, "metadata", "status") != _without(old, "metadata", "status"):
+            new["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
+        new["metadata"]["resourceVersion"] = self._next_version()
+        stored.history.append(new)
+
+        if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
+            await self._remove(rt, namespace, request.name)
+        else:
+            await self._publish(rt, "MODIFIED", new)
+        return 200, copy.deepcopy(new)
+
+    async def _delete(self, rt: ResourceType, namespace: str | None, name: str | None) -> tuple[int, dict[str, Any]]:
+        namespace = namespace if rt.namespaced else None
+        stored = self._get(rt, namespace, name)
+        if stored is None:
+            raise _status_error(404, "NotFound", f'{rt.plural}.{rt.group} "{name}" not found')
+        obj = copy.deepcopy(stored.raw)
+        if obj["metadata"].get("finalizers"):
+            if not obj["metadata"].get("deletionTimestamp"):
+                obj["metadata"]["deletionTimestamp"] = _now()
+                obj["metadata"]["resourceVersion"] = self._next_version()
+                stored.history.append(obj)
+                await self._publish(rt, "MODIFIED", obj)
+            return 200, obj
+        await self._remove(rt, namespace, name)
+        return 200, obj
+
+    async def _remove(self, rt: ResourceType, namespace: str | None, name: str | None) -> None:
+        stored = self.objects[(rt.key, namespace, name)]
+        last = copy.deepcopy(stored.raw)
+        last["metadata"]["resourceVersion"] = self._next_version()
+        stored.delete()
+        await self._publish(rt, "DELETED", last)
+        await self._collect_garbage(last["metadata"]["uid"])
+
+    async def _collect_garbage(self, owner_uid: str) -> None:
+        """Drop references to a gone owner; delete dependents that have no owner left."""
+        for (res, ns, name), stored in list(self.objects.items()):
+            if stored.deleted:
+                continue
+            obj = stored.raw
+            refs = obj.get("metadata", {}).get("ownerReferences") or []
+            if not any(ref.get("uid") == owner_uid for ref in refs):
+                continue
+            rt = self._types.get((res.group or "", res.version or "", res.plural or ""))
+            if rt is None:
+                continue
+            remaining = [ref for ref in refs if ref.get("uid") != owner_uid and self._uid_alive(ref.get("uid"))]
+            if remaining:
+                new = copy.deepcopy(obj)
+                new["metadata"]["ownerReferences"] = remaining
+                new["metadata"]["resourceVersion"] = self._next_version()
+                stored.history.append(new)
+                await self._publish(rt, "MODIFIED", new)
+            else:
+                await self._delete(rt, ns, name)
+
+    def _uid_alive(self, uid: str | None) -> bool:
+        return any(not o.deleted and o.raw.get("metadata", {}).get("uid") == uid for o in self.objects.values())
+
+
+_REASONS = {
+    400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 409: "Conflict",
+    410: "Expired", 422: "Invalid", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable",
+    504: "Timeout",
+}
+
+
+def _verb_of(request: rendering.Request) -> str:
+    method = request.method
+    if method == enums.method.GET:
+        if request.params.get("watch") in ("true", "1"):
+            return "watch"
+        return "get" if request.name else "list"
+    if method == enums.method.POST:
+        return "create"
+    if method == enums.method.PATCH:
+        return "patch"
+    if method == enums.method.PUT:
+        return "update"
+    if method == enums.method.DELETE:
+        return "delete" if request.name else "deletecollection"
+    return str(method.value).lower()
+
+
+def _without(obj: Mapping[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in obj.items() if k not in keys}
+
+
+def _merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _merge_patch(result.get(key), value)
+    return result
+
+
+def dump_requests(requests: Iterable[ApiRequest]) -> str:
+    """The distinct requests as stable JSON (one object per line inside a list)."""
+    unique = sorted(set(requests))
+    return "[\n" + ",\n".join(json.dumps(r.as_dict(), sort_keys=True) for r in unique) + "\n]\n"
+
+
+__all__ = [
+    "ApiRequest", "BUILTIN_RESOURCES", "ClusterEmulator", "HARNESS_USER_AGENT", "ResourceType",
+    "dump_requests", "resource_types_from_crd", "selector_matches",
+]

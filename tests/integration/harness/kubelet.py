@@ -1,0 +1,579 @@
+"""A test kubelet: runs the containers the operator wrote, as real local processes.
+
+`PodProcess` starts one pod's first container from its manifest: `command` +
+`args` (an absent command means the image's entrypoint, `modelfleet-runtime`),
+`env` (plain values, fieldRef podIP/name/namespace, secretKeyRef and
+configMapKeyRef read from the emulated cluster), volumes mapped to temporary
+folders (emptyDir per pod; configMap and secret written out from their objects;
+persistentVolumeClaim shared per claim under `Volumes.claim(ns, name)`), and
+every mountPath in env and args rewritten to its folder. Every pod gets its own
+loopback address (127.0.0.2, 127.0.0.3, ...) with the port from the manifest,
+and `MODELFLEET_HOST` set to it. Readiness is the manifest's readinessProbe
+(httpGet path and port) polled on that address.
+
+`DeploymentController` plays the Deployment and ReplicaSet controllers and the
+kubelet together: it starts pods for the template of each Deployment, keeps old
+pods serving until the new template's pods are ready (a rolling update), stops
+pods of scaled-down or deleted Deployments (SIGTERM, then SIGKILL after the
+grace period), restarts crashed containers with back-off and records the
+termination message, writes Pod objects (status.podIP, Ready condition,
+containerStatuses) and the Deployment's status (replicas, updatedReplicas,
+readyReplicas, availableReplicas, observedGeneration, conditions Available and
+Progressing). `EndpointSliceController` writes one EndpointSlice per Service
+with the addresses of the selected pods.
+
+Simplifications, on purpose: pods are owned by their Deployment directly (no
+ReplicaSet objects); liveness and startup probes are not run; only the first
+container of a pod runs; the controllers poll the emulator's memory (they are
+in-process) but write through its HTTP API, so every change is a watch event
+the operator sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import ipaddress
+import itertools
+import json
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from .client import ApiError, ClusterClient
+from .emulator import ClusterEmulator, _now
+
+# Loopback addresses are never reused within a test session, so a port in TIME_WAIT never collides.
+_ADDRESSES = (str(ipaddress.IPv4Address("127.0.0.2") + i) for i in itertools.count())
+DEFAULT_ENTRYPOINT = ["modelfleet-runtime"]
+POLL_SECONDS = 0.1
+PROBE_TIMEOUT_SECONDS = 1.0
+# Grace periods in the manifests are for production; tests do not wait that long for a drain.
+MAX_GRACE_SECONDS = 10.0
+MAX_BACKOFF_SECONDS = 5.0
+LOG_TAIL_BYTES = 2048
+
+
+def next_address() -> str:
+    return next(_ADDRESSES)
+
+
+def template_hash(template: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def labels_match(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+class Volumes:
+    """Where the volumes of the emulated cluster live on this machine."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def claim(self, namespace: str, name: str) -> Path:
+        """The folder behind a PersistentVolumeClaim (shared by every pod that mounts it)."""
+        path = self.root / "claims" / namespace / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def pod(self, namespace: str, pod: str) -> Path:
+        path = self.root / "pods" / namespace / pod
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+@dataclass
+class PodProcess:
+    """One running pod: its process, address, readiness and restarts."""
+
+    namespace: str
+    name: str
+    owner: Mapping[str, Any]  # ownerReference to write into the Pod
+    template: Mapping[str, Any]
+    template_hash: str
+    address: str
+    volumes: Volumes
+    cluster: ClusterEmulator
+    process: asyncio.subprocess.Process | None = None
+    ready: bool = False
+    restarts: int = 0
+    last_termination: dict[str, Any] | None = None
+    next_start: float = 0.0
+    stopping: bool = False
+    log_path: Path | None = None
+    readiness_body: Any = None
+    _mounts: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def container(self) -> Mapping[str, Any]:
+        return self.template["spec"]["containers"][0]
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return dict((self.template.get("metadata") or {}).get("labels") or {})
+
+    def port(self, port: Any = None) -> int:
+        ports = self.container.get("ports") or []
+        if isinstance(port, int):
+            return port
+        if isinstance(port, str) and not port.isdigit():
+            for p in ports:
+                if p.get("name") == port:
+                    return int(p["containerPort"])
+            raise ValueError(f"pod {self.name}: no container port named {port!r}")
+        if isinstance(port, str):
+            return int(port)
+        return int(ports[0]["containerPort"]) if ports else 8080
+
+    # -- the container's view of the world -------------------------------------------------------
+
+    def _prepare_volumes(self) -> None:
+        pod_dir = self.volumes.pod(self.namespace, self.name)
+        by_name: dict[str, Path] = {}
+        for volume in self.template["spec"].get("volumes") or []:
+            vname = volume["name"]
+            if "persistentVolumeClaim" in volume:
+                by_name[vname] = self.volumes.claim(self.namespace, volume["persistentVolumeClaim"]["claimName"])
+                continue
+            path = pod_dir / "volumes" / vname
+            path.mkdir(parents=True, exist_ok=True)
+            if "configMap" in volume:
+                self._write_items(path, "configmaps", volume["configMap"]["name"], volume["configMap"].get("items"))
+            elif "secret" in volume:
+                self._write_items(path, "secrets", volume["secret"]["secretName"], volume["secret"].get("items"))
+            by_name[vname] = path
+        self._mounts = {}
+        for mount in self.container.get("volumeMounts") or []:
+            base = by_name.get(mount["name"])
+            if base is None:
+                raise ValueError(f"pod {self.name}: volumeMount {mount['name']!r} names no volume")
+            self._mounts[mount["mountPath"].rstrip("/") or "/"] = base / mount.get("subPath", "")
+
+    def _write_items(self, path: Path, plural: str, name: str, items: Any) -> None:
+        obj = self.cluster.live_object("", "v1", plural, self.namespace, name)
+        if obj is None:
+            raise ValueError(f"pod {self.name}: {plural[:-1]} {name!r} does not exist")
+        data: dict[str, bytes] = {}
+        for key, value in (obj.get("data") or {}).items():
+            data[key] = base64.b64decode(value) if plural == "secrets" else str(value).encode()
+        for key, value in (obj.get("binaryData") or {}).items():
+            data[key] = base64.b64decode(value)
+        mapping = {i["key"]: i["path"] for i in items} if items else {k: k for k in data}
+        for key, rel in mapping.items():
+            target = path / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data[key])
+
+    def translate(self, text: str) -> str:
+        """Rewrite container paths under a mountPath to the folder behind it.
+
+        /tmp is left alone (TMPDIR points at its volume instead): test files live
+        under the host's /tmp and file:// URIs name them as they are.
+        """
+        for mount_path in sorted((m for m in self._mounts if m != "/tmp"), key=len, reverse=True):
+            local = str(self._mounts[mount_path])
+            start = 0
+            while (index := text.find(mount_path, start)) >= 0:
+                end = index + len(mount_path)
+                if end == len(text) or text[end] in "/:,; ":
+                    text = text[:index] + local + text[end:]
+                    start = index + len(local)
+                else:
+                    start = end
+        return text
+
+    def _env_value(self, item: Mapping[str, Any]) -> str | None:
+        if "value" in item:
+            return str(item["value"])
+        source = item.get("valueFrom") or {}
+        if "fieldRef" in source:
+            path = source["fieldRef"]["fieldPath"]
+            return {"status.podIP": self.address, "metadata.name": self.name,
+                    "metadata.namespace": self.namespace}.get(path, "")
+        for key, plural in (("secretKeyRef", "secrets"), ("configMapKeyRef", "configmaps")):
+            if key in source:
+                ref = source[key]
+                obj = self.cluster.live_object("", "v1", plural, self.namespace, ref["name"]) or {}
+                value = (obj.get("data") or {}).get(ref["key"])
+                if value is None:
+                    if ref.get("optional"):
+                        return None
+                    raise ValueError(f"pod {self.name}: {plural[:-1]} {ref['name']}/{ref['key']} is missing")
+                return base64.b64decode(value).decode() if plural == "secrets" else str(value)
+        return None
+
+    def command_line(self) -> tuple[list[str], dict[str, str]]:
+        self._prepare_volumes()
+        pod_dir = self.volumes.pod(self.namespace, self.name)
+        env = {
+            "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+            "HOME": str(pod_dir),
+            "XDG_CACHE_HOME": str(pod_dir / "cache"),
+            "TMPDIR": str(self._mounts.get("/tmp", pod_dir)),
+            "LANG": "C.UTF-8",
+        }
+        for item in self.container.get("env") or []:
+            value = self._env_value(item)
+            if value is not None:
+                env[item["name"]] = self.translate(value)
+        env["MODELFLEET_HOST"] = self.address
+        argv = [self.translate(a) for a in (self.container.get("command") or DEFAULT_ENTRYPOINT)]
+        args = [self.translate(a) for a in self.container.get("args") or []]
+        # A --host flag would win over MODELFLEET_HOST and make pods collide on one port.
+        for i, arg in enumerate(args[:-1]):
+            if arg == "--host":
+                args[i + 1] = self.address
+        argv += args
+        resolved = shutil.which(argv[0], path=env["PATH"])
+        if resolved is None:
+            raise FileNotFoundError(f"pod {self.name}: command {argv[0]!r} not found on PATH")
+        return [resolved, *argv[1:]], env
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        argv, env = self.command_line()
+        self.log_path = self.volumes.pod(self.namespace, self.name) / "container.log"
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                *argv, env=env, stdout=log, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        self.ready = False
+
+    def exited(self) -> int | None:
+        return None if self.process is None else self.process.returncode
+
+    def log_tail(self) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        data = self.log_path.read_bytes()[-LOG_TAIL_BYTES:]
+        return data.decode(errors="replace").strip()
+
+    async def probe(self, http: aiohttp.ClientSession) -> bool:
+        """The readinessProbe of the manifest, on this pod's address."""
+        probe = self.container.get("readinessProbe")
+        if self.process is None or self.process.returncode is not None:
+            return False
+        if not probe or "httpGet" not in probe:
+            return True
+        get = probe["httpGet"]
+        url = f"http://{self.address}:{self.port(get.get('port'))}{get.get('path', '/')}"
+        try:
+            async with http.get(url, timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_SECONDS)) as response:
+                self.readiness_body = await response.text()
+                return 200 <= response.status < 400
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return False
+
+    async def stop(self) -> None:
+        self.stopping = True
+        process = self.process
+        if process is None or process.returncode is not None:
+            return
+        grace = min(float(self.template["spec"].get("terminationGracePeriodSeconds", 30)), MAX_GRACE_SECONDS)
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), timeout=grace)
+        except asyncio.TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+
+    # -- the Pod object -------------------------------------------------------------------------
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": self.name,
+                "namespace": self.namespace,
+                "labels": {**self.labels, "pod-template-hash": self.template_hash},
+                "ownerReferences": [dict(self.owner)],
+            },
+            "spec": self.template["spec"],
+        }
+
+    def pod_status(self) -> dict[str, Any]:
+        running = self.process is not None and self.process.returncode is None
+        state: dict[str, Any] = (
+            {"running": {"startedAt": _now()}} if running
+            else {"waiting": {"reason": "CrashLoopBackOff" if self.restarts else "ContainerCreating"}}
+        )
+        container_status: dict[str, Any] = {
+            "name": self.container["name"], "image": self.container.get("image", ""),
+            "ready": self.ready, "restartCount": self.restarts, "started": running, "state": state,
+        }
+        if self.last_termination:
+            container_status["lastState"] = {"terminated": self.last_termination}
+        ready = "True" if self.ready else "False"
+        return {
+            "phase": "Running" if running else "Pending",
+            "podIP": self.address,
+            "podIPs": [{"ip": self.address}],
+            "hostIP": "127.0.0.1",
+            "conditions": [
+                {"type": "PodScheduled", "status": "True"},
+                {"type": "Initialized", "status": "True"},
+                {"type": "ContainersReady", "status": ready},
+                {"type": "Ready", "status": ready},
+            ],
+            "containerStatuses": [container_status],
+        }
+
+
+class DeploymentController:
+    """Deployments → running pods → Pod objects and Deployment status (see the module docstring)."""
+
+    def __init__(self, cluster: ClusterEmulator, client: ClusterClient, volumes: Volumes) -> None:
+        self.cluster = cluster
+        self.client = client
+        self.volumes = volumes
+        self.pods: dict[tuple[str, str], PodProcess] = {}  # (namespace, pod name)
+        self._written_status: dict[tuple[str, str], Any] = {}
+        self._written_pod_status: dict[tuple[str, str], Any] = {}
+        self._counter = itertools.count()
+        self._task: asyncio.Task[None] | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self.errors: list[BaseException] = []
+
+    async def __aenter__(self) -> DeploymentController:
+        self._http = aiohttp.ClientSession()
+        self._task = asyncio.create_task(self._loop(), name="test kubelet")
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await asyncio.gather(*(pod.stop() for pod in self.pods.values()), return_exceptions=True)
+        if self._http is not None:
+            await self._http.close()
+
+    def pods_of(self, namespace: str, deployment: str) -> list[PodProcess]:
+        return [p for (ns, _), p in self.pods.items() if ns == namespace and p.owner["name"] == deployment]
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.sync()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep playing the cluster; the tests see the errors
+                self.errors.append(exc)
+            await asyncio.sleep(POLL_SECONDS)
+
+    async def sync(self) -> None:
+        deployments = {
+            (d["metadata"]["namespace"], d["metadata"]["name"]): d
+            for d in self.cluster.live_objects("apps", "v1", "deployments")
+        }
+        # Pods whose Deployment is gone (deleted, garbage-collected) stop.
+        for key, pod in list(self.pods.items()):
+            dep = deployments.get((pod.namespace, pod.owner["name"]))
+            if dep is None or dep["metadata"]["uid"] != pod.owner["uid"]:
+                await self._remove(key)
+        for (namespace, name), dep in deployments.items():
+            await self._sync_deployment(namespace, name, dep)
+
+    async def _sync_deployment(self, namespace: str, name: str, dep: Mapping[str, Any]) -> None:
+        assert self._http is not None
+        spec = dep.get("spec") or {}
+        desired = int(spec.get("replicas", 1))
+        template = spec["template"]
+        current_hash = template_hash(template)
+        owner = {"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "uid": dep["metadata"]["uid"],
+                 "controller": True, "blockOwnerDeletion": True}
+        mine = self.pods_of(namespace, name)
+        current = [p for p in mine if p.template_hash == current_hash]
+        old = [p for p in mine if p.template_hash != current_hash]
+
+        for _ in range(desired - len(current)):
+            pod = PodProcess(
+                namespace=namespace, name=f"{name}-{current_hash[:6]}-{next(self._counter)}", owner=owner,
+                template=template, template_hash=current_hash, address=next_address(), volumes=self.volumes,
+                cluster=self.cluster,
+            )
+            self.pods[(namespace, pod.name)] = pod
+            await self.client.create("", "v1", "pods", namespace, pod.manifest())
+            current.append(pod)
+        for pod in sorted(current, key=lambda p: p.name)[desired:] if len(current) > desired else []:
+            await self._remove((namespace, pod.name))
+            current.remove(pod)
+
+        loop = asyncio.get_running_loop()
+        for pod in current + old:
+            if pod.process is None and loop.time() >= pod.next_start:
+                try:
+                    await pod.start()
+                except (OSError, ValueError) as exc:
+                    pod.last_termination = {"exitCode": 128, "reason": "StartError", "message": str(exc),
+                                            "finishedAt": _now()}
+                    pod.restarts += 1
+                    pod.next_start = loop.time() + min(2 ** pod.restarts * 0.5, MAX_BACKOFF_SECONDS)
+            elif pod.process is not None and pod.process.returncode is not None and not pod.stopping:
+                pod.last_termination = {
+                    "exitCode": pod.process.returncode, "reason": "Error" if pod.process.returncode else "Completed",
+                    "message": pod.log_tail(), "finishedAt": _now(),
+                }
+                pod.restarts += 1
+                pod.process = None
+                pod.ready = False
+                pod.next_start = loop.time() + min(2 ** pod.restarts * 0.5, MAX_BACKOFF_SECONDS)
+            else:
+                pod.ready = await pod.probe(self._http)
+            await self._write_pod_status(pod)
+
+        # A rolling update: old pods serve until every new one is ready.
+        if old and len([p for p in current if p.ready]) >= desired:
+            for pod in old:
+                await self._remove((namespace, pod.name))
+            old = []
+
+        everyone = current + old
+        ready = len([p for p in everyone if p.ready])
+        available = ready >= desired
+        status = {
+            "observedGeneration": dep["metadata"].get("generation", 1),
+            "replicas": len(everyone),
+            "updatedReplicas": len(current),
+            "readyReplicas": ready,
+            "availableReplicas": ready,
+            "unavailableReplicas": max(desired - ready, 0),
+            "conditions": [
+                {"type": "Available", "status": "True" if available else "False",
+                 "reason": "MinimumReplicasAvailable" if available else "MinimumReplicasUnavailable"},
+                {"type": "Progressing", "status": "True",
+                 "reason": "NewReplicaSetAvailable" if available and not old else "ReplicaSetUpdated"},
+            ],
+        }
+        if self._written_status.get((namespace, name)) != status or (dep.get("status") or {}).get(
+                "observedGeneration") != status["observedGeneration"]:
+            try:
+                await self.client.merge_patch("apps", "v1", "deployments", namespace, name, {"status": status},
+                                              subresource="status")
+                self._written_status[(namespace, name)] = status
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+
+    async def _write_pod_status(self, pod: PodProcess) -> None:
+        key = (pod.namespace, pod.name)
+        status = pod.pod_status()
+        comparable = json.dumps({k: v for k, v in status.items() if k != "containerStatuses"}, sort_keys=True) + \
+            json.dumps([{k: v for k, v in cs.items() if k != "state"} for cs in status["containerStatuses"]])
+        if self._written_pod_status.get(key) == comparable:
+            return
+        await self.client.merge_patch("", "v1", "pods", pod.namespace, pod.name, {"status": status},
+                                      subresource="status")
+        self._written_pod_status[key] = comparable
+
+    async def _remove(self, key: tuple[str, str]) -> None:
+        pod = self.pods.pop(key)
+        await pod.stop()
+        await self.client.delete("", "v1", "pods", pod.namespace, pod.name)
+        self._written_pod_status.pop(key, None)
+
+
+class EndpointSliceController:
+    """One EndpointSlice per Service with a selector, listing the selected pods and their readiness."""
+
+    def __init__(self, cluster: ClusterEmulator, client: ClusterClient) -> None:
+        self.cluster = cluster
+        self.client = client
+        self._task: asyncio.Task[None] | None = None
+        self.errors: list[BaseException] = []
+
+    async def __aenter__(self) -> EndpointSliceController:
+        self._task = asyncio.create_task(self._loop(), name="endpointslice controller")
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.sync()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.errors.append(exc)
+            await asyncio.sleep(POLL_SECONDS)
+
+    async def sync(self) -> None:
+        pods = self.cluster.live_objects("", "v1", "pods")
+        for svc in self.cluster.live_objects("", "v1", "services"):
+            selector = (svc.get("spec") or {}).get("selector") or {}
+            if not selector:
+                continue
+            namespace, name = svc["metadata"]["namespace"], svc["metadata"]["name"]
+            selected = [p for p in pods if p["metadata"]["namespace"] == namespace
+                        and labels_match(selector, p["metadata"].get("labels") or {})
+                        and (p.get("status") or {}).get("podIP")]
+            ports = []
+            for port in svc["spec"].get("ports") or []:
+                target = port.get("targetPort", port["port"])
+                if isinstance(target, str) and not target.isdigit():
+                    target = _port_by_name(selected[0], target) if selected else 0
+                if int(target):
+                    ports.append({"name": port.get("name", ""), "port": int(target), "protocol": "TCP"})
+            slice_name = f"{name}-emulated"
+            desired = {
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": slice_name, "namespace": namespace,
+                    "labels": {"kubernetes.io/service-name": name,
+                               "endpointslice.kubernetes.io/managed-by": "modelfleet-test-harness"},
+                    "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": name,
+                                         "uid": svc["metadata"]["uid"], "controller": True}],
+                },
+                "addressType": "IPv4",
+                "ports": ports,
+                "endpoints": [
+                    {"addresses": [p["status"]["podIP"]],
+                     "conditions": {"ready": any(c.get("type") == "Ready" and c.get("status") == "True"
+                                                 for c in p["status"].get("conditions") or [])},
+                     "targetRef": {"kind": "Pod", "name": p["metadata"]["name"], "namespace": namespace}}
+                    for p in sorted(selected, key=lambda p: p["metadata"]["name"])
+                ],
+            }
+            existing = self.cluster.live_object("discovery.k8s.io", "v1", "endpointslices", namespace, slice_name)
+            if existing is None:
+                with contextlib.suppress(ApiError):
+                    await self.client.create("discovery.k8s.io", "v1", "endpointslices", namespace, desired)
+            elif (existing.get("endpoints"), existing.get("ports")) != (desired["endpoints"], desired["ports"]):
+                await self.client.merge_patch("discovery.k8s.io", "v1", "endpointslices", namespace, slice_name,
+                                              {"endpoints": desired["endpoints"], "ports": desired["ports"]})
+
+
+def _port_by_name(pod: Mapping[str, Any], port_name: str) -> int:
+    for container in pod["spec"].get("containers") or []:
+        for port in container.get("ports") or []:
+            if port.get("name") == port_name:
+                return int(port["containerPort"])
+    return 0
+
+
+__all__ = ["DeploymentController", "EndpointSliceController", "PodProcess", "Volumes", "next_address"]
