@@ -100,7 +100,7 @@ async def operator(cluster: Cluster, operator_config: OperatorConfig) -> AsyncIt
     try:
         yield running
     finally:
-        await running.kill() if not running.running else await running.stop()
+        await running.stop()
 
 
 @pytest.fixture(scope="session")

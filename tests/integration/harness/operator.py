@@ -1,9 +1,17 @@
-"""The real ModelFleet operator (kopf) running in the test's event loop, stoppable and killable."""
+"""The real ModelFleet operator (kopf), in this process, stoppable and killable.
+
+It runs in its own thread with its own event loop, as kopf's documentation
+recommends for embedding: when kopf stops it cancels every task created in its
+loop after it started, which in the test's loop would include the test itself,
+the emulator's streams and the test kubelet. The operator reaches the emulated
+API server over TCP like any client, so the separation costs nothing.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import threading
+import time
 from typing import Any
 
 from modelfleet_operator.config import OperatorConfig
@@ -20,54 +28,74 @@ class InProcessOperator:
         self.config = config
         self.resync_seconds = resync_seconds
         self.starts = 0
-        self._task: asyncio.Task[None] | None = None
-        self._stop: asyncio.Event | None = None
+        self.error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._main: asyncio.Task[None] | None = None
+        self._stop = threading.Event()
 
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self, ready: threading.Event, started: threading.Event) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            self._main = loop.create_task(operate(
+                self.config, stop_flag=self._stop, ready_flag=ready, resync_seconds=self.resync_seconds))
+            started.set()
+            loop.run_until_complete(self._main)
+        except asyncio.CancelledError:
+            pass  # killed
+        except BaseException as exc:  # noqa: BLE001 - reported to the test through .error
+            self.error = exc
+        finally:
+            started.set()
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.run_until_complete(loop.shutdown_default_executor())
+            finally:
+                loop.close()
 
     async def start(self, timeout: float = 30.0) -> None:
         if self.running:
             raise RuntimeError("the operator is already running")
-        self._stop = asyncio.Event()
-        ready = asyncio.Event()
-        self._task = asyncio.create_task(
-            operate(self.config, stop_flag=self._stop, ready_flag=ready, resync_seconds=self.resync_seconds),
-            name=f"modelfleet operator #{self.starts}",
-        )
+        self._stop = threading.Event()
+        ready, started = threading.Event(), threading.Event()
+        self.error = None
+        self._thread = threading.Thread(target=self._run, args=(ready, started), daemon=True,
+                                        name=f"modelfleet operator #{self.starts}")
         self.starts += 1
-        waiter = asyncio.create_task(ready.wait())
-        done, _ = await asyncio.wait({waiter, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        if waiter not in done:
-            waiter.cancel()
-            if self._task.done():
-                self._task.result()  # raises what stopped it
-            raise TimeoutError(f"the operator did not become ready within {timeout}s")
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not ready.is_set():
+            if not self._thread.is_alive():
+                raise RuntimeError(f"the operator stopped while starting: {self.error!r}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the operator did not become ready within {timeout}s")
+            await asyncio.sleep(0.05)
+
+    async def _join(self, timeout: float) -> None:
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        await asyncio.to_thread(thread.join, timeout)
+        if thread.is_alive():
+            raise TimeoutError(f"the operator did not stop within {timeout}s")
 
     async def stop(self, timeout: float = 30.0) -> None:
-        if self._task is None:
-            return
-        assert self._stop is not None
+        """Set kopf's stop flag and wait, as SIGTERM would."""
         self._stop.set()
-        task, self._task = self._task, None
-        done, _ = await asyncio.wait({task}, timeout=timeout)
-        if not done:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            raise TimeoutError(f"the operator did not stop within {timeout}s")
-        if not task.cancelled() and task.exception() is not None:
-            raise task.exception()  # type: ignore[misc]
+        await self._join(timeout)
+        if self.error is not None:
+            raise self.error
 
-    async def kill(self) -> None:
-        """Stop without any cleanup, as a killed pod would: finalizers and half-done work stay."""
-        if self._task is None:
-            return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+    async def kill(self, timeout: float = 30.0) -> None:
+        """Cancel the operator mid-flight: no cleanup handlers, finalizers and half-done work stay."""
+        if self._loop is not None and self._main is not None and self.running:
+            self._loop.call_soon_threadsafe(self._main.cancel)
+        await self._join(timeout)
 
     async def restart(self) -> None:
         await self.kill()
