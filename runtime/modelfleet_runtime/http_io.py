@@ -49,11 +49,16 @@ def parse_json(body: bytes) -> Any:
         raise InvalidInput(f"malformed JSON: {exc}{hint}") from None
 
 
-async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
-    payload = parse_json(await read_body(request, limit))
+async def read_json_object_and_body(request: Request, limit: int) -> tuple[dict[str, Any], bytes]:
+    body = await read_body(request, limit)
+    payload = parse_json(body)
     if not isinstance(payload, dict):
         raise InvalidInput(f"the body must be a JSON object, got {type(payload).__name__}")
-    return payload
+    return payload, body
+
+
+async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
+    return (await read_json_object_and_body(request, limit))[0]
 
 
 def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -7,9 +7,11 @@ can reach a batch.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
+import orjson
 
 from .errors import InvalidInput, InvalidValue
 
@@ -35,26 +37,50 @@ def _find_problem(rows: list[Any], width: int | None) -> Exception:
     return InvalidInput("rows must all have the same number of numeric features")
 
 
-def rows_to_array(rows: list[Any], width: int | None, dtype: np.dtype, *, prefix: np.ndarray | None = None) -> np.ndarray:
+_NUMBER_SYNTAX = b"0123456789.eE+-[],: \t\r\n"
+
+
+def only_numbers(body: bytes, payload: dict[str, Any]) -> bool:
+    """True when every value in the JSON `body` is a number or a list of them.
+
+    Deleting the bytes that numbers and lists are made of must leave exactly what
+    the top-level keys leave: any string, true/false/null or nested object leaves
+    more. One C-speed pass over the bytes replaces a per-value type check, which on
+    large requests cost more than the model run.
+    """
+    skeleton = orjson.dumps(dict.fromkeys(payload, 0))
+    return body.translate(None, _NUMBER_SYNTAX) == skeleton.translate(None, _NUMBER_SYNTAX)
+
+
+def rows_to_array(rows: list[Any], width: int | None, dtype: np.dtype, *, prefix: np.ndarray | None = None,
+                  numbers_only: bool = False) -> np.ndarray:
     """Validate `rows` (a list of feature lists) and return a (len(rows), width) array of `dtype`.
 
     `prefix` (one row of entity features) is placed before every row's own
     features; `width` is then the model's width minus the prefix's.
+    `numbers_only` says the caller already knows every leaf is a JSON number (see `only_numbers`).
     """
     if not rows:
         raise InvalidInput("no rows: send at least one row of features")
-    # One C-speed pass over the element types; NumPy alone would quietly take booleans and strings.
-    kinds: set[type] = set()
+    if not numbers_only:
+        # One C-speed pass over the element types; NumPy alone would quietly take booleans and strings.
+        kinds: set[type] = set()
+        try:
+            for row in rows:
+                kinds.update(map(type, row))
+        except TypeError:
+            raise _find_problem(rows, width) from None
+        if not kinds <= _NUMBER_TYPES:
+            raise _find_problem(rows, width)
     try:
-        for row in rows:
-            kinds.update(map(type, row))
-    except TypeError:
-        raise _find_problem(rows, width) from None
-    if not kinds <= _NUMBER_TYPES:
-        raise _find_problem(rows, width)
-    try:
-        array = np.asarray(rows)
-    except (ValueError, TypeError):
+        with np.errstate(over="ignore"):
+            if numbers_only and dtype.kind == "f" and width is not None and set(map(len, rows)) <= {width}:
+                # Numbers of rows of the right width: straight into the model's float type.
+                array = np.fromiter(itertools.chain.from_iterable(rows), dtype=dtype, count=len(rows) * width)
+                array = array.reshape(len(rows), width)
+            else:
+                array = np.asarray(rows)
+    except (ValueError, TypeError, OverflowError):
         raise _find_problem(rows, width) from None
     if array.ndim != 2 or array.dtype.kind not in "iuf":
         raise _find_problem(rows, width)

@@ -20,8 +20,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .errors import InvalidInput, PayloadTooLarge
-from .http_io import json_response, read_json_object, require_bearer
-from .inputs import rows_to_array
+from .http_io import json_response, read_json_object_and_body, require_bearer
+from .inputs import only_numbers, rows_to_array
 from .serving import ModelServer
 
 VERSION_HEADER = "x-model-version"
@@ -62,7 +62,7 @@ def build_v1_router(server: ModelServer, predict_token: str | None) -> APIRouter
     async def predict(request: Request) -> Response:
         started = time.perf_counter()
         require_bearer(request, predict_token)
-        payload = await read_json_object(request, settings.max_body_bytes)
+        payload, body = await read_json_object_and_body(request, settings.max_body_bytes)
         model = server.require_model()
         width = model.input_width
         if width is None:
@@ -92,7 +92,8 @@ def build_v1_router(server: ModelServer, predict_token: str | None) -> APIRouter
                 if isinstance(row, list) and len(row) != own_width:
                     raise InvalidInput(f"entity features ({prefix.shape[-1]}) + request features ({len(row)}) "
                                        f"= {prefix.shape[-1] + len(row)}, but the model takes {width}")
-        array = rows_to_array(rows, own_width, model.input_dtype, prefix=prefix)
+        array = rows_to_array(rows, own_width, model.input_dtype, prefix=prefix,
+                              numbers_only=only_numbers(body, payload))
         outputs = await server.infer({model.inputs[0].name: array}, len(rows))
         predictions = format_rows(outputs, len(rows))
         answer: dict[str, Any] = {"prediction": predictions[0]} if single else {"predictions": predictions}
