@@ -17,22 +17,13 @@ import numpy as np
 from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
-from starlette.routing import Route
 
 from .errors import InvalidInput, PayloadTooLarge
-from .http_io import json_response, read_json_object_and_body, require_bearer
+from .http_io import PlainRoute, json_response, read_json_object_and_body, require_bearer
 from .inputs import only_numbers, rows_to_array
 from .serving import ModelServer
 
 VERSION_HEADER = "x-model-version"
-
-
-class _PlainRoute(Route):
-    """A Starlette route that names itself in the scope, as FastAPI's routes do, for the metrics' labels."""
-
-    async def handle(self, scope: Any, receive: Any, send: Any) -> None:
-        scope["route"] = self
-        await super().handle(scope, receive, send)
 
 
 def format_rows(outputs: dict[str, np.ndarray], rows: int) -> list[Any]:
@@ -105,10 +96,8 @@ def build_v1_router(server: ModelServer, predict_token: str | None) -> APIRouter
         answer["latency_ms"] = round((time.perf_counter() - started) * 1000.0, 3)
         return json_response(answer, headers=version_headers)
 
-    # A plain Starlette route ahead of the APIRoute serves the requests: the endpoint takes only the
-    # Request, and FastAPI's per-request dependency machinery cost about a quarter of a small
-    # prediction's event-loop time (bench/README.md). The APIRoute stays for the OpenAPI schema.
-    router.routes.insert(0, _PlainRoute("/predict", predict, methods=["POST"], include_in_schema=False))
+    # Served by the plain route; the APIRoute above stays for the OpenAPI schema (see PlainRoute).
+    router.routes.insert(0, PlainRoute("/predict", predict, methods=["POST"], include_in_schema=False))
 
     @router.get("/health")
     async def health() -> Response:

@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from . import __version__
 from .errors import InvalidInput, InvalidValue, PayloadTooLarge
-from .http_io import json_response, read_body, require_bearer
+from .http_io import PlainRoute, json_response, read_body, require_bearer
 from .model import TensorSpec
 from .serving import ModelServer
 from .v1 import VERSION_HEADER
@@ -163,6 +163,17 @@ def build_v2_router(server: ModelServer, predict_token: str | None) -> APIRouter
     async def version_infer(request: Request, name: str, version: str) -> Response:
         return await infer(request, name, version)
 
+    async def plain_model_infer(request: Request) -> Response:
+        return await infer(request, request.path_params["name"], None)
+
+    async def plain_version_infer(request: Request) -> Response:
+        return await infer(request, request.path_params["name"], request.path_params["version"])
+
+    router.routes[:0] = [
+        PlainRoute("/v2/models/{name}/infer", plain_model_infer, methods=["POST"], include_in_schema=False),
+        PlainRoute("/v2/models/{name}/versions/{version}/infer", plain_version_infer, methods=["POST"],
+                   include_in_schema=False),
+    ]
     return router
 
 
