@@ -15,6 +15,13 @@
    at 1 and 64 connections, in rounds; each round runs every server once per
    scenario, in a rotating order, so drift and noise from other work on the
    machine hit all of them alike. Medians over rounds are reported.
+4. Entity lookups (issue 7): starts a Valkey server on 127.0.0.1 (bench/valkey_server.py,
+   persistence off), fills 10,000 entity hashes of 8 fields and serves the tabular
+   model (8 entity fields + 24 request features = 32) from two more ModelFleet
+   servers with `--feature-store`: one with the default cache (entity-hit: requests
+   cycle over 64 ids that stay cached) and one with `--feature-cache-ttl 0` (entity-miss:
+   every request a different id, each one read from Valkey). Their rows sit next to the
+   plain 32-feature requests, which always run with them as the reference.
 
 Prints a table and one JSON line (prefixed `BENCH_JSON `). A benchmark, not a
 test: nothing here asserts a timing.
@@ -46,10 +53,19 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from models import input_width, write_models  # noqa: E402
+from valkey_server import ValkeyServer, fill_entities, find_server_binary  # noqa: E402
 
 BATCHES = (1, 8, 32, 64)
 # (intra-op threads, spinning): onnxruntime settings tried for the raw limit.
 ORT_CONFIGS = ((1, False), (1, True), (2, False), (2, True))
+
+# Entity lookups: hashes "user:0" .. "user:9999" with fields f0..f7 in Valkey, placed before
+# the request's own 24 features to make the tabular model's 32.
+ENTITY_MODEL = "tabular"
+ENTITY_FIELDS = tuple(f"f{i}" for i in range(8))
+ENTITY_PREFIX = "user:"
+ENTITIES = 10_000
+HIT_IDS = 64  # entity-hit cycles over these ids, cached for the default 300 s TTL (warmed before round 1)
 
 
 @dataclass(frozen=True)
@@ -57,10 +73,18 @@ class Scenario:
     model: str
     rows: int  # rows per request
     connections: int
+    entity: str = ""  # "", or "hit"/"miss": {"entity_id", "features"} requests through the feature cache
 
     @property
     def name(self) -> str:
+        if self.entity:
+            return f"{self.model} entity-{self.entity} c{self.connections}"
         return f"{self.model} {self.rows}-row c{self.connections}"
+
+    @property
+    def plain(self) -> Scenario:
+        """The plain single-row scenario an entity scenario is compared with."""
+        return Scenario(self.model, 1, self.connections)
 
 
 @dataclass
@@ -73,6 +97,10 @@ class Cell:
     batch: list[float] = field(default_factory=list)
     cpu_us: list[float] = field(default_factory=list)  # server CPU time (all threads) per request
     errors: int = 0
+    # Entity scenarios: feature cache hits / lookups, lookups per Valkey round trip, Valkey CPU per request.
+    hit_ratio: list[float] = field(default_factory=list)
+    misses_per_trip: list[float] = field(default_factory=list)
+    store_cpu_us: list[float] = field(default_factory=list)
 
 
 # -- raw onnxruntime -------------------------------------------------------------------------------
@@ -163,15 +191,18 @@ class Server:
             time.sleep(0.1)
         raise RuntimeError(f"{self.kind} not ready in time; see {self.log.name}")
 
-    def batch_counters(self) -> tuple[float, float] | None:
-        """(rows run, model runs) so far, from ModelFleet's /metrics; None for other servers."""
+    def counters(self) -> dict[str, float] | None:
+        """ModelFleet's counters so far (rows run, model runs, feature lookups...); None for other servers."""
         if self.kind in ("naive", "ceiling"):
             return None
         with urllib.request.urlopen(self.url + "/metrics", timeout=5) as answer:
             text = answer.read().decode()
-        rows = re.search(r"^modelfleet_inference_rows_total (\S+)$", text, re.M)
-        runs = re.search(r"^modelfleet_batch_size_rows_count (\S+)$", text, re.M)
-        return float(rows.group(1)), float(runs.group(1))
+        names = {"rows": "modelfleet_inference_rows_total", "runs": "modelfleet_batch_size_rows_count",
+                 "lookups": "modelfleet_feature_lookups_total", "hits": "modelfleet_feature_cache_hits_total",
+                 "misses": "modelfleet_feature_cache_misses_total",
+                 "trips": "modelfleet_feature_store_round_trips_total"}
+        found = {key: re.search(rf"^{name} (\S+)$", text, re.M) for key, name in names.items()}
+        return {key: float(match.group(1)) for key, match in found.items() if match}
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the server process so far (all its threads)."""
@@ -192,15 +223,20 @@ class Server:
 # -- load ------------------------------------------------------------------------------------------
 
 
-def load(url: str, body_file: Path, connections: int, seconds: int) -> dict:
+def load(url: str, body_file: Path, connections: int, seconds: int, entities: int = 0, entity_start: int = 0) -> dict:
+    """One measurement. With `entities`, body_file holds the request's own features and each request
+    names the next entity id of "0" .. str(entities - 1), from `entity_start` on."""
     if shutil.which("wrk"):
         argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
-                "-s", str(HERE / "post.lua"), url]
+                "-s", str(HERE / ("entity.lua" if entities else "post.lua")), url]
     else:
         argv = [sys.executable, str(HERE / "loadgen.py"), "--url", url, "--body-file", str(body_file),
                 "--connections", str(connections), "--duration", str(seconds)]
+        if entities:
+            argv += ["--entities", str(entities), "--entity-start", str(entity_start)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30,
-                          env={**os.environ, "BENCH_BODY": str(body_file)})
+                          env={**os.environ, "BENCH_BODY": str(body_file), "BENCH_ENTITIES": str(entities),
+                               "BENCH_ENTITY_START": str(entity_start)})
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"load generator failed: {done.stdout[-500:]} {done.stderr[-500:]}")
@@ -214,6 +250,25 @@ def body(model: str, rows: int, folder: Path) -> Path:
     path = folder / f"{model}-{rows}.json"
     path.write_text(json.dumps(payload))
     return path
+
+
+def entity_body(model: str, folder: Path) -> Path:
+    """The request's own features of an entity request (the model's width minus the entity's fields)."""
+    rng = np.random.default_rng(2)
+    values = np.round(rng.standard_normal(input_width(model) - len(ENTITY_FIELDS)), 4).tolist()
+    path = folder / f"{model}-entity.json"
+    path.write_text(json.dumps(values))
+    return path
+
+
+def warm_entity_cache(url: str, body_file: Path, ids: int) -> None:
+    """One request per id, so that entity-hit measures hits from its first request on."""
+    features = json.loads(body_file.read_text())
+    for n in range(ids):
+        request = urllib.request.Request(url + "/predict", data=json.dumps({"entity_id": str(n), "features": features})
+                                         .encode(), headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            answer.read()
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -234,21 +289,42 @@ def main() -> int:
                              "(e.g. 't1:--intra-op-threads 1' or 'base:@/tmp/base/runtime')")
     parser.add_argument("--only", action="append", default=[], metavar="TEXT",
                         help="run only the scenarios whose name contains TEXT (repeatable), e.g. 'wide 64-row'")
+    parser.add_argument("--no-entity", action="store_true", help="skip the entity-lookup scenarios (and Valkey)")
     args = parser.parse_args()
     variants = dict(v.split(":", 1) for v in args.variant)
     kinds = ("modelfleet", *variants, "naive", "ceiling")
+    model_kinds = ("modelfleet", *variants)  # the servers that do entity lookups
     rounds = args.rounds or (2 if args.quick else 5)
 
-    scenarios = [Scenario("tabular", 1, 1), Scenario("tabular", 1, 64), Scenario("wide", 1, 1),
-                 Scenario("wide", 1, 64), Scenario("wide", 64, 64)]
+    # Entity scenarios follow the plain tabular rows they are compared with; --quick keeps c64 only.
+    scenarios = [Scenario("tabular", 1, 1), Scenario("tabular", 1, 64),
+                 *(Scenario(ENTITY_MODEL, 1, c, mode) for c in ((64,) if args.quick else (1, 64))
+                   for mode in ("hit", "miss")),
+                 Scenario("wide", 1, 1), Scenario("wide", 1, 64), Scenario("wide", 64, 64)]
     if not args.quick:
-        scenarios.insert(4, Scenario("wide", 64, 1))
+        scenarios.insert(-1, Scenario("wide", 64, 1))
+    if args.no_entity:
+        scenarios = [s for s in scenarios if not s.entity]
     if args.only:
-        scenarios = [s for s in scenarios if any(part in s.name for part in args.only)]
+        kept = [s for s in scenarios if any(part in s.name for part in args.only)]
+        # An entity scenario brings its plain reference along.
+        scenarios = [s for s in scenarios if s in kept or any(k.entity and k.plain == s for k in kept)]
+    if any(s.entity for s in scenarios):
+        try:
+            find_server_binary()
+        except RuntimeError as exc:
+            print(f"skipping the entity scenarios: {exc}", flush=True)
+            scenarios = [s for s in scenarios if not s.entity]
+    entity_scenarios = [s for s in scenarios if s.entity]
+
+    def kinds_of(s: Scenario) -> tuple[str, ...]:
+        return model_kinds if s.entity else kinds
 
     work = Path(tempfile.mkdtemp(prefix="modelfleet-bench-"))
     paths = write_models(work / "models")
-    bodies = {(s.model, s.rows): body(s.model, s.rows, work) for s in scenarios}
+    bodies = {(s.model, s.rows): body(s.model, s.rows, work) for s in scenarios if not s.entity}
+    if entity_scenarios:
+        bodies[(ENTITY_MODEL, "entity")] = entity_body(ENTITY_MODEL, work)
     generator = "wrk" if shutil.which("wrk") else "python loadgen"
     print(f"load generator: {generator}; {rounds} rounds x {args.seconds}s; {os.cpu_count()} cores; "
           f"logs in {work}", flush=True)
@@ -258,64 +334,99 @@ def main() -> int:
 
     runtime = [str(Path(sys.executable).with_name("modelfleet-runtime")), "serve", "--log-level", "warning"]
     threads = ["--intra-op-threads", str(args.intra_op_threads)] if args.intra_op_threads else []
-    servers: dict[tuple[str, str, int], Server] = {}
+    servers: dict[tuple[str, str, int, str], Server] = {}
+    valkey: ValkeyServer | None = None
     try:
         ceiling = Server("ceiling", [sys.executable, str(HERE / "ceiling_server.py")], "/health", work, "ceiling")
+        if entity_scenarios:
+            valkey = ValkeyServer().start()
+            fill_entities(valkey.url, ENTITY_PREFIX, ENTITY_FIELDS, ENTITIES)
+            print(f"valkey {valkey.binary} on 127.0.0.1:{valkey.port}: {ENTITIES:,} entities of "
+                  f"{len(ENTITY_FIELDS)} fields", flush=True)
         for model in sorted({s.model for s in scenarios}):
-            servers[("naive", model, 1)] = Server(
+            servers[("naive", model, 1, "")] = Server(
                 "naive", [sys.executable, str(HERE / "naive_server.py"), "--model", str(paths[model]), *threads],
                 "/health", work, f"naive-{model}")
-            for rows in sorted({s.rows for s in scenarios if s.model == model}):
+            for rows, mode in sorted({(s.rows, s.entity) for s in scenarios if s.model == model}):
                 # 64-row requests: batches of 64 rows, and a queue that holds 64 connections' worth of them.
                 sizing = ["--max-batch-size", "64", "--max-queue", "8192"] if rows > 1 else []
-                servers[("modelfleet", model, rows)] = Server(
+                if mode:
+                    assert valkey is not None
+                    sizing = ["--feature-store", valkey.url, "--feature-prefix", ENTITY_PREFIX,
+                              "--feature-fields", ",".join(ENTITY_FIELDS)]
+                    if mode == "miss":
+                        sizing += ["--feature-cache-ttl", "0"]  # the cache keeps nothing: every lookup reads Valkey
+                label = f"{model}-{rows}" + (f"-entity-{mode}" if mode else "")
+                servers[("modelfleet", model, rows, mode)] = Server(
                     "modelfleet", [*runtime, "--model", str(paths[model]), *sizing, *threads, *args.server_arg],
-                    "/v2/health/ready", work, f"modelfleet-{model}-{rows}")
+                    "/v2/health/ready", work, f"modelfleet-{label}")
                 for name, spec in variants.items():
                     tokens = shlex.split(spec)
                     extra = [t for t in tokens if not t.startswith("@")]
                     roots = [t[1:] for t in tokens if t.startswith("@")]
                     argv = [sys.executable, "-m", "modelfleet_runtime.cli", *runtime[1:]]
                     env = {"PYTHONPATH": os.pathsep.join(roots)} if roots else None
-                    servers[(name, model, rows)] = Server(
+                    servers[(name, model, rows, mode)] = Server(
                         name, [*argv, "--model", str(paths[model]), *sizing, *threads, *args.server_arg, *extra],
-                        "/v2/health/ready", work, f"{name}-{model}-{rows}", env)
+                        "/v2/health/ready", work, f"{name}-{label}", env)
         deadline = time.monotonic() + 60
         ceiling.wait_ready(deadline)
         for server in servers.values():
             server.wait_ready(deadline)
+        for (kind, model, _, mode), server in servers.items():
+            if mode == "hit":
+                warm_entity_cache(server.url, bodies[(model, "entity")], HIT_IDS)
 
         def pick(kind: str, s: Scenario) -> Server:
             if kind == "ceiling":
                 return ceiling
-            return servers[(kind, s.model, 1 if kind == "naive" else s.rows)]
+            return servers[(kind, s.model, 1 if kind == "naive" else s.rows, "" if kind == "naive" else s.entity)]
 
-        cells = {(s, kind): Cell() for s in scenarios for kind in kinds}
+        spread = np.random.default_rng(3)
+        cells = {(s, kind): Cell() for s in scenarios for kind in kinds_of(s)}
         for r in range(rounds):
             raw_ort.measure()  # the physical limit, in the same conditions as this round's servers
             for s in scenarios:
-                order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]
+                order = kinds_of(s)[r % len(kinds_of(s)):] + kinds_of(s)[:r % len(kinds_of(s))]
                 for kind in order:
                     server, cell = pick(kind, s), cells[(s, kind)]
-                    before, cpu_before = server.batch_counters(), server.cpu_seconds()
-                    result = load(server.url + "/predict", bodies[(s.model, s.rows)], s.connections, args.seconds)
+                    if s.entity:
+                        # hit: 64 cached ids in turn; miss: all 10,000 ids from a random start, none cached.
+                        ids = HIT_IDS if s.entity == "hit" else ENTITIES
+                        extra = {"body_file": bodies[(s.model, "entity")], "entities": ids,
+                                 "entity_start": int(spread.integers(ids))}
+                    else:
+                        extra = {"body_file": bodies[(s.model, s.rows)]}
+                    before, cpu_before = server.counters(), server.cpu_seconds()
+                    store_before = valkey.cpu_seconds() if s.entity and valkey else 0.0
+                    result = load(server.url + "/predict", connections=s.connections, seconds=args.seconds, **extra)
                     cpu = server.cpu_seconds() - cpu_before
-                    after = server.batch_counters()
-                    cell.cpu_us.append(cpu / max(result["requests"], 1) * 1e6)
+                    after = server.counters()
+                    done = max(result["requests"], 1)
+                    cell.cpu_us.append(cpu / done * 1e6)
                     cell.req_s.append(result["requests"] / (result["duration_us"] / 1e6))
                     cell.p50_ms.append(result["p50_us"] / 1000)
                     cell.p99_ms.append(result["p99_us"] / 1000)
                     cell.errors += sum(result["errors"].values())
-                    if before and after and after[1] > before[1]:
-                        cell.batch.append((after[0] - before[0]) / (after[1] - before[1]))
+                    if before and after and after["runs"] > before["runs"]:
+                        cell.batch.append((after["rows"] - before["rows"]) / (after["runs"] - before["runs"]))
+                    if s.entity and valkey and before and after and after["lookups"] > before["lookups"]:
+                        lookups = after["lookups"] - before["lookups"]
+                        cell.hit_ratio.append((after["hits"] - before["hits"]) / lookups)
+                        trips = after["trips"] - before["trips"]
+                        if trips:
+                            cell.misses_per_trip.append((after["misses"] - before["misses"]) / trips)
+                        cell.store_cpu_us.append((valkey.cpu_seconds() - store_before) / done * 1e6)
             print(f"round {r + 1}/{rounds} done at {time.monotonic() - t0:.0f}s", flush=True)
     finally:
         for server in [*servers.values(), *([ceiling] if "ceiling" in locals() else [])]:
             server.stop()
+        if valkey is not None:
+            valkey.stop()
 
     raw = raw_ort.medians()
     print_raw(raw)
-    report(scenarios, cells, raw, rounds, generator, args, kinds)
+    report(scenarios, cells, raw, rounds, generator, args, kinds_of)
     print(f"total {time.monotonic() - t0:.0f}s")
     shutil.rmtree(work / "models", ignore_errors=True)
     return 0
@@ -330,36 +441,44 @@ def print_raw(raw: dict[str, dict[str, dict[int, float]]]) -> None:
 
 
 def report(scenarios: list[Scenario], cells: dict, raw: dict, rounds: int, generator: str,
-           args: argparse.Namespace, kinds: tuple[str, ...]) -> None:
+           args: argparse.Namespace, kinds_of) -> None:
     med = statistics.median
     rows_out = []
-    print("\nscenario              server       req/s     rows/s  p50 ms  p99 ms  batch  x ceiling  x ORT  "
+    print("\nscenario                server       req/s     rows/s  p50 ms  p99 ms  batch  x ceiling  x ORT  "
           "cpu us/req  errors")
     for s in scenarios:
-        ceiling = cells[(s, "ceiling")]
-        for kind in kinds:
+        # Entity scenarios run on ModelFleet only; their ceiling is the plain requests' in the same round.
+        ceiling = cells.get((s.plain if s.entity else s, "ceiling"))
+        for kind in kinds_of(s):
             cell = cells[(s, kind)]
             req = med(cell.req_s)
-            x_ceiling = med(a / b for a, b in zip(cell.req_s, ceiling.req_s))
+            x_ceiling = med(a / b for a, b in zip(cell.req_s, ceiling.req_s)) if ceiling else None
             mean_batch = med(cell.batch) if cell.batch else (float(s.rows) if kind == "naive" else None)
             x_ort = None
             if mean_batch is not None:
                 x_ort = req * s.rows / best_raw(raw[s.model], nearest_batch(mean_batch))
             row = {"scenario": s.name, "model": s.model, "rows_per_request": s.rows, "connections": s.connections,
+                   "entity": s.entity or None,
                    "server": kind, "req_s": round(req, 1), "rows_s": round(req * s.rows, 1),
                    "p50_ms": round(med(cell.p50_ms), 3), "p99_ms": round(med(cell.p99_ms), 3),
                    "mean_batch": None if mean_batch is None else round(mean_batch, 2),
-                   "x_ceiling": round(x_ceiling, 3), "x_ort": None if x_ort is None else round(x_ort, 3),
+                   "x_ceiling": None if x_ceiling is None else round(x_ceiling, 3),
+                   "x_ort": None if x_ort is None else round(x_ort, 3),
                    "cpu_us_per_request": round(med(cell.cpu_us), 1), "errors": cell.errors}
+            if s.entity:
+                row.update(cache_hit_ratio=round(med(cell.hit_ratio), 4) if cell.hit_ratio else None,
+                           misses_per_round_trip=round(med(cell.misses_per_trip), 2) if cell.misses_per_trip else None,
+                           valkey_cpu_us_per_request=round(med(cell.store_cpu_us), 1) if cell.store_cpu_us else None)
             rows_out.append(row)
             batch_text = f"{mean_batch:5.1f}" if mean_batch is not None else "    -"
             ort_text = f"{x_ort:5.2f}" if x_ort is not None else "    -"
-            print(f"{s.name:<21} {kind[:10]:<10} {req:>8,.0f} {req * s.rows:>10,.0f} {row['p50_ms']:>7.2f} "
-                  f"{row['p99_ms']:>7.2f}  {batch_text}  {x_ceiling:>9.2f}  {ort_text}  {med(cell.cpu_us):>10,.0f}  {cell.errors:>6}")
+            ceiling_text = f"{x_ceiling:9.2f}" if x_ceiling is not None else "        -"
+            print(f"{s.name:<23} {kind[:10]:<10} {req:>8,.0f} {req * s.rows:>10,.0f} {row['p50_ms']:>7.2f} "
+                  f"{row['p99_ms']:>7.2f}  {batch_text}  {ceiling_text}  {ort_text}  {med(cell.cpu_us):>10,.0f}  {cell.errors:>6}")
 
     def find(model: str, rows: int, conns: int, kind: str) -> dict | None:
         return next((r for r in rows_out if (r["model"], r["rows_per_request"], r["connections"], r["server"])
-                     == (model, rows, conns, kind)), None)
+                     == (model, rows, conns, kind) and not r["entity"]), None)
 
     targets = {}
     for model, goal in (("tabular", 0.9), ("wide", 0.8)):
@@ -378,12 +497,36 @@ def report(scenarios: list[Scenario], cells: dict, raw: dict, rounds: int, gener
     print("\ntargets (issue 2)")
     for name, t in targets.items():
         print(f"  {name:<42} {t['value']:>6.2f}  (target {t['target']})")
+
+    # Entity lookups vs. the plain 32-feature requests on the same connections, same round.
+    entity = {}
+    entity_scenarios = [s for s in scenarios if s.entity and (s.plain, "modelfleet") in cells]
+    if entity_scenarios:
+        print("\nentity lookups (issue 7) vs. plain 32-feature requests, same connections, per-round ratios")
+        print(f"  {'scenario':<23} {'server':<10} {'req/s x plain':>13} {'p50 x plain':>11} {'cpu x plain':>11} "
+              f"{'cache hits':>10} {'misses/trip':>12} {'valkey us/req':>13}")
+    for s in entity_scenarios:
+        for kind in kinds_of(s):
+            cell, plain = cells[(s, kind)], cells[(s.plain, kind)]
+            ratio = {
+                "req_s_x_plain": round(med(a / b for a, b in zip(cell.req_s, plain.req_s)), 3),
+                "p50_x_plain": round(med(a / b for a, b in zip(cell.p50_ms, plain.p50_ms)), 3),
+                "cpu_x_plain": round(med(a / b for a, b in zip(cell.cpu_us, plain.cpu_us)), 3),
+            }
+            entity[f"{s.name} {kind}"] = ratio
+            hits = f"{med(cell.hit_ratio):10.1%}" if cell.hit_ratio else "         -"
+            trips = f"{med(cell.misses_per_trip):12.1f}" if cell.misses_per_trip else "           -"
+            store = f"{med(cell.store_cpu_us):13.0f}" if cell.store_cpu_us else "            -"
+            print(f"  {s.name:<23} {kind[:10]:<10} {ratio['req_s_x_plain']:>13.2f} {ratio['p50_x_plain']:>11.2f} "
+                  f"{ratio['cpu_x_plain']:>11.2f} {hits} {trips} {store}")
     print("BENCH_JSON " + json.dumps({
         "bench": "runtime", "generator": generator, "rounds": rounds, "seconds_per_measurement": args.seconds,
         "cores": os.cpu_count(), "intra_op_threads": args.intra_op_threads, "server_args": args.server_arg,
         "variants": args.variant,
         "raw_ort_rows_s": {m: {c: {str(b): round(v, 1) for b, v in bb.items()} for c, bb in cc.items()}
                            for m, cc in raw.items()},
+        "entity": {"fields": len(ENTITY_FIELDS), "entities": ENTITIES, "hit_ids": HIT_IDS,
+                   "ratios": entity} if entity else None,
         "results": rows_out, "targets": targets}))
 
 
