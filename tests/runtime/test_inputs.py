@@ -20,7 +20,9 @@ F32 = np.dtype(np.float32)
     (b'{"instances": [[1, false]]}', False),
     (b'{"instances": [[1, null]]}', False),
     (b'{"instances": [[1, {"a": 1}]]}', False),
-    (b'{"features": [1, 2], "entity_id": "u1"}', False),
+    (b'{"features": [1, 2], "entity_id": "u1"}', True),
+    (b'{"features": [1, "2"], "entity_id": "u1"}', False),
+    (b'{"entity_id": "u1", "features": [1, "u1"]}', False),
     (b'{"features": [1], "features": [2]}', False),
 ])
 def test_only_numbers_sees_every_non_number(body: bytes, expected: bool) -> None:
