@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from typing import Any
 
 import kopf
@@ -60,6 +61,18 @@ def configure_logging(config: OperatorConfig) -> None:
     logging.getLogger().setLevel(config.log_level.upper())
 
 
+def peering(config: OperatorConfig) -> dict[str, Any]:
+    """kopf's peering arguments: the configured peering object, and a priority of this replica's own.
+
+    kopf pauses every operator that sees a live peer of the same priority, so replicas
+    of one Deployment must not share one: a random priority makes one replica the leader
+    and the others wait until it is gone.
+    """
+    if config.standalone or not config.peering:
+        return {}
+    return {"peering_name": config.peering, "priority": secrets.randbelow(1_000_000) + 1}
+
+
 def run(config: OperatorConfig) -> None:
     """The blocking entry point: kopf with its liveness endpoint, stopping on SIGTERM/SIGINT."""
     configure_logging(config)
@@ -69,7 +82,8 @@ def run(config: OperatorConfig) -> None:
         liveness_endpoint=f"http://0.0.0.0:{config.liveness_port}/healthz",
         memo=kopf.Memo(),
         **scope(config),
+        **peering(config),
     )
 
 
-__all__ = ["build_registry", "configure_logging", "operate", "run", "scope"]
+__all__ = ["build_registry", "configure_logging", "operate", "peering", "run", "scope"]

@@ -9,22 +9,13 @@ import pytest
 from chart_render import VALUE_SETS, env_of, operator_container
 
 from modelfleet_operator import cli
+from modelfleet_operator.runner import peering
 from modelfleet_operator.config import CONFIG_KEYS, env_name, load_config
 
 KNOWN_VARIABLES = {env_name(key) for key in CONFIG_KEYS}
 
-# The peering name has no configuration key yet (helper A's config.py): until
-# it has, several replicas cannot peer under the chart's name. Strict, so this
-# turns red once the key exists and the mark must go.
-PEERING_PENDING = pytest.mark.xfail(
-    "peering" not in CONFIG_KEYS, strict=True,
-    reason="config.py has no `peering` key for MODELFLEET_OPERATOR_PEERING")
 
-
-@pytest.mark.parametrize("value_set", [
-    pytest.param(name, marks=PEERING_PENDING) if VALUE_SETS[name].get("replicas", 1) > 1 else name
-    for name in VALUE_SETS
-])
+@pytest.mark.parametrize("value_set", list(VALUE_SETS))
 def test_rendered_command_line_and_environment_configure_the_operator(render, value_set: str) -> None:
     container = operator_container(render(VALUE_SETS[value_set]))
     assert container["command"] == ["modelfleet-operator"]
@@ -38,3 +29,7 @@ def test_rendered_command_line_and_environment_configure_the_operator(render, va
     assert config.runtime_image == "ghcr.io/modelfleet/runtime:0.1.0"
     assert bool(config.namespaces) == bool(VALUE_SETS[value_set].get("watchNamespaces"))
     assert config.all_namespaces != bool(config.namespaces)
+    # One replica runs standalone; several peer under the chart's name, each with its own priority.
+    several = VALUE_SETS[value_set].get("replicas", 1) > 1
+    assert config.standalone != several
+    assert bool(peering(config)) == several and (not several or peering(config)["peering_name"] == config.peering)
