@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ import aiohttp
 import kopf
 
 from modelfleet_operator import kube as k8s
-from modelfleet_operator import manifests, status
+from modelfleet_operator import canary, manifests, status
 from modelfleet_operator.config import OperatorConfig
 from modelfleet_operator.kube import ApiError, Kube
 
@@ -155,14 +155,25 @@ async def _runtime_readiness(http: aiohttp.ClientSession, pod: Mapping[str, Any]
     return body.get("state"), body.get("reason")
 
 
-async def pod_reports(ctx: Context, mv: Mapping[str, Any]) -> list[status.PodReport]:
+async def version_pods(kube: Kube, mv: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The version's pods that are not being deleted."""
     spec = mv["spec"]
     wanted = manifests.selector_labels(spec["model"], str(spec["version"]))
-    pods = [
-        p for p in await ctx.kube.list(k8s.PODS, mv["metadata"]["namespace"])
+    return [
+        p for p in await kube.list(k8s.PODS, mv["metadata"]["namespace"])
         if all(((p.get("metadata") or {}).get("labels") or {}).get(k) == v for k, v in wanted.items())
         and not (p.get("metadata") or {}).get("deletionTimestamp")
     ]
+
+
+async def ready_pod_urls(kube: Kube, mv: Mapping[str, Any]) -> list[str]:
+    """Base URLs of the version's ready pods, each on its own address (DESIGN.md section 7)."""
+    return [f"http://{p['status']['podIP']}:{_container_port(p)}" for p in await version_pods(kube, mv)
+            if _pod_ready(p) and (p.get("status") or {}).get("podIP")]
+
+
+async def pod_reports(ctx: Context, mv: Mapping[str, Any]) -> list[status.PodReport]:
+    pods = await version_pods(ctx.kube, mv)
 
     async def report(pod: Mapping[str, Any]) -> status.PodReport:
         ready = _pod_ready(pod)
@@ -177,8 +188,19 @@ async def model_versions(kube: Kube, namespace: str, model: str) -> list[dict[st
     return [v for v in await kube.list(k8s.MODELVERSIONS, namespace) if (v.get("spec") or {}).get("model") == model]
 
 
-async def write_status(kube: Kube, mv: Mapping[str, Any], new_status: Mapping[str, Any]) -> None:
-    patch = status.status_patch(mv.get("status"), new_status)
+async def write_status(kube: Kube, mv: Mapping[str, Any],
+                       build: Callable[[Mapping[str, Any] | None], dict[str, Any]]) -> None:
+    """Patch the status keys that differ from the stored status; nothing when none does.
+
+    kopf's copy of the object may trail our own last write, so a difference is
+    checked again against a fresh read before anything is written.
+    """
+    if not status.status_patch(mv.get("status"), build(mv.get("status"))):
+        return
+    stored = await kube.get(k8s.MODELVERSIONS, mv["metadata"]["namespace"], _name(mv))
+    if stored is None:
+        return
+    patch = status.status_patch(stored.get("status"), build(stored.get("status")))
     if patch:
         await kube.merge_patch(k8s.MODELVERSIONS, mv["metadata"]["namespace"], _name(mv), {"status": patch},
                                subresource="status")
@@ -197,8 +219,8 @@ async def reconcile(ctx: Context, mv: Mapping[str, Any], logger: logging.Logger 
     except manifests.SpecRejected as rejected:
         logger.warning(f"Not serving {name}: {rejected}")
         obs = status.observe(None, [], desired_replicas=0, rejected=rejected, rejected_reason=rejected.reason)
-        await write_status(ctx.kube, mv, status.build_status(mv.get("status"), obs, generation=generation,
-                                                              endpoint=None, version_endpoint=None, selector=None))
+        await write_status(ctx.kube, mv, lambda old: status.build_status(
+            old, obs, generation=generation, endpoint=None, version_endpoint=None, selector=None))
         return
 
     endpoint, version_endpoint = manifests.endpoints(mv, config)
@@ -206,7 +228,13 @@ async def reconcile(ctx: Context, mv: Mapping[str, Any], logger: logging.Logger 
     siblings = [v for v in await model_versions(ctx.kube, namespace, spec.model) if _valid(v, config)]
     if not any(_name(v) == name for v in siblings):
         siblings.append(dict(mv))
-    plan = manifests.plan_model(siblings, {_name(v): _is_ready(v) for v in siblings}, config)
+    current = next(v for v in siblings if _name(v) == name)
+    verdict = await canary.judge(ctx.kube, ctx.http, current, spec.rollout, siblings,
+                                 lambda: ready_pod_urls(ctx.kube, mv), logger)
+    # A rolled-back version takes no traffic, whichever of its model's versions plans it.
+    ready = {_name(v): canary.takes_traffic(v) for v in siblings}
+    ready[name] = ready[name] and not verdict.rolled_back
+    plan = manifests.plan_model(siblings, ready, config)
     scale = plan.scales.get(name) or manifests.default_scale(spec)
 
     for model_manifest in plan.manifests:
@@ -216,11 +244,22 @@ async def reconcile(ctx: Context, mv: Mapping[str, Any], logger: logging.Logger 
     await _delete_unwanted(ctx.kube, mv, {kind for kind, _ in applied}, logger)
 
     deployment = applied.get(("Deployment", name))
-    obs = status.observe(deployment, await pod_reports(ctx, mv), desired_replicas=scale.desired)
-    new_status = status.build_status(mv.get("status"), obs, generation=generation, endpoint=endpoint,
-                                     version_endpoint=version_endpoint, selector=selector)
-    new_status["servingTraffic"] = plan.split.share(name)
-    await write_status(ctx.kube, mv, new_status)
+    obs = canary.observed(status.observe(deployment, await pod_reports(ctx, mv), desired_replicas=scale.desired),
+                          verdict)
+    share = plan.split.share(name)
+    traffic = status.traffic_condition(share, desired=spec.traffic, ready=ready[name],
+                                       rolled_back=verdict.rolled_back, held=plan.split.held)
+
+    def build(old: Mapping[str, Any] | None) -> dict[str, Any]:
+        new = status.build_status(old, obs, generation=generation, endpoint=endpoint,
+                                  version_endpoint=version_endpoint, selector=selector)
+        new["conditions"] = status.merge_conditions(new["conditions"], [traffic, *verdict.conditions], generation,
+                                                    status.now())
+        if verdict.rollout is not None:
+            new["rollout"] = dict(verdict.rollout)
+        return {**new, "servingTraffic": share}
+
+    await write_status(ctx.kube, mv, build)
 
 
 async def _delete_unwanted(kube: Kube, mv: Mapping[str, Any], built_kinds: set[str],
@@ -249,7 +288,7 @@ async def release(ctx: Context, mv: Mapping[str, Any], logger: logging.Logger | 
     ]
     if not others:
         return  # the shared Service goes with its last owner
-    plan = manifests.plan_model(others, {_name(v): _is_ready(v) for v in others}, ctx.config)
+    plan = manifests.plan_model(others, {_name(v): canary.takes_traffic(v) for v in others}, ctx.config)
     for model_manifest in plan.manifests:
         await apply(ctx.kube, model_manifest, logger)
 

@@ -51,6 +51,9 @@ PODS = Kind("", "v1", "pods")
 HPAS = Kind("autoscaling", "v2", "horizontalpodautoscalers")
 PDBS = Kind("policy", "v1", "poddisruptionbudgets")
 HTTPROUTES = Kind("gateway.networking.k8s.io", "v1", "httproutes")
+JOBS = Kind("batch", "v1", "jobs")
+SECRETS = Kind("", "v1", "secrets")
+EVENTS = Kind("", "v1", "events")
 
 _BY_MANIFEST: dict[tuple[str, str], Kind] = {
     ("apps/v1", "Deployment"): DEPLOYMENTS,
@@ -59,6 +62,9 @@ _BY_MANIFEST: dict[tuple[str, str], Kind] = {
     ("autoscaling/v2", "HorizontalPodAutoscaler"): HPAS,
     ("policy/v1", "PodDisruptionBudget"): PDBS,
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): HTTPROUTES,
+    ("batch/v1", "Job"): JOBS,
+    ("v1", "Secret"): SECRETS,
+    ("v1", "Event"): EVENTS,
     ("serving.modelfleet.dev/v1alpha1", "ModelVersion"): MODELVERSIONS,
 }
 
@@ -196,6 +202,6 @@ def _api_error(status: int, body: Any, headers: Any) -> ApiError:
 
 
 __all__ = [
-    "ApiError", "DEPLOYMENTS", "HPAS", "HTTPROUTES", "Kind", "Kube", "MODELVERSIONS", "PDBS", "PODS", "SERVICES",
-    "kind_of", "load_client_configuration",
+    "ApiError", "DEPLOYMENTS", "EVENTS", "HPAS", "HTTPROUTES", "JOBS", "Kind", "Kube", "MODELVERSIONS", "PDBS",
+    "PODS", "SECRETS", "SERVICES", "kind_of", "load_client_configuration",
 ]

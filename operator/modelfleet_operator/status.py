@@ -128,6 +128,38 @@ def conditions_for(obs: Observation) -> list[dict[str, str]]:
     return [{"type": t, "status": s, "reason": r, "message": m} for t, (s, r, m) in rows.items()]
 
 
+def can_serve(status: Mapping[str, Any] | None) -> bool:
+    """Whether a version's pods can take traffic: Ready, or Degraded while some replicas are ready.
+
+    A serving version that scales to a new share or rolls out is Degraded until its
+    pod count matches; taking its share away then would move the traffic, and the
+    replicas with it, back and forth (service mode sizes versions by their shares).
+    """
+    status = status or {}
+    return status.get("phase") == READY or (
+        status.get("phase") == DEGRADED and int(status.get("readyReplicas") or 0) > 0)
+
+
+def traffic_condition(share: int, *, desired: int, ready: bool, rolled_back: bool = False,
+                      held: bool = False) -> dict[str, str]:
+    """TrafficAssigned: the effective share the version serves, and why it differs from the desired one."""
+    if rolled_back:
+        row = ("False", "RolledBack", f"serving 0% (desired {desired}%): the version was rolled back")
+    elif share > 0 and held:
+        row = ("True", "Held", f"serving {share}%: no Ready version of the model wants traffic, "
+               "so the last split is kept")
+    elif share > 0:
+        row = ("True", "Assigned", f"serving {share}% of the model's traffic (desired {desired}%, "
+               "normalised over the Ready versions)")
+    elif desired == 0:
+        row = ("False", "NoTrafficWanted", "spec.traffic is 0")
+    elif not ready:
+        row = ("False", "NotReady", f"desired {desired}%: a version takes traffic only once it is Ready")
+    else:
+        row = ("False", "NoShare", f"desired {desired}%, but the model's traffic is held by the serving versions")
+    return {"type": "TrafficAssigned", "status": row[0], "reason": row[1], "message": row[2]}
+
+
 def merge_conditions(old: Sequence[Mapping[str, Any]] | None, new: Sequence[Mapping[str, Any]],
                      generation: int, timestamp: str) -> list[dict[str, Any]]:
     """New conditions keep their lastTransitionTime while their status does not change.
@@ -189,5 +221,5 @@ def status_patch(old_status: Mapping[str, Any] | None, new_status: Mapping[str, 
 
 __all__ = [
     "DEGRADED", "FAILED", "LOADING", "Observation", "PENDING", "PodReport", "READY",
-    "build_status", "conditions_for", "merge_conditions", "observe", "status_patch",
+    "build_status", "can_serve", "conditions_for", "merge_conditions", "observe", "status_patch", "traffic_condition",
 ]

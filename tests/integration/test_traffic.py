@@ -1,0 +1,328 @@
+"""Traffic between a model's versions, through a test router, with the real operator and runtimes.
+
+A client sends predictions continuously through `harness.router.Router`, which
+applies the HTTPRoute the operator wrote exactly as a Gateway would (gateway
+mode) or spreads requests over the model Service's ready endpoints as
+kube-proxy would (service mode); the runtime's `x-model-version` answer header
+says which version served each request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import math
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import ModelFile, condition, model_version, wait_for_phase
+from harness.client import wait_for
+from harness.cluster import DEPLOYMENTS, MV, Cluster
+from harness.kubelet import DeploymentController
+from harness.router import HTTPROUTES, Router
+from modelfleet_operator.config import OperatorConfig
+from modelfleet_operator.traffic import apportion
+from modelfleet_runtime.demo import build_demo_model
+
+MODEL = "fraud"
+FEATURES = [0.1, -0.2, 0.3, 0.4, -0.5, 0.6, 0.7, -0.8]
+# The broken canary's model fails at inference when the first feature is above 100.
+POISON = [500.0, -0.2, 0.3, 0.4, -0.5, 0.6, 0.7, -0.8]
+# Requests per measured phase: at a 50% share the standard deviation is 1.6 points,
+# so TOLERANCE (in points) is more than three of them.
+PHASE_REQUESTS = 1000
+TOLERANCE = 5.0
+# Bounds every client loop, whatever happens to the test.
+MAX_REQUESTS = 60000
+EVENTS = ("", "v1", "events")
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    version: str | None
+
+
+class Load:
+    """`workers` clients sending predictions through the router back to back until stopped."""
+
+    def __init__(self, url: str, features: Sequence[float], workers: int = 4) -> None:
+        self.url = url + "/predict"
+        self.features = list(features)
+        self.workers = workers
+        self.answers: list[Answer] = []
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._http: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Load:
+        self._http = aiohttp.ClientSession()
+        self._tasks = [asyncio.create_task(self._client(), name=f"client {i}") for i in range(self.workers)]
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+        assert self._http is not None
+        await self._http.close()
+
+    async def _client(self) -> None:
+        assert self._http is not None
+        while not self._stop.is_set() and len(self.answers) < MAX_REQUESTS:
+            try:
+                async with self._http.post(self.url, json={"features": self.features}) as response:
+                    await response.read()
+                    self.answers.append(Answer(response.status, response.headers.get("x-model-version")))
+            except aiohttp.ClientError:
+                self.answers.append(Answer(599, None))
+
+    async def collect(self, count: int, timeout: float = 60.0) -> list[Answer]:
+        """The next `count` answers (requests sent from now on)."""
+        start = len(self.answers) + self.workers  # those in flight were sent before now
+        await wait_for(lambda: len(self.answers) >= start + count, timeout=timeout,
+                       message=lambda: f"{count} answers; got {len(self.answers) - start}")
+        return self.answers[start:start + count]
+
+
+@contextlib.asynccontextmanager
+async def load_through(router: Router, features: Sequence[float] = FEATURES) -> AsyncIterator[Load]:
+    async with Load(router.url, features) as load:
+        yield load
+
+
+def route_weights(cluster: Cluster) -> dict[str, int]:
+    """The weighted (default) rule of the model's HTTPRoute: backend Service -> weight."""
+    route = cluster.get(HTTPROUTES, MODEL)
+    if route is None:
+        return {}
+    default = [r for r in route["spec"]["rules"] if not any(m.get("headers") for m in r["matches"])]
+    return {ref["name"]: ref["weight"] for rule in default for ref in rule.get("backendRefs") or []}
+
+
+def serving(cluster: Cluster, name: str) -> int | None:
+    return ((cluster.get(MV, name) or {}).get("status") or {}).get("servingTraffic")
+
+
+def replicas(cluster: Cluster, name: str) -> int | None:
+    deployment = cluster.get(DEPLOYMENTS, name)
+    return None if deployment is None else deployment["spec"]["replicas"]
+
+
+async def wait_for_split(cluster: Cluster, shares: Mapping[str, int], timeout: float = 90.0) -> None:
+    """Until the route and every version's status carry `shares` (versions at 0 out of the route)."""
+    wanted_route = {name: share for name, share in shares.items() if share > 0}
+    await wait_for(
+        lambda: route_weights(cluster) == wanted_route and all(serving(cluster, n) == s for n, s in shares.items()),
+        timeout=timeout,
+        message=lambda: f"split {dict(shares)}; route {route_weights(cluster)}, "
+                        f"serving {({n: serving(cluster, n) for n in shares})}",
+    )
+
+
+def observed_shares(answers: Sequence[Answer]) -> dict[str, float]:
+    counts = Counter(a.version for a in answers)
+    return {str(version): 100.0 * n / len(answers) for version, n in counts.items()}
+
+
+def assert_split(answers: Sequence[Answer], expected: Mapping[str, float], tolerance: float = TOLERANCE) -> None:
+    """Observed shares by runtime version ("1", "2") within `tolerance` points of `expected`."""
+    assert all(a.status == 200 for a in answers), Counter(a.status for a in answers)
+    observed = observed_shares(answers)
+    print(f"{len(answers)} answers: observed {observed}, configured {dict(expected)}")
+    for version, share in expected.items():
+        assert abs(observed.get(version, 0.0) - share) <= tolerance, (observed, dict(expected))
+
+
+def failing_model(path: Path) -> ModelFile:
+    """The demo model, gated by a Gather whose index is 1000 (out of range) when feature 0 > 100.
+
+    It loads and warms up (warmup rows are standard normal), then onnxruntime fails on
+    those rows for real: the runtime answers 500 to such requests.
+    """
+    model = build_demo_model()
+    graph = model.graph
+    graph.node[-1].output[0] = "score"
+    graph.initializer.extend([
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "first"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "second"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "columns"),
+        numpy_helper.from_array(np.array([100.0], dtype=np.float32), "limit"),
+        numpy_helper.from_array(np.array([1000], dtype=np.int64), "far"),
+        numpy_helper.from_array(np.array([1.0, 1.0], dtype=np.float32), "ones"),
+    ])
+    graph.node.extend([
+        helper.make_node("Slice", ["features", "first", "second", "columns"], ["feature0"]),
+        helper.make_node("Greater", ["feature0", "limit"], ["too_big"]),
+        helper.make_node("Cast", ["too_big"], ["too_big_int"], to=TensorProto.INT64),
+        helper.make_node("Mul", ["too_big_int", "far"], ["index"]),
+        helper.make_node("Gather", ["ones", "index"], ["gate"], axis=0),
+        helper.make_node("Mul", ["score", "gate"], ["probability"]),
+    ])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return ModelFile(path=path, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+class TestGatewayRouting:
+    @pytest.fixture
+    def operator_config(self) -> OperatorConfig:
+        return OperatorConfig(namespaces=("ml",), standalone=True, routing="gateway", gateway="ml/public")
+
+    @pytest.fixture
+    async def router(self, cluster: Cluster) -> AsyncIterator[Router]:
+        async with Router(cluster.emulator, "ml", MODEL, mode="gateway", seed=5) as running:
+            yield running
+
+    async def test_canary_then_promotion_keeps_every_request_served_at_the_configured_split(
+        self, cluster: Cluster, kubelet: DeploymentController, operator, router: Router, demo_model: ModelFile,
+    ) -> None:
+        await cluster.apply(model_version("fraud-v1", MODEL, "1", demo_model.uri, traffic=100))
+        await wait_for_phase(cluster, "fraud-v1", "Ready")
+        await wait_for_split(cluster, {"fraud-v1": 100})
+
+        async with load_through(router) as load:
+            assert_split(await load.collect(200), {"1": 100.0}, tolerance=0)
+
+            # A canary at 10: nothing until its runtime is Ready.
+            await cluster.apply(model_version("fraud-v2", MODEL, "2", demo_model.uri, traffic=10))
+            await wait_for(lambda: condition(cluster, "fraud-v2", "TrafficAssigned"), timeout=30,
+                           message="v2's TrafficAssigned condition")
+            if not any(p.ready for p in kubelet.pods_of("ml", "fraud-v2")):
+                assert route_weights(cluster) == {"fraud-v1": 100}
+                assert serving(cluster, "fraud-v2") == 0
+                assert condition(cluster, "fraud-v2", "TrafficAssigned")["reason"] == "NotReady"
+
+            canary = apportion({"fraud-v1": 100, "fraud-v2": 10})  # 91/9
+            await wait_for_split(cluster, canary)
+            assert condition(cluster, "fraud-v2", "TrafficAssigned")["status"] == "True"
+            assert_split(await load.collect(PHASE_REQUESTS), {"1": canary["fraud-v1"], "2": canary["fraud-v2"]})
+
+            await cluster.patch_spec("fraud-v1", {"traffic": 50})
+            await cluster.patch_spec("fraud-v2", {"traffic": 50})
+            await wait_for_split(cluster, {"fraud-v1": 50, "fraud-v2": 50})
+            assert_split(await load.collect(PHASE_REQUESTS), {"1": 50.0, "2": 50.0})
+
+            # The header pins a version whatever the weights.
+            async with aiohttp.ClientSession() as http:
+                for _ in range(20):
+                    async with http.post(router.url + "/predict", json={"features": FEATURES},
+                                         headers={"x-model-version": "1"}) as response:
+                        assert response.status == 200 and response.headers["x-model-version"] == "1"
+
+            await cluster.patch_spec("fraud-v2", {"traffic": 100})
+            await cluster.patch_spec("fraud-v1", {"traffic": 0})
+            await wait_for_split(cluster, {"fraud-v1": 0, "fraud-v2": 100})
+            assert_split(await load.collect(400), {"2": 100.0}, tolerance=0)
+
+        assert len(load.answers) < MAX_REQUESTS
+        assert Counter(a.status for a in load.answers) == {200: len(load.answers)}
+        # Gateway mode keeps a version at weight 0 warm: rollback is instant.
+        assert [p.ready for p in kubelet.pods_of("ml", "fraud-v1")] == [True]
+
+    async def test_a_canary_answering_errors_is_rolled_back_while_the_stable_version_serves(
+        self, cluster: Cluster, kubelet: DeploymentController, operator, router: Router, demo_model: ModelFile,
+        tmp_path: Path,
+    ) -> None:
+        broken = failing_model(tmp_path / "broken.onnx")
+        await cluster.apply(model_version("fraud-v1", MODEL, "1", demo_model.uri, traffic=100))
+        await wait_for_phase(cluster, "fraud-v1", "Ready")
+        await wait_for_split(cluster, {"fraud-v1": 100})
+
+        async with load_through(router, POISON) as load:
+            await cluster.apply(model_version(
+                "fraud-v2", MODEL, "2", broken.uri, traffic=50,
+                rollout={"maxErrorRate": 0.2, "windowSeconds": 10, "minRequests": 10},
+            ))
+            # It warms up (the warmup rows pass), takes its share, fails, and loses it.
+            mv = await wait_for_phase(cluster, "fraud-v2", "Degraded", timeout=90)
+            assert any(a.status == 500 for a in load.answers)  # it did serve (and fail) before
+            assert mv["status"]["servingTraffic"] == 0
+            assert mv["status"]["rollout"]["rolledBack"] is True
+            assert mv["status"]["rollout"]["errorRate"] > 0.2
+            rolled_back = condition(cluster, "fraud-v2", "RolledBack")
+            assert rolled_back["status"] == "True" and rolled_back["reason"] == "ErrorRateExceeded"
+            assert condition(cluster, "fraud-v2", "Ready")["reason"] == "RolledBack"
+            assert condition(cluster, "fraud-v2", "TrafficAssigned")["reason"] == "RolledBack"
+            await wait_for_split(cluster, {"fraud-v1": 100, "fraud-v2": 0}, timeout=10)
+            [event] = [e for e in cluster.list(EVENTS) if e["involvedObject"]["name"] == "fraud-v2"]
+            assert event["type"] == "Warning" and event["reason"] == "RolledBack"
+            assert "error rate" in event["message"]
+
+            # The stable version serves everything, and the canary stays rolled back.
+            after = await load.collect(600)
+            assert_split(after, {"1": 100.0}, tolerance=0)
+            assert phase_of(cluster, "fraud-v2") == "Degraded" and serving(cluster, "fraud-v2") == 0
+            assert len([e for e in cluster.list(EVENTS) if e["involvedObject"]["name"] == "fraud-v2"]) == 1
+
+            # The canary's own failures were its only failures.
+            failures = [a for a in load.answers if a.status != 200]
+            assert failures and {a.status for a in failures} == {500}
+            assert all(a.status == 200 for a in load.answers if a.version == "1")
+
+            # A fixed spec is judged again from a fresh window, and serves.
+            await cluster.patch_spec("fraud-v2", {"source": {"uri": demo_model.uri}})
+            shares = apportion({"fraud-v1": 100, "fraud-v2": 50})  # 67/33
+            await wait_for_split(cluster, shares)
+            assert condition(cluster, "fraud-v2", "RolledBack")["reason"] == "SpecChanged"
+            assert_split(await load.collect(PHASE_REQUESTS), {"1": shares["fraud-v1"], "2": shares["fraud-v2"]})
+
+
+def phase_of(cluster: Cluster, name: str) -> str | None:
+    return ((cluster.get(MV, name) or {}).get("status") or {}).get("phase")
+
+
+def ready_endpoints_by_version(cluster: Cluster, router: Router) -> dict[str, int]:
+    """Ready endpoints of the model's Service, by the version of the pod behind each."""
+    by_address = {p["status"].get("podIP"): p["metadata"]["labels"].get("serving.modelfleet.dev/version")
+                  for p in cluster.list(("", "v1", "pods"))}
+    return dict(Counter(by_address.get(address) for address, _ in router.ready_endpoints(MODEL)))
+
+
+async def test_service_mode_sizes_versions_to_their_shares_and_kube_proxy_follows_the_ready_pods(
+    cluster: Cluster, kubelet: DeploymentController, operator, demo_model: ModelFile,
+) -> None:
+    await cluster.apply(model_version("fraud-v1", MODEL, "1", demo_model.uri, replicas=3, traffic=100))
+    await wait_for_phase(cluster, "fraud-v1", "Ready")
+    await wait_for(lambda: serving(cluster, "fraud-v1") == 100, timeout=30, message="v1 serving everything")
+    assert replicas(cluster, "fraud-v1") == 3
+
+    await cluster.apply(model_version("fraud-v2", MODEL, "2", demo_model.uri, replicas=2, traffic=100))
+    # Warming up: one replica of the canary, the stable version keeps its three and all the traffic.
+    await wait_for(lambda: replicas(cluster, "fraud-v2") is not None, timeout=30, message="v2's Deployment")
+    if phase_of(cluster, "fraud-v2") != "Ready":
+        assert replicas(cluster, "fraud-v2") == 1 and replicas(cluster, "fraud-v1") == 3
+        assert serving(cluster, "fraud-v1") == 100
+
+    # Ready: 50/50, so ceil(3 x 50%) = 2 and ceil(2 x 50%) = 1 replicas.
+    history: list[list[tuple[Any, ...]]] = []
+
+    def settled() -> bool:
+        now = [(phase_of(cluster, n), serving(cluster, n), replicas(cluster, n), len(kubelet.pods_of("ml", n)))
+               for n in ("fraud-v1", "fraud-v2")]
+        if not history or history[-1] != now:
+            history.append(now)
+        return now == [("Ready", 50, 2, 2), ("Ready", 50, 1, 1)]
+
+    await wait_for(settled, timeout=90, message=lambda: f"50/50 with 2 + 1 replicas; history {history}")
+    # The shares never moved back once both served: no version lost its share while it scaled.
+    served = [(v1[1], v2[1]) for v1, v2 in history]
+    assert served[served.index((50, 50)):] == [(50, 50)] * (len(served) - served.index((50, 50))), history
+    assert (math.ceil(3 * 50 / 100), math.ceil(2 * 50 / 100)) == (2, 1)
+    async with Router(cluster.emulator, "ml", MODEL, mode="service", seed=3) as router:
+        await wait_for(lambda: ready_endpoints_by_version(cluster, router) == {"1": 2, "2": 1}, timeout=60,
+                       message=lambda: f"2 + 1 ready endpoints; now {ready_endpoints_by_version(cluster, router)}")
+        assert phase_of(cluster, "fraud-v1") == "Ready" and phase_of(cluster, "fraud-v2") == "Ready"
+        async with load_through(router) as load:
+            answers = await load.collect(900)
+        # kube-proxy spreads over ready pods: the split is the pod ratio (one pod of precision).
+        assert_split(answers, {"1": 200 / 3, "2": 100 / 3}, tolerance=6)
