@@ -90,3 +90,4 @@ async def running_cluster(crds: list[Mapping[str, Any]], workdir: Path, namespac
             yield cluster
         finally:
             await cluster.close()
+            emulator.close_watches()

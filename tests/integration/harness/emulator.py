@@ -195,6 +195,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         self._versions = itertools.count(1)
         self._faults: list[_Fault] = []
         self.recorded: list[ApiRequest] = []
+        self._watches: set[asyncio.Task[Any]] = set()
+        # The same requests in full (path, body), index for index, for debugging a test.
+        self.recorded_requests: list[rendering.Request] = []
         self.register(*resource_types)
 
     # -- configuration -------------------------------------------------------------------------
@@ -319,6 +322,11 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         since = request.params.get("resourceVersion", "")
         since_version = int(since) if since.isdigit() else 0
         bus = self._buses[rt.key]
+        handler = asyncio.current_task()
+        monitor = None
+        if handler is not None:
+            self._watches.add(handler)
+            monitor = asyncio.create_task(self._cancel_on_disconnect(request, handler))
         async with self._lock:
             mark = await bus.mark()
             events = []
@@ -343,7 +351,22 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                     continue
                 yield event
         finally:
+            if monitor is not None:
+                monitor.cancel()
+            self._watches.discard(handler)
             await bus.unmark(mark)
+
+    async def _cancel_on_disconnect(self, request: rendering.Request, handler: asyncio.Task[Any]) -> None:
+        """End a watch whose client is gone (aiohttp does not cancel handlers on disconnect)."""
+        raw = request._raw_request
+        while raw is not None and raw.transport is not None and not raw.transport.is_closing():
+            await asyncio.sleep(0.2)
+        handler.cancel()
+
+    def close_watches(self) -> None:
+        """End every open watch, so that the server can shut down at once."""
+        for task in list(self._watches):
+            task.cancel()
 
     def _error_response(self, exc: kmock.KubernetesError, retry_after: float | None = None) -> aiohttp.web.Response:
         headers = {"Retry-After": str(int(retry_after))} if retry_after is not None else None
@@ -358,6 +381,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             return  # non-resource URLs (discovery) are open to every authenticated user
         if not request.resource.plural:
             return  # /api/v1, /apis/group/version: discovery too
+        self.recorded_requests.append(request)
         self.recorded.append(ApiRequest(
             verb=_verb_of(request),
             api_group=request.resource.group or "",

@@ -33,6 +33,7 @@ class InProcessOperator:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._main: asyncio.Task[None] | None = None
         self._stop = threading.Event()
+        self._killed = False
 
     @property
     def running(self) -> bool:
@@ -46,17 +47,29 @@ class InProcessOperator:
                 self.config, stop_flag=self._stop, ready_flag=ready, resync_seconds=self.resync_seconds))
             started.set()
             loop.run_until_complete(self._main)
-        except asyncio.CancelledError:
-            pass  # killed
         except BaseException as exc:  # noqa: BLE001 - reported to the test through .error
-            self.error = exc
+            if not self._killed:
+                self.error = exc
         finally:
             started.set()
-            try:
+            if self._killed:
+                # Never run the loop again: what was pending is dropped mid-flight.
+                executor = getattr(loop, "_default_executor", None)
+                if executor is not None:
+                    executor.shutdown(wait=False)
+            else:
                 loop.run_until_complete(loop.shutdown_asyncgens())
                 loop.run_until_complete(loop.shutdown_default_executor())
-            finally:
-                loop.close()
+            loop.close()
+
+    def _abort(self) -> None:
+        """In the operator's loop: drop every connection, as a dead process's would close, and stop."""
+        assert self._loop is not None
+        transports = getattr(self._loop, "_transports", {})  # the selector loop's open sockets
+        for transport in list(transports.values()):
+            if transport is not None and not transport.is_closing():
+                transport.abort()
+        self._loop.stop()
 
     async def start(self, timeout: float = 30.0) -> None:
         if self.running:
@@ -64,6 +77,7 @@ class InProcessOperator:
         self._stop = threading.Event()
         ready, started = threading.Event(), threading.Event()
         self.error = None
+        self._killed = False
         self._thread = threading.Thread(target=self._run, args=(ready, started), daemon=True,
                                         name=f"modelfleet operator #{self.starts}")
         self.starts += 1
@@ -92,9 +106,11 @@ class InProcessOperator:
             raise self.error
 
     async def kill(self, timeout: float = 30.0) -> None:
-        """Cancel the operator mid-flight: no cleanup handlers, finalizers and half-done work stay."""
-        if self._loop is not None and self._main is not None and self.running:
-            self._loop.call_soon_threadsafe(self._main.cancel)
+        """Stop the operator mid-flight, like SIGKILL: its connections drop, nothing of it runs again,
+        finalizers and half-done work stay for the next start."""
+        if self._loop is not None and self.running:
+            self._killed = True
+            self._loop.call_soon_threadsafe(self._abort)
         await self._join(timeout)
 
     async def restart(self) -> None:
