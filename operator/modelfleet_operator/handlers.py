@@ -27,7 +27,7 @@ import aiohttp
 import kopf
 
 from modelfleet_operator import kube as k8s
-from modelfleet_operator import canary, manifests, status
+from modelfleet_operator import canary, learning, manifests, status
 from modelfleet_operator.config import OperatorConfig
 from modelfleet_operator.kube import ApiError, Kube
 
@@ -237,6 +237,7 @@ async def reconcile(ctx: Context, mv: Mapping[str, Any], logger: logging.Logger 
     plan = manifests.plan_model(siblings, ready, config)
     scale = plan.scales.get(name) or manifests.default_scale(spec)
 
+    await learning.ensure_feedback_token(ctx.kube, mv, spec, logger)  # before the Deployment mounts it
     for model_manifest in plan.manifests:
         await apply(ctx.kube, model_manifest, logger)
     children = manifests.build_children(mv, config, scale)
@@ -260,6 +261,7 @@ async def reconcile(ctx: Context, mv: Mapping[str, Any], logger: logging.Logger 
         return {**new, "servingTraffic": share}
 
     await write_status(ctx.kube, mv, build)
+    await learning.reconcile_learning(ctx, mv, siblings, logger)
 
 
 async def _delete_unwanted(kube: Kube, mv: Mapping[str, Any], built_kinds: set[str],

@@ -8,6 +8,8 @@
   crds/ registered, namespace `ml`, KUBECONFIG pointing at it;
 - `kubelet` (harness.kubelet.DeploymentController): runs the pods the operator
   asks for as real processes; `kubelet.pods` maps (namespace, name) to PodProcess;
+- `jobs` (harness.jobs.JobController): runs the Jobs the operator creates (the
+  trainer) as real processes, with the kubelet's volume mapping; `jobs.hold`;
 - `operator` (harness.operator.InProcessOperator): started; `kill()`, `start()`,
   `restart()`, `stop()`;
 - `operator_config`: the OperatorConfig the operator runs with (override it in a module);
@@ -33,6 +35,7 @@ import yaml
 from harness.client import wait_for
 from harness.cluster import MV, Cluster, running_cluster
 from harness.emulator import ApiRequest, dump_requests
+from harness.jobs import JobController
 from harness.kubelet import DeploymentController, EndpointSliceController
 from harness.operator import InProcessOperator
 from modelfleet_operator.config import OperatorConfig
@@ -86,6 +89,13 @@ async def kubelet(cluster: Cluster) -> AsyncIterator[DeploymentController]:
         yield deployments
     errors = deployments.errors + slices.errors
     assert not errors, f"the test controllers failed: {errors!r}"
+
+
+@pytest.fixture
+async def jobs(cluster: Cluster) -> AsyncIterator[JobController]:
+    async with JobController(cluster.emulator, cluster.client, cluster.volumes) as controller:
+        yield controller
+    assert not controller.errors, f"the test Job controller failed: {controller.errors!r}"
 
 
 @pytest.fixture

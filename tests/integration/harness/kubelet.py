@@ -6,7 +6,8 @@
 configMapKeyRef read from the emulated cluster), volumes mapped to temporary
 folders (emptyDir per pod; configMap and secret written out from their objects;
 persistentVolumeClaim shared per claim under `Volumes.claim(ns, name)`), and
-every mountPath in env and args rewritten to its folder. Every pod gets its own
+every mountPath in env and args rewritten to its folder (a folder above mount
+paths, such as MODELFLEET_MODEL_ROOT, to a per-pod tree of links to them). Every pod gets its own
 loopback address (127.0.0.2, 127.0.0.3, ...) with the port from the manifest,
 and `MODELFLEET_HOST` set to it. Readiness is the manifest's readinessProbe
 (httpGet path and port) polled on that address.
@@ -39,6 +40,7 @@ import ipaddress
 import itertools
 import json
 import os
+import random
 import shutil
 import signal
 import sys
@@ -52,8 +54,10 @@ import aiohttp
 from .client import ApiError, ClusterClient
 from .emulator import ClusterEmulator, _now
 
-# Loopback addresses are never reused within a test session, so a port in TIME_WAIT never collides.
-_ADDRESSES = (str(ipaddress.IPv4Address("127.0.0.2") + i) for i in itertools.count())
+# Loopback addresses are never reused within a test session, so a port in TIME_WAIT never collides;
+# each session starts at a random point of 127.0.0.0/8, so two sessions on one machine do not collide either.
+_ADDRESSES = (str(ipaddress.IPv4Address("127.0.0.2") + i)
+              for i in itertools.count(random.SystemRandom().randrange(1 << 23)))
 DEFAULT_ENTRYPOINT = ["modelfleet-runtime"]
 POLL_SECONDS = 0.1
 PROBE_TIMEOUT_SECONDS = 1.0
@@ -159,6 +163,16 @@ class PodProcess:
             if base is None:
                 raise ValueError(f"pod {self.name}: volumeMount {mount['name']!r} names no volume")
             self._mounts[mount["mountPath"].rstrip("/") or "/"] = base / mount.get("subPath", "")
+        # The container's filesystem as links, for a path above the mounts (MODELFLEET_MODEL_ROOT=/mnt/models
+        # while the claim is mounted at /mnt/models/pvc/CLAIM).
+        rootfs = pod_dir / "rootfs"
+        for mount_path, local in self._mounts.items():
+            link = rootfs / mount_path.lstrip("/")
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if link.is_symlink():
+                link.unlink()
+            if not link.exists():
+                link.symlink_to(local, target_is_directory=True)
 
     def _write_items(self, path: Path, plural: str, name: str, items: Any) -> None:
         obj = self.cluster.live_object("", "v1", plural, self.namespace, name)
@@ -181,6 +195,10 @@ class PodProcess:
         /tmp is left alone (TMPDIR points at its volume instead): test files live
         under the host's /tmp and file:// URIs name them as they are.
         """
+        parent = text.rstrip("/")
+        if parent.startswith("/") and parent not in self._mounts and any(
+                m.startswith(parent + "/") for m in self._mounts if m != "/tmp"):
+            return str(self.volumes.pod(self.namespace, self.name) / "rootfs") + parent
         for mount_path in sorted((m for m in self._mounts if m != "/tmp"), key=len, reverse=True):
             local = str(self._mounts[mount_path])
             start = 0

@@ -1,0 +1,276 @@
+"""The online-learning loop on the emulated cluster (DESIGN.md section 5, docs/online-learning.md).
+
+Real processes all the way: the runtime serves a logistic regression trained on
+one distribution, a client sends predictions and labelled feedback from a
+shifted one (with the bearer token from the Secret the operator created), the
+operator reads the sample count from a pod, creates the retraining Job, the
+test Job controller runs the real trainer on the same feedback folder, and the
+operator creates, rolls out and promotes the child version.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import kmock
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import ModelFile, condition, model_version, phase, wait_for_phase
+from harness.client import wait_for
+from harness.cluster import MV, PODS, Cluster
+from harness.jobs import JobController
+from harness.kubelet import DeploymentController
+from harness.operator import InProcessOperator
+
+JOBS = ("batch", "v1", "jobs")
+SECRETS = ("", "v1", "secrets")
+EVENTS = ("", "v1", "events")
+MODEL, CLAIM = "churn", "churn-feedback"
+PARENT, JOB, CHILD = "churn-v1", "churn-v1-retrain-1", "churn-v1-r1"
+FEATURES = 4
+# The served model learned labels = [x @ W_SERVED > 0]; the world has since moved to W_SHIFTED.
+W_SERVED = np.array([[2.0], [-1.5], [1.0], [0.5]], dtype=np.float32)
+W_SHIFTED = np.array([[-1.0], [1.5], [1.0], [-2.0]], dtype=np.float32)
+
+
+def linear_model(path: Path, weights: np.ndarray, activation: str) -> ModelFile:
+    """x -> activation(Gemm(x, W, b)); Sigmoid makes a logistic regression the trainer supports."""
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["z"]), helper.make_node(activation, ["z"], ["y"])],
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", FEATURES])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+        [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(np.zeros(1, np.float32), "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
+    return ModelFile(path=path, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+def shifted_samples(rows: int, seed: int) -> tuple[list[list[float]], list[int]]:
+    x = np.random.default_rng(seed).normal(size=(rows, FEATURES)).astype(np.float32)
+    return x.tolist(), (x @ W_SHIFTED > 0).astype(int).ravel().tolist()
+
+
+def retraining_version(model: ModelFile, *, min_samples: int) -> dict[str, Any]:
+    return model_version(PARENT, MODEL, "1", model.uri, source={"uri": model.uri, "sha256": model.sha256},
+                         warmup={"iterations": 2},
+                         retraining={"minSamples": min_samples, "feedbackClaim": CLAIM, "canaryTraffic": 20,
+                                     "autoPromote": True})
+
+
+# --- reading the cluster ---------------------------------------------------------------------
+
+
+def status_of(cluster: Cluster, name: str) -> dict[str, Any]:
+    return (cluster.get(MV, name) or {}).get("status") or {}
+
+
+def versions_of(cluster: Cluster, name: str) -> list[dict[str, Any]]:
+    """Every stored version of a ModelVersion, oldest first (the emulator keeps them all)."""
+    stored = cluster.emulator.objects[(kmock.resource(*MV), cluster.namespace, name)]
+    return [copy.deepcopy(dict(v.raw)) for v in stored.history if v is not None]
+
+
+def job_finished(cluster: Cluster, name: str) -> str | None:
+    job = cluster.get(JOBS, name) or {}
+    return next((c["type"] for c in (job.get("status") or {}).get("conditions") or []
+                 if c["type"] in ("Complete", "Failed") and c["status"] == "True"), None)
+
+
+def job_lists(cluster: Cluster, since: int) -> int:
+    """How many times the operator listed Jobs (once per reconciliation of a retraining version)."""
+    return len([r for r in cluster.emulator.recorded[since:] if r.verb == "list" and r.resource == "jobs"])
+
+
+def events_for(cluster: Cluster, name: str) -> list[dict[str, Any]]:
+    return [e for e in cluster.list(EVENTS) if e["involvedObject"]["name"] == name]
+
+
+def feedback_token(cluster: Cluster) -> str:
+    secret = cluster.get(SECRETS, f"{MODEL}-feedback-token")
+    assert secret is not None, "the operator creates the feedback token Secret"
+    return base64.b64decode(secret["data"]["token"]).decode()
+
+
+async def ready_address(kubelet: DeploymentController, deployment: str) -> str:
+    pods = await wait_for(lambda: [p for p in kubelet.pods_of("ml", deployment) if p.ready], timeout=60,
+                          message=f"a ready pod of {deployment}")
+    return f"http://{pods[0].address}:{pods[0].port('http')}"
+
+
+# --- talking to the runtime as a client --------------------------------------------------------
+
+
+async def predict(http: aiohttp.ClientSession, base: str, rows: list[list[float]]) -> dict[str, Any]:
+    async with http.post(f"{base}/predict", json={"instances": rows}) as response:
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+
+async def send_feedback(http: aiohttp.ClientSession, base: str, token: str, rows: list[list[float]],
+                        labels: list[int], chunk: int = 50) -> None:
+    """Predict, then label each prediction by its request_id, as a client that learns the truth later."""
+    for start in range(0, len(rows), chunk):
+        answer = await predict(http, base, rows[start:start + chunk])
+        body = {"request_id": answer["request_id"], "labels": labels[start:start + chunk]}
+        async with http.post(f"{base}/feedback", json=body, headers={"Authorization": f"Bearer {token}"}) as response:
+            assert response.status == 200, await response.text()
+            assert (await response.json())["accepted"] == len(body["labels"])
+
+
+async def unconsumed(http: aiohttp.ClientSession, base: str) -> int:
+    async with http.get(f"{base}/v1/feedback/stats") as response:
+        assert response.status == 200
+        return int((await response.json())["unconsumed"])
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+
+async def test_feedback_retrains_a_child_that_is_canaried_and_promoted_while_the_parent_serves(
+    cluster: Cluster, kubelet: DeploymentController, jobs: JobController, operator: InProcessOperator,
+    tmp_path: Path,
+) -> None:
+    served = linear_model(tmp_path / "churn-1.onnx", W_SERVED, "Sigmoid")
+    jobs.hold = True  # the Job waits, so the test can look at the cluster while it is pending
+    await cluster.apply(retraining_version(served, min_samples=200))
+    await wait_for_phase(cluster, PARENT, "Ready")
+
+    # The operator made the token Secret the pods mount; it belongs to the model, not to one version.
+    secret = cluster.get(SECRETS, f"{MODEL}-feedback-token")
+    assert secret is not None and not secret["metadata"].get("ownerReferences")
+    token = feedback_token(cluster)
+    assert len(token) >= 40
+
+    base = await ready_address(kubelet, PARENT)
+    rows, labels = shifted_samples(240, seed=1)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base}/feedback", json={"features": rows[0], "label": labels[0]}) as response:
+            assert response.status == 401  # feedback changes the next model: never without the token
+        await send_feedback(http, base, token, rows, labels)
+
+        # Threshold -> one Job, owned by the version, mounting the same claim.
+        await wait_for(lambda: status_of(cluster, PARENT).get("lastRetraining", {}).get("job") == JOB, timeout=30,
+                       message=lambda: f"the retraining Job; status {status_of(cluster, PARENT)}")
+        job = cluster.get(JOBS, JOB)
+        assert job["metadata"]["ownerReferences"][0]["uid"] == cluster.get(MV, PARENT)["metadata"]["uid"]
+        assert {"name": "feedback", "persistentVolumeClaim": {"claimName": CLAIM}} in \
+            job["spec"]["template"]["spec"]["volumes"]
+        assert status_of(cluster, PARENT)["feedbackSamples"] == 240
+        last = status_of(cluster, PARENT)["lastRetraining"]
+        assert (last["job"], last["result"], last["samples"]) == (JOB, "Running", 240)
+        assert condition(cluster, PARENT, "RetrainingTriggered")["status"] == "True"
+        # The parent serves while the Job is pending.
+        assert phase(cluster, PARENT) == "Ready"
+        assert len((await predict(http, base, rows[:3]))["predictions"]) == 3
+
+        # The operator dies; the Job runs and finishes while it is down.
+        await operator.kill()
+        jobs.hold = False
+        await wait_for(lambda: job_finished(cluster, JOB), timeout=60, message="the trainer to finish")
+        assert job_finished(cluster, JOB) == "Complete"
+        assert cluster.get(MV, CHILD) is None
+        claim = cluster.volumes.claim("ml", CLAIM)
+        produced = claim / "models" / JOB / "model.onnx"
+        metrics = json.loads((claim / "models" / JOB / "metrics.json").read_text())
+        assert metrics["child"]["accuracy"] > metrics["parent"]["accuracy"]
+        assert await unconsumed(http, base) == 0  # consumed only now that the model is written
+
+        # Restarted, it picks up the finished Job: exactly one child.
+        await operator.start()
+        await wait_for(lambda: status_of(cluster, PARENT).get("lastRetraining", {}).get("result") == "Succeeded",
+                       timeout=30, message=lambda: f"the Job's result; status {status_of(cluster, PARENT)}")
+        last = status_of(cluster, PARENT)["lastRetraining"]
+        assert last["producedVersion"] == CHILD and last["samples"] == 240
+        child = cluster.get(MV, CHILD)
+        assert child["metadata"]["labels"]["serving.modelfleet.dev/parent"] == PARENT
+        assert child["metadata"]["labels"]["serving.modelfleet.dev/retraining-job"] == JOB
+        recorded = json.loads(child["metadata"]["annotations"]["serving.modelfleet.dev/metrics"])
+        assert recorded["child"] == metrics["child"]["accuracy"] and recorded["parent"] == metrics["parent"]["accuracy"]
+        assert child["spec"]["source"] == {"uri": f"pvc://{CLAIM}/models/{JOB}/model.onnx",
+                                           "sha256": hashlib.sha256(produced.read_bytes()).hexdigest()}
+        assert versions_of(cluster, CHILD)[0]["spec"]["traffic"] == 20  # born a canary
+
+        # Ready -> canary share -> promoted: all traffic to the child, none to the parent.
+        await wait_for(lambda: (condition(cluster, CHILD, "Promoted") or {}).get("status") == "True", timeout=90,
+                       message=lambda: f"promotion; child status {status_of(cluster, CHILD)}")
+        assert cluster.get(MV, CHILD)["spec"]["traffic"] == 100 and cluster.get(MV, PARENT)["spec"]["traffic"] == 0
+        await wait_for(lambda: status_of(cluster, CHILD).get("servingTraffic") == 100, timeout=30,
+                       message=lambda: f"the child serving everything; {status_of(cluster, CHILD)}")
+
+        child_history = versions_of(cluster, CHILD)
+        promoted_at = next(i for i, v in enumerate(child_history) if v["spec"]["traffic"] == 100)
+        canary = [v["status"]["servingTraffic"] for v in child_history[:promoted_at]
+                  if (v.get("status") or {}).get("servingTraffic")]
+        assert canary and all(0 < share < 100 for share in canary), canary
+        parent_history = versions_of(cluster, PARENT)
+        before = [v for v in parent_history if v["spec"].get("traffic", 100) == 100][-1]["status"]
+        assert before["phase"] == "Ready" and before["servingTraffic"] > 0  # served until the promotion
+
+        # The promoted child answers with the retrained model.
+        child_base = await ready_address(kubelet, CHILD)
+        answer = await predict(http, child_base, rows[:8])
+        assert answer["model_version"] == "1.r1"
+
+    assert [j["metadata"]["name"] for j in cluster.list(JOBS)] == [JOB]
+    assert sorted(v["metadata"]["name"] for v in cluster.list(MV)) == [PARENT, CHILD]
+    assert {e["reason"] for e in events_for(cluster, PARENT)} >= {"RetrainingStarted", "RetrainingSucceeded"}
+    assert "Promoted" in {e["reason"] for e in events_for(cluster, CHILD)}
+
+
+async def test_a_failing_job_leaves_the_parent_serving_and_the_samples_unconsumed_and_backs_off(
+    cluster: Cluster, kubelet: DeploymentController, jobs: JobController, operator: InProcessOperator,
+    tmp_path: Path,
+) -> None:
+    # Tanh serves fine but the trainer cannot differentiate it: the Job fails with UnsupportedModel.
+    served = linear_model(tmp_path / "churn-tanh.onnx", W_SERVED, "Tanh")
+    await cluster.apply(retraining_version(served, min_samples=100))
+    await wait_for_phase(cluster, PARENT, "Ready")
+    base = await ready_address(kubelet, PARENT)
+    rows, labels = shifted_samples(120, seed=2)
+    async with aiohttp.ClientSession() as http:
+        await send_feedback(http, base, feedback_token(cluster), rows, labels)
+
+        await wait_for(lambda: status_of(cluster, PARENT).get("lastRetraining", {}).get("result") == "Failed",
+                       timeout=60, message=lambda: f"the Job's failure; status {status_of(cluster, PARENT)}")
+        assert job_finished(cluster, JOB) == "Failed"
+        last = status_of(cluster, PARENT)["lastRetraining"]
+        assert last["job"] == JOB and "UnsupportedModel" in last["message"] and "Tanh" in last["message"]
+        [warning] = [e for e in events_for(cluster, PARENT) if e["type"] == "Warning"]
+        assert warning["reason"] == "UnsupportedModel" and "Tanh" in warning["message"]
+        # The trainer's own words reached the Pod as its termination message.
+        [pod] = [p for p in cluster.list(PODS) if p["metadata"]["labels"].get("job-name") == JOB]
+        terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+        assert terminated["exitCode"] == 1 and json.loads(terminated["message"])["reason"] == "UnsupportedModel"
+
+        # Nothing consumed, the parent serves, no child.
+        assert await unconsumed(http, base) == 120
+        assert phase(cluster, PARENT) == "Ready"
+        assert len((await predict(http, base, rows[:2]))["predictions"]) == 2
+        assert cluster.get(MV, CHILD) is None
+
+        # No retry storm: more feedback is counted, but the back-off holds the next Job.
+        await send_feedback(http, base, feedback_token(cluster), *shifted_samples(10, seed=3))
+        await wait_for(lambda: status_of(cluster, PARENT).get("feedbackSamples") == 130, timeout=30,
+                       message=lambda: f"the new count; status {status_of(cluster, PARENT)}")
+        triggered = condition(cluster, PARENT, "RetrainingTriggered")
+        assert (triggered["status"], triggered["reason"]) == ("False", "BackingOff"), triggered
+        assert [j["metadata"]["name"] for j in cluster.list(JOBS)] == [JOB]
+
+        # Backing off is quiet: more reconciliations of the unchanged cluster write nothing to the version.
+        versions_before, start = len(versions_of(cluster, PARENT)), len(cluster.emulator.recorded)
+        await wait_for(lambda: job_lists(cluster, since=start) >= 5, timeout=30, message="five more reconciliations")
+        assert len(versions_of(cluster, PARENT)) == versions_before
+        assert [j["metadata"]["name"] for j in cluster.list(JOBS)] == [JOB]
+
