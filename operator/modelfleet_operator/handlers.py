@@ -298,6 +298,20 @@ async def release(ctx: Context, mv: Mapping[str, Any], logger: logging.Logger | 
 # --- kopf registration ---------------------------------------------------------------------
 
 
+def open_context(config: OperatorConfig) -> Context:
+    """The clients the handlers share; call in the operator's event loop, close with `close_context`.
+
+    The runner owns it, not kopf's startup/cleanup handlers: kopf runs cleanup
+    while timers may still be finishing, and they must not find closed clients.
+    """
+    return Context(config=config, kube=Kube.from_environment(), http=aiohttp.ClientSession())
+
+
+async def close_context(ctx: Context) -> None:
+    await ctx.http.close()
+    ctx.kube.close()
+
+
 def _temporary(exc: ApiError) -> kopf.TemporaryError:
     delay = exc.retry_after if exc.retry_after is not None else (2.0 if exc.transient else 10.0)
     return kopf.TemporaryError(f"the API server answered {exc}", delay=delay)
@@ -315,14 +329,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, *,
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix=ANNOTATION_PREFIX, key="last-handled-configuration")
         settings.posting.level = logging.WARNING
-        memo.context = Context(config=config, kube=Kube.from_environment(), http=aiohttp.ClientSession())
-
-    @kopf.on.cleanup(registry=registry)
-    async def close(memo: kopf.Memo, **_: Any) -> None:
-        ctx: Context | None = getattr(memo, "context", None)
-        if ctx is not None:
-            await ctx.http.close()
-            ctx.kube.close()
+        if getattr(memo, "context", None) is None:
+            raise kopf.PermanentError("start the operator through modelfleet_operator.runner (it opens the context)")
 
     @kopf.on.login(registry=registry)
     def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
@@ -373,4 +381,5 @@ def _fresh(body: kopf.Body) -> dict[str, Any]:
     return copy.deepcopy(dict(body))
 
 
-__all__ = ["Context", "FINALIZER", "apply", "contains", "reconcile", "register", "release"]
+__all__ = ["Context", "FINALIZER", "apply", "close_context", "contains", "open_context", "reconcile", "register",
+           "release"]

@@ -40,16 +40,22 @@ async def operate(
     resync_seconds: float = handlers.DEFAULT_RESYNC_SECONDS,
     liveness_endpoint: str | None = None,
 ) -> None:
-    """Run the operator in the current event loop until `stop_flag` is set (or the task is cancelled)."""
-    await kopf.operator(
-        registry=build_registry(config, resync_seconds=resync_seconds),
-        standalone=config.standalone,
-        liveness_endpoint=liveness_endpoint,
-        stop_flag=stop_flag,
-        ready_flag=ready_flag,
-        memo=kopf.Memo(),
-        **scope(config),
-    )
+    """Run the operator in the current event loop until `stop_flag` is set, SIGTERM/SIGINT arrive
+    (in the main thread), or the task is cancelled."""
+    context = handlers.open_context(config)
+    try:
+        await kopf.operator(
+            registry=build_registry(config, resync_seconds=resync_seconds),
+            standalone=config.standalone,
+            liveness_endpoint=liveness_endpoint,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+            memo=kopf.Memo(context=context),
+            **scope(config),
+            **peering(config),
+        )
+    finally:
+        await handlers.close_context(context)
 
 
 def configure_logging(config: OperatorConfig) -> None:
@@ -76,14 +82,7 @@ def peering(config: OperatorConfig) -> dict[str, Any]:
 def run(config: OperatorConfig) -> None:
     """The blocking entry point: kopf with its liveness endpoint, stopping on SIGTERM/SIGINT."""
     configure_logging(config)
-    kopf.run(
-        registry=build_registry(config),
-        standalone=config.standalone,
-        liveness_endpoint=f"http://0.0.0.0:{config.liveness_port}/healthz",
-        memo=kopf.Memo(),
-        **scope(config),
-        **peering(config),
-    )
+    asyncio.run(operate(config, liveness_endpoint=f"http://0.0.0.0:{config.liveness_port}/healthz"))
 
 
 __all__ = ["build_registry", "configure_logging", "operate", "peering", "run", "scope"]
