@@ -112,6 +112,9 @@ class InProcessOperator:
             self._killed = True
             self._loop.call_soon_threadsafe(self._abort)
         await self._join(timeout)
+        # kopf waits on the stop flag from a worker thread; release it, or the interpreter waits
+        # for that thread at exit forever (the next start() makes a fresh flag).
+        self._stop.set()
 
     async def restart(self) -> None:
         await self.kill()
