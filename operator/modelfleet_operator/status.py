@@ -67,9 +67,11 @@ def observe(
     ready = int(dep_status.get("readyReplicas") or 0)
     replicas = int(dep_status.get("replicas") or 0)
     updated = int(dep_status.get("updatedReplicas") or 0)
+    # As `kubectl rollout status` judges it: the new template everywhere and no old pod left.
     rolled_out = (
         int(dep_status.get("observedGeneration") or 0) >= int(dep_meta.get("generation") or 1)
         and updated >= desired_replicas
+        and replicas <= updated
     )
     failed = [p for p in pods if p.state == "failed" or (p.terminated and not p.ready)]
     failure = _failure_text(failed)

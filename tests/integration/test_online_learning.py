@@ -226,7 +226,9 @@ async def test_feedback_retrains_a_child_that_is_canaried_and_promoted_while_the
     assert [j["metadata"]["name"] for j in cluster.list(JOBS)] == [JOB]
     assert sorted(v["metadata"]["name"] for v in cluster.list(MV)) == [PARENT, CHILD]
     assert {e["reason"] for e in events_for(cluster, PARENT)} >= {"RetrainingStarted", "RetrainingSucceeded"}
-    assert "Promoted" in {e["reason"] for e in events_for(cluster, CHILD)}
+    # The Event follows the Promoted condition's write: wait for it rather than race it.
+    await wait_for(lambda: "Promoted" in {e["reason"] for e in events_for(cluster, CHILD)}, timeout=30,
+                   message=lambda: f"the Promoted Event; events {events_for(cluster, CHILD)}")
 
 
 async def test_a_failing_job_leaves_the_parent_serving_and_the_samples_unconsumed_and_backs_off(
@@ -247,6 +249,9 @@ async def test_a_failing_job_leaves_the_parent_serving_and_the_samples_unconsume
         assert job_finished(cluster, JOB) == "Failed"
         last = status_of(cluster, PARENT)["lastRetraining"]
         assert last["job"] == JOB and "UnsupportedModel" in last["message"] and "Tanh" in last["message"]
+        # The Event is posted right after the status is written: wait for it rather than race it.
+        await wait_for(lambda: [e for e in events_for(cluster, PARENT) if e["type"] == "Warning"], timeout=30,
+                       message=lambda: f"a Warning Event for {PARENT}; events {events_for(cluster, PARENT)}")
         [warning] = [e for e in events_for(cluster, PARENT) if e["type"] == "Warning"]
         assert warning["reason"] == "UnsupportedModel" and "Tanh" in warning["message"]
         # The trainer's own words reached the Pod as its termination message.
