@@ -8,29 +8,27 @@ import pytest
 from chart_render import VALUE_SETS, find
 from rbac import check_requests, grants, request_from_http
 
-OWNED = ("deployments", "services", "horizontalpodautoscalers", "poddisruptionbudgets", "jobs")
-WRITE_OWNED = {"get", "list", "watch", "create", "patch", "delete"}
+APPLIED = {"get", "create", "patch"}  # children are read, created when missing, merge-patched when drifted
 
-# What the operator does in a watched namespace (service routing, one replica).
+# What the operator does in a watched namespace (service routing, one replica); the
+# integration suite's replay (tests/integration/test_zz_rbac_replay.py) proves each is used.
 NAMESPACED = (
-    {(v, "serving.modelfleet.dev", "modelversions")
-     for v in ("get", "list", "watch", "create", "patch", "update")}
-    | {(v, "serving.modelfleet.dev", "modelversions/status") for v in ("get", "patch", "update")}
+    {(v, "serving.modelfleet.dev", "modelversions") for v in ("get", "list", "watch", "create", "patch")}
+    | {("patch", "serving.modelfleet.dev", "modelversions/status")}
     | {("update", "serving.modelfleet.dev", "modelversions/finalizers")}
-    | {(v, "apps", "deployments") for v in WRITE_OWNED}
-    | {(v, "", "services") for v in WRITE_OWNED}
-    | {(v, "autoscaling", "horizontalpodautoscalers") for v in WRITE_OWNED}
-    | {(v, "policy", "poddisruptionbudgets") for v in WRITE_OWNED}
-    | {(v, "batch", "jobs") for v in WRITE_OWNED}
-    | {(v, "", "pods") for v in ("get", "list", "watch")}
-    | {(v, "discovery.k8s.io", "endpointslices") for v in ("get", "list", "watch")}
+    | {(v, "apps", "deployments") for v in APPLIED}
+    | {(v, "", "services") for v in APPLIED}
+    | {(v, "autoscaling", "horizontalpodautoscalers") for v in APPLIED | {"delete"}}
+    | {(v, "policy", "poddisruptionbudgets") for v in APPLIED | {"delete"}}
+    | {("list", "batch", "jobs"), ("create", "batch", "jobs")}
+    | {("list", "", "pods")}
     | {("get", "", "secrets"), ("create", "", "secrets")}
-    | {(v, g, "events") for v in ("create", "patch") for g in ("", "events.k8s.io")}
+    | {("create", "", "events")}
 )
 CRD_DISCOVERY = {("list", "apiextensions.k8s.io", "customresourcedefinitions"),
                  ("watch", "apiextensions.k8s.io", "customresourcedefinitions")}
 NAMESPACE_DISCOVERY = {("list", "", "namespaces"), ("watch", "", "namespaces")}
-HTTPROUTES = {(v, "gateway.networking.k8s.io", "httproutes") for v in WRITE_OWNED}
+HTTPROUTES = {(v, "gateway.networking.k8s.io", "httproutes") for v in APPLIED}
 CLUSTER_PEERING = {(v, "kopf.dev", "clusterkopfpeerings") for v in ("get", "list", "watch", "patch")}
 NAMESPACED_PEERING = {(v, "kopf.dev", "kopfpeerings") for v in ("get", "list", "watch", "patch")}
 

@@ -62,54 +62,51 @@ step with tests/chart/rbac.py and the request log of the integration tests.
 # progress annotations; the retraining loop creates the next version.
 - apiGroups: [serving.modelfleet.dev]
   resources: [modelversions]
-  verbs: [get, list, watch, create, patch, update]
+  verbs: [get, list, watch, create, patch]
 - apiGroups: [serving.modelfleet.dev]
   resources: [modelversions/status]
-  verbs: [get, patch, update]
+  verbs: [patch]
 # Owner references with blockOwnerDeletion need this where the
 # OwnerReferencesPermissionEnforcement admission plugin is on (e.g. OpenShift).
 - apiGroups: [serving.modelfleet.dev]
   resources: [modelversions/finalizers]
   verbs: [update]
-# What a ModelVersion owns.
+# What a ModelVersion owns: read, created when missing, merge-patched when drifted.
+# Garbage collection deletes them with their owner; only an HPA or PDB the spec
+# no longer asks for is deleted by the operator.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, create, patch]
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, create, patch]
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, create, patch, delete]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, create, patch, delete]
+# Retraining Jobs: listed per model, created when the samples are there.
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [list, create]
 {{- if eq .Values.routing.mode "gateway" }}
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, create, patch]
 {{- end }}
-# Ready pods' addresses, to ask every replica for its counters.
+# Ready pods' addresses, to ask every replica for readiness, counters and samples.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch]
-- apiGroups: [discovery.k8s.io]
-  resources: [endpointslices]
-  verbs: [get, list, watch]
+  verbs: [list]
 # The feedback token Secret the operator creates when none is named.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, create]
-# kopf posts core events about handler progress; the operator may use either API.
+# kopf's and the operator's own Events.
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
-- apiGroups: [events.k8s.io]
-  resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 {{- end }}
 
 {{/* kopf's peering records, only when several replicas run. */}}
