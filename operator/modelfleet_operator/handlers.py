@@ -82,10 +82,6 @@ def _valid(mv: Mapping[str, Any], config: OperatorConfig) -> bool:
     return True
 
 
-def _is_ready(mv: Mapping[str, Any]) -> bool:
-    return (mv.get("status") or {}).get("phase") == status.READY
-
-
 def _container_port(pod: Mapping[str, Any]) -> int:
     containers = (pod.get("spec") or {}).get("containers") or []
     for container in containers:

@@ -357,20 +357,25 @@ def runtime_container(name: str, spec: ModelVersionSpec, config: OperatorConfig,
         "startupProbe": _probe(LIVE_PATH, period=STARTUP_PERIOD_SECONDS, failures=STARTUP_FAILURE_THRESHOLD),
         # Keep serving while kube-proxy and gateways drop the endpoint; SIGTERM then drains.
         "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUNTIME_UID,
-            "runAsGroup": RUNTIME_UID,
-            "readOnlyRootFilesystem": True,
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": container_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
 
 
 # --- the objects of one version -----------------------------------------------
+
+
+def container_security_context() -> dict[str, Any]:
+    """The hardened container defaults of DESIGN.md section 9, shared by runtime and trainer pods."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUNTIME_UID,
+        "runAsGroup": RUNTIME_UID,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
 
 
 def build_deployment(mv: Mapping[str, Any], config: OperatorConfig, scale: Scale | None = None) -> dict[str, Any]:
