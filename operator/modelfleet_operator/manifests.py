@@ -435,15 +435,20 @@ def _service_spec(selector: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
+def _version_metadata(mv: Mapping[str, Any], spec: ModelVersionSpec) -> dict[str, Any]:
+    """Metadata of an object named like the version, labelled for it and owned by it."""
+    name = _name(mv)
+    owner = owner_reference(mv)
+    return _metadata(name, namespace_of(mv), version_labels(name, spec), [owner] if owner else [])
+
+
 def build_version_service(mv: Mapping[str, Any], config: OperatorConfig) -> dict[str, Any]:
     """The Service named like the ModelVersion: reaches only this version (pinning)."""
     spec = validated(mv, config)
-    name = _name(mv)
-    owner = owner_reference(mv)
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(name, namespace_of(mv), version_labels(name, spec), [owner] if owner else []),
+        "metadata": _version_metadata(mv, spec),
         "spec": _service_spec(selector_labels(spec.model, spec.version)),
     }
 
@@ -456,11 +461,10 @@ def build_hpa(mv: Mapping[str, Any], config: OperatorConfig, scale: Scale | None
         return None
     name = _name(mv)
     low, high = scale.autoscaling
-    owner = owner_reference(mv)
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
-        "metadata": _metadata(name, namespace_of(mv), version_labels(name, spec), [owner] if owner else []),
+        "metadata": _version_metadata(mv, spec),
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
             "minReplicas": low,
@@ -488,12 +492,10 @@ def build_pdb(mv: Mapping[str, Any], config: OperatorConfig, scale: Scale | None
     most = scale.autoscaling[1] if scale.autoscaling else scale.replicas
     if most <= 1:
         return None
-    name = _name(mv)
-    owner = owner_reference(mv)
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": _metadata(name, namespace_of(mv), version_labels(name, spec), [owner] if owner else []),
+        "metadata": _version_metadata(mv, spec),
         "spec": {
             "maxUnavailable": 1,
             "selector": {"matchLabels": selector_labels(spec.model, spec.version)},
