@@ -52,7 +52,9 @@ def seed(url: str, entities: int) -> list[str]:
     for start in range(0, entities, 1000):
         with client.pipeline(transaction=False) as pipe:
             for entity_id in ids[start : start + 1000]:
-                pipe.hset(PREFIX + entity_id, mapping={f: str(int(entity_id) * 0.001 + i) for i, f in enumerate(FIELDS)})
+                pipe.hset(
+                    PREFIX + entity_id, mapping={f: str(int(entity_id) * 0.001 + i) for i, f in enumerate(FIELDS)}
+                )
             pipe.execute()
     client.close()
     return ids
@@ -142,8 +144,11 @@ def main(argv: list[str] | None = None) -> None:
         if server is not None:
             server.close()
     print_table(rows)
-    print(json.dumps({"bench": "features", "fields": len(FIELDS), "batch": BATCH,
-                      "results": [asdict(row) for row in rows]}))
+    print(
+        json.dumps(
+            {"bench": "features", "fields": len(FIELDS), "batch": BATCH, "results": [asdict(row) for row in rows]}
+        )
+    )
 
 
 if __name__ == "__main__":

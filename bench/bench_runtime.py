@@ -116,8 +116,9 @@ class RawOrt:
         self.sessions = {}
         self.samples: dict[tuple[str, str, int], list[float]] = {}
         rng = np.random.default_rng(0)
-        self.inputs = {(m, b): rng.standard_normal((b, input_width(m))).astype(np.float32)
-                       for m in paths for b in BATCHES}
+        self.inputs = {
+            (m, b): rng.standard_normal((b, input_width(m))).astype(np.float32) for m in paths for b in BATCHES
+        }
         for model, path in paths.items():
             for threads, spin in ORT_CONFIGS:
                 options = ort.SessionOptions()
@@ -167,16 +168,21 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, kind: str, argv: list[str], health: str, log_dir: Path, label: str,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, kind: str, argv: list[str], health: str, log_dir: Path, label: str, env: dict[str, str] | None = None
+    ) -> None:
         self.kind = kind
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.health = health
         self.log = open(log_dir / f"{label}.log", "wb")
-        self.process = subprocess.Popen([*argv, "--host", "127.0.0.1", "--port", str(self.port)],
-                                        stdout=self.log, stderr=subprocess.STDOUT, cwd=HERE.parent,
-                                        env={**os.environ, **(env or {})})
+        self.process = subprocess.Popen(
+            [*argv, "--host", "127.0.0.1", "--port", str(self.port)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=HERE.parent,
+            env={**os.environ, **(env or {})},
+        )
 
     def wait_ready(self, deadline: float) -> None:
         while time.monotonic() < deadline:
@@ -197,10 +203,14 @@ class Server:
             return None
         with urllib.request.urlopen(self.url + "/metrics", timeout=5) as answer:
             text = answer.read().decode()
-        names = {"rows": "modelfleet_inference_rows_total", "runs": "modelfleet_batch_size_rows_count",
-                 "lookups": "modelfleet_feature_lookups_total", "hits": "modelfleet_feature_cache_hits_total",
-                 "misses": "modelfleet_feature_cache_misses_total",
-                 "trips": "modelfleet_feature_store_round_trips_total"}
+        names = {
+            "rows": "modelfleet_inference_rows_total",
+            "runs": "modelfleet_batch_size_rows_count",
+            "lookups": "modelfleet_feature_lookups_total",
+            "hits": "modelfleet_feature_cache_hits_total",
+            "misses": "modelfleet_feature_cache_misses_total",
+            "trips": "modelfleet_feature_store_round_trips_total",
+        }
         found = {key: re.search(rf"^{name} (\S+)$", text, re.M) for key, name in names.items()}
         return {key: float(match.group(1)) for key, match in found.items() if match}
 
@@ -227,16 +237,44 @@ def load(url: str, body_file: Path, connections: int, seconds: int, entities: in
     """One measurement. With `entities`, body_file holds the request's own features and each request
     names the next entity id of "0" .. str(entities - 1), from `entity_start` on."""
     if shutil.which("wrk"):
-        argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
-                "-s", str(HERE / ("entity.lua" if entities else "post.lua")), url]
+        argv = [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(HERE / ("entity.lua" if entities else "post.lua")),
+            url,
+        ]
     else:
-        argv = [sys.executable, str(HERE / "loadgen.py"), "--url", url, "--body-file", str(body_file),
-                "--connections", str(connections), "--duration", str(seconds)]
+        argv = [
+            sys.executable,
+            str(HERE / "loadgen.py"),
+            "--url",
+            url,
+            "--body-file",
+            str(body_file),
+            "--connections",
+            str(connections),
+            "--duration",
+            str(seconds),
+        ]
         if entities:
             argv += ["--entities", str(entities), "--entity-start", str(entity_start)]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30,
-                          env={**os.environ, "BENCH_BODY": str(body_file), "BENCH_ENTITIES": str(entities),
-                               "BENCH_ENTITY_START": str(entity_start)})
+    done = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        env={
+            **os.environ,
+            "BENCH_BODY": str(body_file),
+            "BENCH_ENTITIES": str(entities),
+            "BENCH_ENTITY_START": str(entity_start),
+        },
+    )
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"load generator failed: {done.stdout[-500:]} {done.stderr[-500:]}")
@@ -265,8 +303,11 @@ def warm_entity_cache(url: str, body_file: Path, ids: int) -> None:
     """One request per id, so that entity-hit measures hits from its first request on."""
     features = json.loads(body_file.read_text())
     for n in range(ids):
-        request = urllib.request.Request(url + "/predict", data=json.dumps({"entity_id": str(n), "features": features})
-                                         .encode(), headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            url + "/predict",
+            data=json.dumps({"entity_id": str(n), "features": features}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=5) as answer:
             answer.read()
 
@@ -279,16 +320,34 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer rounds and scenarios (about 45 s)")
     parser.add_argument("--rounds", type=int, help="rounds of every scenario (default 5, quick 2)")
     parser.add_argument("--seconds", type=int, default=1, help="load duration of one measurement (wrk: whole s)")
-    parser.add_argument("--intra-op-threads", type=int, default=0,
-                        help="onnxruntime intra-op threads for both model servers (0: each one's default)")
-    parser.add_argument("--server-arg", action="append", default=[],
-                        help="extra flag for modelfleet-runtime serve (repeatable), e.g. --server-arg=--max-latency-ms=5")
-    parser.add_argument("--variant", action="append", default=[], metavar="NAME:SPEC",
-                        help="also run a second ModelFleet server side by side, for tuning: SPEC is extra serve "
-                             "flags, and a token @DIR runs the runtime package found in DIR instead "
-                             "(e.g. 't1:--intra-op-threads 1' or 'base:@/tmp/base/runtime')")
-    parser.add_argument("--only", action="append", default=[], metavar="TEXT",
-                        help="run only the scenarios whose name contains TEXT (repeatable), e.g. 'wide 64-row'")
+    parser.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=0,
+        help="onnxruntime intra-op threads for both model servers (0: each one's default)",
+    )
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        help="extra flag for modelfleet-runtime serve (repeatable), e.g. --server-arg=--max-latency-ms=5",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:SPEC",
+        help="also run a second ModelFleet server side by side, for tuning: SPEC is extra serve "
+        "flags, and a token @DIR runs the runtime package found in DIR instead "
+        "(e.g. 't1:--intra-op-threads 1' or 'base:@/tmp/base/runtime')",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="run only the scenarios whose name contains TEXT (repeatable), e.g. 'wide 64-row'",
+    )
     parser.add_argument("--no-entity", action="store_true", help="skip the entity-lookup scenarios (and Valkey)")
     args = parser.parse_args()
     variants = dict(v.split(":", 1) for v in args.variant)
@@ -297,10 +356,14 @@ def main() -> int:
     rounds = args.rounds or (2 if args.quick else 5)
 
     # Entity scenarios follow the plain tabular rows they are compared with; --quick keeps c64 only.
-    scenarios = [Scenario("tabular", 1, 1), Scenario("tabular", 1, 64),
-                 *(Scenario(ENTITY_MODEL, 1, c, mode) for c in ((64,) if args.quick else (1, 64))
-                   for mode in ("hit", "miss")),
-                 Scenario("wide", 1, 1), Scenario("wide", 1, 64), Scenario("wide", 64, 64)]
+    scenarios = [
+        Scenario("tabular", 1, 1),
+        Scenario("tabular", 1, 64),
+        *(Scenario(ENTITY_MODEL, 1, c, mode) for c in ((64,) if args.quick else (1, 64)) for mode in ("hit", "miss")),
+        Scenario("wide", 1, 1),
+        Scenario("wide", 1, 64),
+        Scenario("wide", 64, 64),
+    ]
     if not args.quick:
         scenarios.insert(-1, Scenario("wide", 64, 1))
     if args.no_entity:
@@ -326,8 +389,10 @@ def main() -> int:
     if entity_scenarios:
         bodies[(ENTITY_MODEL, "entity")] = entity_body(ENTITY_MODEL, work)
     generator = "wrk" if shutil.which("wrk") else "python loadgen"
-    print(f"load generator: {generator}; {rounds} rounds x {args.seconds}s; {os.cpu_count()} cores; "
-          f"logs in {work}", flush=True)
+    print(
+        f"load generator: {generator}; {rounds} rounds x {args.seconds}s; {os.cpu_count()} cores; logs in {work}",
+        flush=True,
+    )
 
     t0 = time.monotonic()
     raw_ort = RawOrt(paths, 0.03 if args.quick else 0.05)
@@ -341,25 +406,42 @@ def main() -> int:
         if entity_scenarios:
             valkey = ValkeyServer().start()
             fill_entities(valkey.url, ENTITY_PREFIX, ENTITY_FIELDS, ENTITIES)
-            print(f"valkey {valkey.binary} on 127.0.0.1:{valkey.port}: {ENTITIES:,} entities of "
-                  f"{len(ENTITY_FIELDS)} fields", flush=True)
+            print(
+                f"valkey {valkey.binary} on 127.0.0.1:{valkey.port}: {ENTITIES:,} entities of "
+                f"{len(ENTITY_FIELDS)} fields",
+                flush=True,
+            )
         for model in sorted({s.model for s in scenarios}):
             servers[("naive", model, 1, "")] = Server(
-                "naive", [sys.executable, str(HERE / "naive_server.py"), "--model", str(paths[model]), *threads],
-                "/health", work, f"naive-{model}")
+                "naive",
+                [sys.executable, str(HERE / "naive_server.py"), "--model", str(paths[model]), *threads],
+                "/health",
+                work,
+                f"naive-{model}",
+            )
             for rows, mode in sorted({(s.rows, s.entity) for s in scenarios if s.model == model}):
                 # 64-row requests: batches of 64 rows, and a queue that holds 64 connections' worth of them.
                 sizing = ["--max-batch-size", "64", "--max-queue", "8192"] if rows > 1 else []
                 if mode:
                     assert valkey is not None
-                    sizing = ["--feature-store", valkey.url, "--feature-prefix", ENTITY_PREFIX,
-                              "--feature-fields", ",".join(ENTITY_FIELDS)]
+                    sizing = [
+                        "--feature-store",
+                        valkey.url,
+                        "--feature-prefix",
+                        ENTITY_PREFIX,
+                        "--feature-fields",
+                        ",".join(ENTITY_FIELDS),
+                    ]
                     if mode == "miss":
                         sizing += ["--feature-cache-ttl", "0"]  # the cache keeps nothing: every lookup reads Valkey
                 label = f"{model}-{rows}" + (f"-entity-{mode}" if mode else "")
                 servers[("modelfleet", model, rows, mode)] = Server(
-                    "modelfleet", [*runtime, "--model", str(paths[model]), *sizing, *threads, *args.server_arg],
-                    "/v2/health/ready", work, f"modelfleet-{label}")
+                    "modelfleet",
+                    [*runtime, "--model", str(paths[model]), *sizing, *threads, *args.server_arg],
+                    "/v2/health/ready",
+                    work,
+                    f"modelfleet-{label}",
+                )
                 for name, spec in variants.items():
                     tokens = shlex.split(spec)
                     extra = [t for t in tokens if not t.startswith("@")]
@@ -367,8 +449,13 @@ def main() -> int:
                     argv = [sys.executable, "-m", "modelfleet_runtime.cli", *runtime[1:]]
                     env = {"PYTHONPATH": os.pathsep.join(roots)} if roots else None
                     servers[(name, model, rows, mode)] = Server(
-                        name, [*argv, "--model", str(paths[model]), *sizing, *threads, *args.server_arg, *extra],
-                        "/v2/health/ready", work, f"{name}-{label}", env)
+                        name,
+                        [*argv, "--model", str(paths[model]), *sizing, *threads, *args.server_arg, *extra],
+                        "/v2/health/ready",
+                        work,
+                        f"{name}-{label}",
+                        env,
+                    )
         deadline = time.monotonic() + 60
         ceiling.wait_ready(deadline)
         for server in servers.values():
@@ -387,14 +474,17 @@ def main() -> int:
         for r in range(rounds):
             raw_ort.measure()  # the physical limit, in the same conditions as this round's servers
             for s in scenarios:
-                order = kinds_of(s)[r % len(kinds_of(s)):] + kinds_of(s)[:r % len(kinds_of(s))]
+                order = kinds_of(s)[r % len(kinds_of(s)) :] + kinds_of(s)[: r % len(kinds_of(s))]
                 for kind in order:
                     server, cell = pick(kind, s), cells[(s, kind)]
                     if s.entity:
                         # hit: 64 cached ids in turn; miss: all 10,000 ids from a random start, none cached.
                         ids = HIT_IDS if s.entity == "hit" else ENTITIES
-                        extra = {"body_file": bodies[(s.model, "entity")], "entities": ids,
-                                 "entity_start": int(spread.integers(ids))}
+                        extra = {
+                            "body_file": bodies[(s.model, "entity")],
+                            "entities": ids,
+                            "entity_start": int(spread.integers(ids)),
+                        }
                     else:
                         extra = {"body_file": bodies[(s.model, s.rows)]}
                     before, cpu_before = server.counters(), server.cpu_seconds()
@@ -440,12 +530,15 @@ def print_raw(raw: dict[str, dict[str, dict[int, float]]]) -> None:
             print(f"{model:<8} {label:<8} " + " ".join(f"{by_batch[b]:>11,.0f}" for b in BATCHES))
 
 
-def report(scenarios: list[Scenario], cells: dict, raw: dict, rounds: int, generator: str,
-           args: argparse.Namespace, kinds_of) -> None:
+def report(
+    scenarios: list[Scenario], cells: dict, raw: dict, rounds: int, generator: str, args: argparse.Namespace, kinds_of
+) -> None:
     med = statistics.median
     rows_out = []
-    print("\nscenario                server       req/s     rows/s  p50 ms  p99 ms  batch  x ceiling  x ORT  "
-          "cpu us/req  errors")
+    print(
+        "\nscenario                server       req/s     rows/s  p50 ms  p99 ms  batch  x ceiling  x ORT  "
+        "cpu us/req  errors"
+    )
     for s in scenarios:
         # Entity scenarios run on ModelFleet only; their ceiling is the plain requests' in the same round.
         ceiling = cells.get((s.plain if s.entity else s, "ceiling"))
@@ -457,28 +550,48 @@ def report(scenarios: list[Scenario], cells: dict, raw: dict, rounds: int, gener
             x_ort = None
             if mean_batch is not None:
                 x_ort = req * s.rows / best_raw(raw[s.model], nearest_batch(mean_batch))
-            row = {"scenario": s.name, "model": s.model, "rows_per_request": s.rows, "connections": s.connections,
-                   "entity": s.entity or None,
-                   "server": kind, "req_s": round(req, 1), "rows_s": round(req * s.rows, 1),
-                   "p50_ms": round(med(cell.p50_ms), 3), "p99_ms": round(med(cell.p99_ms), 3),
-                   "mean_batch": None if mean_batch is None else round(mean_batch, 2),
-                   "x_ceiling": None if x_ceiling is None else round(x_ceiling, 3),
-                   "x_ort": None if x_ort is None else round(x_ort, 3),
-                   "cpu_us_per_request": round(med(cell.cpu_us), 1), "errors": cell.errors}
+            row = {
+                "scenario": s.name,
+                "model": s.model,
+                "rows_per_request": s.rows,
+                "connections": s.connections,
+                "entity": s.entity or None,
+                "server": kind,
+                "req_s": round(req, 1),
+                "rows_s": round(req * s.rows, 1),
+                "p50_ms": round(med(cell.p50_ms), 3),
+                "p99_ms": round(med(cell.p99_ms), 3),
+                "mean_batch": None if mean_batch is None else round(mean_batch, 2),
+                "x_ceiling": None if x_ceiling is None else round(x_ceiling, 3),
+                "x_ort": None if x_ort is None else round(x_ort, 3),
+                "cpu_us_per_request": round(med(cell.cpu_us), 1),
+                "errors": cell.errors,
+            }
             if s.entity:
-                row.update(cache_hit_ratio=round(med(cell.hit_ratio), 4) if cell.hit_ratio else None,
-                           misses_per_round_trip=round(med(cell.misses_per_trip), 2) if cell.misses_per_trip else None,
-                           valkey_cpu_us_per_request=round(med(cell.store_cpu_us), 1) if cell.store_cpu_us else None)
+                row.update(
+                    cache_hit_ratio=round(med(cell.hit_ratio), 4) if cell.hit_ratio else None,
+                    misses_per_round_trip=round(med(cell.misses_per_trip), 2) if cell.misses_per_trip else None,
+                    valkey_cpu_us_per_request=round(med(cell.store_cpu_us), 1) if cell.store_cpu_us else None,
+                )
             rows_out.append(row)
             batch_text = f"{mean_batch:5.1f}" if mean_batch is not None else "    -"
             ort_text = f"{x_ort:5.2f}" if x_ort is not None else "    -"
             ceiling_text = f"{x_ceiling:9.2f}" if x_ceiling is not None else "        -"
-            print(f"{s.name:<23} {kind[:10]:<10} {req:>8,.0f} {req * s.rows:>10,.0f} {row['p50_ms']:>7.2f} "
-                  f"{row['p99_ms']:>7.2f}  {batch_text}  {ceiling_text}  {ort_text}  {med(cell.cpu_us):>10,.0f}  {cell.errors:>6}")
+            print(
+                f"{s.name:<23} {kind[:10]:<10} {req:>8,.0f} {req * s.rows:>10,.0f} {row['p50_ms']:>7.2f} "
+                f"{row['p99_ms']:>7.2f}  {batch_text}  {ceiling_text}  {ort_text}  {med(cell.cpu_us):>10,.0f}  {cell.errors:>6}"
+            )
 
     def find(model: str, rows: int, conns: int, kind: str) -> dict | None:
-        return next((r for r in rows_out if (r["model"], r["rows_per_request"], r["connections"], r["server"])
-                     == (model, rows, conns, kind) and not r["entity"]), None)
+        return next(
+            (
+                r
+                for r in rows_out
+                if (r["model"], r["rows_per_request"], r["connections"], r["server"]) == (model, rows, conns, kind)
+                and not r["entity"]
+            ),
+            None,
+        )
 
     targets = {}
     for model, goal in (("tabular", 0.9), ("wide", 0.8)):
@@ -488,12 +601,16 @@ def report(scenarios: list[Scenario], cells: dict, raw: dict, rounds: int, gener
     for model in ("tabular", "wide"):
         mf, naive = find(model, 1, 1, "modelfleet"), find(model, 1, 1, "naive")
         if mf and naive:
-            targets[f"{model} 1-row c1 p50 / naive p50"] = {"value": round(mf["p50_ms"] / naive["p50_ms"], 3),
-                                                            "target": "<= 1.2"}
+            targets[f"{model} 1-row c1 p50 / naive p50"] = {
+                "value": round(mf["p50_ms"] / naive["p50_ms"], 3),
+                "target": "<= 1.2",
+            }
     row = find("wide", 64, 64, "modelfleet")
     if row:
         targets["wide 64-row c64 rows/s / raw ORT batch 64"] = {
-            "value": round(row["rows_s"] / best_raw(raw["wide"], 64), 3), "target": ">= 0.8"}
+            "value": round(row["rows_s"] / best_raw(raw["wide"], 64), 3),
+            "target": ">= 0.8",
+        }
     print("\ntargets (issue 2)")
     for name, t in targets.items():
         print(f"  {name:<42} {t['value']:>6.2f}  (target {t['target']})")
@@ -503,8 +620,10 @@ def report(scenarios: list[Scenario], cells: dict, raw: dict, rounds: int, gener
     entity_scenarios = [s for s in scenarios if s.entity and (s.plain, "modelfleet") in cells]
     if entity_scenarios:
         print("\nentity lookups (issue 7) vs. plain 32-feature requests, same connections, per-round ratios")
-        print(f"  {'scenario':<23} {'server':<10} {'req/s x plain':>13} {'p50 x plain':>11} {'cpu x plain':>11} "
-              f"{'cache hits':>10} {'misses/trip':>12} {'valkey us/req':>13}")
+        print(
+            f"  {'scenario':<23} {'server':<10} {'req/s x plain':>13} {'p50 x plain':>11} {'cpu x plain':>11} "
+            f"{'cache hits':>10} {'misses/trip':>12} {'valkey us/req':>13}"
+        )
     for s in entity_scenarios:
         for kind in kinds_of(s):
             cell, plain = cells[(s, kind)], cells[(s.plain, kind)]
@@ -517,17 +636,34 @@ def report(scenarios: list[Scenario], cells: dict, raw: dict, rounds: int, gener
             hits = f"{med(cell.hit_ratio):10.1%}" if cell.hit_ratio else "         -"
             trips = f"{med(cell.misses_per_trip):12.1f}" if cell.misses_per_trip else "           -"
             store = f"{med(cell.store_cpu_us):13.0f}" if cell.store_cpu_us else "            -"
-            print(f"  {s.name:<23} {kind[:10]:<10} {ratio['req_s_x_plain']:>13.2f} {ratio['p50_x_plain']:>11.2f} "
-                  f"{ratio['cpu_x_plain']:>11.2f} {hits} {trips} {store}")
-    print("BENCH_JSON " + json.dumps({
-        "bench": "runtime", "generator": generator, "rounds": rounds, "seconds_per_measurement": args.seconds,
-        "cores": os.cpu_count(), "intra_op_threads": args.intra_op_threads, "server_args": args.server_arg,
-        "variants": args.variant,
-        "raw_ort_rows_s": {m: {c: {str(b): round(v, 1) for b, v in bb.items()} for c, bb in cc.items()}
-                           for m, cc in raw.items()},
-        "entity": {"fields": len(ENTITY_FIELDS), "entities": ENTITIES, "hit_ids": HIT_IDS,
-                   "ratios": entity} if entity else None,
-        "results": rows_out, "targets": targets}))
+            print(
+                f"  {s.name:<23} {kind[:10]:<10} {ratio['req_s_x_plain']:>13.2f} {ratio['p50_x_plain']:>11.2f} "
+                f"{ratio['cpu_x_plain']:>11.2f} {hits} {trips} {store}"
+            )
+    print(
+        "BENCH_JSON "
+        + json.dumps(
+            {
+                "bench": "runtime",
+                "generator": generator,
+                "rounds": rounds,
+                "seconds_per_measurement": args.seconds,
+                "cores": os.cpu_count(),
+                "intra_op_threads": args.intra_op_threads,
+                "server_args": args.server_arg,
+                "variants": args.variant,
+                "raw_ort_rows_s": {
+                    m: {c: {str(b): round(v, 1) for b, v in bb.items()} for c, bb in cc.items()}
+                    for m, cc in raw.items()
+                },
+                "entity": {"fields": len(ENTITY_FIELDS), "entities": ENTITIES, "hit_ids": HIT_IDS, "ratios": entity}
+                if entity
+                else None,
+                "results": rows_out,
+                "targets": targets,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

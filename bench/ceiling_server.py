@@ -38,8 +38,17 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8082)
     args = parser.parse_args()
-    uvicorn.run(create_app(), host=args.host, port=args.port, workers=1, loop="uvloop", http="httptools",
-                access_log=False, log_level="warning", server_header=False)
+    uvicorn.run(
+        create_app(),
+        host=args.host,
+        port=args.port,
+        workers=1,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        server_header=False,
+    )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,9 @@ class _Requests:
         return request
 
 
-async def _connection(host: str, port: int, requests: _Requests, deadline: float, latencies: list[float],
-                      errors: dict[str, int]) -> None:
+async def _connection(
+    host: str, port: int, requests: _Requests, deadline: float, latencies: list[float], errors: dict[str, int]
+) -> None:
     try:
         reader, writer = await asyncio.open_connection(host, port)
     except OSError:
@@ -67,12 +68,15 @@ async def _connection(host: str, port: int, requests: _Requests, deadline: float
 
 
 def _request(path: str, host: str, port: int, body: bytes) -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
 
 
-async def _run(url: str, body: bytes, connections: int, duration: float, entities: int = 0,
-               entity_start: int = 0) -> dict:
+async def _run(
+    url: str, body: bytes, connections: int, duration: float, entities: int = 0, entity_start: int = 0
+) -> dict:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     path = parts.path or "/"
@@ -93,8 +97,14 @@ async def _run(url: str, body: bytes, connections: int, duration: float, entitie
     def pct(q: float) -> int:
         return int(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e6) if latencies else 0
 
-    return {"requests": len(latencies), "duration_us": int(elapsed * 1e6), "p50_us": pct(0.5), "p99_us": pct(0.99),
-            "mean_us": round(sum(latencies) / len(latencies) * 1e6, 1) if latencies else 0.0, "errors": errors}
+    return {
+        "requests": len(latencies),
+        "duration_us": int(elapsed * 1e6),
+        "p50_us": pct(0.5),
+        "p99_us": pct(0.99),
+        "mean_us": round(sum(latencies) / len(latencies) * 1e6, 1) if latencies else 0.0,
+        "errors": errors,
+    }
 
 
 def main() -> None:
@@ -103,8 +113,12 @@ def main() -> None:
     parser.add_argument("--body-file", required=True)
     parser.add_argument("--connections", type=int, default=1)
     parser.add_argument("--duration", type=float, default=2.0)
-    parser.add_argument("--entities", type=int, default=0,
-                        help="rotate entity ids 0..N-1; the body file then holds the request's own features")
+    parser.add_argument(
+        "--entities",
+        type=int,
+        default=0,
+        help="rotate entity ids 0..N-1; the body file then holds the request's own features",
+    )
     parser.add_argument("--entity-start", type=int, default=0, help="first entity id")
     args = parser.parse_args()
     with open(args.body_file, "rb") as f:

@@ -36,7 +36,8 @@ def build_mlp(widths: tuple[int, ...], head: str, seed: int = 0) -> onnx.ModelPr
         else:
             nodes.append(helper.make_node("Relu", [f"z{i}"], [current]))
     graph = helper.make_graph(
-        nodes, "bench_mlp",
+        nodes,
+        "bench_mlp",
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", widths[0]])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", widths[-1]])],
         inits,

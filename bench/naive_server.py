@@ -69,8 +69,17 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8081)
     parser.add_argument("--intra-op-threads", type=int, default=0)
     args = parser.parse_args()
-    uvicorn.run(create_app(args.model, args.intra_op_threads), host=args.host, port=args.port, workers=1,
-                loop="uvloop", http="httptools", access_log=False, log_level="warning", server_header=False)
+    uvicorn.run(
+        create_app(args.model, args.intra_op_threads),
+        host=args.host,
+        port=args.port,
+        workers=1,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        server_header=False,
+    )
 
 
 if __name__ == "__main__":

@@ -58,9 +58,27 @@ class ValkeyServer:
 
     def start(self) -> ValkeyServer:
         self.process = subprocess.Popen(
-            [str(self.binary), "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
-             "--dir", self._dir.name, "--daemonize", "no", "--logfile", str(self._log)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                str(self.binary),
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self._dir.name,
+                "--daemonize",
+                "no",
+                "--logfile",
+                str(self._log),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if self.process.poll() is not None:
@@ -111,10 +129,12 @@ def fill_entities(url: str, prefix: str, fields: list[str] | tuple[str, ...], co
     try:
         for start in range(0, count, 1000):
             with client.pipeline(transaction=False) as pipe:
-                for entity_id in ids[start:start + 1000]:
+                for entity_id in ids[start : start + 1000]:
                     n = int(entity_id)
-                    pipe.hset(prefix + entity_id,
-                              mapping={f: f"{((n * 7919 + i * 104729) % 2000) / 1000 - 1:.3f}" for i, f in enumerate(fields)})
+                    pipe.hset(
+                        prefix + entity_id,
+                        mapping={f: f"{((n * 7919 + i * 104729) % 2000) / 1000 - 1:.3f}" for i, f in enumerate(fields)},
+                    )
                 pipe.execute()
     finally:
         client.close()

@@ -18,8 +18,15 @@ def _save(graph: onnx.GraphProto, path: Path) -> Path:
     return path
 
 
-def build_mlp(path: Path, sizes: tuple[int, ...] = (4, 16, 1), *, softmax: bool = False, seed: int = 0,
-              input_name: str = "x", output_name: str = "y") -> Path:
+def build_mlp(
+    path: Path,
+    sizes: tuple[int, ...] = (4, 16, 1),
+    *,
+    softmax: bool = False,
+    seed: int = 0,
+    input_name: str = "x",
+    output_name: str = "y",
+) -> Path:
     """Gemm/Relu layers of `sizes`; the last layer is linear, or Softmax when `softmax`."""
     rng = np.random.default_rng(seed)
     nodes, inits, current = [], [], input_name
@@ -37,7 +44,8 @@ def build_mlp(path: Path, sizes: tuple[int, ...] = (4, 16, 1), *, softmax: bool 
     if softmax:
         nodes.append(helper.make_node("Softmax", ["logits"], [output_name], axis=1))
     graph = helper.make_graph(
-        nodes, "mlp",
+        nodes,
+        "mlp",
         [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", sizes[0]])],
         [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", sizes[-1]])],
         inits,
@@ -50,16 +58,19 @@ def build_two_output(path: Path, width: int = 3) -> Path:
     two = numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two")
     axes = numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")
     graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "two"], ["doubled"]),
-         helper.make_node("ReduceSum", ["x", "axes"], ["total"], keepdims=1)],
+        [
+            helper.make_node("Mul", ["x", "two"], ["doubled"]),
+            helper.make_node("ReduceSum", ["x", "axes"], ["total"], keepdims=1),
+        ],
         "two_outputs",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
-        [helper.make_tensor_value_info("doubled", TensorProto.FLOAT, ["batch", width]),
-         helper.make_tensor_value_info("total", TensorProto.FLOAT, ["batch", 1])],
+        [
+            helper.make_tensor_value_info("doubled", TensorProto.FLOAT, ["batch", width]),
+            helper.make_tensor_value_info("total", TensorProto.FLOAT, ["batch", 1]),
+        ],
         [two, axes],
     )
     return _save(graph, path)
-
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -178,8 +178,14 @@ async def judge(
         # Judge the new spec from a fresh window.
         reset = {**{k: None for k in _WINDOW_KEYS}, "rolledBack": False}
         previous = {k: v for k, v in previous.items() if k == "errorRate"}
-        conditions = ({"type": ROLLED_BACK, "status": "False", "reason": "SpecChanged",
-                       "message": f"the spec changed (generation {_generation(mv)}); the version is judged again"},)
+        conditions = (
+            {
+                "type": ROLLED_BACK,
+                "status": "False",
+                "reason": "SpecChanged",
+                "message": f"the spec changed (generation {_generation(mv)}); the version is judged again",
+            },
+        )
 
     share = int(_status(mv).get("servingTraffic") or 0)
     others = [v for v in siblings if v["metadata"]["name"] != name and takes_traffic(v)]
@@ -207,5 +213,12 @@ async def judge(
 
 
 __all__ = [
-    "ROLLED_BACK", "Verdict", "judge", "observed", "rollback_event", "rolled_back", "takes_traffic", "version_counts",
+    "ROLLED_BACK",
+    "Verdict",
+    "judge",
+    "observed",
+    "rollback_event",
+    "rolled_back",
+    "takes_traffic",
+    "version_counts",
 ]

@@ -44,12 +44,21 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         env = env_name(key)
         if key == "namespaces":
             parser.add_argument(
-                "--namespace", "-n", dest="namespaces", action="append", default=None, metavar="NS",
+                "--namespace",
+                "-n",
+                dest="namespaces",
+                action="append",
+                default=None,
+                metavar="NS",
                 help=f"watch this namespace (repeatable) [env {env}, comma-separated]",
             )
         elif f.type == "bool":
             parser.add_argument(
-                f"--{key}", dest=f.name, action="store_const", const="true", default=None,
+                f"--{key}",
+                dest=f.name,
+                action="store_const",
+                const="true",
+                default=None,
                 help=f"{'watch every namespace' if key == 'all-namespaces' else 'run without peering (one operator)'} "
                 f"[env {env}]",
             )
@@ -58,7 +67,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="modelfleet-operator", description="ModelFleet: ONNX inference on Kubernetes.")
+    parser = argparse.ArgumentParser(
+        prog="modelfleet-operator", description="ModelFleet: ONNX inference on Kubernetes."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the operator against the cluster (KUBECONFIG or in-cluster)")
@@ -75,7 +86,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     render.add_argument("file", metavar="FILE")
     render.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="a configuration key, as for `run` (repeatable); MODELFLEET_OPERATOR_* variables apply too",
     )
 
@@ -102,7 +117,10 @@ def render(path: str, overrides: Mapping[str, str], environ: Mapping[str, str], 
             print(f"render: skipping document {index} ({kind}): not a {crd.KIND}", file=err)
             continue
         if doc.get("apiVersion") != crd.API_VERSION:
-            print(f"render: document {index} has apiVersion {doc.get('apiVersion')!r}, expected {crd.API_VERSION}", file=err)
+            print(
+                f"render: document {index} has apiVersion {doc.get('apiVersion')!r}, expected {crd.API_VERSION}",
+                file=err,
+            )
             return 2
         versions.append(doc)
     if not versions:

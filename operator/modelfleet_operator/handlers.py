@@ -61,8 +61,11 @@ def contains(actual: Any, desired: Any) -> bool:
     if isinstance(desired, Mapping):
         return isinstance(actual, Mapping) and all(k in actual and contains(actual[k], v) for k, v in desired.items())
     if isinstance(desired, list):
-        return (isinstance(actual, list) and len(actual) == len(desired)
-                and all(contains(a, d) for a, d in zip(actual, desired)))
+        return (
+            isinstance(actual, list)
+            and len(actual) == len(desired)
+            and all(contains(a, d) for a, d in zip(actual, desired))
+        )
     return actual == desired
 
 
@@ -101,14 +104,18 @@ def _terminated_message(pod: Mapping[str, Any]) -> str | None:
 
 
 def _pod_ready(pod: Mapping[str, Any]) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in (pod.get("status") or {}).get("conditions") or [])
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (pod.get("status") or {}).get("conditions") or []
+    )
 
 
 # --- I/O ------------------------------------------------------------------------------
 
 
-async def apply(kube: Kube, desired: Mapping[str, Any], logger: logging.Logger | logging.LoggerAdapter) -> dict[str, Any]:
+async def apply(
+    kube: Kube, desired: Mapping[str, Any], logger: logging.Logger | logging.LoggerAdapter
+) -> dict[str, Any]:
     """Create `desired`, or merge-patch the existing object when it lacks some of it."""
     kind = k8s.kind_of(desired)
     namespace = desired["metadata"].get("namespace")
@@ -156,7 +163,8 @@ async def version_pods(kube: Kube, mv: Mapping[str, Any]) -> list[dict[str, Any]
     spec = mv["spec"]
     wanted = manifests.selector_labels(spec["model"], str(spec["version"]))
     return [
-        p for p in await kube.list(k8s.PODS, mv["metadata"]["namespace"])
+        p
+        for p in await kube.list(k8s.PODS, mv["metadata"]["namespace"])
         if all(((p.get("metadata") or {}).get("labels") or {}).get(k) == v for k, v in wanted.items())
         and not (p.get("metadata") or {}).get("deletionTimestamp")
     ]
@@ -164,8 +172,11 @@ async def version_pods(kube: Kube, mv: Mapping[str, Any]) -> list[dict[str, Any]
 
 async def ready_pod_urls(kube: Kube, mv: Mapping[str, Any]) -> list[str]:
     """Base URLs of the version's ready pods, each on its own address (DESIGN.md section 7)."""
-    return [f"http://{p['status']['podIP']}:{_container_port(p)}" for p in await version_pods(kube, mv)
-            if _pod_ready(p) and (p.get("status") or {}).get("podIP")]
+    return [
+        f"http://{p['status']['podIP']}:{_container_port(p)}"
+        for p in await version_pods(kube, mv)
+        if _pod_ready(p) and (p.get("status") or {}).get("podIP")
+    ]
 
 
 async def pod_reports(ctx: Context, mv: Mapping[str, Any]) -> list[status.PodReport]:
@@ -174,8 +185,9 @@ async def pod_reports(ctx: Context, mv: Mapping[str, Any]) -> list[status.PodRep
     async def report(pod: Mapping[str, Any]) -> status.PodReport:
         ready = _pod_ready(pod)
         state, reason = (status.READY.lower(), None) if ready else await _runtime_readiness(ctx.http, pod)
-        return status.PodReport(name=_name(pod), ready=ready, state=state, reason=reason,
-                                terminated=_terminated_message(pod))
+        return status.PodReport(
+            name=_name(pod), ready=ready, state=state, reason=reason, terminated=_terminated_message(pod)
+        )
 
     return list(await asyncio.gather(*(report(p) for p in pods)))
 
@@ -184,8 +196,9 @@ async def model_versions(kube: Kube, namespace: str, model: str) -> list[dict[st
     return [v for v in await kube.list(k8s.MODELVERSIONS, namespace) if (v.get("spec") or {}).get("model") == model]
 
 
-async def write_status(kube: Kube, mv: Mapping[str, Any],
-                       build: Callable[[Mapping[str, Any] | None], dict[str, Any]]) -> None:
+async def write_status(
+    kube: Kube, mv: Mapping[str, Any], build: Callable[[Mapping[str, Any] | None], dict[str, Any]]
+) -> None:
     """Patch the status keys that differ from the stored status; nothing when none does.
 
     kopf's copy of the object may trail our own last write, so a difference is
@@ -198,8 +211,9 @@ async def write_status(kube: Kube, mv: Mapping[str, Any],
         return
     patch = status.status_patch(stored.get("status"), build(stored.get("status")))
     if patch:
-        await kube.merge_patch(k8s.MODELVERSIONS, mv["metadata"]["namespace"], _name(mv), {"status": patch},
-                               subresource="status")
+        await kube.merge_patch(
+            k8s.MODELVERSIONS, mv["metadata"]["namespace"], _name(mv), {"status": patch}, subresource="status"
+        )
 
 
 async def reconcile(ctx: Context, mv: Mapping[str, Any], logger: logging.Logger | logging.LoggerAdapter) -> None:
@@ -215,8 +229,13 @@ async def reconcile(ctx: Context, mv: Mapping[str, Any], logger: logging.Logger 
     except manifests.SpecRejected as rejected:
         logger.warning(f"Not serving {name}: {rejected}")
         obs = status.observe(None, [], desired_replicas=0, rejected=rejected, rejected_reason=rejected.reason)
-        await write_status(ctx.kube, mv, lambda old: status.build_status(
-            old, obs, generation=generation, endpoint=None, version_endpoint=None, selector=None))
+        await write_status(
+            ctx.kube,
+            mv,
+            lambda old: status.build_status(
+                old, obs, generation=generation, endpoint=None, version_endpoint=None, selector=None
+            ),
+        )
         return
 
     endpoint, version_endpoint = manifests.endpoints(mv, config)
@@ -225,8 +244,9 @@ async def reconcile(ctx: Context, mv: Mapping[str, Any], logger: logging.Logger 
     if not any(_name(v) == name for v in siblings):
         siblings.append(dict(mv))
     current = next(v for v in siblings if _name(v) == name)
-    verdict = await canary.judge(ctx.kube, ctx.http, current, spec.rollout, siblings,
-                                 lambda: ready_pod_urls(ctx.kube, mv), logger)
+    verdict = await canary.judge(
+        ctx.kube, ctx.http, current, spec.rollout, siblings, lambda: ready_pod_urls(ctx.kube, mv), logger
+    )
     # A rolled-back version takes no traffic, whichever of its model's versions plans it.
     ready = {_name(v): canary.takes_traffic(v) for v in siblings}
     ready[name] = ready[name] and not verdict.rolled_back
@@ -241,17 +261,21 @@ async def reconcile(ctx: Context, mv: Mapping[str, Any], logger: logging.Logger 
     await _delete_unwanted(ctx.kube, mv, {kind for kind, _ in applied}, logger)
 
     deployment = applied.get(("Deployment", name))
-    obs = canary.observed(status.observe(deployment, await pod_reports(ctx, mv), desired_replicas=scale.desired),
-                          verdict)
+    obs = canary.observed(
+        status.observe(deployment, await pod_reports(ctx, mv), desired_replicas=scale.desired), verdict
+    )
     share = plan.split.share(name)
-    traffic = status.traffic_condition(share, desired=spec.traffic, ready=ready[name],
-                                       rolled_back=verdict.rolled_back, held=plan.split.held)
+    traffic = status.traffic_condition(
+        share, desired=spec.traffic, ready=ready[name], rolled_back=verdict.rolled_back, held=plan.split.held
+    )
 
     def build(old: Mapping[str, Any] | None) -> dict[str, Any]:
-        new = status.build_status(old, obs, generation=generation, endpoint=endpoint,
-                                  version_endpoint=version_endpoint, selector=selector)
-        new["conditions"] = status.merge_conditions(new["conditions"], [traffic, *verdict.conditions], generation,
-                                                    status.now())
+        new = status.build_status(
+            old, obs, generation=generation, endpoint=endpoint, version_endpoint=version_endpoint, selector=selector
+        )
+        new["conditions"] = status.merge_conditions(
+            new["conditions"], [traffic, *verdict.conditions], generation, status.now()
+        )
         if verdict.rollout is not None:
             new["rollout"] = dict(verdict.rollout)
         return {**new, "servingTraffic": share}
@@ -260,8 +284,9 @@ async def reconcile(ctx: Context, mv: Mapping[str, Any], logger: logging.Logger 
     await learning.reconcile_learning(ctx, mv, siblings, logger)
 
 
-async def _delete_unwanted(kube: Kube, mv: Mapping[str, Any], built_kinds: set[str],
-                           logger: logging.Logger | logging.LoggerAdapter) -> None:
+async def _delete_unwanted(
+    kube: Kube, mv: Mapping[str, Any], built_kinds: set[str], logger: logging.Logger | logging.LoggerAdapter
+) -> None:
     """An HPA or PDB the spec no longer asks for (autoscaling removed, one replica) goes away."""
     uid = mv["metadata"].get("uid", "")
     for kind, kind_name in ((k8s.HPAS, "HorizontalPodAutoscaler"), (k8s.PDBS, "PodDisruptionBudget")):
@@ -281,7 +306,8 @@ async def release(ctx: Context, mv: Mapping[str, Any], logger: logging.Logger | 
     spec = mv.get("spec") or {}
     namespace = mv["metadata"]["namespace"]
     others = [
-        v for v in await model_versions(ctx.kube, namespace, str(spec.get("model", "")))
+        v
+        for v in await model_versions(ctx.kube, namespace, str(spec.get("model", "")))
         if _name(v) != _name(mv) and not v["metadata"].get("deletionTimestamp") and _valid(v, ctx.config)
     ]
     if not others:
@@ -313,8 +339,9 @@ def _temporary(exc: ApiError) -> kopf.TemporaryError:
     return kopf.TemporaryError(f"the API server answered {exc}", delay=delay)
 
 
-def register(registry: kopf.OperatorRegistry, config: OperatorConfig, *,
-             resync_seconds: float = DEFAULT_RESYNC_SECONDS) -> None:
+def register(
+    registry: kopf.OperatorRegistry, config: OperatorConfig, *, resync_seconds: float = DEFAULT_RESYNC_SECONDS
+) -> None:
     """Add ModelFleet's handlers to `registry` (one registry per running operator)."""
     group, version, plural = k8s.MODELVERSIONS.group, k8s.MODELVERSIONS.version, k8s.MODELVERSIONS.plural
 
@@ -323,7 +350,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, *,
         settings.persistence.finalizer = FINALIZER
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix=ANNOTATION_PREFIX, key="last-handled-configuration")
+            prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+        )
         settings.posting.level = logging.WARNING
         if getattr(memo, "context", None) is None:
             raise kopf.PermanentError("start the operator through modelfleet_operator.runner (it opens the context)")
@@ -377,5 +405,14 @@ def _fresh(body: kopf.Body) -> dict[str, Any]:
     return copy.deepcopy(dict(body))
 
 
-__all__ = ["Context", "FINALIZER", "apply", "close_context", "contains", "open_context", "reconcile", "register",
-           "release"]
+__all__ = [
+    "Context",
+    "FINALIZER",
+    "apply",
+    "close_context",
+    "contains",
+    "open_context",
+    "reconcile",
+    "register",
+    "release",
+]

@@ -97,15 +97,15 @@ def load_client_configuration() -> kubernetes.client.Configuration:
         kubernetes.config.load_incluster_config(client_configuration=configuration)
     except kubernetes.config.ConfigException:
         # The client reads KUBECONFIG once, at import; read it now so a changed variable counts.
-        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"),
-                                           client_configuration=configuration)
+        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration)
     return configuration
 
 
 def bearer_token(configuration: kubernetes.client.Configuration) -> tuple[str | None, str | None]:
     """(scheme, token) of the configuration's Authorization header, if any."""
-    header = (configuration.get_api_key_with_prefix("BearerToken")
-              or configuration.get_api_key_with_prefix("authorization"))
+    header = configuration.get_api_key_with_prefix("BearerToken") or configuration.get_api_key_with_prefix(
+        "authorization"
+    )
     parts = header.split(" ", 1) if header else []
     if not parts:
         return None, None
@@ -126,13 +126,23 @@ class Kube:
     def close(self) -> None:
         self._api.close()
 
-    def _call(self, method: str, path: str, body: Any = None, content_type: str | None = None,
-              query: Sequence[tuple[str, str]] = ()) -> Any:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        content_type: str | None = None,
+        query: Sequence[tuple[str, str]] = (),
+    ) -> Any:
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
         method, url, headers, body, post = self._api.param_serialize(
-            method, path, query_params=list(query) or None, header_params=headers, body=body,
+            method,
+            path,
+            query_params=list(query) or None,
+            header_params=headers,
+            body=body,
             auth_settings=["BearerToken"],
         )
         try:
@@ -147,7 +157,9 @@ class Kube:
     async def _request(self, *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(self._call, *args, **kwargs)
 
-    async def get(self, kind: Kind, namespace: str | None, name: str, subresource: str | None = None) -> dict[str, Any] | None:
+    async def get(
+        self, kind: Kind, namespace: str | None, name: str, subresource: str | None = None
+    ) -> dict[str, Any] | None:
         try:
             return await self._request("GET", kind.path(namespace, name, subresource))
         except ApiError as exc:
@@ -162,20 +174,39 @@ class Kube:
     async def create(self, kind: Kind, namespace: str | None, obj: Mapping[str, Any]) -> dict[str, Any]:
         return await self._request("POST", kind.path(namespace), body=dict(obj), content_type="application/json")
 
-    async def merge_patch(self, kind: Kind, namespace: str | None, name: str, patch: Mapping[str, Any],
-                          subresource: str | None = None) -> dict[str, Any]:
-        return await self._request("PATCH", kind.path(namespace, name, subresource), body=dict(patch),
-                                   content_type="application/merge-patch+json")
+    async def merge_patch(
+        self, kind: Kind, namespace: str | None, name: str, patch: Mapping[str, Any], subresource: str | None = None
+    ) -> dict[str, Any]:
+        return await self._request(
+            "PATCH",
+            kind.path(namespace, name, subresource),
+            body=dict(patch),
+            content_type="application/merge-patch+json",
+        )
 
-    async def json_patch(self, kind: Kind, namespace: str | None, name: str, ops: Sequence[Mapping[str, Any]],
-                         subresource: str | None = None) -> dict[str, Any]:
-        return await self._request("PATCH", kind.path(namespace, name, subresource), body=[dict(op) for op in ops],
-                                   content_type="application/json-patch+json")
+    async def json_patch(
+        self,
+        kind: Kind,
+        namespace: str | None,
+        name: str,
+        ops: Sequence[Mapping[str, Any]],
+        subresource: str | None = None,
+    ) -> dict[str, Any]:
+        return await self._request(
+            "PATCH",
+            kind.path(namespace, name, subresource),
+            body=[dict(op) for op in ops],
+            content_type="application/json-patch+json",
+        )
 
     async def delete(self, kind: Kind, namespace: str | None, name: str) -> bool:
         try:
-            await self._request("DELETE", kind.path(namespace, name), body={"propagationPolicy": "Background"},
-                                content_type="application/json")
+            await self._request(
+                "DELETE",
+                kind.path(namespace, name),
+                body={"propagationPolicy": "Background"},
+                content_type="application/json",
+            )
             return True
         except ApiError as exc:
             if exc.status == 404:
@@ -202,6 +233,19 @@ def _api_error(status: int, body: Any, headers: Any) -> ApiError:
 
 
 __all__ = [
-    "ApiError", "DEPLOYMENTS", "EVENTS", "HPAS", "HTTPROUTES", "JOBS", "Kind", "Kube", "MODELVERSIONS", "PDBS",
-    "PODS", "SECRETS", "SERVICES", "kind_of", "load_client_configuration",
+    "ApiError",
+    "DEPLOYMENTS",
+    "EVENTS",
+    "HPAS",
+    "HTTPROUTES",
+    "JOBS",
+    "Kind",
+    "Kube",
+    "MODELVERSIONS",
+    "PDBS",
+    "PODS",
+    "SECRETS",
+    "SERVICES",
+    "kind_of",
+    "load_client_configuration",
 ]

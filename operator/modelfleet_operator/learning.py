@@ -111,8 +111,7 @@ def token_secret(model: str, namespace: str, name: str) -> dict[str, Any]:
     }
 
 
-async def ensure_feedback_token(kube: Kube, mv: Mapping[str, Any], spec: crd.ModelVersionSpec,
-                                logger: Logger) -> None:
+async def ensure_feedback_token(kube: Kube, mv: Mapping[str, Any], spec: crd.ModelVersionSpec, logger: Logger) -> None:
     """Create MODEL-feedback-token when the version needs it and it is missing; never touch an existing one."""
     if spec.retraining is None or spec.retraining.token_secret_ref is not None:
         return  # no feedback endpoint, or the user's own Secret
@@ -136,9 +135,14 @@ async def feedback_samples(kube: Kube, http: aiohttp.ClientSession, mv: Mapping[
     spec = mv["spec"]
     wanted = manifests.selector_labels(spec["model"], str(spec["version"]))
     pods = sorted(
-        (p for p in await kube.list(k8s.PODS, manifests.namespace_of(mv))
-         if all(_labels(p).get(k) == v for k, v in wanted.items()) and not _meta(p).get("deletionTimestamp")
-         and _pod_ready(p) and _status(p).get("podIP")),
+        (
+            p
+            for p in await kube.list(k8s.PODS, manifests.namespace_of(mv))
+            if all(_labels(p).get(k) == v for k, v in wanted.items())
+            and not _meta(p).get("deletionTimestamp")
+            and _pod_ready(p)
+            and _status(p).get("podIP")
+        ),
         key=_name,
     )
     for pod in pods:
@@ -158,7 +162,8 @@ async def feedback_samples(kube: Kube, http: aiohttp.ClientSession, mv: Mapping[
 async def model_jobs(kube: Kube, namespace: str, model: str) -> list[dict[str, Any]]:
     """The model's retraining Jobs (labels are matched here: the operator uses no server-side selectors)."""
     return [
-        j for j in await kube.list(k8s.JOBS, namespace)
+        j
+        for j in await kube.list(k8s.JOBS, namespace)
         if _labels(j).get(manifests.LABEL_MODEL) == model
         and _labels(j).get(retraining.LABEL_ROLE) == retraining.ROLE_RETRAINING
     ]
@@ -168,7 +173,8 @@ async def termination_message(kube: Kube, job: Mapping[str, Any]) -> str | None:
     """The trainer container's termination message from the newest of the Job's pods that has one."""
     uid = _meta(job).get("uid")
     pods = [
-        p for p in await kube.list(k8s.PODS, str(_meta(job).get("namespace")))
+        p
+        for p in await kube.list(k8s.PODS, str(_meta(job).get("namespace")))
         if any(ref.get("uid") == uid for ref in _meta(p).get("ownerReferences") or [])
     ]
     for pod in sorted(pods, key=lambda p: str(_meta(p).get("creationTimestamp") or ""), reverse=True):
@@ -185,8 +191,9 @@ async def termination_message(kube: Kube, job: Mapping[str, Any]) -> str | None:
 # --- writes ---------------------------------------------------------------------------------
 
 
-def event(obj: Mapping[str, Any], *, key: str, reason: str, message: str, warning: bool = False,
-          now: datetime) -> dict[str, Any]:
+def event(
+    obj: Mapping[str, Any], *, key: str, reason: str, message: str, warning: bool = False, now: datetime
+) -> dict[str, Any]:
     """A core/v1 Event about a ModelVersion. `key` makes its name: one Event per (object, key),
     so the same outcome reported again after a restart answers 409 instead of a second Event."""
     meta = _meta(obj)
@@ -195,8 +202,13 @@ def event(obj: Mapping[str, Any], *, key: str, reason: str, message: str, warnin
         "apiVersion": "v1",
         "kind": "Event",
         "metadata": {"name": f"{meta['name']}.{key}"[:253], "namespace": meta.get("namespace")},
-        "involvedObject": {"apiVersion": crd.API_VERSION, "kind": crd.KIND, "name": meta["name"],
-                           "namespace": meta.get("namespace"), "uid": meta.get("uid")},
+        "involvedObject": {
+            "apiVersion": crd.API_VERSION,
+            "kind": crd.KIND,
+            "name": meta["name"],
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+        },
         "reason": reason,
         "message": message[:1024],
         "type": "Warning" if warning else "Normal",
@@ -227,8 +239,7 @@ async def create_once(kube: Kube, kind: k8s.Kind, obj: Mapping[str, Any]) -> boo
         raise
 
 
-async def write_status(kube: Kube, mv: Mapping[str, Any],
-                       build: Callable[[Mapping[str, Any]], dict[str, Any]]) -> None:
+async def write_status(kube: Kube, mv: Mapping[str, Any], build: Callable[[Mapping[str, Any]], dict[str, Any]]) -> None:
     """Merge-patch the status keys `build(old status)` changes; checked again on a fresh read first."""
     if not status.status_patch(_status(mv), build(_status(mv))):
         return
@@ -241,8 +252,9 @@ async def write_status(kube: Kube, mv: Mapping[str, Any],
         await kube.merge_patch(k8s.MODELVERSIONS, namespace, _name(mv), {"status": patch}, subresource="status")
 
 
-def _with_condition(old: Mapping[str, Any], generation: int, kind: str, ok: bool, reason: str,
-                    message: str) -> list[dict[str, Any]]:
+def _with_condition(
+    old: Mapping[str, Any], generation: int, kind: str, ok: bool, reason: str, message: str
+) -> list[dict[str, Any]]:
     """old's conditions with `kind` set, in their order: another writer's order stays, so the two
     writers of the status never rewrite the list for its order alone."""
     cond = {"type": kind, "status": "True" if ok else "False", "reason": reason, "message": message}
@@ -268,9 +280,16 @@ def _recorded(last: Mapping[str, Any], job: str) -> bool:
     return last.get("result") == "Failed" or (last.get("result") == "Succeeded" and bool(last.get("producedVersion")))
 
 
-async def _record_finished(ctx: Context, mv: Mapping[str, Any], own_jobs: Sequence[Mapping[str, Any]],
-                           versions: Sequence[Mapping[str, Any]], last: dict[str, Any], logger: Logger,
-                           events: list[dict[str, Any]], now: datetime) -> dict[str, Any]:
+async def _record_finished(
+    ctx: Context,
+    mv: Mapping[str, Any],
+    own_jobs: Sequence[Mapping[str, Any]],
+    versions: Sequence[Mapping[str, Any]],
+    last: dict[str, Any],
+    logger: Logger,
+    events: list[dict[str, Any]],
+    now: datetime,
+) -> dict[str, Any]:
     """The newest finished Job of this version, recorded once: its child on success, its reason on failure."""
     attempts = [(retraining.attempt_of(_name(j)), j) for j in own_jobs]
     attempts = [(a, j) for a, j in attempts if a is not None]
@@ -283,8 +302,13 @@ async def _record_finished(ctx: Context, mv: Mapping[str, Any], own_jobs: Sequen
     outcome = retraining.job_outcome(job, await termination_message(ctx.kube, job))
     if outcome.result == "Running":
         return last
-    samples = (outcome.metrics.samples if outcome.metrics and outcome.metrics.samples is not None
-               else last.get("samples") if last.get("job") == name else _trigger_samples(job))
+    samples = (
+        outcome.metrics.samples
+        if outcome.metrics and outcome.metrics.samples is not None
+        else last.get("samples")
+        if last.get("job") == name
+        else _trigger_samples(job)
+    )
     record: dict[str, Any] = {"job": name, "result": outcome.result, "message": outcome.message}
     if last.get("job") == name and last.get("startTime"):
         record["startTime"] = last["startTime"]
@@ -300,18 +324,32 @@ async def _record_finished(ctx: Context, mv: Mapping[str, Any], own_jobs: Sequen
             if await create_once(ctx.kube, k8s.MODELVERSIONS, child):
                 logger.info(f"Retraining Job {name} succeeded; created ModelVersion {child_name}: {outcome.message}")
         record["producedVersion"] = child_name
-        events.append(event(mv, key=f"{name}.succeeded", reason="RetrainingSucceeded", now=now,
-                            message=f"Job {name} produced ModelVersion {child_name}: {outcome.message}"))
+        events.append(
+            event(
+                mv,
+                key=f"{name}.succeeded",
+                reason="RetrainingSucceeded",
+                now=now,
+                message=f"Job {name} produced ModelVersion {child_name}: {outcome.message}",
+            )
+        )
     else:
         logger.warning(f"Retraining Job {name} failed: {outcome.message}")
-        events.append(event(mv, key=f"{name}.failed", reason=outcome.reason, warning=True, now=now,
-                            message=f"retraining Job {name} failed; {_name(mv)} keeps serving and the samples "
-                                    f"stay unconsumed: {outcome.message}"))
+        events.append(
+            event(
+                mv,
+                key=f"{name}.failed",
+                reason=outcome.reason,
+                warning=True,
+                now=now,
+                message=f"retraining Job {name} failed; {_name(mv)} keeps serving and the samples "
+                f"stay unconsumed: {outcome.message}",
+            )
+        )
     return record
 
 
-async def _retrain(ctx: Context, mv: Mapping[str, Any], versions: Sequence[Mapping[str, Any]],
-                   logger: Logger) -> None:
+async def _retrain(ctx: Context, mv: Mapping[str, Any], versions: Sequence[Mapping[str, Any]], logger: Logger) -> None:
     name, namespace = _name(mv), manifests.namespace_of(mv)
     spec = mv["spec"]
     model, policy = str(spec["model"]), spec["retraining"]
@@ -321,27 +359,46 @@ async def _retrain(ctx: Context, mv: Mapping[str, Any], versions: Sequence[Mappi
     samples = await feedback_samples(ctx.kube, ctx.http, mv)
     own = [j for j in jobs if _labels(j).get(retraining.LABEL_PARENT) == name]
     events: list[dict[str, Any]] = []
-    last = await _record_finished(ctx, mv, own, versions, dict(_status(mv).get("lastRetraining") or {}), logger,
-                                  events, now)
+    last = await _record_finished(
+        ctx, mv, own, versions, dict(_status(mv).get("lastRetraining") or {}), logger, events, now
+    )
 
     active = retraining.active_jobs(jobs)
     own_active = [j for j in active if _labels(j).get(retraining.LABEL_PARENT) == name]
     retrainer = retraining.retraining_version(
-        versions, {_name(v): _status(v).get("phase") == status.READY for v in versions})
+        versions, {_name(v): _status(v).get("phase") == status.READY for v in versions}
+    )
     failures, last_failure = retraining.failure_streak(own)
     if active:
-        decision = retraining.should_retrain(samples=samples or 0, min_samples=int(policy.get("minSamples", 1000)),
-                                             active_job=True, last_failure_at=None, failures=0, now=now)
+        decision = retraining.should_retrain(
+            samples=samples or 0,
+            min_samples=int(policy.get("minSamples", 1000)),
+            active_job=True,
+            last_failure_at=None,
+            failures=0,
+            now=now,
+        )
     elif retrainer != name:
-        decision = retraining.Decision(False, "NotRetrainingVersion", (
-            f"{retrainer} retrains model {model}: its versions share the feedback volume, one retrains"
-            if retrainer else f"{name} retrains once it is Ready"))
+        decision = retraining.Decision(
+            False,
+            "NotRetrainingVersion",
+            (
+                f"{retrainer} retrains model {model}: its versions share the feedback volume, one retrains"
+                if retrainer
+                else f"{name} retrains once it is Ready"
+            ),
+        )
     elif samples is None:
         decision = retraining.Decision(False, "NoFeedbackCount", f"no ready pod answered GET {STATS_PATH}")
     else:
-        decision = retraining.should_retrain(samples=samples, min_samples=int(policy.get("minSamples", 1000)),
-                                             active_job=False, last_failure_at=last_failure, failures=failures,
-                                             now=now)
+        decision = retraining.should_retrain(
+            samples=samples,
+            min_samples=int(policy.get("minSamples", 1000)),
+            active_job=False,
+            last_failure_at=last_failure,
+            failures=failures,
+            now=now,
+        )
 
     triggered, reason, message = False, decision.reason, decision.message
     if decision.retrain:
@@ -352,16 +409,24 @@ async def _retrain(ctx: Context, mv: Mapping[str, Any], versions: Sequence[Mappi
             logger.info(f"Created retraining Job {job_name}: {decision.message}")
         last = {"job": job_name, "result": "Running", "startTime": _rfc3339(now), "samples": int(samples or 0)}
         triggered, message = True, f"{decision.message}; started Job {job_name}"
-        events.append(event(mv, key=f"{job_name}.started", reason="RetrainingStarted", now=now,
-                            message=f"started retraining Job {job_name}: {decision.message}"))
+        events.append(
+            event(
+                mv,
+                key=f"{job_name}.started",
+                reason="RetrainingStarted",
+                now=now,
+                message=f"started retraining Job {job_name}: {decision.message}",
+            )
+        )
     elif own_active:
         triggered, message = True, f"retraining Job {_name(own_active[0])} is running"
 
     generation = int(_meta(mv).get("generation") or 1)
 
     def build(old: Mapping[str, Any]) -> dict[str, Any]:
-        new: dict[str, Any] = {"conditions": _with_condition(old, generation, RETRAINING_TRIGGERED, triggered,
-                                                             reason, message)}
+        new: dict[str, Any] = {
+            "conditions": _with_condition(old, generation, RETRAINING_TRIGGERED, triggered, reason, message)
+        }
         if samples is not None:
             new["feedbackSamples"] = samples
         if last:
@@ -381,8 +446,9 @@ def rolled_back(mv: Mapping[str, Any]) -> bool:
     return cond is not None and cond.get("status") == "True"
 
 
-async def _promote(ctx: Context, child: Mapping[str, Any], versions: Sequence[Mapping[str, Any]],
-                   logger: Logger) -> None:
+async def _promote(
+    ctx: Context, child: Mapping[str, Any], versions: Sequence[Mapping[str, Any]], logger: Logger
+) -> None:
     name = _name(child)
     parent_name = _labels(child)[retraining.LABEL_PARENT]
     by_name = {_name(v): v for v in versions if not _meta(v).get("deletionTimestamp")}
@@ -395,32 +461,49 @@ async def _promote(ctx: Context, child: Mapping[str, Any], versions: Sequence[Ma
     canary_served = int(child_status.get("servingTraffic") or 0) > 0 or int(child["spec"].get("traffic", 0)) == 0
     if ready and not canary_served and not rolled_back(child):
         decision = retraining.PromotionDecision(
-            False, "WaitingForCanary", f"{name} is Ready and waits for its canary share of the traffic", {})
+            False, "WaitingForCanary", f"{name} is Ready and waits for its canary share of the traffic", {}
+        )
     else:
         decision = retraining.promotion(
-            parent=parent_name, child=name, child_ready=ready, metrics=retraining.metrics_of(child),
+            parent=parent_name,
+            child=name,
+            child_ready=ready,
+            metrics=retraining.metrics_of(child),
             auto_promote=bool(((parent.get("spec") or {}).get("retraining") or {}).get("autoPromote")),
-            rolled_back=rolled_back(child), others=[n for n in by_name if n not in (name, parent_name)])
+            rolled_back=rolled_back(child),
+            others=[n for n in by_name if n not in (name, parent_name)],
+        )
     if decision.promote:
         for target, weight in sorted(decision.weights.items(), key=lambda item: item[0] != name):
             obj = by_name.get(target)
             if obj is not None and int((obj.get("spec") or {}).get("traffic", 100)) != weight:
-                await ctx.kube.merge_patch(k8s.MODELVERSIONS, manifests.namespace_of(obj), target,
-                                           {"spec": {"traffic": weight}})
+                await ctx.kube.merge_patch(
+                    k8s.MODELVERSIONS, manifests.namespace_of(obj), target, {"spec": {"traffic": weight}}
+                )
         logger.info(f"Promoted {name}: {decision.message}")
     generation = int(_meta(child).get("generation") or 1)
-    await write_status(ctx.kube, child, lambda old: {"conditions": _with_condition(
-        old, generation, PROMOTED, decision.promote, decision.reason, decision.message)})
+    await write_status(
+        ctx.kube,
+        child,
+        lambda old: {
+            "conditions": _with_condition(
+                old, generation, PROMOTED, decision.promote, decision.reason, decision.message
+            )
+        },
+    )
     if decision.promote:
-        await post_event(ctx.kube, event(child, key="promoted", reason="Promoted", message=decision.message,
-                                         now=datetime.now(tz=UTC)))
+        await post_event(
+            ctx.kube,
+            event(child, key="promoted", reason="Promoted", message=decision.message, now=datetime.now(tz=UTC)),
+        )
 
 
 # --- entry point ----------------------------------------------------------------------------
 
 
-async def reconcile_learning(ctx: Context, mv: Mapping[str, Any], versions: Sequence[Mapping[str, Any]],
-                             logger: Logger) -> None:
+async def reconcile_learning(
+    ctx: Context, mv: Mapping[str, Any], versions: Sequence[Mapping[str, Any]], logger: Logger
+) -> None:
     """The online-learning steps for one ModelVersion (see the module docstring); nothing for a version
     that neither retrains nor was produced by retraining. `versions`: the model's ModelVersions."""
     spec = mv.get("spec") or {}
@@ -437,8 +520,11 @@ async def reconcile_learning(ctx: Context, mv: Mapping[str, Any], versions: Sequ
     if spec.get("retraining"):
         await _retrain(ctx, stored, versions, logger)
     if is_child:
-        child = await ctx.kube.get(k8s.MODELVERSIONS, manifests.namespace_of(mv), _name(mv)) if spec.get(
-            "retraining") else stored
+        child = (
+            await ctx.kube.get(k8s.MODELVERSIONS, manifests.namespace_of(mv), _name(mv))
+            if spec.get("retraining")
+            else stored
+        )
         if child is not None:
             await _promote(ctx, child, versions, logger)
 

@@ -283,7 +283,10 @@ def retraining_parts(spec: ModelVersionSpec) -> PodParts:
         return PodParts()
     secret_name, secret_key = feedback_token_secret(spec)
     return PodParts(
-        env=[_env("MODELFLEET_FEEDBACK_DIR", FEEDBACK_DIR), _env("MODELFLEET_FEEDBACK_TOKEN_FILE", FEEDBACK_TOKEN_FILE)],
+        env=[
+            _env("MODELFLEET_FEEDBACK_DIR", FEEDBACK_DIR),
+            _env("MODELFLEET_FEEDBACK_TOKEN_FILE", FEEDBACK_TOKEN_FILE),
+        ],
         volumes=[
             {"name": "feedback", "persistentVolumeClaim": {"claimName": spec.retraining.feedback_claim}},
             {
@@ -571,9 +574,7 @@ class ModelPlan:
     manifests: Sequence[Mapping[str, Any]]  # the shared Service, and the HTTPRoute in gateway mode
 
 
-def plan_model(
-    versions: Sequence[Mapping[str, Any]], ready: Mapping[str, bool], config: OperatorConfig
-) -> ModelPlan:
+def plan_model(versions: Sequence[Mapping[str, Any]], ready: Mapping[str, bool], config: OperatorConfig) -> ModelPlan:
     """Split traffic across the versions of one model and build its shared objects.
 
     `versions`: the ModelVersion objects of one model in one namespace; those being

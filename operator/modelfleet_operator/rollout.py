@@ -150,16 +150,25 @@ def evaluate(
     """
     if start_counts is None or window_start is None:
         return RolloutDecision(
-            "new_window", "WindowStarted", "observation window started", 0, 0, last_error_rate,
+            "new_window",
+            "WindowStarted",
+            "observation window started",
+            0,
+            0,
+            last_error_rate,
             _status(now, current, last_error_rate, False),
         )
     requests = current.requests - start_counts.requests
     errors = current.errors - start_counts.errors
     if requests < 0 or errors < 0:
         return RolloutDecision(
-            "new_window", "CountersReset",
+            "new_window",
+            "CountersReset",
             "request counters went down (a pod restarted or left); the observation window starts again",
-            0, 0, last_error_rate, _status(now, current, last_error_rate, False),
+            0,
+            0,
+            last_error_rate,
+            _status(now, current, last_error_rate, False),
         )
     # A pod restart hidden by others' growth can leave more errors than requests in the sums.
     errors = min(errors, requests)
@@ -169,12 +178,22 @@ def evaluate(
         text = f"error rate {rate:.2f} over {requests} requests exceeds {policy.max_error_rate:g}"
         if has_fallback:
             return RolloutDecision(
-                "rollback", "ErrorRateExceeded", text, requests, errors, rate,
+                "rollback",
+                "ErrorRateExceeded",
+                text,
+                requests,
+                errors,
+                rate,
                 _status(window_start, start_counts, rate, True),
             )
         text += ", but no other Ready version of the model could take its traffic; it keeps serving"
         return RolloutDecision(
-            "keep", "NoFallback", text, requests, errors, rate,
+            "keep",
+            "NoFallback",
+            text,
+            requests,
+            errors,
+            rate,
             _status(window_start, start_counts, rate, False),
         )
     rate_seen = rate if rate is not None else last_error_rate
@@ -184,7 +203,12 @@ def evaluate(
         else:
             text = f"{requests} requests in the window, fewer than minRequests {policy.min_requests}; not judged"
         return RolloutDecision(
-            "new_window", "WindowPassed", text, requests, errors, rate_seen,
+            "new_window",
+            "WindowPassed",
+            text,
+            requests,
+            errors,
+            rate_seen,
             _status(now, current, rate_seen, False),
         )
     if rate is not None:
@@ -192,7 +216,12 @@ def evaluate(
     else:
         text = f"{requests} of minRequests {policy.min_requests} requests observed"
     return RolloutDecision(
-        "keep", "Observing", text, requests, errors, rate_seen,
+        "keep",
+        "Observing",
+        text,
+        requests,
+        errors,
+        rate_seen,
         _status(window_start, start_counts, rate_seen, False),
     )
 
@@ -211,12 +240,22 @@ def evaluate_status(
     state = RolloutState.from_status(rollout_status)
     if state.rolled_back:
         return RolloutDecision(
-            "keep", "RolledBack", "rolled back; change the version's spec to try it again", 0, 0,
-            state.error_rate, dict(rollout_status or {}),
+            "keep",
+            "RolledBack",
+            "rolled back; change the version's spec to try it again",
+            0,
+            0,
+            state.error_rate,
+            dict(rollout_status or {}),
         )
     return evaluate(
-        state.counts, current, policy, now=now, window_start=state.window_start,
-        last_error_rate=state.error_rate, has_fallback=has_fallback,
+        state.counts,
+        current,
+        policy,
+        now=now,
+        window_start=state.window_start,
+        last_error_rate=state.error_rate,
+        has_fallback=has_fallback,
     )
 
 

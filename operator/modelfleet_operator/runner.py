@@ -19,7 +19,9 @@ from modelfleet_operator import handlers
 from modelfleet_operator.config import OperatorConfig
 
 
-def build_registry(config: OperatorConfig, *, resync_seconds: float = handlers.DEFAULT_RESYNC_SECONDS) -> kopf.OperatorRegistry:
+def build_registry(
+    config: OperatorConfig, *, resync_seconds: float = handlers.DEFAULT_RESYNC_SECONDS
+) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     handlers.register(registry, config, resync_seconds=resync_seconds)
     return registry

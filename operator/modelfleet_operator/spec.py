@@ -63,9 +63,7 @@ def _rule(rule: str, message: str) -> dict[str, str]:
 class _Spec(BaseModel):
     """Base of every part of the resource: camelCase keys, unknown keys rejected."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, strict=True
-    )
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, strict=True)
     # CEL rules of the object (x-kubernetes-validations); mirrored by a model_validator.
     cel_rules: ClassVar[tuple[dict[str, str], ...]] = ()
 
@@ -208,10 +206,7 @@ class Redis(_Spec):
 class Features(_Spec):
     redis: Redis = Field(description="The Redis online feature store.")
     fields: list[Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^,\s]+$")]] = Field(
-        description=(
-            "Hash fields read for an entity, in the order they are placed before the "
-            "request's own features."
-        ),
+        description=("Hash fields read for an entity, in the order they are placed before the request's own features."),
         min_length=1,
         max_length=1024,
     )
@@ -272,8 +267,7 @@ class Retraining(_Spec):
     auto_promote: bool = Field(
         False,
         description=(
-            "Shift all traffic to the retrained version once it is Ready and its "
-            "evaluation beats this version's."
+            "Shift all traffic to the retrained version once it is Ready and its evaluation beats this version's."
         ),
     )
     token_secret_ref: TokenSecretRef | None = Field(
@@ -422,8 +416,7 @@ Phase = Literal["Pending", "Loading", "Ready", "Degraded", "Failed", "Retired"]
 class Condition(_Spec):
     type: str = Field(
         description=(
-            "Kind of condition: Available, ModelLoaded, WarmedUp, TrafficAssigned, "
-            "RetrainingTriggered, RolledBack."
+            "Kind of condition: Available, ModelLoaded, WarmedUp, TrafficAssigned, RetrainingTriggered, RolledBack."
         ),
         max_length=316,
     )
@@ -446,9 +439,7 @@ class Condition(_Spec):
 
 class LastRetraining(_Spec):
     job: str | None = Field(None, description="Name of the retraining Job.")
-    result: Literal["Running", "Succeeded", "Failed"] | None = Field(
-        None, description="Outcome of the Job so far."
-    )
+    result: Literal["Running", "Succeeded", "Failed"] | None = Field(None, description="Outcome of the Job so far.")
     produced_version: str | None = Field(
         None, description="Name of the ModelVersion the Job produced, when it succeeded."
     )
@@ -497,20 +488,14 @@ class ModelVersionStatus(_Spec):
         description="Observations of the version's state, one per type.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
-    observed_generation: int | None = Field(
-        None, description="metadata.generation this status reflects.", ge=0
-    )
+    observed_generation: int | None = Field(None, description="metadata.generation this status reflects.", ge=0)
     replicas: int | None = Field(None, description="Pods of the version's Deployment.", ge=0)
     ready_replicas: int | None = Field(None, description="Pods that loaded and warmed up the model.", ge=0)
     desired_replicas: int | None = Field(
         None, description="Replicas the operator asked for at the current traffic share.", ge=0
     )
-    ready_text: str | None = Field(
-        None, description="Ready and desired replicas as READY/DESIRED, for kubectl get."
-    )
-    selector: str | None = Field(
-        None, description="Label selector of the version's pods (for the scale subresource)."
-    )
+    ready_text: str | None = Field(None, description="Ready and desired replicas as READY/DESIRED, for kubectl get.")
+    selector: str | None = Field(None, description="Label selector of the version's pods (for the scale subresource).")
     serving_traffic: int | None = Field(
         None, description="Effective share (0-100) of the model's traffic after normalisation.", ge=0, le=100
     )
@@ -565,6 +550,7 @@ def parse_spec(spec: Mapping[str, Any]) -> ModelVersionSpec:
 
 
 # --- CRD generation ---------------------------------------------------------
+
 
 def _unwrap_optional(annotation: Any) -> Any:
     origin = typing.get_origin(annotation)

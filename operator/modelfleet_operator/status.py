@@ -84,20 +84,34 @@ def observe(
         if not pods:
             return Observation(PENDING, "PodsStarting", "waiting for pods to start", ready, replicas, desired_replicas)
         loading = next((p.reason for p in pods if p.state == "loading" and p.reason), None)
-        return Observation(LOADING, "Loading", loading or "loading and warming up the model", ready, replicas,
-                           desired_replicas)
+        return Observation(
+            LOADING, "Loading", loading or "loading and warming up the model", ready, replicas, desired_replicas
+        )
     if ready >= desired_replicas and rolled_out and not failed:
-        return Observation(READY, "Serving", f"{ready}/{desired_replicas} replicas ready", ready, replicas,
-                           desired_replicas)
+        return Observation(
+            READY, "Serving", f"{ready}/{desired_replicas} replicas ready", ready, replicas, desired_replicas
+        )
     if failed:
-        return Observation(DEGRADED, "ModelLoadFailed", f"{ready}/{desired_replicas} replicas ready; {failure}",
-                           ready, replicas, desired_replicas)
+        return Observation(
+            DEGRADED,
+            "ModelLoadFailed",
+            f"{ready}/{desired_replicas} replicas ready; {failure}",
+            ready,
+            replicas,
+            desired_replicas,
+        )
     if not rolled_out:
-        return Observation(DEGRADED, "RollingOut", f"{ready}/{desired_replicas} replicas ready; "
-                           "new pods are loading the model while the old ones serve", ready, replicas,
-                           desired_replicas)
-    return Observation(DEGRADED, "ReplicasNotReady", f"{ready}/{desired_replicas} replicas ready", ready, replicas,
-                       desired_replicas)
+        return Observation(
+            DEGRADED,
+            "RollingOut",
+            f"{ready}/{desired_replicas} replicas ready; new pods are loading the model while the old ones serve",
+            ready,
+            replicas,
+            desired_replicas,
+        )
+    return Observation(
+        DEGRADED, "ReplicasNotReady", f"{ready}/{desired_replicas} replicas ready", ready, replicas, desired_replicas
+    )
 
 
 def _failure_text(failed: Sequence[PodReport]) -> str:
@@ -123,7 +137,8 @@ def conditions_for(obs: Observation) -> list[dict[str, str]]:
     warmed = ("True", "WarmedUp", "warmup finished") if serving else ("False", obs.reason, obs.message)
     available = (
         ("True", "MinimumReplicasAvailable", f"{obs.ready_replicas}/{obs.desired_replicas} replicas ready")
-        if serving else ("False", obs.reason, obs.message)
+        if serving
+        else ("False", obs.reason, obs.message)
     )
     ready = ("True" if obs.phase == READY else "False", obs.reason, obs.message)
     rows = {"Ready": ready, "Available": available, "ModelLoaded": loaded, "WarmedUp": warmed}
@@ -139,20 +154,28 @@ def can_serve(status: Mapping[str, Any] | None) -> bool:
     """
     status = status or {}
     return status.get("phase") == READY or (
-        status.get("phase") == DEGRADED and int(status.get("readyReplicas") or 0) > 0)
+        status.get("phase") == DEGRADED and int(status.get("readyReplicas") or 0) > 0
+    )
 
 
-def traffic_condition(share: int, *, desired: int, ready: bool, rolled_back: bool = False,
-                      held: bool = False) -> dict[str, str]:
+def traffic_condition(
+    share: int, *, desired: int, ready: bool, rolled_back: bool = False, held: bool = False
+) -> dict[str, str]:
     """TrafficAssigned: the effective share the version serves, and why it differs from the desired one."""
     if rolled_back:
         row = ("False", "RolledBack", f"serving 0% (desired {desired}%): the version was rolled back")
     elif share > 0 and held:
-        row = ("True", "Held", f"serving {share}%: no Ready version of the model wants traffic, "
-               "so the last split is kept")
+        row = (
+            "True",
+            "Held",
+            f"serving {share}%: no Ready version of the model wants traffic, so the last split is kept",
+        )
     elif share > 0:
-        row = ("True", "Assigned", f"serving {share}% of the model's traffic (desired {desired}%, "
-               "normalised over the Ready versions)")
+        row = (
+            "True",
+            "Assigned",
+            f"serving {share}% of the model's traffic (desired {desired}%, normalised over the Ready versions)",
+        )
     elif desired == 0:
         row = ("False", "NoTrafficWanted", "spec.traffic is 0")
     elif not ready:
@@ -162,8 +185,9 @@ def traffic_condition(share: int, *, desired: int, ready: bool, rolled_back: boo
     return {"type": "TrafficAssigned", "status": row[0], "reason": row[1], "message": row[2]}
 
 
-def merge_conditions(old: Sequence[Mapping[str, Any]] | None, new: Sequence[Mapping[str, Any]],
-                     generation: int, timestamp: str) -> list[dict[str, Any]]:
+def merge_conditions(
+    old: Sequence[Mapping[str, Any]] | None, new: Sequence[Mapping[str, Any]], generation: int, timestamp: str
+) -> list[dict[str, Any]]:
     """New conditions keep their lastTransitionTime while their status does not change.
 
     Conditions this module does not decide (TrafficAssigned, RetrainingTriggered, ...)
@@ -175,11 +199,13 @@ def merge_conditions(old: Sequence[Mapping[str, Any]] | None, new: Sequence[Mapp
     for cond in new:
         before = previous.get(cond["type"])
         changed = before is None or before.get("status") != cond["status"]
-        result.append({
-            **cond,
-            "observedGeneration": generation,
-            "lastTransitionTime": timestamp if changed else before.get("lastTransitionTime", timestamp),
-        })
+        result.append(
+            {
+                **cond,
+                "observedGeneration": generation,
+                "lastTransitionTime": timestamp if changed else before.get("lastTransitionTime", timestamp),
+            }
+        )
     result.extend(dict(c) for t, c in previous.items() if t not in decided)
     return result
 
@@ -203,8 +229,9 @@ def build_status(
         "readyReplicas": obs.ready_replicas,
         "desiredReplicas": obs.desired_replicas,
         "readyText": f"{obs.ready_replicas}/{obs.desired_replicas}",
-        "conditions": merge_conditions(old_status.get("conditions"), conditions_for(obs), generation,
-                                       timestamp or now()),
+        "conditions": merge_conditions(
+            old_status.get("conditions"), conditions_for(obs), generation, timestamp or now()
+        ),
     }
     if endpoint:
         status["endpoint"] = endpoint
@@ -222,6 +249,18 @@ def status_patch(old_status: Mapping[str, Any] | None, new_status: Mapping[str, 
 
 
 __all__ = [
-    "DEGRADED", "FAILED", "LOADING", "Observation", "PENDING", "PodReport", "READY",
-    "build_status", "can_serve", "conditions_for", "merge_conditions", "observe", "status_patch", "traffic_condition",
+    "DEGRADED",
+    "FAILED",
+    "LOADING",
+    "Observation",
+    "PENDING",
+    "PodReport",
+    "READY",
+    "build_status",
+    "can_serve",
+    "conditions_for",
+    "merge_conditions",
+    "observe",
+    "status_patch",
+    "traffic_condition",
 ]

@@ -41,8 +41,7 @@ def create_app(settings: Settings, server: ModelServer | None = None) -> FastAPI
             await server.stop()
             await feedback_router.feedback_service.aclose()
 
-    app = FastAPI(title="ModelFleet runtime", version=__version__, lifespan=lifespan,
-                  docs_url="/docs", redoc_url=None)
+    app = FastAPI(title="ModelFleet runtime", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.server = server
     # The routes go straight onto the app: this FastAPI matches an included router's routes twice
     # per request (about a tenth of a small prediction's event-loop time, see bench/README.md).

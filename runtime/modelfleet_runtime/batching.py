@@ -113,8 +113,9 @@ class Batcher:
         future: asyncio.Future[Feeds] = loop.create_future()
         with self._lock:
             if self.queued_rows + rows > self.max_queue:
-                raise QueueFull(f"queue full: {self.queued_rows} rows waiting, the limit is {self.max_queue}; "
-                                "retry later")
+                raise QueueFull(
+                    f"queue full: {self.queued_rows} rows waiting, the limit is {self.max_queue}; retry later"
+                )
             self._queue.append(_Pending(feeds, rows, future, self._clock()))
             self.queued_rows += rows
             start_thread = not self._running
@@ -192,8 +193,7 @@ class Batcher:
                 return pending.feeds
             return {name: array[start:stop] for name, array in pending.feeds.items()}
         return {
-            name: np.concatenate([p.feeds[name][start:stop] for p, start, stop in parts])
-            for name in parts[0][0].feeds
+            name: np.concatenate([p.feeds[name][start:stop] for p, start, stop in parts]) for name in parts[0][0].feeds
         }
 
     def _run(self, parts: list[Part]) -> list[tuple[Part, Feeds | Exception]]:
@@ -208,14 +208,15 @@ class Batcher:
         offset = 0
         for part in parts:
             count = part[2] - part[1]
-            delivered.append((part, {name: out[offset:offset + count] for name, out in outputs.items()}))
+            delivered.append((part, {name: out[offset : offset + count] for name, out in outputs.items()}))
             offset += count
         return delivered
 
     # -- back on the event loop --------------------------------------------------------------
 
-    def _finish_batch(self, delivered: list[tuple[Part, Feeds | Exception]], record: BatchRecord,
-                      waits: list[float]) -> None:
+    def _finish_batch(
+        self, delivered: list[tuple[Part, Feeds | Exception]], record: BatchRecord, waits: list[float]
+    ) -> None:
         for (pending, start, _), result in delivered:
             if isinstance(result, Exception):
                 if not pending.future.done():
@@ -241,6 +242,6 @@ class Batcher:
         pending.chunks.append((start, chunk))
         if pending.done == pending.rows:
             pending.chunks.sort(key=lambda c: c[0])
-            pending.future.set_result({
-                name: np.concatenate([c[name] for _, c in pending.chunks]) for name in pending.chunks[0][1]
-            })
+            pending.future.set_result(
+                {name: np.concatenate([c[name] for _, c in pending.chunks]) for name in pending.chunks[0][1]}
+            )

@@ -42,9 +42,7 @@ class FeatureMetrics:
     """The feature store's Prometheus series, registered in one registry."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.lookups = Counter(
-            "modelfleet_feature_lookups", "Entity feature lookups requested", registry=registry
-        )
+        self.lookups = Counter("modelfleet_feature_lookups", "Entity feature lookups requested", registry=registry)
         self.cache_hits = Counter(
             "modelfleet_feature_cache_hits", "Entity lookups answered from the cache", registry=registry
         )
@@ -301,7 +299,9 @@ class FeatureStore:
                 raise InvalidValue(f"entity {entity_id!r}: feature store key {key!r} is not a hash of feature fields")
             # The store refused the command (ACL, out of memory, ...): not the entity's fault.
             self._metrics.store_errors.inc()
-            raise Unavailable(f"feature store {self._where} refused the lookup of entity {entity_id!r}: {_reason(reply)}")
+            raise Unavailable(
+                f"feature store {self._where} refused the lookup of entity {entity_id!r}: {_reason(reply)}"
+            )
         if all(value is None for value in reply):
             raise NotFound(f"unknown entity {entity_id!r}: the feature store has no features under key {key!r}")
         missing = [field for field, value in zip(self.fields, reply) if value is None]

@@ -98,7 +98,8 @@ class Record:
 def encode_line(sample: Sample) -> bytes:
     payload = json.dumps(
         {"features": sample.features, "label": sample.label, "ts": sample.ts, "model_version": sample.model_version},
-        separators=(",", ":"), allow_nan=False,
+        separators=(",", ":"),
+        allow_nan=False,
     ).encode()
     crc = zlib.crc32(payload)
     return payload[:-1] + _CRC_HEAD + b"%08x" % crc + _CRC_TAIL
@@ -109,10 +110,10 @@ def _payload_of(line: bytes) -> bytes | None:
     if len(line) <= _SUFFIX_LEN or line[:1] != b"{" or not line.endswith(_CRC_TAIL):
         return None
     head = len(line) - _SUFFIX_LEN
-    if line[head:head + len(_CRC_HEAD)] != _CRC_HEAD:
+    if line[head : head + len(_CRC_HEAD)] != _CRC_HEAD:
         return None
     try:
-        expected = int(line[head + len(_CRC_HEAD):head + len(_CRC_HEAD) + 8], 16)
+        expected = int(line[head + len(_CRC_HEAD) : head + len(_CRC_HEAD) + 8], 16)
     except ValueError:
         return None
     payload = line[:head] + b"}"
@@ -154,7 +155,7 @@ def _scan(path: Path, start: int, *, sealed: bool, keep_lines: bool) -> _Scan:
             data = rest + chunk
             line_start = 0
             while (nl := data.find(b"\n", line_start)) >= 0:
-                line = data[line_start:nl + 1]
+                line = data[line_start : nl + 1]
                 offset = pos + line_start
                 if _payload_of(line) is not None:
                     result.starts.append(offset)
@@ -249,8 +250,14 @@ class FeedbackWriter:
     `on_sync(seconds, samples)` is called on the event loop after each successful group.
     """
 
-    def __init__(self, directory: str | Path, *, pod: str | None = None, segment_bytes: int = 16 * 1024 * 1024,
-                 on_sync: Callable[[float, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        pod: str | None = None,
+        segment_bytes: int = 16 * 1024 * 1024,
+        on_sync: Callable[[float, int], None] | None = None,
+    ) -> None:
         self.directory = Path(directory)
         self.pod = pod or _pod_name()
         self.segment_bytes = max(1, segment_bytes)
@@ -339,8 +346,10 @@ class FeedbackWriter:
         try:
             # Locked before it gets its visible name, so no one ever sees it open and unlocked.
             if not _try_lock(fd):
-                log.warning("file locks are not available on %s; open segments cannot be told from abandoned ones",
-                            self.directory)
+                log.warning(
+                    "file locks are not available on %s; open segments cannot be told from abandoned ones",
+                    self.directory,
+                )
             os.rename(tmp, self.directory / (sid + OPEN_SUFFIX))
             _fsync_dir(self.directory)
         except BaseException:
@@ -515,8 +524,13 @@ class FeedbackVolume:
             ends[r.segment] = max(ends.get(r.segment, 0), r.end)
         return ends
 
-    def commit(self, positions: Mapping[str, int], *, expected: Mapping[str, int] | None = None,
-               run: Mapping[str, Any] | None = None) -> None:
+    def commit(
+        self,
+        positions: Mapping[str, int],
+        *,
+        expected: Mapping[str, int] | None = None,
+        run: Mapping[str, Any] | None = None,
+    ) -> None:
         """Mark everything before `positions` consumed, atomically.
 
         `expected` is the offsets the caller read from; a different manifest now
@@ -532,7 +546,8 @@ class FeedbackVolume:
                     if offsets.get(sid, 0) != expected.get(sid, 0):
                         raise ConsumptionConflict(
                             f"segment {sid} was consumed up to {offsets.get(sid, 0)} by another training run "
-                            f"(this run read from {expected.get(sid, 0)}); nothing was committed")
+                            f"(this run read from {expected.get(sid, 0)}); nothing was committed"
+                        )
             for sid, end in positions.items():
                 offsets[sid] = max(offsets.get(sid, 0), int(end))
             present = set(self._segments())
@@ -585,6 +600,14 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 __all__ = [
-    "ConsumptionConflict", "FeedbackVolume", "FeedbackWriteError", "FeedbackWriter", "LogStats", "Record", "Sample",
-    "decode_line", "encode_line", "seal_abandoned",
+    "ConsumptionConflict",
+    "FeedbackVolume",
+    "FeedbackWriteError",
+    "FeedbackWriter",
+    "LogStats",
+    "Record",
+    "Sample",
+    "decode_line",
+    "encode_line",
+    "seal_abandoned",
 ]

@@ -34,16 +34,24 @@ class FeedbackService:
     """The pod's writer, the volume's counter and their metrics; HTTP-free."""
 
     def __init__(self, directory: str, segment_bytes: int, registry: Any) -> None:
-        self.samples_total = Counter("modelfleet_feedback_samples_total",
-                                     "labelled samples durably appended by this pod", registry=registry)
-        self.unconsumed = Gauge("modelfleet_feedback_unconsumed_samples",
-                                "samples on the feedback volume (all pods) not yet consumed by training",
-                                registry=registry)
-        self.fsync_seconds = Histogram("modelfleet_feedback_fsync_seconds",
-                                       "time of one group commit (write + fsync) of feedback samples",
-                                       buckets=_FSYNC_BUCKETS, registry=registry)
+        self.samples_total = Counter(
+            "modelfleet_feedback_samples_total", "labelled samples durably appended by this pod", registry=registry
+        )
+        self.unconsumed = Gauge(
+            "modelfleet_feedback_unconsumed_samples",
+            "samples on the feedback volume (all pods) not yet consumed by training",
+            registry=registry,
+        )
+        self.fsync_seconds = Histogram(
+            "modelfleet_feedback_fsync_seconds",
+            "time of one group commit (write + fsync) of feedback samples",
+            buckets=_FSYNC_BUCKETS,
+            registry=registry,
+        )
         self.enabled = bool(directory)
-        self.writer = FeedbackWriter(directory, segment_bytes=segment_bytes, on_sync=self._synced) if directory else None
+        self.writer = (
+            FeedbackWriter(directory, segment_bytes=segment_bytes, on_sync=self._synced) if directory else None
+        )
         self.volume = FeedbackVolume(directory) if directory else None
         self._count_task: asyncio.Task[int] | None = None
         self._count_covers = 0  # appends completed before the running count started
@@ -100,9 +108,16 @@ class FeedbackService:
             return {"enabled": False, "scope": "volume", "unconsumed": 0}
         stats = await asyncio.to_thread(self.volume.stats)
         self.unconsumed.set(stats.unconsumed)
-        return {"enabled": True, "scope": "volume", "unconsumed": stats.unconsumed, "segments": stats.segments,
-                "open_segments": stats.open_segments, "corrupt_records": stats.corrupt_records,
-                "pod": self.writer.pod, "appended_by_pod": self.writer.appended}
+        return {
+            "enabled": True,
+            "scope": "volume",
+            "unconsumed": stats.unconsumed,
+            "segments": stats.segments,
+            "open_segments": stats.open_segments,
+            "corrupt_records": stats.corrupt_records,
+            "pod": self.writer.pod,
+            "appended_by_pod": self.writer.appended,
+        }
 
     async def aclose(self) -> None:
         """Finish pending appends and seal this pod's segment (call on shutdown)."""
@@ -157,8 +172,10 @@ async def _rows(runtime: Any, payload: dict[str, Any]) -> np.ndarray:
             raise InvalidInput("request_id must be a non-empty string")
         rows = runtime.recent_inputs.get(request_id)
         if rows is None:
-            raise NotFound(f"unknown or expired request_id {request_id!r}: inputs of a prediction are kept for "
-                           f"{settings.request_retention_seconds:g}s; send 'features' instead")
+            raise NotFound(
+                f"unknown or expired request_id {request_id!r}: inputs of a prediction are kept for "
+                f"{settings.request_retention_seconds:g}s; send 'features' instead"
+            )
         return np.asarray(rows)
     model = runtime.model
     if model is None:
@@ -192,8 +209,10 @@ async def _rows(runtime: Any, payload: dict[str, Any]) -> np.ndarray:
     if prefix is not None:
         for row in rows:
             if isinstance(row, list) and len(row) != own_width:
-                raise InvalidInput(f"entity features ({prefix.shape[-1]}) + request features ({len(row)}) "
-                                   f"= {prefix.shape[-1] + len(row)}, but the model takes {width}")
+                raise InvalidInput(
+                    f"entity features ({prefix.shape[-1]}) + request features ({len(row)}) "
+                    f"= {prefix.shape[-1] + len(row)}, but the model takes {width}"
+                )
     return rows_to_array(rows, own_width, model.input_dtype, prefix=prefix)
 
 
@@ -206,16 +225,21 @@ def build_feedback_router(runtime: Any) -> APIRouter:
     token = read_token(settings.feedback_token_file)
     service = FeedbackService(settings.feedback_dir, settings.feedback_segment_bytes, runtime.registry)
     if service.enabled and token is None:
-        log.warning("POST /feedback accepts samples from anyone: no --feedback-token-file is set, and feedback "
-                    "changes what the next model learns")
+        log.warning(
+            "POST /feedback accepts samples from anyone: no --feedback-token-file is set, and feedback "
+            "changes what the next model learns"
+        )
     router = APIRouter()
     router.feedback_service = service  # type: ignore[attr-defined]
 
     @router.post("/feedback")
     async def feedback(request: Request) -> Response:
         if not service.enabled:
-            raise Unavailable("feedback is not enabled on this server: start it with --feedback-dir "
-                              "(spec.retraining in the ModelVersion)", retry_after=None)
+            raise Unavailable(
+                "feedback is not enabled on this server: start it with --feedback-dir "
+                "(spec.retraining in the ModelVersion)",
+                retry_after=None,
+            )
         require_bearer(request, token)
         payload = await read_json_object(request, settings.max_body_bytes)
         rows = await _rows(runtime, payload)

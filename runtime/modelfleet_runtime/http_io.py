@@ -63,8 +63,9 @@ async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
 
 
 def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status,
-                    headers=headers, media_type=JSON)
+    return Response(
+        orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status, headers=headers, media_type=JSON
+    )
 
 
 def read_token(path: str) -> str | None:

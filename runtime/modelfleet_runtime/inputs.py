@@ -52,8 +52,9 @@ def only_numbers(body: bytes, payload: dict[str, Any]) -> bool:
     return body.translate(None, _NUMBER_SYNTAX) == skeleton.translate(None, _NUMBER_SYNTAX)
 
 
-def rows_to_array(rows: list[Any], width: int | None, dtype: np.dtype, *, prefix: np.ndarray | None = None,
-                  numbers_only: bool = False) -> np.ndarray:
+def rows_to_array(
+    rows: list[Any], width: int | None, dtype: np.dtype, *, prefix: np.ndarray | None = None, numbers_only: bool = False
+) -> np.ndarray:
     """Validate `rows` (a list of feature lists) and return a (len(rows), width) array of `dtype`.
 
     `prefix` (one row of entity features) is placed before every row's own
@@ -97,6 +98,7 @@ def rows_to_array(rows: list[Any], width: int | None, dtype: np.dtype, *, prefix
     else:
         converted = array.astype(dtype, copy=False)
     if prefix is not None:
-        converted = np.concatenate([np.broadcast_to(prefix.astype(dtype, copy=False), (len(rows), prefix.shape[-1])),
-                                    converted], axis=1)
+        converted = np.concatenate(
+            [np.broadcast_to(prefix.astype(dtype, copy=False), (len(rows), prefix.shape[-1])), converted], axis=1
+        )
     return converted

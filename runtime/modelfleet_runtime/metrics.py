@@ -26,16 +26,28 @@ class RuntimeMetrics:
     def __init__(self, registry: CollectorRegistry | None = None, window: int = 10000) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("modelfleet_requests_total", "HTTP requests by endpoint and status code",
-                                ["endpoint", "code"], registry=r)
-        self.latency = Histogram("modelfleet_request_latency_seconds", "HTTP request latency by endpoint",
-                                 ["endpoint"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.queue_wait = Histogram("modelfleet_queue_wait_seconds", "time a request waited before its batch ran",
-                                    buckets=_LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("modelfleet_batch_size_rows", "rows per model run",
-                                    buckets=_BATCH_BUCKETS, registry=r)
-        self.batch_seconds = Histogram("modelfleet_batch_inference_seconds", "time of one model run",
-                                       buckets=_LATENCY_BUCKETS, registry=r)
+        self.requests = Counter(
+            "modelfleet_requests_total", "HTTP requests by endpoint and status code", ["endpoint", "code"], registry=r
+        )
+        self.latency = Histogram(
+            "modelfleet_request_latency_seconds",
+            "HTTP request latency by endpoint",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "modelfleet_queue_wait_seconds",
+            "time a request waited before its batch ran",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "modelfleet_batch_size_rows", "rows per model run", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.batch_seconds = Histogram(
+            "modelfleet_batch_inference_seconds", "time of one model run", buckets=_LATENCY_BUCKETS, registry=r
+        )
         self.rows = Counter("modelfleet_inference_rows_total", "rows run through the model", registry=r)
         self.queue_depth = Gauge("modelfleet_queue_depth_rows", "rows waiting for a batch", registry=r)
         self.in_flight = Gauge("modelfleet_requests_in_flight", "HTTP requests being handled", registry=r)

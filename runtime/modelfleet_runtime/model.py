@@ -82,8 +82,10 @@ class OnnxModel:
             if not spec.shape:
                 raise ModelLoadError(f"input {spec.name!r} is a scalar; the server batches along a first dimension")
             if any(d is None for d in spec.row_shape):
-                raise ModelLoadError(f"input {spec.name!r} has shape {spec.metadata()['shape']}: only the first "
-                                     "(batch) dimension may be free")
+                raise ModelLoadError(
+                    f"input {spec.name!r} has shape {spec.metadata()['shape']}: only the first "
+                    "(batch) dimension may be free"
+                )
         self.output_names = [o.name for o in self.outputs]
         fixed = {s.shape[0] for s in self.inputs if s.shape[0] is not None}
         # A model exported with a fixed batch dimension of 1 can still be served, one row per run.

@@ -44,7 +44,9 @@ class ModelServer:
         self.model: OnnxModel | None = None
         self.batcher: Batcher | None = None
         # Inputs of recent predictions, so feedback may name a request_id instead of resending features.
-        self.recent_inputs: TTLCache[str, np.ndarray] = TTLCache(maxsize=100_000, ttl=settings.request_retention_seconds)
+        self.recent_inputs: TTLCache[str, np.ndarray] = TTLCache(
+            maxsize=100_000, ttl=settings.request_retention_seconds
+        )
         self.features: Any = None  # a FeatureStore when settings.feature_store is set
         self.model_path: Path | None = None
         self._load_task: asyncio.Task[None] | None = None
@@ -90,12 +92,19 @@ class ModelServer:
         model = OnnxModel(self.model_path, intra_op_threads=s.intra_op_threads, inter_op_threads=s.inter_op_threads)
         loaded = time.perf_counter()
         self.metrics.load_seconds.set(loaded - started)
-        log.info("loaded %s (inputs %s, outputs %s) in %.3fs", self.model_path,
-                 [i.metadata() for i in model.inputs], [o.metadata() for o in model.outputs], loaded - started)
+        log.info(
+            "loaded %s (inputs %s, outputs %s) in %.3fs",
+            self.model_path,
+            [i.metadata() for i in model.inputs],
+            [o.metadata() for o in model.outputs],
+            loaded - started,
+        )
         if self.features is not None and (model.input_width is None or self.features.width > model.input_width):
-            raise ModelLoadError(f"the feature store supplies {self.features.width} features per entity, but the "
-                                 f"model takes {model.input_width if model.input_width is not None else 'no'} "
-                                 "features per row")
+            raise ModelLoadError(
+                f"the feature store supplies {self.features.width} features per entity, but the "
+                f"model takes {model.input_width if model.input_width is not None else 'no'} "
+                "features per row"
+            )
         model.warmup(s.warmup_iterations, s.max_batch_size)
         self.metrics.warmup_seconds.set(time.perf_counter() - loaded)
         return model
@@ -152,16 +161,22 @@ class ModelServer:
     # -- requests ------------------------------------------------------------------------------
 
     def readiness(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"ready": self.ready, "state": self.state.value, "reason": self.reason,
-                                "model": self.settings.name, "version": self.settings.model_version}
+        body: dict[str, Any] = {
+            "ready": self.ready,
+            "state": self.state.value,
+            "reason": self.reason,
+            "model": self.settings.name,
+            "version": self.settings.model_version,
+        }
         return body
 
     def check_target(self, name: str, version: str | None = None) -> None:
         s = self.settings
         if name != s.name or (version is not None and version != s.model_version):
             asked = f"model {name!r}" + (f" version {version!r}" if version is not None else "")
-            raise NotFound(f"{asked} is not served here; this server serves model {s.name!r} "
-                           f"version {s.model_version!r}")
+            raise NotFound(
+                f"{asked} is not served here; this server serves model {s.name!r} version {s.model_version!r}"
+            )
 
     def require_model(self) -> OnnxModel:
         # While draining, requests that still reach this pod are served: endpoints take a
@@ -178,4 +193,3 @@ class ModelServer:
         self.require_model()
         assert self.batcher is not None
         return await self.batcher.submit(feeds, rows)
-

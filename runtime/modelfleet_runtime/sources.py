@@ -72,8 +72,9 @@ def _download(uri: str, cache_dir: Path, timeout: float) -> Path:
     return target
 
 
-def fetch_model(uri: str, *, sha256: str = "", model_root: str = "/mnt/models",
-                cache_dir: str = "", timeout: float = 60.0) -> Path:
+def fetch_model(
+    uri: str, *, sha256: str = "", model_root: str = "/mnt/models", cache_dir: str = "", timeout: float = 60.0
+) -> Path:
     """Return a local path to the model named by `uri`, verified against `sha256` when given."""
     local = resolve_local(uri, model_root)
     if local is None:

@@ -93,21 +93,29 @@ class Network:
 
     def __init__(self, model: onnx.ModelProto) -> None:
         graph = model.graph
-        unsupported = sorted({n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
-                              for n in graph.node if n.op_type not in SUPPORTED_OPS or n.domain not in ("", "ai.onnx")})
+        unsupported = sorted(
+            {
+                n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
+                for n in graph.node
+                if n.op_type not in SUPPORTED_OPS or n.domain not in ("", "ai.onnx")
+            }
+        )
         if unsupported:
             raise UnsupportedModel(
                 f"cannot train this graph: unsupported operator{'s' if len(unsupported) > 1 else ''} "
                 f"{', '.join(unsupported)}; the built-in trainer supports {', '.join(SUPPORTED_OPS)} "
-                "(use a custom trainer image for other models)")
+                "(use a custom trainer image for other models)"
+            )
         self.model = model
         self.nodes = list(graph.node)
         self.initial = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
         self.trainable = [name for name, a in self.initial.items() if a.dtype.kind == "f"]
         inputs = [i for i in graph.input if i.name not in self.initial]
         if len(inputs) != 1 or len(graph.output) != 1:
-            raise UnsupportedModel(f"the built-in trainer needs one input and one output; this graph has "
-                                   f"{len(inputs)} input(s) and {len(graph.output)} output(s)")
+            raise UnsupportedModel(
+                f"the built-in trainer needs one input and one output; this graph has "
+                f"{len(inputs)} input(s) and {len(graph.output)} output(s)"
+            )
         self.input_name = inputs[0].name
         self.output_name = graph.output[0].name
         dims = inputs[0].type.tensor_type.shape.dim
@@ -153,8 +161,9 @@ class Network:
             values[node.output[0]] = y
         return values
 
-    def gradients(self, params: Mapping[str, np.ndarray], values: Mapping[str, np.ndarray],
-                  head_grad: np.ndarray) -> dict[str, np.ndarray]:
+    def gradients(
+        self, params: Mapping[str, np.ndarray], values: Mapping[str, np.ndarray], head_grad: np.ndarray
+    ) -> dict[str, np.ndarray]:
         """Backpropagate d(loss)/d(head) to every trainable initializer."""
         grads: dict[str, np.ndarray] = {self.head: head_grad}
         started = False
@@ -182,8 +191,10 @@ class Network:
             elif op == "MatMul":
                 contributions += [(ins[0], g @ values[ins[1]].T), (ins[1], values[ins[0]].T @ g)]
             elif op == "Add":
-                contributions += [(ins[0], _unbroadcast(g, values[ins[0]].shape)),
-                                  (ins[1], _unbroadcast(g, values[ins[1]].shape))]
+                contributions += [
+                    (ins[0], _unbroadcast(g, values[ins[0]].shape)),
+                    (ins[1], _unbroadcast(g, values[ins[1]].shape)),
+                ]
             elif op == "Relu":
                 contributions.append((ins[0], g * (values[ins[0]] > 0)))
             elif op == "Sigmoid":
@@ -203,8 +214,9 @@ class Network:
         child = copy.deepcopy(self.model)
         for init in child.graph.initializer:
             if init.name in params:
-                init.CopyFrom(numpy_helper.from_array(params[init.name].astype(self.initial[init.name].dtype),
-                                                      init.name))
+                init.CopyFrom(
+                    numpy_helper.from_array(params[init.name].astype(self.initial[init.name].dtype), init.name)
+                )
         for key, value in metadata.items():
             entry = next((p for p in child.metadata_props if p.key == key), None) or child.metadata_props.add()
             entry.key, entry.value = key, value
@@ -283,7 +295,7 @@ def loss_and_head_grad(task: str, head: np.ndarray, y: np.ndarray) -> tuple[floa
         log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
         return float(-np.mean(np.sum(y * log_p, axis=1))), (np.exp(log_p) - y) / n
     diff = head - y
-    return float(np.mean(diff ** 2)), 2.0 * diff / diff.size
+    return float(np.mean(diff**2)), 2.0 * diff / diff.size
 
 
 def evaluate(net: Network, params: Mapping[str, np.ndarray], data: Dataset) -> dict[str, float]:
@@ -300,8 +312,9 @@ def evaluate(net: Network, params: Mapping[str, np.ndarray], data: Dataset) -> d
     return {"loss": loss, "mae": float(np.mean(np.abs(out - data.y)))}
 
 
-def train(net: Network, data: Dataset, *, epochs: int, learning_rate: float, batch_size: int,
-          seed: int) -> dict[str, np.ndarray]:
+def train(
+    net: Network, data: Dataset, *, epochs: int, learning_rate: float, batch_size: int, seed: int
+) -> dict[str, np.ndarray]:
     """Adam from the parent's weights; returns the child's weights."""
     params = net.params()
     m = {k: np.zeros_like(v) for k, v in params.items()}
@@ -313,7 +326,7 @@ def train(net: Network, data: Dataset, *, epochs: int, learning_rate: float, bat
     for _ in range(epochs):
         order = rng.permutation(rows)
         for start in range(0, rows, size):
-            idx = order[start:start + size]
+            idx = order[start : start + size]
             values = net.forward(params, data.x[idx])
             _, head_grad = loss_and_head_grad(net.task, values[net.head], data.y[idx])
             grads = net.gradients(params, values, head_grad.reshape(values[net.head].shape))
@@ -321,7 +334,7 @@ def train(net: Network, data: Dataset, *, epochs: int, learning_rate: float, bat
             for k, g in grads.items():
                 m[k] = beta1 * m[k] + (1 - beta1) * g
                 v2[k] = beta2 * v2[k] + (1 - beta2) * g * g
-                m_hat, v_hat = m[k] / (1 - beta1 ** step), v2[k] / (1 - beta2 ** step)
+                m_hat, v_hat = m[k] / (1 - beta1**step), v2[k] / (1 - beta2**step)
                 params[k] = params[k] - learning_rate * m_hat / (np.sqrt(v_hat) + 1e-8)
     return params
 
@@ -358,8 +371,12 @@ def _resolve_base(options: Options) -> Path:
     from .sources import fetch_model  # no onnxruntime import; keeps `train` usable without the server
 
     try:
-        return fetch_model(options.base_model, sha256=options.base_sha256, model_root=options.model_root,
-                           cache_dir=os.environ.get("MODELFLEET_CACHE_DIR", "") or tempfile.gettempdir())
+        return fetch_model(
+            options.base_model,
+            sha256=options.base_sha256,
+            model_root=options.model_root,
+            cache_dir=os.environ.get("MODELFLEET_CACHE_DIR", "") or tempfile.gettempdir(),
+        )
     except Exception as exc:  # ModelLoadError and download errors alike
         raise TrainingError(f"base model: {exc}") from exc
 
@@ -425,21 +442,37 @@ def run(options: Options) -> dict[str, Any]:
     records = list(volume.iter_unconsumed(offsets))
     data = build_dataset(net, records)
     if len(data.x) < max(options.min_samples, 2):
-        raise NotEnoughSamples(f"{len(data.x)} usable sample(s) ({len(records)} unconsumed, {data.skipped} skipped: "
-                               f"{data.reasons or 'none'}); at least {max(options.min_samples, 2)} are needed")
+        raise NotEnoughSamples(
+            f"{len(data.x)} usable sample(s) ({len(records)} unconsumed, {data.skipped} skipped: "
+            f"{data.reasons or 'none'}); at least {max(options.min_samples, 2)} are needed"
+        )
     train_idx, hold_idx = _split(len(data.x), options.holdout, options.seed)
     train_set = Dataset(data.x[train_idx], data.y[train_idx])
     hold_set = Dataset(data.x[hold_idx], data.y[hold_idx]) if len(hold_idx) else train_set
-    log.info("training a %s model on %d samples (%d held out) for %d epochs", net.task, len(train_idx),
-             len(hold_idx), options.epochs)
-    params = train(net, train_set, epochs=options.epochs, learning_rate=options.learning_rate,
-                   batch_size=options.batch_size, seed=options.seed)
+    log.info(
+        "training a %s model on %d samples (%d held out) for %d epochs",
+        net.task,
+        len(train_idx),
+        len(hold_idx),
+        options.epochs,
+    )
+    params = train(
+        net,
+        train_set,
+        epochs=options.epochs,
+        learning_rate=options.learning_rate,
+        batch_size=options.batch_size,
+        seed=options.seed,
+    )
     parent_eval, child_eval = evaluate(net, net.params(), hold_set), evaluate(net, params, hold_set)
     metric = "mae" if net.task == "regression" else "accuracy"
-    better = (child_eval[metric] < parent_eval[metric]) if metric == "mae" else (child_eval[metric] > parent_eval[metric])
+    better = (
+        (child_eval[metric] < parent_eval[metric]) if metric == "mae" else (child_eval[metric] > parent_eval[metric])
+    )
 
-    child = net.with_weights(params, {"modelfleet.parent_sha256": base_sha,
-                                      "modelfleet.trained_samples": str(len(train_idx))})
+    child = net.with_weights(
+        params, {"modelfleet.parent_sha256": base_sha, "modelfleet.trained_samples": str(len(train_idx))}
+    )
     try:
         onnx.checker.check_model(child)
     except onnx.checker.ValidationError as exc:
@@ -451,41 +484,78 @@ def run(options: Options) -> dict[str, Any]:
     _atomic_write(model_path, child_bytes)
     _check_served(model_path, net, params, data.x)
     metrics: dict[str, Any] = {
-        "task": {"binary": "binary_classification", "multiclass": "multiclass_classification"}.get(net.task,
-                                                                                                 "regression"),
+        "task": {"binary": "binary_classification", "multiclass": "multiclass_classification"}.get(
+            net.task, "regression"
+        ),
         "metric": metric,
         "higher_is_better": metric == "accuracy",
         "parent": parent_eval,
         "child": child_eval,
         "improved": bool(better),
-        "samples": {"unconsumed": len(records), "used": len(data.x), "train": len(train_idx),
-                    "holdout": len(hold_idx), "skipped": data.skipped, "skipped_reasons": data.reasons},
+        "samples": {
+            "unconsumed": len(records),
+            "used": len(data.x),
+            "train": len(train_idx),
+            "holdout": len(hold_idx),
+            "skipped": data.skipped,
+            "skipped_reasons": data.reasons,
+        },
         "model": {"file": MODEL_FILE, "sha256": child_sha, "bytes": len(child_bytes)},
         "base_model": {"uri": options.base_model, "sha256": base_sha},
-        "training": {"epochs": options.epochs, "learning_rate": options.learning_rate,
-                     "batch_size": options.batch_size, "holdout": options.holdout, "seed": options.seed},
+        "training": {
+            "epochs": options.epochs,
+            "learning_rate": options.learning_rate,
+            "batch_size": options.batch_size,
+            "holdout": options.holdout,
+            "seed": options.seed,
+        },
         "run_id": options.run_id,
         "started": started,
         "finished": time.time(),
     }
     _atomic_write(options.output / METRICS_FILE, json.dumps(metrics, indent=2).encode())
     # Only now: a run that dies before this line has consumed nothing.
-    volume.commit(FeedbackVolume.positions(records), expected=offsets,
-                  run={"run_id": options.run_id, "sha256": child_sha, "output": str(options.output.resolve()),
-                       "samples": len(records), "finished": metrics["finished"]})
-    log.info("wrote %s (sha256 %s): %s %s -> %s on %d held-out samples; consumed %d samples", model_path, child_sha,
-             metric, parent_eval[metric], child_eval[metric], len(hold_idx), len(records))
+    volume.commit(
+        FeedbackVolume.positions(records),
+        expected=offsets,
+        run={
+            "run_id": options.run_id,
+            "sha256": child_sha,
+            "output": str(options.output.resolve()),
+            "samples": len(records),
+            "finished": metrics["finished"],
+        },
+    )
+    log.info(
+        "wrote %s (sha256 %s): %s %s -> %s on %d held-out samples; consumed %d samples",
+        model_path,
+        child_sha,
+        metric,
+        parent_eval[metric],
+        child_eval[metric],
+        len(hold_idx),
+        len(records),
+    )
     return metrics
 
 
 def summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """What the operator reads from the termination message (bounded to what Kubernetes keeps)."""
     metric = metrics["metric"]
-    return {"ok": True, "sha256": metrics["model"]["sha256"], "task": metrics["task"], "metric": metric,
-            "parent": metrics["parent"][metric], "child": metrics["child"][metric],
-            "parent_loss": metrics["parent"]["loss"], "child_loss": metrics["child"]["loss"],
-            "improved": metrics["improved"], "samples": metrics["samples"]["used"],
-            "holdout": metrics["samples"]["holdout"], "run_id": metrics.get("run_id", "")}
+    return {
+        "ok": True,
+        "sha256": metrics["model"]["sha256"],
+        "task": metrics["task"],
+        "metric": metric,
+        "parent": metrics["parent"][metric],
+        "child": metrics["child"][metric],
+        "parent_loss": metrics["parent"]["loss"],
+        "child_loss": metrics["child"]["loss"],
+        "improved": metrics["improved"],
+        "samples": metrics["samples"]["used"],
+        "holdout": metrics["samples"]["holdout"],
+        "run_id": metrics.get("run_id", ""),
+    }
 
 
 def write_termination_message(path: str, message: Mapping[str, Any]) -> None:
@@ -493,8 +563,10 @@ def write_termination_message(path: str, message: Mapping[str, Any]) -> None:
         return
     text = json.dumps(message, separators=(",", ":"))
     if len(text.encode()) > _TERMINATION_LIMIT:
-        text = json.dumps({k: message[k] for k in ("ok", "reason", "sha256") if k in message}
-                          | ({"error": str(message.get("error", ""))[:3000]} if "error" in message else {}))
+        text = json.dumps(
+            {k: message[k] for k in ("ok", "reason", "sha256") if k in message}
+            | ({"error": str(message.get("error", ""))[:3000]} if "error" in message else {})
+        )
     try:
         with open(path, "w") as f:
             f.write(text)
@@ -505,56 +577,106 @@ def write_termination_message(path: str, message: Mapping[str, Any]) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     env = os.environ.get
-    p = argparse.ArgumentParser(prog="modelfleet-runtime train",
-                                description="Retrain a model on the unconsumed feedback samples (the retraining Job).")
-    p.add_argument("--base-model", default=env("MODELFLEET_BASE_MODEL"),
-                   help="URI of the model to warm-start from [env MODELFLEET_BASE_MODEL]")
-    p.add_argument("--base-sha256", default=env("MODELFLEET_BASE_SHA256", ""),
-                   help="expected sha256 of the base model [env MODELFLEET_BASE_SHA256]")
-    p.add_argument("--samples", default=env("MODELFLEET_SAMPLES_DIR"),
-                   help="the feedback volume folder [env MODELFLEET_SAMPLES_DIR]")
-    p.add_argument("--output", default=env("MODELFLEET_OUTPUT_DIR"),
-                   help="where model.onnx and metrics.json are written [env MODELFLEET_OUTPUT_DIR]")
-    p.add_argument("--holdout", type=float, default=float(env("MODELFLEET_HOLDOUT", "0.2")),
-                   help="share of samples held out for evaluation (default 0.2)")
+    p = argparse.ArgumentParser(
+        prog="modelfleet-runtime train",
+        description="Retrain a model on the unconsumed feedback samples (the retraining Job).",
+    )
+    p.add_argument(
+        "--base-model",
+        default=env("MODELFLEET_BASE_MODEL"),
+        help="URI of the model to warm-start from [env MODELFLEET_BASE_MODEL]",
+    )
+    p.add_argument(
+        "--base-sha256",
+        default=env("MODELFLEET_BASE_SHA256", ""),
+        help="expected sha256 of the base model [env MODELFLEET_BASE_SHA256]",
+    )
+    p.add_argument(
+        "--samples",
+        default=env("MODELFLEET_SAMPLES_DIR"),
+        help="the feedback volume folder [env MODELFLEET_SAMPLES_DIR]",
+    )
+    p.add_argument(
+        "--output",
+        default=env("MODELFLEET_OUTPUT_DIR"),
+        help="where model.onnx and metrics.json are written [env MODELFLEET_OUTPUT_DIR]",
+    )
+    p.add_argument(
+        "--holdout",
+        type=float,
+        default=float(env("MODELFLEET_HOLDOUT", "0.2")),
+        help="share of samples held out for evaluation (default 0.2)",
+    )
     p.add_argument("--epochs", type=int, default=int(env("MODELFLEET_EPOCHS", "50")))
     p.add_argument("--learning-rate", type=float, default=float(env("MODELFLEET_LEARNING_RATE", "0.01")))
-    p.add_argument("--batch-size", type=int, default=int(env("MODELFLEET_BATCH_SIZE", "32")),
-                   help="rows per gradient step; 0 for full batch")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=int(env("MODELFLEET_BATCH_SIZE", "32")),
+        help="rows per gradient step; 0 for full batch",
+    )
     p.add_argument("--seed", type=int, default=int(env("MODELFLEET_SEED", "0")))
-    p.add_argument("--min-samples", type=int, default=int(env("MODELFLEET_MIN_SAMPLES", "2")),
-                   help="fail (consuming nothing) with fewer usable samples")
-    p.add_argument("--run-id", default=env("MODELFLEET_RUN_ID", ""),
-                   help="identity of this run (the Job name): a retried run that already committed reports "
-                        "its result instead of training again [env MODELFLEET_RUN_ID]")
-    p.add_argument("--model-root", default=env("MODELFLEET_MODEL_ROOT", "/mnt/models"),
-                   help="where pvc:// and configmap:// sources are mounted [env MODELFLEET_MODEL_ROOT]")
-    p.add_argument("--termination-log", default=env("MODELFLEET_TERMINATION_LOG", DEFAULT_TERMINATION_LOG),
-                   help="file that receives the JSON result (the Job's termination message); '' for none")
+    p.add_argument(
+        "--min-samples",
+        type=int,
+        default=int(env("MODELFLEET_MIN_SAMPLES", "2")),
+        help="fail (consuming nothing) with fewer usable samples",
+    )
+    p.add_argument(
+        "--run-id",
+        default=env("MODELFLEET_RUN_ID", ""),
+        help="identity of this run (the Job name): a retried run that already committed reports "
+        "its result instead of training again [env MODELFLEET_RUN_ID]",
+    )
+    p.add_argument(
+        "--model-root",
+        default=env("MODELFLEET_MODEL_ROOT", "/mnt/models"),
+        help="where pvc:// and configmap:// sources are mounted [env MODELFLEET_MODEL_ROOT]",
+    )
+    p.add_argument(
+        "--termination-log",
+        default=env("MODELFLEET_TERMINATION_LOG", DEFAULT_TERMINATION_LOG),
+        help="file that receives the JSON result (the Job's termination message); '' for none",
+    )
     return p
 
 
 def cli_main(argv: Sequence[str]) -> int:
     parser = _parser()
     args = parser.parse_args(list(argv))
-    missing = [flag for flag, value in (("--base-model", args.base_model), ("--samples", args.samples),
-                                        ("--output", args.output)) if not value]
+    missing = [
+        flag
+        for flag, value in (("--base-model", args.base_model), ("--samples", args.samples), ("--output", args.output))
+        if not value
+    ]
     if missing:
         parser.print_usage(sys.stderr)
-        print(f"modelfleet-runtime train: missing {', '.join(missing)} (or their MODELFLEET_* variables)",
-              file=sys.stderr)
+        print(
+            f"modelfleet-runtime train: missing {', '.join(missing)} (or their MODELFLEET_* variables)", file=sys.stderr
+        )
         return 2
     if not 0.0 <= args.holdout < 1.0 or args.epochs < 0 or args.learning_rate <= 0:
-        print("modelfleet-runtime train: --holdout must be in [0, 1), --epochs >= 0, --learning-rate > 0",
-              file=sys.stderr)
+        print(
+            "modelfleet-runtime train: --holdout must be in [0, 1), --epochs >= 0, --learning-rate > 0", file=sys.stderr
+        )
         return 2
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    options = Options(base_model=args.base_model, samples=Path(args.samples), output=Path(args.output),
-                      holdout=args.holdout, epochs=args.epochs, learning_rate=args.learning_rate,
-                      batch_size=args.batch_size, seed=args.seed, min_samples=args.min_samples,
-                      base_sha256=args.base_sha256, run_id=args.run_id, termination_log=args.termination_log,
-                      model_root=args.model_root)
+    options = Options(
+        base_model=args.base_model,
+        samples=Path(args.samples),
+        output=Path(args.output),
+        holdout=args.holdout,
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        min_samples=args.min_samples,
+        base_sha256=args.base_sha256,
+        run_id=args.run_id,
+        termination_log=args.termination_log,
+        model_root=args.model_root,
+    )
     try:
         metrics = run(options)
     except TrainingError as exc:
@@ -563,8 +685,9 @@ def cli_main(argv: Sequence[str]) -> int:
         return 1
     except Exception as exc:
         log.exception("training failed")
-        write_termination_message(options.termination_log,
-                                  {"ok": False, "reason": "TrainingFailed", "error": f"{type(exc).__name__}: {exc}"})
+        write_termination_message(
+            options.termination_log, {"ok": False, "reason": "TrainingFailed", "error": f"{type(exc).__name__}: {exc}"}
+        )
         return 1
     write_termination_message(options.termination_log, summary(metrics))
     print(json.dumps(summary(metrics)))

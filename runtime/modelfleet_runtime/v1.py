@@ -81,10 +81,13 @@ def build_v1_router(server: ModelServer, predict_token: str | None) -> APIRouter
         if prefix is not None:
             for row in rows:
                 if isinstance(row, list) and len(row) != own_width:
-                    raise InvalidInput(f"entity features ({prefix.shape[-1]}) + request features ({len(row)}) "
-                                       f"= {prefix.shape[-1] + len(row)}, but the model takes {width}")
-        array = rows_to_array(rows, own_width, model.input_dtype, prefix=prefix,
-                              numbers_only=only_numbers(body, payload))
+                    raise InvalidInput(
+                        f"entity features ({prefix.shape[-1]}) + request features ({len(row)}) "
+                        f"= {prefix.shape[-1] + len(row)}, but the model takes {width}"
+                    )
+        array = rows_to_array(
+            rows, own_width, model.input_dtype, prefix=prefix, numbers_only=only_numbers(body, payload)
+        )
         outputs = await server.infer({model.inputs[0].name: array}, len(rows))
         predictions = format_rows(outputs, len(rows))
         answer: dict[str, Any] = {"prediction": predictions[0]} if single else {"predictions": predictions}
@@ -102,14 +105,24 @@ def build_v1_router(server: ModelServer, predict_token: str | None) -> APIRouter
     @router.get("/health")
     async def health() -> Response:
         # Liveness: the process answers. Readiness is /v2/health/ready.
-        return json_response({"status": "healthy", "state": server.state.value, "model": settings.name,
-                              "model_version": settings.model_version})
+        return json_response(
+            {
+                "status": "healthy",
+                "state": server.state.value,
+                "model": settings.name,
+                "model_version": settings.model_version,
+            }
+        )
 
     @router.get("/stats")
     async def stats() -> Response:
         summary = server.metrics.summary()
-        summary.update(model=settings.name, model_version=settings.model_version, state=server.state.value,
-                       queue_depth=server.batcher.queued_rows if server.batcher else 0)
+        summary.update(
+            model=settings.name,
+            model_version=settings.model_version,
+            state=server.state.value,
+            queue_depth=server.batcher.queued_rows if server.batcher else 0,
+        )
         return json_response(summary)
 
     @router.get("/metrics")

@@ -25,17 +25,31 @@ from .serving import ModelServer
 from .v1 import VERSION_HEADER
 from .v2_models import InferenceRequest, ModelMetadata, ServerMetadata, TensorMetadata
 
-_NUMPY_OF = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT8": np.int8, "INT16": np.int16,
-             "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
-             "UINT64": np.uint64, "BOOL": np.bool_}
+_NUMPY_OF = {
+    "FP32": np.float32,
+    "FP64": np.float64,
+    "FP16": np.float16,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "BOOL": np.bool_,
+}
 
 
 def _tensor(spec: TensorSpec, given: Any, rows: int | None) -> np.ndarray:
     if given.datatype != spec.datatype:
         raise InvalidInput(f"input {spec.name!r}: datatype {given.datatype!r} given, the model takes {spec.datatype!r}")
     shape = given.shape
-    if len(shape) != len(spec.shape) or any(d is not None and d != g for d, g in zip(spec.shape, shape)) \
-            or any(g < 0 for g in shape):
+    if (
+        len(shape) != len(spec.shape)
+        or any(d is not None and d != g for d, g in zip(spec.shape, shape))
+        or any(g < 0 for g in shape)
+    ):
         expected = [-1 if d is None else d for d in spec.shape]
         raise InvalidInput(f"input {spec.name!r}: shape {shape} given, the model takes {expected}")
     if rows is not None and shape[0] != rows:
@@ -43,7 +57,9 @@ def _tensor(spec: TensorSpec, given: Any, rows: int | None) -> np.ndarray:
     try:
         array = np.asarray(given.data)
     except (ValueError, TypeError):
-        raise InvalidInput(f"input {spec.name!r}: data is ragged; send it flat (row-major) or as nested lists") from None
+        raise InvalidInput(
+            f"input {spec.name!r}: data is ragged; send it flat (row-major) or as nested lists"
+        ) from None
     if array.size != math.prod(shape):
         raise InvalidInput(f"input {spec.name!r}: shape {shape} needs {math.prod(shape)} values, data has {array.size}")
     if array.dtype.kind not in "biuf" or (array.dtype.kind == "b") != (spec.dtype.kind == "b"):
@@ -79,7 +95,9 @@ def build_v2_router(server: ModelServer, predict_token: str | None) -> APIRouter
         server.check_target(name, version)
         model = server.require_model()
         meta = ModelMetadata(
-            name=settings.name, versions=[settings.model_version], platform="onnxruntime_onnx",
+            name=settings.name,
+            versions=[settings.model_version],
+            platform="onnxruntime_onnx",
             inputs=[TensorMetadata(**t.metadata()) for t in model.inputs],
             outputs=[TensorMetadata(**t.metadata()) for t in model.outputs],
         )
@@ -122,7 +140,9 @@ def build_v2_router(server: ModelServer, predict_token: str | None) -> APIRouter
         if entity_ids is not None and model.input_width is None:
             raise InvalidInput("entity_id needs a model with one 2-D feature input")
         if unknown or missing:
-            problems = ([f"unknown inputs {unknown}"] if unknown else []) + ([f"missing inputs {missing}"] if missing else [])
+            problems = ([f"unknown inputs {unknown}"] if unknown else []) + (
+                [f"missing inputs {missing}"] if missing else []
+            )
             raise InvalidInput(f"{'; '.join(problems)}; the model takes {[s.name for s in model.inputs]}")
         feeds: dict[str, np.ndarray] = {}
         rows: int | None = None
@@ -146,7 +166,12 @@ def build_v2_router(server: ModelServer, predict_token: str | None) -> APIRouter
             "model_name": settings.name,
             "model_version": settings.model_version,
             "outputs": [
-                {"name": n, "datatype": by_spec[n].datatype, "shape": list(outputs[n].shape), "data": outputs[n].ravel()}
+                {
+                    "name": n,
+                    "datatype": by_spec[n].datatype,
+                    "shape": list(outputs[n].shape),
+                    "data": outputs[n].ravel(),
+                }
                 for n in (wanted or model.output_names)
             ],
         }
@@ -171,8 +196,9 @@ def build_v2_router(server: ModelServer, predict_token: str | None) -> APIRouter
 
     router.routes[:0] = [
         PlainRoute("/v2/models/{name}/infer", plain_model_infer, methods=["POST"], include_in_schema=False),
-        PlainRoute("/v2/models/{name}/versions/{version}/infer", plain_version_infer, methods=["POST"],
-                   include_in_schema=False),
+        PlainRoute(
+            "/v2/models/{name}/versions/{version}/infer", plain_version_infer, methods=["POST"], include_in_schema=False
+        ),
     ]
     return router
 
@@ -188,9 +214,11 @@ async def _with_entities(server: ModelServer, spec: TensorSpec, given: Any, enti
     assert width is not None
     own = width - prefixes[0].shape[-1]
     if given.shape != [len(entity_ids), own]:
-        raise InvalidInput(f"input {spec.name!r}: with {len(entity_ids)} entities of {prefixes[0].shape[-1]} "
-                           f"features, shape must be [{len(entity_ids)}, {own}] (the model takes {width}), "
-                           f"got {given.shape}")
+        raise InvalidInput(
+            f"input {spec.name!r}: with {len(entity_ids)} entities of {prefixes[0].shape[-1]} "
+            f"features, shape must be [{len(entity_ids)}, {own}] (the model takes {width}), "
+            f"got {given.shape}"
+        )
     own_spec = TensorSpec(spec.name, spec.dtype, spec.datatype, (None, own))
     array = _tensor(own_spec, given, None)
     return np.concatenate([np.stack(prefixes).astype(spec.dtype, copy=False), array], axis=1)

@@ -52,11 +52,9 @@ def helm_path() -> str:
     return path
 
 
-def render_chart(helm: str, values: dict[str, Any], directory: Path,
-                 include_crds: bool = True) -> list[dict[str, Any]]:
+def render_chart(helm: str, values: dict[str, Any], directory: Path, include_crds: bool = True) -> list[dict[str, Any]]:
     """`helm template` the chart with these values into a list of objects (AssertionError on failure)."""
-    args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE,
-            "--values", str(write_values(directory, values))]
+    args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--values", str(write_values(directory, values))]
     if include_crds:
         args.append("--include-crds")
     proc = run_helm(helm, *args)

@@ -21,15 +21,17 @@ ROLE_KINDS = frozenset({"ClusterRole", "Role"})
 
 # Grants that no recorded request can prove, kept on purpose. The emulated API
 # server has no admission plugins, so it never asks for these.
-IMPLICIT_GRANTS: frozenset[Grant] = frozenset({
-    # OwnerReferencesPermissionEnforcement (on in OpenShift) requires update on
-    # the owner's finalizers to set blockOwnerDeletion, which kopf.adopt() sets.
-    ("update", "serving.modelfleet.dev", "modelversions/finalizers"),
-    # The operator merge-patches an HPA or PDB whose spec drifted (a traffic share
-    # changes the HPA bounds in service mode); no scenario changes a live one.
-    ("patch", "autoscaling", "horizontalpodautoscalers"),
-    ("patch", "policy", "poddisruptionbudgets"),
-})
+IMPLICIT_GRANTS: frozenset[Grant] = frozenset(
+    {
+        # OwnerReferencesPermissionEnforcement (on in OpenShift) requires update on
+        # the owner's finalizers to set blockOwnerDeletion, which kopf.adopt() sets.
+        ("update", "serving.modelfleet.dev", "modelversions/finalizers"),
+        # The operator merge-patches an HPA or PDB whose spec drifted (a traffic share
+        # changes the HPA bounds in service mode); no scenario changes a live one.
+        ("patch", "autoscaling", "horizontalpodautoscalers"),
+        ("patch", "policy", "poddisruptionbudgets"),
+    }
+)
 
 
 def grants(roles: Iterable[Mapping[str, Any]]) -> set[Grant]:
@@ -63,9 +65,15 @@ def _normalise(request: Any) -> Grant:
     if isinstance(request, Mapping):
         fields = request
     elif hasattr(request, "verb") and hasattr(request, "resource"):
-        fields = vars(request) if hasattr(request, "__dict__") else {
-            name: getattr(request, name) for name in ("verb", "api_group", "group", "resource", "subresource")
-            if hasattr(request, name)}
+        fields = (
+            vars(request)
+            if hasattr(request, "__dict__")
+            else {
+                name: getattr(request, name)
+                for name in ("verb", "api_group", "group", "resource", "subresource")
+                if hasattr(request, name)
+            }
+        )
     else:
         verb, group, resource, *rest = request
         fields = {"verb": verb, "group": group, "resource": resource, "subresource": rest[0] if rest else None}

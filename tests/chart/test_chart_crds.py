@@ -7,11 +7,14 @@ from chart_render import CHART, REPO_ROOT
 
 def test_chart_crds_are_the_top_level_crds_byte_for_byte() -> None:
     sources = sorted((REPO_ROOT / "crds").glob("*.yaml"))
-    assert [s.name for s in sources if s.name == "modelversion.yaml"] == ["modelversion.yaml"], \
+    assert [s.name for s in sources if s.name == "modelversion.yaml"] == ["modelversion.yaml"], (
         "crds/modelversion.yaml is missing"
-    drifted = [s.name for s in sources
-               if not (CHART / "crds" / s.name).is_file()
-               or (CHART / "crds" / s.name).read_bytes() != s.read_bytes()]
+    )
+    drifted = [
+        s.name
+        for s in sources
+        if not (CHART / "crds" / s.name).is_file() or (CHART / "crds" / s.name).read_bytes() != s.read_bytes()
+    ]
     assert drifted == [], f"run scripts/sync-chart-crds.sh to copy {drifted} into the chart"
 
 

@@ -25,8 +25,10 @@ NAMESPACED = (
     | {("get", "", "secrets"), ("create", "", "secrets")}
     | {("create", "", "events")}
 )
-CRD_DISCOVERY = {("list", "apiextensions.k8s.io", "customresourcedefinitions"),
-                 ("watch", "apiextensions.k8s.io", "customresourcedefinitions")}
+CRD_DISCOVERY = {
+    ("list", "apiextensions.k8s.io", "customresourcedefinitions"),
+    ("watch", "apiextensions.k8s.io", "customresourcedefinitions"),
+}
 NAMESPACE_DISCOVERY = {("list", "", "namespaces"), ("watch", "", "namespaces")}
 HTTPROUTES = {(v, "gateway.networking.k8s.io", "httproutes") for v in APPLIED}
 CLUSTER_PEERING = {(v, "kopf.dev", "clusterkopfpeerings") for v in ("get", "list", "watch", "patch")}
@@ -72,8 +74,7 @@ def test_watch_namespaces_keep_object_rights_inside_those_namespaces(render) -> 
     bindings = find(objects, "RoleBinding")
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["ml", "team-b"]
     for binding in bindings:
-        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                      "name": "modelfleet"}
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "modelfleet"}
         assert binding["subjects"][0]["namespace"] == "modelfleet"
 
 
@@ -92,42 +93,67 @@ def test_rbac_can_be_left_to_an_administrator(render) -> None:
 
 # The helpers the request-replay test (over the integration tests' request log) relies on.
 
-@pytest.mark.parametrize(("method", "url", "expected"), [
-    ("GET", "/apis/serving.modelfleet.dev/v1alpha1/modelversions?watch=true&resourceVersion=1",
-     ("watch", "serving.modelfleet.dev", "modelversions")),
-    ("GET", "/apis/serving.modelfleet.dev/v1alpha1/namespaces/ml/modelversions",
-     ("list", "serving.modelfleet.dev", "modelversions")),
-    ("PATCH", "/apis/serving.modelfleet.dev/v1alpha1/namespaces/ml/modelversions/fraud-v2/status",
-     ("patch", "serving.modelfleet.dev", "modelversions/status")),
-    ("POST", "/apis/apps/v1/namespaces/ml/deployments", ("create", "apps", "deployments")),
-    ("GET", "/api/v1/namespaces/ml/secrets/fraud-feedback-token", ("get", "", "secrets")),
-    ("DELETE", "/apis/policy/v1/namespaces/ml/poddisruptionbudgets/fraud-v2",
-     ("delete", "policy", "poddisruptionbudgets")),
-    ("PUT", "/apis/apps/v1/namespaces/ml/deployments/fraud-v2/scale", ("update", "apps", "deployments/scale")),
-    ("GET", "/api/v1/namespaces?watch=1", ("watch", "", "namespaces")),
-    ("GET", "/api/v1/namespaces/ml", ("get", "", "namespaces")),
-    ("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
-     ("list", "apiextensions.k8s.io", "customresourcedefinitions")),
-    ("PATCH", "/apis/kopf.dev/v1/clusterkopfpeerings/modelfleet", ("patch", "kopf.dev", "clusterkopfpeerings")),
-    ("POST", "/api/v1/namespaces/ml/events", ("create", "", "events")),
-    ("DELETE", "/apis/batch/v1/namespaces/ml/jobs", ("deletecollection", "batch", "jobs")),
-    ("GET", "/apis", None),
-    ("GET", "/api/v1", None),
-    ("GET", "/apis/apps/v1", None),
-    ("GET", "/version", None),
-])
+
+@pytest.mark.parametrize(
+    ("method", "url", "expected"),
+    [
+        (
+            "GET",
+            "/apis/serving.modelfleet.dev/v1alpha1/modelversions?watch=true&resourceVersion=1",
+            ("watch", "serving.modelfleet.dev", "modelversions"),
+        ),
+        (
+            "GET",
+            "/apis/serving.modelfleet.dev/v1alpha1/namespaces/ml/modelversions",
+            ("list", "serving.modelfleet.dev", "modelversions"),
+        ),
+        (
+            "PATCH",
+            "/apis/serving.modelfleet.dev/v1alpha1/namespaces/ml/modelversions/fraud-v2/status",
+            ("patch", "serving.modelfleet.dev", "modelversions/status"),
+        ),
+        ("POST", "/apis/apps/v1/namespaces/ml/deployments", ("create", "apps", "deployments")),
+        ("GET", "/api/v1/namespaces/ml/secrets/fraud-feedback-token", ("get", "", "secrets")),
+        (
+            "DELETE",
+            "/apis/policy/v1/namespaces/ml/poddisruptionbudgets/fraud-v2",
+            ("delete", "policy", "poddisruptionbudgets"),
+        ),
+        ("PUT", "/apis/apps/v1/namespaces/ml/deployments/fraud-v2/scale", ("update", "apps", "deployments/scale")),
+        ("GET", "/api/v1/namespaces?watch=1", ("watch", "", "namespaces")),
+        ("GET", "/api/v1/namespaces/ml", ("get", "", "namespaces")),
+        (
+            "GET",
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+            ("list", "apiextensions.k8s.io", "customresourcedefinitions"),
+        ),
+        ("PATCH", "/apis/kopf.dev/v1/clusterkopfpeerings/modelfleet", ("patch", "kopf.dev", "clusterkopfpeerings")),
+        ("POST", "/api/v1/namespaces/ml/events", ("create", "", "events")),
+        ("DELETE", "/apis/batch/v1/namespaces/ml/jobs", ("deletecollection", "batch", "jobs")),
+        ("GET", "/apis", None),
+        ("GET", "/api/v1", None),
+        ("GET", "/apis/apps/v1", None),
+        ("GET", "/version", None),
+    ],
+)
 def test_http_requests_map_to_rbac_verbs(method: str, url: str, expected) -> None:
     assert request_from_http(method, url) == expected
 
 
 def test_check_requests_reports_refused_and_unused_grants() -> None:
-    role = {"kind": "ClusterRole", "rules": [
-        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "create", "delete"]},
-        {"apiGroups": ["serving.modelfleet.dev"], "resources": ["modelversions/finalizers"],
-         "verbs": ["update"]},
-    ]}
-    requests = [("get", "apps", "deployments"), ("create", "apps", "deployments", None),
-                ("patch", "apps", "deployments"), ("update", "v1", "services", "status")]
+    role = {
+        "kind": "ClusterRole",
+        "rules": [
+            {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "create", "delete"]},
+            {"apiGroups": ["serving.modelfleet.dev"], "resources": ["modelversions/finalizers"], "verbs": ["update"]},
+        ],
+    }
+    requests = [
+        ("get", "apps", "deployments"),
+        ("create", "apps", "deployments", None),
+        ("patch", "apps", "deployments"),
+        ("update", "v1", "services", "status"),
+    ]
     missing, unused = check_requests(requests, [role])
     assert missing == {("patch", "apps", "deployments"), ("update", "", "services/status")}
     # The finalizers grant is implicit (admission plugins), so not reported as unused.
@@ -146,8 +172,10 @@ def test_check_requests_reads_the_harness_request_records() -> None:
         subresource: str
         namespace: str
 
-    role = {"kind": "Role", "rules": [{"apiGroups": ["serving.modelfleet.dev"],
-                                       "resources": ["modelversions/status"], "verbs": ["patch"]}]}
+    role = {
+        "kind": "Role",
+        "rules": [{"apiGroups": ["serving.modelfleet.dev"], "resources": ["modelversions/status"], "verbs": ["patch"]}],
+    }
     recorded = Recorded("patch", "serving.modelfleet.dev", "modelversions", "status", "ml")
     assert check_requests([recorded], [role], implicit=frozenset()) == (set(), set())
     assert check_requests([dataclasses.asdict(recorded)], [role], implicit=frozenset()) == (set(), set())

@@ -45,8 +45,7 @@ def test_every_rendered_object_is_valid(render, value_set: str, version: str) ->
             # the CRD shipped in the same chart, as the API server would.
             scope, schema = custom[key]
             assert ("namespace" in obj["metadata"]) == (scope == "Namespaced"), obj
-            jsonschema.validate({k: v for k, v in obj.items()
-                                 if k not in ("apiVersion", "kind", "metadata")}, schema)
+            jsonschema.validate({k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}, schema)
         else:
             kubernetes_validate.validate(obj, version, strict=True)
 
@@ -88,8 +87,12 @@ def test_service_routing_leaves_the_gateway_unset(render) -> None:
 
 
 def test_image_tags_default_to_the_app_version_and_follow_values(render) -> None:
-    objects = render({"image": {"repository": "r.example.com/op", "tag": "dev"},
-                      "runtimeImage": {"repository": "r.example.com/rt", "tag": "dev2"}})
+    objects = render(
+        {
+            "image": {"repository": "r.example.com/op", "tag": "dev"},
+            "runtimeImage": {"repository": "r.example.com/rt", "tag": "dev2"},
+        }
+    )
     container = operator_container(objects)
     assert container["image"] == "r.example.com/op:dev"
     assert env_of(container)["MODELFLEET_OPERATOR_RUNTIME_IMAGE"] == "r.example.com/rt:dev2"
@@ -161,8 +164,7 @@ def test_existing_service_account_can_be_used(render) -> None:
     [deployment] = find(objects, "Deployment")
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "platform-operator"
     [binding] = find(objects, "ClusterRoleBinding")
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "platform-operator", "namespace": "modelfleet"}]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "platform-operator", "namespace": "modelfleet"}]
 
 
 def test_gateway_in_the_models_own_namespace_is_passed_by_name(render) -> None:

@@ -62,23 +62,35 @@ def demo_model(tmp_path_factory: pytest.TempPathFactory, api: Any) -> tuple[Path
     runtime = Path(sys.executable).with_name("modelfleet-runtime")
     subprocess.run([str(runtime), "demo-model", "--out", str(path)], check=True, capture_output=True)
     data = path.read_bytes()
-    kubernetes.client.CoreV1Api(api).create_namespaced_config_map(NAMESPACE, {
-        "metadata": {"name": "demo-model"},
-        "binaryData": {"model.onnx": base64.b64encode(data).decode()},
-    })
+    kubernetes.client.CoreV1Api(api).create_namespaced_config_map(
+        NAMESPACE,
+        {
+            "metadata": {"name": "demo-model"},
+            "binaryData": {"model.onnx": base64.b64encode(data).decode()},
+        },
+    )
     return path, hashlib.sha256(data).hexdigest()
 
 
 def apply_version(api: Any, name: str, sha256: str) -> None:
     import kubernetes
 
-    kubernetes.client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "ModelVersion",
-        "metadata": {"name": name},
-        "spec": {"model": "e2e", "version": name.rsplit("-", 1)[-1],
-                 "source": {"uri": "configmap://demo-model/model.onnx", "sha256": sha256}},
-    })
+    kubernetes.client.CustomObjectsApi(api).create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        NAMESPACE,
+        PLURAL,
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ModelVersion",
+            "metadata": {"name": name},
+            "spec": {
+                "model": "e2e",
+                "version": name.rsplit("-", 1)[-1],
+                "source": {"uri": "configmap://demo-model/model.onnx", "sha256": sha256},
+            },
+        },
+    )
 
 
 def status_of(api: Any, name: str) -> dict[str, Any]:
@@ -100,7 +112,8 @@ def test_a_version_serves_like_onnxruntime_and_goes_with_its_deletion(api: Any, 
     features = [0.1, -0.2, 0.3, 0.4, -0.5, 0.6, 0.7, -0.8]
     core = kubernetes.client.CoreV1Api(api)
     raw = core.connect_post_namespaced_service_proxy_with_path(
-        "e2e-v1:http", NAMESPACE, "predict", body={"features": features}, _preload_content=False)
+        "e2e-v1:http", NAMESPACE, "predict", body={"features": features}, _preload_content=False
+    )
     answer = json.loads(raw.data)
     session = onnxruntime.InferenceSession(str(path))
     expected = session.run(None, {session.get_inputs()[0].name: np.array([features], dtype=np.float32)})[0]

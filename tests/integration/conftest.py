@@ -72,8 +72,9 @@ def crds() -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-async def cluster(crds: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                  api_requests: set[ApiRequest]) -> AsyncIterator[Cluster]:
+async def cluster(
+    crds: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, api_requests: set[ApiRequest]
+) -> AsyncIterator[Cluster]:
     async with running_cluster(crds, tmp_path / "cluster") as emulated:
         monkeypatch.setenv("KUBECONFIG", str(emulated.kubeconfig))
         try:
@@ -84,8 +85,10 @@ async def cluster(crds: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytes
 
 @pytest.fixture
 async def kubelet(cluster: Cluster) -> AsyncIterator[DeploymentController]:
-    async with DeploymentController(cluster.emulator, cluster.client, cluster.volumes) as deployments, \
-            EndpointSliceController(cluster.emulator, cluster.client) as slices:
+    async with (
+        DeploymentController(cluster.emulator, cluster.client, cluster.volumes) as deployments,
+        EndpointSliceController(cluster.emulator, cluster.client) as slices,
+    ):
         yield deployments
     errors = deployments.errors + slices.errors
     assert not errors, f"the test controllers failed: {errors!r}"
@@ -144,8 +147,11 @@ def condition(cluster: Cluster, name: str, kind: str) -> dict[str, Any] | None:
 
 
 async def wait_for_phase(cluster: Cluster, name: str, wanted: str, timeout: float = 90.0) -> dict[str, Any]:
-    await wait_for(lambda: phase(cluster, name) == wanted, timeout=timeout,
-                   message=lambda: f"{name} phase {wanted}; status now {(cluster.get(MV, name) or {}).get('status')}")
+    await wait_for(
+        lambda: phase(cluster, name) == wanted,
+        timeout=timeout,
+        message=lambda: f"{name} phase {wanted}; status now {(cluster.get(MV, name) or {}).get('status')}",
+    )
     mv = cluster.get(MV, name)
     assert mv is not None
     return mv

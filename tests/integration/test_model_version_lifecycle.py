@@ -40,7 +40,10 @@ async def predict(address: str, port: int, features: list[float]) -> dict:
 
 
 async def test_minimal_example_becomes_ready_and_serves_predictions_like_onnxruntime(
-    cluster: Cluster, kubelet: DeploymentController, operator, demo_model: ModelFile,
+    cluster: Cluster,
+    kubelet: DeploymentController,
+    operator,
+    demo_model: ModelFile,
 ) -> None:
     manifest = minimal_example(demo_model)
     name, model = manifest["metadata"]["name"], manifest["spec"]["model"]
@@ -71,7 +74,10 @@ async def test_minimal_example_becomes_ready_and_serves_predictions_like_onnxrun
 
 
 async def test_changing_batching_and_replicas_updates_the_one_deployment(
-    cluster: Cluster, kubelet: DeploymentController, operator, demo_model: ModelFile,
+    cluster: Cluster,
+    kubelet: DeploymentController,
+    operator,
+    demo_model: ModelFile,
 ) -> None:
     await cluster.apply(model_version("fraud-v1", "fraud", "1", demo_model.uri))
     await wait_for_phase(cluster, "fraud-v1", "Ready")
@@ -82,8 +88,11 @@ async def test_changing_batching_and_replicas_updates_the_one_deployment(
     def rolled_out() -> bool:
         mv = cluster.get(MV, "fraud-v1")
         status = mv.get("status") or {}
-        return (status.get("phase") == "Ready" and status.get("readyReplicas") == 2
-                and status.get("observedGeneration") == mv["metadata"]["generation"])
+        return (
+            status.get("phase") == "Ready"
+            and status.get("readyReplicas") == 2
+            and status.get("observedGeneration") == mv["metadata"]["generation"]
+        )
 
     await wait_for(rolled_out, timeout=90, message=lambda: f"{cluster.get(MV, 'fraud-v1').get('status')}")
     [deployment] = [d for d in cluster.list(DEPLOYMENTS)]
@@ -100,11 +109,15 @@ async def test_changing_batching_and_replicas_updates_the_one_deployment(
 
 
 async def test_sha256_mismatch_fails_with_the_runtimes_reason(
-    cluster: Cluster, kubelet: DeploymentController, operator, demo_model: ModelFile,
+    cluster: Cluster,
+    kubelet: DeploymentController,
+    operator,
+    demo_model: ModelFile,
 ) -> None:
     wrong = "0" * 64
-    await cluster.apply(model_version("fraud-v1", "fraud", "1", demo_model.uri, source={"uri": demo_model.uri,
-                                                                                          "sha256": wrong}))
+    await cluster.apply(
+        model_version("fraud-v1", "fraud", "1", demo_model.uri, source={"uri": demo_model.uri, "sha256": wrong})
+    )
     await wait_for_phase(cluster, "fraud-v1", "Failed")
     loaded = condition(cluster, "fraud-v1", "ModelLoaded")
     assert loaded["status"] == "False" and loaded["reason"] == "ModelLoadFailed"
@@ -112,7 +125,10 @@ async def test_sha256_mismatch_fails_with_the_runtimes_reason(
 
 
 async def test_missing_model_file_fails_with_the_runtimes_reason(
-    cluster: Cluster, kubelet: DeploymentController, operator, tmp_path: Path,
+    cluster: Cluster,
+    kubelet: DeploymentController,
+    operator,
+    tmp_path: Path,
 ) -> None:
     missing = (tmp_path / "nowhere" / "model.onnx").as_uri()
     await cluster.apply(model_version("fraud-v1", "fraud", "1", missing))
@@ -127,7 +143,10 @@ class TestInputTheSchemaCannotCatch:
         return OperatorConfig(namespaces=("ml",), standalone=True, allowed_uri_schemes=("file", "pvc"))
 
     async def test_a_uri_scheme_the_operator_does_not_allow_fails_without_children(
-        self, cluster: Cluster, kubelet: DeploymentController, operator,
+        self,
+        cluster: Cluster,
+        kubelet: DeploymentController,
+        operator,
     ) -> None:
         await cluster.apply(model_version("fraud-v1", "fraud", "1", "https://models.example.com/m.onnx"))
         await wait_for_phase(cluster, "fraud-v1", "Failed")
@@ -136,7 +155,11 @@ class TestInputTheSchemaCannotCatch:
         assert cluster.get(DEPLOYMENTS, "fraud-v1") is None and cluster.get(SERVICES, "fraud") is None
 
     async def test_fixing_a_rejected_spec_serves_it(
-        self, cluster: Cluster, kubelet: DeploymentController, operator, demo_model: ModelFile,
+        self,
+        cluster: Cluster,
+        kubelet: DeploymentController,
+        operator,
+        demo_model: ModelFile,
     ) -> None:
         await cluster.apply(model_version("fraud-v1", "fraud", "1", "https://models.example.com/m.onnx"))
         await wait_for_phase(cluster, "fraud-v1", "Failed")
@@ -145,7 +168,10 @@ class TestInputTheSchemaCannotCatch:
 
 
 async def test_deleting_a_version_removes_its_children_and_finalizer(
-    cluster: Cluster, kubelet: DeploymentController, operator, demo_model: ModelFile,
+    cluster: Cluster,
+    kubelet: DeploymentController,
+    operator,
+    demo_model: ModelFile,
 ) -> None:
     await cluster.apply(model_version("fraud-v1", "fraud", "1", demo_model.uri))
     await wait_for_phase(cluster, "fraud-v1", "Ready")
@@ -154,21 +180,30 @@ async def test_deleting_a_version_removes_its_children_and_finalizer(
     await cluster.delete(MV, "fraud-v1")
 
     await wait_for(lambda: cluster.get(MV, "fraud-v1") is None, timeout=30, message="the ModelVersion to go")
-    await wait_for(lambda: not cluster.list(DEPLOYMENTS) and not cluster.list(SERVICES), timeout=30,
-                   message="children to be garbage-collected")
+    await wait_for(
+        lambda: not cluster.list(DEPLOYMENTS) and not cluster.list(SERVICES),
+        timeout=30,
+        message="children to be garbage-collected",
+    )
     await wait_for(lambda: pod.exited() is not None, timeout=30, message="the runtime process to stop")
 
 
 async def test_the_shared_service_stays_while_any_version_lives(
-    cluster: Cluster, kubelet: DeploymentController, operator, demo_model: ModelFile,
+    cluster: Cluster,
+    kubelet: DeploymentController,
+    operator,
+    demo_model: ModelFile,
 ) -> None:
     await cluster.apply(model_version("fraud-v1", "fraud", "1", demo_model.uri))
     await cluster.apply(model_version("fraud-v2", "fraud", "2", demo_model.uri))
     await wait_for_phase(cluster, "fraud-v1", "Ready")
     await wait_for_phase(cluster, "fraud-v2", "Ready")
     uids = {cluster.get(MV, n)["metadata"]["uid"] for n in ("fraud-v1", "fraud-v2")}
-    await wait_for(lambda: {r["uid"] for r in cluster.get(SERVICES, "fraud")["metadata"]["ownerReferences"]} == uids,
-                   timeout=30, message="the shared Service owned by both versions")
+    await wait_for(
+        lambda: {r["uid"] for r in cluster.get(SERVICES, "fraud")["metadata"]["ownerReferences"]} == uids,
+        timeout=30,
+        message="the shared Service owned by both versions",
+    )
 
     await cluster.delete(MV, "fraud-v1")
     await wait_for(lambda: cluster.get(DEPLOYMENTS, "fraud-v1") is None, timeout=30, message="v1's Deployment gone")

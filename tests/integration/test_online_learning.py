@@ -63,10 +63,15 @@ def shifted_samples(rows: int, seed: int) -> tuple[list[list[float]], list[int]]
 
 
 def retraining_version(model: ModelFile, *, min_samples: int) -> dict[str, Any]:
-    return model_version(PARENT, MODEL, "1", model.uri, source={"uri": model.uri, "sha256": model.sha256},
-                         warmup={"iterations": 2},
-                         retraining={"minSamples": min_samples, "feedbackClaim": CLAIM, "canaryTraffic": 20,
-                                     "autoPromote": True})
+    return model_version(
+        PARENT,
+        MODEL,
+        "1",
+        model.uri,
+        source={"uri": model.uri, "sha256": model.sha256},
+        warmup={"iterations": 2},
+        retraining={"minSamples": min_samples, "feedbackClaim": CLAIM, "canaryTraffic": 20, "autoPromote": True},
+    )
 
 
 # --- reading the cluster ---------------------------------------------------------------------
@@ -84,8 +89,14 @@ def versions_of(cluster: Cluster, name: str) -> list[dict[str, Any]]:
 
 def job_finished(cluster: Cluster, name: str) -> str | None:
     job = cluster.get(JOBS, name) or {}
-    return next((c["type"] for c in (job.get("status") or {}).get("conditions") or []
-                 if c["type"] in ("Complete", "Failed") and c["status"] == "True"), None)
+    return next(
+        (
+            c["type"]
+            for c in (job.get("status") or {}).get("conditions") or []
+            if c["type"] in ("Complete", "Failed") and c["status"] == "True"
+        ),
+        None,
+    )
 
 
 def job_lists(cluster: Cluster, since: int) -> int:
@@ -104,8 +115,11 @@ def feedback_token(cluster: Cluster) -> str:
 
 
 async def ready_address(kubelet: DeploymentController, deployment: str) -> str:
-    pods = await wait_for(lambda: [p for p in kubelet.pods_of("ml", deployment) if p.ready], timeout=60,
-                          message=f"a ready pod of {deployment}")
+    pods = await wait_for(
+        lambda: [p for p in kubelet.pods_of("ml", deployment) if p.ready],
+        timeout=60,
+        message=f"a ready pod of {deployment}",
+    )
     return f"http://{pods[0].address}:{pods[0].port('http')}"
 
 
@@ -118,12 +132,13 @@ async def predict(http: aiohttp.ClientSession, base: str, rows: list[list[float]
         return await response.json()
 
 
-async def send_feedback(http: aiohttp.ClientSession, base: str, token: str, rows: list[list[float]],
-                        labels: list[int], chunk: int = 50) -> None:
+async def send_feedback(
+    http: aiohttp.ClientSession, base: str, token: str, rows: list[list[float]], labels: list[int], chunk: int = 50
+) -> None:
     """Predict, then label each prediction by its request_id, as a client that learns the truth later."""
     for start in range(0, len(rows), chunk):
-        answer = await predict(http, base, rows[start:start + chunk])
-        body = {"request_id": answer["request_id"], "labels": labels[start:start + chunk]}
+        answer = await predict(http, base, rows[start : start + chunk])
+        body = {"request_id": answer["request_id"], "labels": labels[start : start + chunk]}
         async with http.post(f"{base}/feedback", json=body, headers={"Authorization": f"Bearer {token}"}) as response:
             assert response.status == 200, await response.text()
             assert (await response.json())["accepted"] == len(body["labels"])
@@ -139,7 +154,10 @@ async def unconsumed(http: aiohttp.ClientSession, base: str) -> int:
 
 
 async def test_feedback_retrains_a_child_that_is_canaried_and_promoted_while_the_parent_serves(
-    cluster: Cluster, kubelet: DeploymentController, jobs: JobController, operator: InProcessOperator,
+    cluster: Cluster,
+    kubelet: DeploymentController,
+    jobs: JobController,
+    operator: InProcessOperator,
     tmp_path: Path,
 ) -> None:
     served = linear_model(tmp_path / "churn-1.onnx", W_SERVED, "Sigmoid")
@@ -161,12 +179,16 @@ async def test_feedback_retrains_a_child_that_is_canaried_and_promoted_while_the
         await send_feedback(http, base, token, rows, labels)
 
         # Threshold -> one Job, owned by the version, mounting the same claim.
-        await wait_for(lambda: status_of(cluster, PARENT).get("lastRetraining", {}).get("job") == JOB, timeout=30,
-                       message=lambda: f"the retraining Job; status {status_of(cluster, PARENT)}")
+        await wait_for(
+            lambda: status_of(cluster, PARENT).get("lastRetraining", {}).get("job") == JOB,
+            timeout=30,
+            message=lambda: f"the retraining Job; status {status_of(cluster, PARENT)}",
+        )
         job = cluster.get(JOBS, JOB)
         assert job["metadata"]["ownerReferences"][0]["uid"] == cluster.get(MV, PARENT)["metadata"]["uid"]
-        assert {"name": "feedback", "persistentVolumeClaim": {"claimName": CLAIM}} in \
-            job["spec"]["template"]["spec"]["volumes"]
+        assert {"name": "feedback", "persistentVolumeClaim": {"claimName": CLAIM}} in job["spec"]["template"]["spec"][
+            "volumes"
+        ]
         assert status_of(cluster, PARENT)["feedbackSamples"] == 240
         last = status_of(cluster, PARENT)["lastRetraining"]
         assert (last["job"], last["result"], last["samples"]) == (JOB, "Running", 240)
@@ -189,8 +211,11 @@ async def test_feedback_retrains_a_child_that_is_canaried_and_promoted_while_the
 
         # Restarted, it picks up the finished Job: exactly one child.
         await operator.start()
-        await wait_for(lambda: status_of(cluster, PARENT).get("lastRetraining", {}).get("result") == "Succeeded",
-                       timeout=30, message=lambda: f"the Job's result; status {status_of(cluster, PARENT)}")
+        await wait_for(
+            lambda: status_of(cluster, PARENT).get("lastRetraining", {}).get("result") == "Succeeded",
+            timeout=30,
+            message=lambda: f"the Job's result; status {status_of(cluster, PARENT)}",
+        )
         last = status_of(cluster, PARENT)["lastRetraining"]
         assert last["producedVersion"] == CHILD and last["samples"] == 240
         child = cluster.get(MV, CHILD)
@@ -198,21 +223,32 @@ async def test_feedback_retrains_a_child_that_is_canaried_and_promoted_while_the
         assert child["metadata"]["labels"]["serving.modelfleet.dev/retraining-job"] == JOB
         recorded = json.loads(child["metadata"]["annotations"]["serving.modelfleet.dev/metrics"])
         assert recorded["child"] == metrics["child"]["accuracy"] and recorded["parent"] == metrics["parent"]["accuracy"]
-        assert child["spec"]["source"] == {"uri": f"pvc://{CLAIM}/models/{JOB}/model.onnx",
-                                           "sha256": hashlib.sha256(produced.read_bytes()).hexdigest()}
+        assert child["spec"]["source"] == {
+            "uri": f"pvc://{CLAIM}/models/{JOB}/model.onnx",
+            "sha256": hashlib.sha256(produced.read_bytes()).hexdigest(),
+        }
         assert versions_of(cluster, CHILD)[0]["spec"]["traffic"] == 20  # born a canary
 
         # Ready -> canary share -> promoted: all traffic to the child, none to the parent.
-        await wait_for(lambda: (condition(cluster, CHILD, "Promoted") or {}).get("status") == "True", timeout=90,
-                       message=lambda: f"promotion; child status {status_of(cluster, CHILD)}")
+        await wait_for(
+            lambda: (condition(cluster, CHILD, "Promoted") or {}).get("status") == "True",
+            timeout=90,
+            message=lambda: f"promotion; child status {status_of(cluster, CHILD)}",
+        )
         assert cluster.get(MV, CHILD)["spec"]["traffic"] == 100 and cluster.get(MV, PARENT)["spec"]["traffic"] == 0
-        await wait_for(lambda: status_of(cluster, CHILD).get("servingTraffic") == 100, timeout=30,
-                       message=lambda: f"the child serving everything; {status_of(cluster, CHILD)}")
+        await wait_for(
+            lambda: status_of(cluster, CHILD).get("servingTraffic") == 100,
+            timeout=30,
+            message=lambda: f"the child serving everything; {status_of(cluster, CHILD)}",
+        )
 
         child_history = versions_of(cluster, CHILD)
         promoted_at = next(i for i, v in enumerate(child_history) if v["spec"]["traffic"] == 100)
-        canary = [v["status"]["servingTraffic"] for v in child_history[:promoted_at]
-                  if (v.get("status") or {}).get("servingTraffic")]
+        canary = [
+            v["status"]["servingTraffic"]
+            for v in child_history[:promoted_at]
+            if (v.get("status") or {}).get("servingTraffic")
+        ]
         assert canary and all(0 < share < 100 for share in canary), canary
         parent_history = versions_of(cluster, PARENT)
         before = [v for v in parent_history if v["spec"].get("traffic", 100) == 100][-1]["status"]
@@ -227,12 +263,18 @@ async def test_feedback_retrains_a_child_that_is_canaried_and_promoted_while_the
     assert sorted(v["metadata"]["name"] for v in cluster.list(MV)) == [PARENT, CHILD]
     assert {e["reason"] for e in events_for(cluster, PARENT)} >= {"RetrainingStarted", "RetrainingSucceeded"}
     # The Event follows the Promoted condition's write: wait for it rather than race it.
-    await wait_for(lambda: "Promoted" in {e["reason"] for e in events_for(cluster, CHILD)}, timeout=30,
-                   message=lambda: f"the Promoted Event; events {events_for(cluster, CHILD)}")
+    await wait_for(
+        lambda: "Promoted" in {e["reason"] for e in events_for(cluster, CHILD)},
+        timeout=30,
+        message=lambda: f"the Promoted Event; events {events_for(cluster, CHILD)}",
+    )
 
 
 async def test_a_failing_job_leaves_the_parent_serving_and_the_samples_unconsumed_and_backs_off(
-    cluster: Cluster, kubelet: DeploymentController, jobs: JobController, operator: InProcessOperator,
+    cluster: Cluster,
+    kubelet: DeploymentController,
+    jobs: JobController,
+    operator: InProcessOperator,
     tmp_path: Path,
 ) -> None:
     # Tanh serves fine but the trainer cannot differentiate it: the Job fails with UnsupportedModel.
@@ -244,14 +286,20 @@ async def test_a_failing_job_leaves_the_parent_serving_and_the_samples_unconsume
     async with aiohttp.ClientSession() as http:
         await send_feedback(http, base, feedback_token(cluster), rows, labels)
 
-        await wait_for(lambda: status_of(cluster, PARENT).get("lastRetraining", {}).get("result") == "Failed",
-                       timeout=60, message=lambda: f"the Job's failure; status {status_of(cluster, PARENT)}")
+        await wait_for(
+            lambda: status_of(cluster, PARENT).get("lastRetraining", {}).get("result") == "Failed",
+            timeout=60,
+            message=lambda: f"the Job's failure; status {status_of(cluster, PARENT)}",
+        )
         assert job_finished(cluster, JOB) == "Failed"
         last = status_of(cluster, PARENT)["lastRetraining"]
         assert last["job"] == JOB and "UnsupportedModel" in last["message"] and "Tanh" in last["message"]
         # The Event is posted right after the status is written: wait for it rather than race it.
-        await wait_for(lambda: [e for e in events_for(cluster, PARENT) if e["type"] == "Warning"], timeout=30,
-                       message=lambda: f"a Warning Event for {PARENT}; events {events_for(cluster, PARENT)}")
+        await wait_for(
+            lambda: [e for e in events_for(cluster, PARENT) if e["type"] == "Warning"],
+            timeout=30,
+            message=lambda: f"a Warning Event for {PARENT}; events {events_for(cluster, PARENT)}",
+        )
         [warning] = [e for e in events_for(cluster, PARENT) if e["type"] == "Warning"]
         assert warning["reason"] == "UnsupportedModel" and "Tanh" in warning["message"]
         # The trainer's own words reached the Pod as its termination message.
@@ -267,8 +315,11 @@ async def test_a_failing_job_leaves_the_parent_serving_and_the_samples_unconsume
 
         # No retry storm: more feedback is counted, but the back-off holds the next Job.
         await send_feedback(http, base, feedback_token(cluster), *shifted_samples(10, seed=3))
-        await wait_for(lambda: status_of(cluster, PARENT).get("feedbackSamples") == 130, timeout=30,
-                       message=lambda: f"the new count; status {status_of(cluster, PARENT)}")
+        await wait_for(
+            lambda: status_of(cluster, PARENT).get("feedbackSamples") == 130,
+            timeout=30,
+            message=lambda: f"the new count; status {status_of(cluster, PARENT)}",
+        )
         triggered = condition(cluster, PARENT, "RetrainingTriggered")
         assert (triggered["status"], triggered["reason"]) == ("False", "BackingOff"), triggered
         assert [j["metadata"]["name"] for j in cluster.list(JOBS)] == [JOB]
@@ -278,4 +329,3 @@ async def test_a_failing_job_leaves_the_parent_serving_and_the_samples_unconsume
         await wait_for(lambda: job_lists(cluster, since=start) >= 5, timeout=30, message="five more reconciliations")
         assert len(versions_of(cluster, PARENT)) == versions_before
         assert [j["metadata"]["name"] for j in cluster.list(JOBS)] == [JOB]
-

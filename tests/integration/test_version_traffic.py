@@ -89,9 +89,12 @@ class Load:
     async def collect(self, count: int, timeout: float = 60.0) -> list[Answer]:
         """The next `count` answers (requests sent from now on)."""
         start = len(self.answers) + self.workers  # those in flight were sent before now
-        await wait_for(lambda: len(self.answers) >= start + count, timeout=timeout,
-                       message=lambda: f"{count} answers; got {len(self.answers) - start}")
-        return self.answers[start:start + count]
+        await wait_for(
+            lambda: len(self.answers) >= start + count,
+            timeout=timeout,
+            message=lambda: f"{count} answers; got {len(self.answers) - start}",
+        )
+        return self.answers[start : start + count]
 
 
 @contextlib.asynccontextmanager
@@ -124,8 +127,10 @@ async def wait_for_split(cluster: Cluster, shares: Mapping[str, int], timeout: f
     await wait_for(
         lambda: route_weights(cluster) == wanted_route and all(serving(cluster, n) == s for n, s in shares.items()),
         timeout=timeout,
-        message=lambda: f"split {dict(shares)}; route {route_weights(cluster)}, "
-                        f"serving {({n: serving(cluster, n) for n in shares})}",
+        message=lambda: (
+            f"split {dict(shares)}; route {route_weights(cluster)}, "
+            f"serving { ({n: serving(cluster, n) for n in shares}) }"
+        ),
     )
 
 
@@ -152,22 +157,26 @@ def failing_model(path: Path) -> ModelFile:
     model = build_demo_model()
     graph = model.graph
     graph.node[-1].output[0] = "score"
-    graph.initializer.extend([
-        numpy_helper.from_array(np.array([0], dtype=np.int64), "first"),
-        numpy_helper.from_array(np.array([1], dtype=np.int64), "second"),
-        numpy_helper.from_array(np.array([1], dtype=np.int64), "columns"),
-        numpy_helper.from_array(np.array([100.0], dtype=np.float32), "limit"),
-        numpy_helper.from_array(np.array([1000], dtype=np.int64), "far"),
-        numpy_helper.from_array(np.array([1.0, 1.0], dtype=np.float32), "ones"),
-    ])
-    graph.node.extend([
-        helper.make_node("Slice", ["features", "first", "second", "columns"], ["feature0"]),
-        helper.make_node("Greater", ["feature0", "limit"], ["too_big"]),
-        helper.make_node("Cast", ["too_big"], ["too_big_int"], to=TensorProto.INT64),
-        helper.make_node("Mul", ["too_big_int", "far"], ["index"]),
-        helper.make_node("Gather", ["ones", "index"], ["gate"], axis=0),
-        helper.make_node("Mul", ["score", "gate"], ["probability"]),
-    ])
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([0], dtype=np.int64), "first"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "second"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "columns"),
+            numpy_helper.from_array(np.array([100.0], dtype=np.float32), "limit"),
+            numpy_helper.from_array(np.array([1000], dtype=np.int64), "far"),
+            numpy_helper.from_array(np.array([1.0, 1.0], dtype=np.float32), "ones"),
+        ]
+    )
+    graph.node.extend(
+        [
+            helper.make_node("Slice", ["features", "first", "second", "columns"], ["feature0"]),
+            helper.make_node("Greater", ["feature0", "limit"], ["too_big"]),
+            helper.make_node("Cast", ["too_big"], ["too_big_int"], to=TensorProto.INT64),
+            helper.make_node("Mul", ["too_big_int", "far"], ["index"]),
+            helper.make_node("Gather", ["ones", "index"], ["gate"], axis=0),
+            helper.make_node("Mul", ["score", "gate"], ["probability"]),
+        ]
+    )
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return ModelFile(path=path, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
@@ -184,7 +193,12 @@ class TestGatewayRouting:
             yield running
 
     async def test_canary_then_promotion_keeps_every_request_served_at_the_configured_split(
-        self, cluster: Cluster, kubelet: DeploymentController, operator, router: Router, demo_model: ModelFile,
+        self,
+        cluster: Cluster,
+        kubelet: DeploymentController,
+        operator,
+        router: Router,
+        demo_model: ModelFile,
     ) -> None:
         await cluster.apply(model_version("fraud-v1", MODEL, "1", demo_model.uri, traffic=100))
         await wait_for_phase(cluster, "fraud-v1", "Ready")
@@ -195,8 +209,11 @@ class TestGatewayRouting:
 
             # A canary at 10: nothing until its runtime is Ready.
             await cluster.apply(model_version("fraud-v2", MODEL, "2", demo_model.uri, traffic=10))
-            await wait_for(lambda: condition(cluster, "fraud-v2", "TrafficAssigned"), timeout=30,
-                           message="v2's TrafficAssigned condition")
+            await wait_for(
+                lambda: condition(cluster, "fraud-v2", "TrafficAssigned"),
+                timeout=30,
+                message="v2's TrafficAssigned condition",
+            )
             if not any(p.ready for p in kubelet.pods_of("ml", "fraud-v2")):
                 assert route_weights(cluster) == {"fraud-v1": 100}
                 assert serving(cluster, "fraud-v2") == 0
@@ -215,8 +232,9 @@ class TestGatewayRouting:
             # The header pins a version whatever the weights.
             async with aiohttp.ClientSession() as http:
                 for _ in range(20):
-                    async with http.post(router.url + "/predict", json={"features": FEATURES},
-                                         headers={"x-model-version": "1"}) as response:
+                    async with http.post(
+                        router.url + "/predict", json={"features": FEATURES}, headers={"x-model-version": "1"}
+                    ) as response:
                         assert response.status == 200 and response.headers["x-model-version"] == "1"
 
             await cluster.patch_spec("fraud-v2", {"traffic": 100})
@@ -230,7 +248,12 @@ class TestGatewayRouting:
         assert [p.ready for p in kubelet.pods_of("ml", "fraud-v1")] == [True]
 
     async def test_a_canary_answering_errors_is_rolled_back_while_the_stable_version_serves(
-        self, cluster: Cluster, kubelet: DeploymentController, operator, router: Router, demo_model: ModelFile,
+        self,
+        cluster: Cluster,
+        kubelet: DeploymentController,
+        operator,
+        router: Router,
+        demo_model: ModelFile,
         tmp_path: Path,
     ) -> None:
         broken = failing_model(tmp_path / "broken.onnx")
@@ -239,10 +262,16 @@ class TestGatewayRouting:
         await wait_for_split(cluster, {"fraud-v1": 100})
 
         async with load_through(router, POISON) as load:
-            await cluster.apply(model_version(
-                "fraud-v2", MODEL, "2", broken.uri, traffic=50,
-                rollout={"maxErrorRate": 0.2, "windowSeconds": 10, "minRequests": 10},
-            ))
+            await cluster.apply(
+                model_version(
+                    "fraud-v2",
+                    MODEL,
+                    "2",
+                    broken.uri,
+                    traffic=50,
+                    rollout={"maxErrorRate": 0.2, "windowSeconds": 10, "minRequests": 10},
+                )
+            )
             # It warms up (the warmup rows pass), takes its share, fails, and loses it.
             mv = await wait_for_phase(cluster, "fraud-v2", "Degraded", timeout=90)
             assert any(a.status == 500 for a in load.answers)  # it did serve (and fail) before
@@ -283,13 +312,18 @@ def phase_of(cluster: Cluster, name: str) -> str | None:
 
 def ready_endpoints_by_version(cluster: Cluster, router: Router) -> dict[str, int]:
     """Ready endpoints of the model's Service, by the version of the pod behind each."""
-    by_address = {p["status"].get("podIP"): p["metadata"]["labels"].get("serving.modelfleet.dev/version")
-                  for p in cluster.list(("", "v1", "pods"))}
+    by_address = {
+        p["status"].get("podIP"): p["metadata"]["labels"].get("serving.modelfleet.dev/version")
+        for p in cluster.list(("", "v1", "pods"))
+    }
     return dict(Counter(by_address.get(address) for address, _ in router.ready_endpoints(MODEL)))
 
 
 async def test_service_mode_sizes_versions_to_their_shares_and_kube_proxy_follows_the_ready_pods(
-    cluster: Cluster, kubelet: DeploymentController, operator, demo_model: ModelFile,
+    cluster: Cluster,
+    kubelet: DeploymentController,
+    operator,
+    demo_model: ModelFile,
 ) -> None:
     await cluster.apply(model_version("fraud-v1", MODEL, "1", demo_model.uri, replicas=3, traffic=100))
     await wait_for_phase(cluster, "fraud-v1", "Ready")
@@ -307,8 +341,10 @@ async def test_service_mode_sizes_versions_to_their_shares_and_kube_proxy_follow
     history: list[list[tuple[Any, ...]]] = []
 
     def settled() -> bool:
-        now = [(phase_of(cluster, n), serving(cluster, n), replicas(cluster, n), len(kubelet.pods_of("ml", n)))
-               for n in ("fraud-v1", "fraud-v2")]
+        now = [
+            (phase_of(cluster, n), serving(cluster, n), replicas(cluster, n), len(kubelet.pods_of("ml", n)))
+            for n in ("fraud-v1", "fraud-v2")
+        ]
         if not history or history[-1] != now:
             history.append(now)
         return now == [("Ready", 50, 2, 2), ("Ready", 50, 1, 1)]
@@ -316,11 +352,14 @@ async def test_service_mode_sizes_versions_to_their_shares_and_kube_proxy_follow
     await wait_for(settled, timeout=90, message=lambda: f"50/50 with 2 + 1 replicas; history {history}")
     # The shares never moved back once both served: no version lost its share while it scaled.
     served = [(v1[1], v2[1]) for v1, v2 in history]
-    assert served[served.index((50, 50)):] == [(50, 50)] * (len(served) - served.index((50, 50))), history
+    assert served[served.index((50, 50)) :] == [(50, 50)] * (len(served) - served.index((50, 50))), history
     assert (math.ceil(3 * 50 / 100), math.ceil(2 * 50 / 100)) == (2, 1)
     async with Router(cluster.emulator, "ml", MODEL, mode="service", seed=3) as router:
-        await wait_for(lambda: ready_endpoints_by_version(cluster, router) == {"1": 2, "2": 1}, timeout=60,
-                       message=lambda: f"2 + 1 ready endpoints; now {ready_endpoints_by_version(cluster, router)}")
+        await wait_for(
+            lambda: ready_endpoints_by_version(cluster, router) == {"1": 2, "2": 1},
+            timeout=60,
+            message=lambda: f"2 + 1 ready endpoints; now {ready_endpoints_by_version(cluster, router)}",
+        )
         assert phase_of(cluster, "fraud-v1") == "Ready" and phase_of(cluster, "fraud-v2") == "Ready"
         async with load_through(router) as load:
             answers = await load.collect(900)

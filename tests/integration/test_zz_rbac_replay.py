@@ -31,7 +31,10 @@ VALUES = {
 
 
 async def test_autoscaler_and_disruption_budget_come_and_go_with_the_spec(
-    cluster: Cluster, kubelet: DeploymentController, operator, demo_model: ModelFile,
+    cluster: Cluster,
+    kubelet: DeploymentController,
+    operator,
+    demo_model: ModelFile,
 ) -> None:
     autoscaled = {"replicas": 2, "autoscaling": {"minReplicas": 2, "maxReplicas": 4, "targetCPUUtilization": 60}}
     # No HPA controller runs here, so the version stays below minReplicas: only the children matter.
@@ -48,8 +51,10 @@ async def test_autoscaler_and_disruption_budget_come_and_go_with_the_spec(
 
 def test_the_chart_grants_exactly_what_the_operator_used(api_requests: set[ApiRequest], tmp_path: Path) -> None:
     if not api_requests:
-        pytest.fail("no API requests were recorded: run this module after the integration scenarios "
-                    "(the whole suite, or all of tests/integration)")
+        pytest.fail(
+            "no API requests were recorded: run this module after the integration scenarios "
+            "(the whole suite, or all of tests/integration)"
+        )
     rendered = render_chart(helm_path(), VALUES, tmp_path)
     assert grants(rendered), "the chart rendered no RBAC rules"
     missing, unused = check_requests(api_requests, rendered)

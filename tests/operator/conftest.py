@@ -34,8 +34,10 @@ def openapi_to_jsonschema(node: Any) -> Any:
             out[key] = [openapi_to_jsonschema(sub) for sub in value]
         else:
             out[key] = value
-    if "properties" in node and "additionalProperties" not in node and not node.get(
-        "x-kubernetes-preserve-unknown-fields"
+    if (
+        "properties" in node
+        and "additionalProperties" not in node
+        and not node.get("x-kubernetes-preserve-unknown-fields")
     ):
         out["additionalProperties"] = False
     if node.get("nullable") and "type" in out:

@@ -48,7 +48,9 @@ def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
 
 def test_crd_file_is_generated_from_the_spec_models(repo: Path) -> None:
     on_disk = (repo / "crds" / "modelversion.yaml").read_text()
-    assert on_disk == crd.crd_yaml(), "crds/modelversion.yaml is stale: run `modelfleet-operator crd > crds/modelversion.yaml`"
+    assert on_disk == crd.crd_yaml(), (
+        "crds/modelversion.yaml is stale: run `modelfleet-operator crd > crds/modelversion.yaml`"
+    )
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)

@@ -189,7 +189,12 @@ def test_resources_come_from_the_spec_or_the_operator_default(make_mv: MakeMV) -
 def test_all_children_carry_the_labels_and_a_controller_owner(make_mv: MakeMV) -> None:
     mv = make_mv(replicas=3, autoscaling={"maxReplicas": 4})
     children = build_children(mv, CONFIG)
-    assert sorted(o["kind"] for o in children) == ["Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service"]
+    assert sorted(o["kind"] for o in children) == [
+        "Deployment",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "Service",
+    ]
     for obj in children:
         labels = obj["metadata"]["labels"]
         assert labels["serving.modelfleet.dev/model"] == "fraud"
@@ -212,13 +217,19 @@ def test_all_children_carry_the_labels_and_a_controller_owner(make_mv: MakeMV) -
 def test_version_service_pins_one_version_and_model_service_selects_all(make_mv: MakeMV) -> None:
     v1, v2 = make_mv(), make_mv(name="fraud-v2", uid="uid-2", version="2")
     service = build_children(v1, CONFIG)[1]
-    assert service["spec"]["selector"] == {"serving.modelfleet.dev/model": "fraud", "serving.modelfleet.dev/version": "1"}
+    assert service["spec"]["selector"] == {
+        "serving.modelfleet.dev/model": "fraud",
+        "serving.modelfleet.dev/version": "1",
+    }
     assert service["spec"]["ports"][0]["port"] == 80 and service["spec"]["ports"][0]["targetPort"] == "http"
     shared = build_model_service("fraud", "ml", [v2, v1], CONFIG)
     assert shared["metadata"]["name"] == "fraud"
     assert shared["spec"]["selector"] == {"serving.modelfleet.dev/model": "fraud"}
     owners = shared["metadata"]["ownerReferences"]
-    assert [(o["name"], o["uid"], o["controller"]) for o in owners] == [("fraud-v1", "uid-1", False), ("fraud-v2", "uid-2", False)]
+    assert [(o["name"], o["uid"], o["controller"]) for o in owners] == [
+        ("fraud-v1", "uid-1", False),
+        ("fraud-v2", "uid-2", False),
+    ]
     pod_labels = build_children(v1, CONFIG)[0]["spec"]["template"]["metadata"]["labels"]
     assert shared["spec"]["selector"].items() <= pod_labels.items()
     assert service["spec"]["selector"].items() <= pod_labels.items()
@@ -245,7 +256,9 @@ def test_pdb_only_when_more_than_one_replica(make_mv: MakeMV) -> None:
 def test_replicas_come_from_the_traffic_plan_when_given(make_mv: MakeMV) -> None:
     mv = make_mv(replicas=4, autoscaling=None)
     assert build_children(mv, CONFIG, Scale(replicas=0))[0]["spec"]["replicas"] == 0
-    scaled = _kinds(build_children(make_mv(autoscaling={"minReplicas": 2, "maxReplicas": 10}), CONFIG, Scale(1, (1, 3))))
+    scaled = _kinds(
+        build_children(make_mv(autoscaling={"minReplicas": 2, "maxReplicas": 10}), CONFIG, Scale(1, (1, 3)))
+    )
     assert scaled["HorizontalPodAutoscaler"]["spec"]["minReplicas"] == 1
     assert scaled["HorizontalPodAutoscaler"]["spec"]["maxReplicas"] == 3
     parked = _kinds(build_children(make_mv(autoscaling={"maxReplicas": 10}), CONFIG, Scale(replicas=0)))

@@ -121,7 +121,7 @@ def test_bad_values_are_refused_naming_the_key(args: dict, message: str) -> None
 
 
 def test_set_options_parse_key_value_pairs() -> None:
-    assert parse_set_options(["routing=gateway", "gateway=infra/gw", "default-resources={\"a\":1}"]) == {
+    assert parse_set_options(["routing=gateway", "gateway=infra/gw", 'default-resources={"a":1}']) == {
         "routing": "gateway",
         "gateway": "infra/gw",
         "default-resources": '{"a":1}',

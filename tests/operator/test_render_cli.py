@@ -24,7 +24,11 @@ def _run(*args: str, env: dict[str, str] | None = None, stdin: str | None = None
     clean.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "modelfleet_operator.cli", *args],
-        capture_output=True, text=True, env=clean, input=stdin, timeout=60,
+        capture_output=True,
+        text=True,
+        env=clean,
+        input=stdin,
+        timeout=60,
     )
 
 
@@ -67,14 +71,19 @@ def test_render_in_gateway_mode_includes_the_httproute(repo: Path) -> None:
 def test_render_reads_the_operator_environment_and_set_wins(repo: Path) -> None:
     path = str(repo / "examples" / "minimal.yaml")
     env = {"MODELFLEET_OPERATOR_RUNTIME_IMAGE": "ghcr.io/modelfleet/runtime:9.9"}
-    images = lambda out: [o for o in yaml.safe_load_all(out) if o["kind"] == "Deployment"][0]["spec"]["template"]["spec"]["containers"][0]["image"]  # noqa: E731
+    images = lambda out: [o for o in yaml.safe_load_all(out) if o["kind"] == "Deployment"][0]["spec"]["template"][
+        "spec"
+    ]["containers"][0]["image"]  # noqa: E731
     assert images(_run("render", path, env=env).stdout) == "ghcr.io/modelfleet/runtime:9.9"
     overridden = _run("render", path, "--set", "runtime-image=ghcr.io/modelfleet/runtime:1.0", env=env)
     assert images(overridden.stdout) == "ghcr.io/modelfleet/runtime:1.0"
 
 
 def test_render_reads_stdin_and_skips_other_kinds(repo: Path) -> None:
-    text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: ml}\n---\n" + (repo / "examples" / "minimal.yaml").read_text()
+    text = (
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: ml}\n---\n"
+        + (repo / "examples" / "minimal.yaml").read_text()
+    )
     result = _run("render", "-", stdin=text)
     assert result.returncode == 0, result.stderr
     assert "skipping document 1 (Namespace)" in result.stderr

@@ -111,8 +111,9 @@ def _trainer_metrics() -> dict[str, Any]:
 
 
 def _succeeded(metrics: Metrics | None = None) -> Outcome:
-    metrics = metrics or Metrics(sha256=CHILD_SHA, metric="accuracy", parent=0.31, child=0.94, improved=True,
-                                 samples=600, higher_is_better=True)
+    metrics = metrics or Metrics(
+        sha256=CHILD_SHA, metric="accuracy", parent=0.31, child=0.94, improved=True, samples=600, higher_is_better=True
+    )
     return Outcome("Succeeded", "Trained", "accuracy 0.31 -> 0.94", metrics, "2025-01-02T03:04:05Z")
 
 
@@ -129,8 +130,12 @@ def test_job_is_a_valid_kubernetes_object(make_mv: MakeMV, source: str, version:
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_custom_trainer_job_is_a_valid_kubernetes_object(make_mv: MakeMV, version: str) -> None:
     config = OperatorConfig(allowed_images=("ghcr.io/modelfleet/",))
-    retraining = {**RETRAINING, "image": "ghcr.io/modelfleet/trainer:1", "command": ["python", "-m", "train"],
-                  "resources": {"limits": {"cpu": "2", "memory": "4Gi"}}}
+    retraining = {
+        **RETRAINING,
+        "image": "ghcr.io/modelfleet/trainer:1",
+        "command": ["python", "-m", "train"],
+        "resources": {"limits": {"cpu": "2", "memory": "4Gi"}},
+    }
     job = build_job(_retrainable(make_mv, retraining=retraining), config, samples=120, attempt=1, now=NOW)
     kubernetes_validate.validate(job, version, strict=True)
 
@@ -163,8 +168,11 @@ def test_trainer_finds_the_parent_model_where_the_job_mounts_it_read_only(make_m
     assert path is not None
     mount = next(m for m in container["volumeMounts"] if PurePosixPath(path).is_relative_to(m["mountPath"]))
     assert mount["readOnly"] is True
-    claims = [v["persistentVolumeClaim"]["claimName"] for v in job["spec"]["template"]["spec"]["volumes"]
-              if "persistentVolumeClaim" in v]
+    claims = [
+        v["persistentVolumeClaim"]["claimName"]
+        for v in job["spec"]["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    ]
     assert len(claims) == len(set(claims))  # one volume per claim, mounted twice when it holds the parent
 
 
@@ -206,8 +214,14 @@ def test_job_is_owned_by_the_version_and_labelled_as_its_retraining(make_mv: Mak
     meta = job["metadata"]
     assert meta["name"] == "fraud-v2-retrain-2" and meta["namespace"] == "ml"
     assert meta["ownerReferences"] == [
-        {"apiVersion": crd.API_VERSION, "kind": "ModelVersion", "name": "fraud-v2", "uid": "uid-1",
-         "controller": True, "blockOwnerDeletion": True}
+        {
+            "apiVersion": crd.API_VERSION,
+            "kind": "ModelVersion",
+            "name": "fraud-v2",
+            "uid": "uid-1",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
     ]
     labels = meta["labels"]
     assert labels["serving.modelfleet.dev/model"] == "fraud" and labels["serving.modelfleet.dev/version"] == "2"
@@ -223,8 +237,11 @@ def test_trainer_pods_never_receive_inference_traffic(make_mv: MakeMV) -> None:
     services = [c for c in build_children(mv, CONFIG) if c["kind"] == "Service"]
     deployment = next(c for c in build_children(mv, CONFIG) if c["kind"] == "Deployment")
     model_selector = {"serving.modelfleet.dev/model": "fraud"}
-    for selector in [*(s["spec"]["selector"] for s in services), model_selector,
-                     deployment["spec"]["selector"]["matchLabels"]]:
+    for selector in [
+        *(s["spec"]["selector"] for s in services),
+        model_selector,
+        deployment["spec"]["selector"]["matchLabels"],
+    ]:
         assert not set(selector.items()) <= set(pod_labels.items()), selector
 
 
@@ -233,15 +250,20 @@ def test_same_attempt_builds_the_same_job(make_mv: MakeMV) -> None:
     first = build_job(mv, CONFIG, samples=120, attempt=4, now=NOW)
     again = build_job(mv, CONFIG, samples=120, attempt=4, now=NOW)
     assert first == again
-    assert build_job(mv, CONFIG, samples=500, attempt=4, now=NOW + timedelta(hours=1))["metadata"]["name"] == (
-        first["metadata"]["name"]
+    assert (
+        build_job(mv, CONFIG, samples=500, attempt=4, now=NOW + timedelta(hours=1))["metadata"]["name"]
+        == (first["metadata"]["name"])
     )
 
 
 def test_custom_trainer_runs_its_own_image_command_and_resources(make_mv: MakeMV) -> None:
     config = OperatorConfig(allowed_images=("ghcr.io/modelfleet/",))
-    retraining = {**RETRAINING, "image": "ghcr.io/modelfleet/trainer:1", "command": ["python", "-m", "train"],
-                  "resources": {"limits": {"memory": "4Gi"}}}
+    retraining = {
+        **RETRAINING,
+        "image": "ghcr.io/modelfleet/trainer:1",
+        "command": ["python", "-m", "train"],
+        "resources": {"limits": {"memory": "4Gi"}},
+    }
     job = build_job(_retrainable(make_mv, retraining=retraining), config, samples=120, attempt=1, now=NOW)
     container = _container(job)
     assert container["image"] == "ghcr.io/modelfleet/trainer:1"
@@ -298,8 +320,10 @@ def test_different_attempts_get_different_names(parent: str, a: int, b: int) -> 
 
 
 @settings(deadline=None)
-@given(stem=st.from_regex(r"\A[a-z][a-z0-9]{58}\Z"), tails=st.lists(st.from_regex(r"\A[a-z0-9]{3}\Z"), min_size=2,
-                                                                     max_size=2, unique=True))
+@given(
+    stem=st.from_regex(r"\A[a-z][a-z0-9]{58}\Z"),
+    tails=st.lists(st.from_regex(r"\A[a-z0-9]{3}\Z"), min_size=2, max_size=2, unique=True),
+)
 def test_long_parents_sharing_a_prefix_still_get_different_names(stem: str, tails: list[str]) -> None:
     one, two = (f"{stem}-{t}" for t in tails)
     assert child_name(one, 1) != child_name(two, 1)
@@ -352,27 +376,32 @@ def test_backoff_is_never_shorter_than_the_last_one_and_never_longer_than_an_hou
 
 
 def test_retrain_when_the_threshold_is_reached_and_nothing_runs() -> None:
-    decision = should_retrain(samples=100, min_samples=100, active_job=False, last_failure_at=None, failures=0,
-                              now=NOW)
+    decision = should_retrain(samples=100, min_samples=100, active_job=False, last_failure_at=None, failures=0, now=NOW)
     assert decision.retrain and decision.reason == "ThresholdReached"
 
 
 def test_no_retraining_below_the_threshold_or_while_a_job_runs() -> None:
     below = should_retrain(samples=99, min_samples=100, active_job=False, last_failure_at=None, failures=0, now=NOW)
     assert not below.retrain and below.reason == "WaitingForSamples" and "99 of 100" in below.message
-    running = should_retrain(samples=10**6, min_samples=100, active_job=True, last_failure_at=None, failures=0,
-                             now=NOW)
+    running = should_retrain(samples=10**6, min_samples=100, active_job=True, last_failure_at=None, failures=0, now=NOW)
     assert not running.retrain and running.reason == "JobRunning"
 
 
 def test_after_failures_the_next_job_waits_for_the_backoff() -> None:
     failed_at = NOW - timedelta(minutes=3)
-    waiting = should_retrain(samples=500, min_samples=100, active_job=False, last_failure_at=failed_at, failures=3,
-                             now=NOW)
+    waiting = should_retrain(
+        samples=500, min_samples=100, active_job=False, last_failure_at=failed_at, failures=3, now=NOW
+    )
     assert not waiting.retrain and waiting.reason == "BackingOff"
     assert waiting.retry_at == failed_at + timedelta(minutes=4)
-    later = should_retrain(samples=500, min_samples=100, active_job=False, last_failure_at=failed_at, failures=3,
-                           now=failed_at + timedelta(minutes=4))
+    later = should_retrain(
+        samples=500,
+        min_samples=100,
+        active_job=False,
+        last_failure_at=failed_at,
+        failures=3,
+        now=failed_at + timedelta(minutes=4),
+    )
     assert later.retrain
 
 
@@ -395,8 +424,11 @@ def test_failure_streak_counts_back_from_the_newest_attempt() -> None:
 
 def test_a_job_without_a_finished_condition_is_running() -> None:
     # One pod failed and its retry runs: not an outcome yet.
-    job = {"metadata": {"name": "fraud-v2-retrain-1"}, "spec": {"backoffLimit": 1},
-           "status": {"active": 1, "failed": 1}}
+    job = {
+        "metadata": {"name": "fraud-v2-retrain-1"},
+        "spec": {"backoffLimit": 1},
+        "status": {"active": 1, "failed": 1},
+    }
     assert job_outcome(job, '{"ok": false, "reason": "TrainingFailed", "error": "x"}').result == "Running"
 
 
@@ -404,8 +436,9 @@ def test_success_carries_the_trainers_evaluation() -> None:
     message = json.dumps(training.summary(_trainer_metrics()))
     outcome = job_outcome(_finished_job("fraud-v2-retrain-1", "Complete", NOW), message)
     assert outcome.result == "Succeeded" and outcome.reason == "Trained"
-    assert outcome.metrics == Metrics(sha256=CHILD_SHA, metric="accuracy", parent=0.31, child=0.94, improved=True,
-                                      samples=600, higher_is_better=True)
+    assert outcome.metrics == Metrics(
+        sha256=CHILD_SHA, metric="accuracy", parent=0.31, child=0.94, improved=True, samples=600, higher_is_better=True
+    )
     assert outcome.completion_time == "2025-01-02T03:04:05Z"
     assert "accuracy 0.31 -> 0.94" in outcome.message
 
@@ -457,8 +490,9 @@ def test_failed_pods_beyond_the_backoff_limit_without_a_condition_fail_the_job()
 
 
 def test_metrics_of_the_wrong_type_are_dropped_not_trusted() -> None:
-    metrics = Metrics.from_mapping({"sha256": "not-a-sha", "metric": "accuracy", "parent": "0.3", "child": True,
-                                    "improved": "yes", "samples": -4})
+    metrics = Metrics.from_mapping(
+        {"sha256": "not-a-sha", "metric": "accuracy", "parent": "0.3", "child": True, "improved": "yes", "samples": -4}
+    )
     assert metrics == Metrics(sha256=None, metric="accuracy", higher_is_better=True)
     assert metrics.beats_parent() is None
 
@@ -547,8 +581,13 @@ def test_only_a_succeeded_retraining_job_produces_a_child(make_mv: MakeMV) -> No
 
 
 def _promotion(**overrides: Any) -> Any:
-    args: dict[str, Any] = {"parent": "fraud-v2", "child": "fraud-v2-r1", "child_ready": True,
-                            "metrics": _succeeded().metrics, "auto_promote": True}
+    args: dict[str, Any] = {
+        "parent": "fraud-v2",
+        "child": "fraud-v2-r1",
+        "child_ready": True,
+        "metrics": _succeeded().metrics,
+        "auto_promote": True,
+    }
     args.update(overrides)
     return promotion(**args)
 
@@ -566,8 +605,10 @@ def test_a_ready_child_that_beats_its_parent_takes_all_traffic() -> None:
         ({"child_ready": False}, "WaitingForReady"),
         ({"metrics": None}, "NoEvaluation"),
         ({"metrics": Metrics(sha256=CHILD_SHA)}, "NoEvaluation"),
-        ({"metrics": Metrics(sha256=None, metric="accuracy", parent=0.9, child=0.9, higher_is_better=True)},
-         "NotBetter"),
+        (
+            {"metrics": Metrics(sha256=None, metric="accuracy", parent=0.9, child=0.9, higher_is_better=True)},
+            "NotBetter",
+        ),
         ({"metrics": Metrics(sha256=None, metric="mae", parent=0.5, child=0.7, higher_is_better=False)}, "NotBetter"),
         ({"rolled_back": True}, "RolledBack"),
     ],

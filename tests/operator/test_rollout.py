@@ -47,17 +47,19 @@ def test_the_operator_knows_the_runtimes_inference_endpoints() -> None:
 
 
 def test_counts_come_from_the_inference_endpoints_of_real_runtime_metrics() -> None:
-    text = _runtime_metrics_text({
-        ("/predict", 200): 40,
-        ("/predict", 503): 3,
-        ("/v2/models/{name}/infer", 200): 5,
-        ("/v2/models/{name}/infer", 500): 2,
-        ("/v2/models/{name}/versions/{version}/infer", 502): 1,
-        ("/v2/models/{name}/infer", 400): 4,  # the client's mistake: a request, not an error
-        ("/v2/health/ready", 503): 30,  # probes of a warming pod are not inference errors
-        ("/feedback", 500): 7,
-        ("unmatched", 404): 9,
-    })
+    text = _runtime_metrics_text(
+        {
+            ("/predict", 200): 40,
+            ("/predict", 503): 3,
+            ("/v2/models/{name}/infer", 200): 5,
+            ("/v2/models/{name}/infer", 500): 2,
+            ("/v2/models/{name}/versions/{version}/infer", 502): 1,
+            ("/v2/models/{name}/infer", 400): 4,  # the client's mistake: a request, not an error
+            ("/v2/health/ready", 503): 30,  # probes of a warming pod are not inference errors
+            ("/feedback", 500): 7,
+            ("unmatched", 404): 9,
+        }
+    )
     assert parse_metrics(text) == Counts(requests=55, errors=6)
 
 
@@ -87,8 +89,12 @@ def test_the_version_counts_are_the_sum_over_its_pods() -> None:
 def test_the_first_observation_starts_a_window() -> None:
     decision = evaluate(None, Counts(500, 7), POLICY, now=T0, window_start=None)
     assert decision.action == "new_window" and not decision.rollback
-    assert decision.status == {"windowStart": "2025-01-02T03:04:00Z", "requestsAtWindowStart": 500,
-                               "errorsAtWindowStart": 7, "rolledBack": False}
+    assert decision.status == {
+        "windowStart": "2025-01-02T03:04:00Z",
+        "requestsAtWindowStart": 500,
+        "errorsAtWindowStart": 7,
+        "rolledBack": False,
+    }
 
 
 def test_an_error_rate_past_the_threshold_rolls_back_with_the_numbers() -> None:
@@ -102,8 +108,7 @@ def test_an_error_rate_past_the_threshold_rolls_back_with_the_numbers() -> None:
 
 def test_errors_before_the_window_do_not_count() -> None:
     # 1000 errors long ago, a clean window now.
-    decision = evaluate(Counts(2000, 1000), Counts(2100, 1000), POLICY, now=T0 + timedelta(seconds=30),
-                        window_start=T0)
+    decision = evaluate(Counts(2000, 1000), Counts(2100, 1000), POLICY, now=T0 + timedelta(seconds=30), window_start=T0)
     assert decision.action == "keep" and decision.error_rate == 0.0
 
 
@@ -131,8 +136,13 @@ def test_a_passed_window_starts_the_next_one_at_the_current_counts() -> None:
     decision = evaluate(Counts(100, 0), Counts(400, 3), POLICY, now=later, window_start=T0)
     assert decision.action == "new_window" and decision.reason == "WindowPassed"
     assert decision.error_rate == pytest.approx(0.01)
-    assert decision.status == {"windowStart": "2025-01-02T03:05:01Z", "requestsAtWindowStart": 400,
-                               "errorsAtWindowStart": 3, "errorRate": 0.01, "rolledBack": False}
+    assert decision.status == {
+        "windowStart": "2025-01-02T03:05:01Z",
+        "requestsAtWindowStart": 400,
+        "errorsAtWindowStart": 3,
+        "errorRate": 0.01,
+        "rolledBack": False,
+    }
 
 
 def test_a_quiet_window_keeps_the_last_judged_rate() -> None:
@@ -159,8 +169,9 @@ def test_more_new_errors_than_new_requests_never_rates_above_one() -> None:
 
 
 def test_without_another_ready_version_the_failing_one_keeps_serving() -> None:
-    decision = evaluate(Counts(0, 0), Counts(100, 90), POLICY, now=T0 + timedelta(seconds=10), window_start=T0,
-                        has_fallback=False)
+    decision = evaluate(
+        Counts(0, 0), Counts(100, 90), POLICY, now=T0 + timedelta(seconds=10), window_start=T0, has_fallback=False
+    )
     assert decision.action == "keep" and decision.reason == "NoFallback"
     assert decision.status["rolledBack"] is False and "no other Ready version" in decision.message
 
@@ -205,14 +216,21 @@ counts = st.builds(Counts, st.integers(0, 10**9), st.integers(0, 10**9))
 
 
 @settings(deadline=None)
-@given(start=counts, current=counts, elapsed=st.integers(0, 10**5),
-       rate=st.floats(0, 1), minimum=st.integers(1, 1000), fallback=st.booleans())
+@given(
+    start=counts,
+    current=counts,
+    elapsed=st.integers(0, 10**5),
+    rate=st.floats(0, 1),
+    minimum=st.integers(1, 1000),
+    fallback=st.booleans(),
+)
 def test_any_counts_give_a_rate_between_0_and_1_and_roll_back_only_past_the_threshold(
     start: Counts, current: Counts, elapsed: int, rate: float, minimum: int, fallback: bool
 ) -> None:
     policy = Rollout(max_error_rate=rate, window_seconds=60, min_requests=minimum)
-    decision = evaluate(start, current, policy, now=T0 + timedelta(seconds=elapsed), window_start=T0,
-                        has_fallback=fallback)
+    decision = evaluate(
+        start, current, policy, now=T0 + timedelta(seconds=elapsed), window_start=T0, has_fallback=fallback
+    )
     assert decision.requests >= 0 and 0 <= decision.errors <= decision.requests
     if decision.error_rate is not None:
         assert 0.0 <= decision.error_rate <= 1.0

@@ -23,10 +23,17 @@ from modelfleet_operator.traffic import (
 GATEWAY = OperatorConfig(routing="gateway", gateway="infra/public")
 
 
-def v(name: str, weight: int, ready: bool = True, replicas: int = 4, serving: int = 0, autoscaling=None) -> VersionState:
+def v(
+    name: str, weight: int, ready: bool = True, replicas: int = 4, serving: int = 0, autoscaling=None
+) -> VersionState:
     return VersionState(
-        name=name, version=name.rsplit("-", 1)[-1], weight=weight, ready=ready,
-        replicas=replicas, serving=serving, autoscaling=autoscaling,
+        name=name,
+        version=name.rsplit("-", 1)[-1],
+        weight=weight,
+        ready=ready,
+        replicas=replicas,
+        serving=serving,
+        autoscaling=autoscaling,
     )
 
 
@@ -179,9 +186,15 @@ def test_gateway_mode_keeps_every_version_at_full_replicas() -> None:
 
 def _route(versions: list[VersionState], split: TrafficSplit | None = None, config: OperatorConfig = GATEWAY) -> dict:
     return build_httproute(
-        model="m", namespace="ml", versions=versions, split=split or effective_shares(versions), config=config,
+        model="m",
+        namespace="ml",
+        versions=versions,
+        split=split or effective_shares(versions),
+        config=config,
         labels={"app.kubernetes.io/name": "m"},
-        owner_references=[{"apiVersion": "serving.modelfleet.dev/v1alpha1", "kind": "ModelVersion", "name": "m-1", "uid": "u"}],
+        owner_references=[
+            {"apiVersion": "serving.modelfleet.dev/v1alpha1", "kind": "ModelVersion", "name": "m-1", "uid": "u"}
+        ],
     )
 
 
@@ -195,14 +208,18 @@ def test_httproute_splits_by_share_and_pins_by_header(httproute_validator: jsons
     ]
     *pins, default = route["spec"]["rules"]
     assert [(r["matches"][0]["headers"][0]["value"], r["backendRefs"][0]["name"]) for r in pins] == [
-        ("1", "m-1"), ("2", "m-2"), ("3", "m-3"),
+        ("1", "m-1"),
+        ("2", "m-2"),
+        ("3", "m-3"),
     ]
     assert all(r["matches"][0]["headers"][0]["name"] == "x-model-version" for r in pins)
     assert [(b["name"], b["port"], b["weight"]) for b in default["backendRefs"]] == [("m-1", 80, 90), ("m-2", 80, 10)]
     assert "headers" not in default["matches"][0]
 
 
-def test_httproute_to_a_gateway_in_the_same_namespace_has_no_namespace(httproute_validator: jsonschema.Validator) -> None:
+def test_httproute_to_a_gateway_in_the_same_namespace_has_no_namespace(
+    httproute_validator: jsonschema.Validator,
+) -> None:
     route = _route([v("m-1", 100)], config=OperatorConfig(routing="gateway", gateway="public"))
     assert route["spec"]["parentRefs"] == [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "public"}]
     assert list(httproute_validator.iter_errors(route)) == []
@@ -231,4 +248,6 @@ def test_httproute_with_many_versions_stays_within_the_rule_limit(httproute_vali
 def test_httproute_metadata_is_valid_kubernetes(version: str) -> None:
     # kubernetes-validate skips custom kinds; this checks it does not choke on the route
     route = _route([v("m-1", 100)])
-    kubernetes_validate.validate({"apiVersion": "v1", "kind": "ConfigMap", "metadata": route["metadata"]}, version, strict=True)
+    kubernetes_validate.validate(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": route["metadata"]}, version, strict=True
+    )

@@ -43,8 +43,14 @@ async def live_server(settings: Settings, *, wait_ready: bool = True) -> AsyncIt
     port = free_port()
     settings = dataclasses.replace(settings, host="127.0.0.1", port=port)
     model_server = ModelServer(settings)
-    config = uvicorn.Config(create_app(settings, model_server), host="127.0.0.1", port=port,
-                            log_level="warning", lifespan="on", access_log=False)
+    config = uvicorn.Config(
+        create_app(settings, model_server),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        access_log=False,
+    )
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # older uvicorn
     task = asyncio.get_running_loop().create_task(server.serve())

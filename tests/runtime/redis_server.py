@@ -85,8 +85,9 @@ class RedisServer:
         ]  # fmt: skip
         if self.password:
             args += ["--requirepass", self.password]
-        self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.DEVNULL)
+        self._process = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         self._wait_until_answering()
 
     def stop(self) -> None:
@@ -136,7 +137,9 @@ class RedisServer:
                 pass
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"{self.binary} did not answer PING on 127.0.0.1:{self.port} within {START_TIMEOUT}s")
+                raise RuntimeError(
+                    f"{self.binary} did not answer PING on 127.0.0.1:{self.port} within {START_TIMEOUT}s"
+                )
             time.sleep(0.01)
 
 

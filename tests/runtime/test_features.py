@@ -40,8 +40,10 @@ def counting_connection() -> tuple[type[aioredis.Connection], list[bytes]]:
 
     class CountingConnection(aioredis.Connection):
         async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-            payload = command if isinstance(command, (bytes, str)) else b"".join(
-                part if isinstance(part, bytes) else bytes(part) for part in command
+            payload = (
+                command
+                if isinstance(command, (bytes, str))
+                else b"".join(part if isinstance(part, bytes) else bytes(part) for part in command)
             )
             payload = payload.encode() if isinstance(payload, str) else payload
             if b"HMGET" in payload:

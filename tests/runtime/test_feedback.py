@@ -41,6 +41,7 @@ def test_a_line_is_plain_json_and_its_checksum_catches_any_change() -> None:
     assert decode_line(line) == Sample([1.0, 2.5], [0.0, 1.0], 12.0, "3")
     # A reader that ignores the checksum still gets the sample.
     import json
+
     assert json.loads(line)["features"] == [1.0, 2.5]
     flipped = line.replace(b"2.5", b"2.6")
     assert decode_line(flipped) is None
@@ -101,15 +102,14 @@ async def test_a_torn_last_line_is_skipped_and_the_samples_before_it_are_kept(tm
         assert volume.count_unconsumed() == 4
 
 
-async def test_a_corrupted_line_is_skipped_in_a_sealed_segment_but_stops_reading_in_an_open_one(
-        tmp_path: Path) -> None:
+async def test_a_corrupted_line_is_skipped_in_a_sealed_segment_but_stops_reading_in_an_open_one(tmp_path: Path) -> None:
     writer = FeedbackWriter(tmp_path, pod="pod-a")
     await writer.append([sample(i) for i in range(3)])
     [segment] = segment_files(tmp_path)
     data = segment.read_bytes()
     second = data.index(b"\n") + 1
     # Zeros where the second line was: what an unsynced page may read as on a network filesystem.
-    broken = data[:second] + b"\0" * (data.index(b"\n", second) - second) + data[data.index(b"\n", second):]
+    broken = data[:second] + b"\0" * (data.index(b"\n", second) - second) + data[data.index(b"\n", second) :]
     segment.write_bytes(broken)
     volume = FeedbackVolume(tmp_path)
     assert ids(volume) == [0]  # open: the writer may still be completing those bytes
@@ -198,7 +198,8 @@ async def test_a_second_run_that_read_the_same_samples_cannot_commit_them_again(
 
 
 async def test_a_failed_write_is_reported_and_the_next_append_uses_a_new_segment(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     writer = FeedbackWriter(tmp_path, pod="pod-a")
     await writer.append([sample(0)])
     real_write = os.write

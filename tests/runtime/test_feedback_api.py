@@ -42,8 +42,13 @@ uvicorn.Server(uvicorn.Config(create_feedback_app(settings), fd=int(os.environ["
 
 
 def settings_for(model: Path, volume: Path | None, **overrides: Any) -> Settings:
-    values: dict[str, Any] = dict(model=str(model), name="fraud", model_version="3", warmup_iterations=1,
-                                  feedback_dir=str(volume) if volume else "")
+    values: dict[str, Any] = dict(
+        model=str(model),
+        name="fraud",
+        model_version="3",
+        warmup_iterations=1,
+        feedback_dir=str(volume) if volume else "",
+    )
     values.update(overrides)
     return Settings(**values)
 
@@ -92,8 +97,13 @@ async def test_feedback_is_stored_durably_in_every_request_shape(served: Any) ->
     assert r.json() == {"accepted": 1, "unconsumed": 5}
 
     f32 = [float(v) for v in np.float32([0.1, 0.2, 0.3, 0.4])]
-    assert stored(volume) == [([1, 2, 3, 4], 0.5), ([5, 6, 7, 8], 1), ([9, 10, 11, 12], [2, 3]),
-                              ([10, 20, 0.25, 0.5], 7), (f32, 1.5)]
+    assert stored(volume) == [
+        ([1, 2, 3, 4], 0.5),
+        ([5, 6, 7, 8], 1),
+        ([9, 10, 11, 12], [2, 3]),
+        ([10, 20, 0.25, 0.5], 7),
+        (f32, 1.5),
+    ]
     assert {r.sample.model_version for r in FeedbackVolume(volume).iter_unconsumed()} == {"3"}
 
     stats = (await client.get("/v1/feedback/stats")).json()
@@ -105,21 +115,25 @@ async def test_feedback_is_stored_durably_in_every_request_shape(served: Any) ->
     assert "modelfleet_feedback_fsync_seconds_count" in metrics
 
 
-@pytest.mark.parametrize(("body", "status", "says"), [
-    ({"features": [1, 2, 3], "label": 1}, 400, "expected 4 features, got 3"),
-    ({"features": [1, 2, "x", 4], "label": 1}, 422, "not a number"),
-    ({"features": [1, 2, 1e39, 4], "label": 1}, 422, "not a finite float32"),
-    ({"features": [1, 2, 3, 4]}, 400, "missing 'label'"),
-    ({"features": [1, 2, 3, 4], "label": "cat"}, 422, "label must be a number"),
-    ({"features": [1, 2, 3, 4], "label": True}, 422, "label must be a number"),
-    ({"instances": [[1, 2, 3, 4], [1, 2, 3, 4]], "labels": [1]}, 400, "2 rows but 1 labels"),
-    ({"instances": [[1, 2, 3, 4], [1, 2, 3, 4]], "label": 1}, 400, "need 'labels'"),
-    ({"entity_id": "u1", "features": [1], "label": 1}, 400, "entity features (2) + request features (1) = 3"),
-    ({"request_id": "0123abcd", "label": 1}, 404, "unknown or expired request_id"),
-    ({"label": 1}, 400, "expected 'features'"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        ({"features": [1, 2, 3], "label": 1}, 400, "expected 4 features, got 3"),
+        ({"features": [1, 2, "x", 4], "label": 1}, 422, "not a number"),
+        ({"features": [1, 2, 1e39, 4], "label": 1}, 422, "not a finite float32"),
+        ({"features": [1, 2, 3, 4]}, 400, "missing 'label'"),
+        ({"features": [1, 2, 3, 4], "label": "cat"}, 422, "label must be a number"),
+        ({"features": [1, 2, 3, 4], "label": True}, 422, "label must be a number"),
+        ({"instances": [[1, 2, 3, 4], [1, 2, 3, 4]], "labels": [1]}, 400, "2 rows but 1 labels"),
+        ({"instances": [[1, 2, 3, 4], [1, 2, 3, 4]], "label": 1}, 400, "need 'labels'"),
+        ({"entity_id": "u1", "features": [1], "label": 1}, 400, "entity features (2) + request features (1) = 3"),
+        ({"request_id": "0123abcd", "label": 1}, 404, "unknown or expired request_id"),
+        ({"label": 1}, 400, "expected 'features'"),
+    ],
+)
 async def test_bad_feedback_is_refused_with_a_reason_and_nothing_is_stored(
-        served: Any, body: dict, status: int, says: str) -> None:
+    served: Any, body: dict, status: int, says: str
+) -> None:
     client, _, volume = served
     r = await client.post("/feedback", json=body)
     assert r.status_code == status, r.text
@@ -129,8 +143,9 @@ async def test_bad_feedback_is_refused_with_a_reason_and_nothing_is_stored(
 
 async def test_nan_is_refused(served: Any) -> None:
     client, _, volume = served
-    r = await client.post("/feedback", content=b'{"features": [1, NaN, 3, 4], "label": 1}',
-                          headers={"content-type": "application/json"})
+    r = await client.post(
+        "/feedback", content=b'{"features": [1, NaN, 3, 4], "label": 1}', headers={"content-type": "application/json"}
+    )
     assert r.status_code in (400, 422) and "NaN" in r.json()["error"]
     assert stored(volume) == []
 
@@ -145,7 +160,8 @@ async def test_feedback_without_a_volume_answers_503_and_stats_say_disabled(mlp_
 
 
 async def test_with_a_token_file_feedback_without_the_bearer_token_is_refused_and_not_stored(
-        mlp_path: Path, tmp_path: Path) -> None:
+    mlp_path: Path, tmp_path: Path
+) -> None:
     (tmp_path / "token").write_text("s3cret-token\n")
     volume = tmp_path / "volume"
     server = ModelServer(settings_for(mlp_path, volume, feedback_token_file=str(tmp_path / "token")))
@@ -165,9 +181,17 @@ async def test_with_a_token_file_feedback_without_the_bearer_token_is_refused_an
 
 
 def start_server(listener: socket.socket, settings: Settings, tmp_path: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, TEST_DIR=str(Path(__file__).parent), TEST_FD=str(listener.fileno()), HOSTNAME="fraud-3-x1",
-               MODELFLEET_MODEL=settings.model, MODELFLEET_FEEDBACK_DIR=settings.feedback_dir,
-               MODELFLEET_MODEL_VERSION="3", MODELFLEET_WARMUP_ITERATIONS="1", MODELFLEET_CACHE_DIR=str(tmp_path))
+    env = dict(
+        os.environ,
+        TEST_DIR=str(Path(__file__).parent),
+        TEST_FD=str(listener.fileno()),
+        HOSTNAME="fraud-3-x1",
+        MODELFLEET_MODEL=settings.model,
+        MODELFLEET_FEEDBACK_DIR=settings.feedback_dir,
+        MODELFLEET_MODEL_VERSION="3",
+        MODELFLEET_WARMUP_ITERATIONS="1",
+        MODELFLEET_CACHE_DIR=str(tmp_path),
+    )
     return subprocess.Popen([sys.executable, "-c", SERVE_ON_FD], env=env, pass_fds=[listener.fileno()])
 
 
@@ -236,8 +260,9 @@ async def test_every_acknowledged_sample_survives_kill_9_exactly_once(mlp_path: 
 
     assert len(acked) + len(failed) == clients * per_client
     assert len(acked) > kill_after
-    counts = collections.Counter((int(r.sample.features[0]), int(r.sample.features[1]))
-                                 for r in FeedbackVolume(volume).iter_unconsumed())
+    counts = collections.Counter(
+        (int(r.sample.features[0]), int(r.sample.features[1])) for r in FeedbackVolume(volume).iter_unconsumed()
+    )
     assert all(counts[key] == 1 for key in acked), "an acknowledged sample is missing or duplicated"
     assert max(counts.values()) == 1
     assert set(counts) <= set(acked) | set(failed)

@@ -18,21 +18,31 @@ def _session_output(path: Path, rows: np.ndarray) -> np.ndarray:
     return session.run(None, {"x": rows.astype(np.float32)})[0]
 
 
-async def test_entity_features_are_placed_before_the_request_features(tmp_path: Path,
-                                                                       private_redis_server: RedisServer) -> None:
+async def test_entity_features_are_placed_before_the_request_features(
+    tmp_path: Path, private_redis_server: RedisServer
+) -> None:
     model = build_mlp(tmp_path / "m.onnx", (5, 8, 1))
     private_redis_server.command("HSET", "user:u42", "age", "37", "tenure_days", "400", "txn_7d", "3")
     private_redis_server.command("HSET", "user:u7", "age", "22", "tenure_days", "10", "txn_7d", "0.5")
-    settings = Settings(model=str(model), name="fraud", warmup_iterations=1,
-                        feature_store=private_redis_server.url, feature_prefix="user:",
-                        feature_fields=("age", "tenure_days", "txn_7d"))
+    settings = Settings(
+        model=str(model),
+        name="fraud",
+        warmup_iterations=1,
+        feature_store=private_redis_server.url,
+        feature_prefix="user:",
+        feature_fields=("age", "tenure_days", "txn_7d"),
+    )
     async with live_server(settings) as live:
         one = await live.client.post("/predict", json={"entity_id": "u42", "features": [0.5, -1.0]})
         wrong_width = await live.client.post("/predict", json={"entity_id": "u42", "features": [0.5]})
         unknown = await live.client.post("/predict", json={"entity_id": "nobody", "features": [0.5, -1.0]})
-        v2 = await live.client.post("/v2/models/fraud/infer", json={
-            "parameters": {"entity_ids": ["u42", "u7"]},
-            "inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [0.5, -1.0, 2.0, 3.0]}]})
+        v2 = await live.client.post(
+            "/v2/models/fraud/infer",
+            json={
+                "parameters": {"entity_ids": ["u42", "u7"]},
+                "inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [0.5, -1.0, 2.0, 3.0]}],
+            },
+        )
         private_redis_server.stop()
         cached = await live.client.post("/predict", json={"entity_id": "u42", "features": [0.5, -1.0]})
         outage = await live.client.post("/predict", json={"entity_id": "u9", "features": [0.5, -1.0]})
@@ -49,11 +59,13 @@ async def test_entity_features_are_placed_before_the_request_features(tmp_path: 
     assert outage.status_code == 503 and outage.headers.get("retry-after")
 
 
-async def test_a_feature_store_wider_than_the_model_never_becomes_ready(tmp_path: Path,
-                                                                        private_redis_server: RedisServer) -> None:
+async def test_a_feature_store_wider_than_the_model_never_becomes_ready(
+    tmp_path: Path, private_redis_server: RedisServer
+) -> None:
     model = build_mlp(tmp_path / "m.onnx", (2, 4, 1))
-    settings = Settings(model=str(model), warmup_iterations=1, feature_store=private_redis_server.url,
-                        feature_fields=("a", "b", "c"))
+    settings = Settings(
+        model=str(model), warmup_iterations=1, feature_store=private_redis_server.url, feature_fields=("a", "b", "c")
+    )
     async with live_server(settings) as live:
         ready = await live.client.get("/v2/health/ready")
     assert ready.status_code == 503

@@ -30,28 +30,39 @@ RUNTIME = [sys.executable, "-m", "modelfleet_runtime.cli"]
 
 
 def test_a_flag_wins_over_its_environment_variable() -> None:
-    env = {"MODELFLEET_MODEL": "file:///m.onnx", "MODELFLEET_MAX_BATCH_SIZE": "1",
-           "MODELFLEET_MAX_QUEUE": "100000", "MODELFLEET_PORT": "9000",
-           "MODELFLEET_FEATURE_FIELDS": "age, tenure_days,txn_7d"}
+    env = {
+        "MODELFLEET_MODEL": "file:///m.onnx",
+        "MODELFLEET_MAX_BATCH_SIZE": "1",
+        "MODELFLEET_MAX_QUEUE": "100000",
+        "MODELFLEET_PORT": "9000",
+        "MODELFLEET_FEATURE_FIELDS": "age, tenure_days,txn_7d",
+    }
     settings = parse_serve_args(["--max-batch-size", "64"], env)
     assert settings.model == "file:///m.onnx" and settings.max_batch_size == 64 and settings.port == 9000
     assert settings.feature_fields == ("age", "tenure_days", "txn_7d")
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--model", "m.onnx", "--max-batch-size", "0"], "max-batch-size must be at least 1"),
-    (["--model", "m.onnx", "--port", "many"], "port: cannot read 'many' as int"),
-    (["--model", "m.onnx", "--sha256", "abc"], "sha256 must be 64 hexadecimal characters"),
-    ([], "no model: pass --model URI"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "m.onnx", "--max-batch-size", "0"], "max-batch-size must be at least 1"),
+        (["--model", "m.onnx", "--port", "many"], "port: cannot read 'many' as int"),
+        (["--model", "m.onnx", "--sha256", "abc"], "sha256 must be 64 hexadecimal characters"),
+        ([], "no model: pass --model URI"),
+    ],
+)
 def test_bad_settings_are_refused_with_the_reason(argv: list[str], message: str) -> None:
     with pytest.raises(SettingsError, match=message.replace("(", r"\(")):
         parse_serve_args(argv, {})
 
 
 def test_mounted_sources_resolve_under_the_model_root() -> None:
-    assert resolve_local("pvc://models/fraud/2/model.onnx", "/mnt/models") == Path("/mnt/models/pvc/models/fraud/2/model.onnx")
-    assert resolve_local("configmap://fraud-model/model.onnx", "/mnt/models") == Path("/mnt/models/configmap/fraud-model/model.onnx")
+    assert resolve_local("pvc://models/fraud/2/model.onnx", "/mnt/models") == Path(
+        "/mnt/models/pvc/models/fraud/2/model.onnx"
+    )
+    assert resolve_local("configmap://fraud-model/model.onnx", "/mnt/models") == Path(
+        "/mnt/models/configmap/fraud-model/model.onnx"
+    )
     assert resolve_local("file:///opt/m.onnx", "/x") == Path("/opt/m.onnx")
     assert resolve_local("/opt/m.onnx", "/x") == Path("/opt/m.onnx")
     assert resolve_local("https://example.invalid/m.onnx", "/x") is None
@@ -108,8 +119,10 @@ def test_demo_model_command_writes_a_deterministic_model(tmp_path: Path) -> None
 async def _send_raw(port: int, body: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Write a whole POST /predict on its own connection, so the server surely has it."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    writer.write(
+        b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
     await writer.drain()
     return reader, writer
 
@@ -127,12 +140,20 @@ async def test_sigterm_answers_every_request_in_flight_then_exits_zero(tmp_path:
     # Heavy rows with small bodies: the requests arrive much faster than the model gets through them.
     model = build_mlp(tmp_path / "heavy.onnx", (8, 3072, 3072, 1))
     port = free_port()
-    env = {**os.environ, "MODELFLEET_MODEL": str(model), "MODELFLEET_PORT": str(port),
-           "MODELFLEET_HOST": "127.0.0.1", "MODELFLEET_WARMUP_ITERATIONS": "1", "MODELFLEET_MAX_BATCH_SIZE": "1",
-           "MODELFLEET_MAX_QUEUE": "100000", "MODELFLEET_LOG_LEVEL": "warning"}
+    env = {
+        **os.environ,
+        "MODELFLEET_MODEL": str(model),
+        "MODELFLEET_PORT": str(port),
+        "MODELFLEET_HOST": "127.0.0.1",
+        "MODELFLEET_WARMUP_ITERATIONS": "1",
+        "MODELFLEET_MAX_BATCH_SIZE": "1",
+        "MODELFLEET_MAX_QUEUE": "100000",
+        "MODELFLEET_LOG_LEVEL": "warning",
+    }
     process = subprocess.Popen([*RUNTIME, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+
             async def ready() -> bool:
                 try:
                     return (await client.get("/v2/health/ready")).status_code == 200

@@ -38,6 +38,7 @@ async def test_every_caller_gets_its_own_rows_under_concurrent_mixed_load(classi
             rows = rows[:1]
         requests.append((kind, rows))
     async with live_server(settings_for(classifier_path, max_batch_size=16)) as live:
+
         async def call(kind: str, rows: np.ndarray) -> np.ndarray:
             if kind == "features":
                 r = await live.client.post("/predict", json={"features": rows[0].tolist()})
@@ -47,8 +48,10 @@ async def test_every_caller_gets_its_own_rows_under_concurrent_mixed_load(classi
                 r = await live.client.post("/predict", json={"instances": rows.tolist()})
                 assert r.status_code == 200, r.text
                 return np.array(r.json()["predictions"])
-            body = {"id": "r", "inputs": [{"name": "x", "shape": list(rows.shape), "datatype": "FP32",
-                                           "data": rows.ravel().tolist()}]}
+            body = {
+                "id": "r",
+                "inputs": [{"name": "x", "shape": list(rows.shape), "datatype": "FP32", "data": rows.ravel().tolist()}],
+            }
             r = await live.client.post("/v2/models/fraud/infer", json=body)
             assert r.status_code == 200, r.text
             out = r.json()["outputs"][0]
@@ -112,12 +115,12 @@ async def test_response_shapes_follow_the_design_contract(tmp_path: Path, classi
         (b'{"features": [1, 2, NaN, 4]}', 400, "NaN and Infinity are not valid JSON numbers"),
         (b'{"features": [1, 2, 1e39, 4]}', 422, "row 0 feature 2 is not a finite float32 number"),
         (b'{"features": [1, 2, 3, 4]', 400, "malformed JSON"),
-        (b'[1, 2, 3, 4]', 400, "must be a JSON object"),
+        (b"[1, 2, 3, 4]", 400, "must be a JSON object"),
         (b'{"rows": [[1, 2, 3, 4]]}', 400, "expected 'features' (one row) or 'instances'"),
         (b'{"instances": [[1, 2, 3, 4], [1, 2, 3]]}', 400, "row 1: expected 4 features, got 3"),
         (b'{"instances": []}', 400, "no rows"),
         (b'{"features": 5}', 400, "'features' must be a list of numbers"),
-        (b'', 400, "empty request body"),
+        (b"", 400, "empty request body"),
     ],
 )
 async def test_bad_input_gets_a_clear_error(mlp_path: Path, body: bytes, status: int, message: str) -> None:
@@ -145,6 +148,7 @@ async def test_bad_requests_never_disturb_good_ones_in_the_same_batch(mlp_path: 
 async def test_body_over_the_limit_is_refused_with_413(mlp_path: Path) -> None:
     async with live_server(settings_for(mlp_path, max_body_bytes=2048)) as live:
         r = await live.client.post("/predict", json={"instances": [[1.5, 2.5, 3.5, 4.5]] * 200})
+
         async def chunks():  # no Content-Length: the limit must hold while streaming
             for chunk in (b'{"instances": [', b"[1,2,3,4]," * 400, b"]}"):
                 yield chunk
@@ -194,9 +198,13 @@ async def test_unknown_model_or_version_is_404_naming_what_is_served(mlp_path: P
         assert r.status_code == 404
         assert "serves model 'fraud' version '2'" in r.json()["error"]
     assert right_version.status_code == 200
-    assert meta.json() == {"name": "fraud", "versions": ["2"], "platform": "onnxruntime_onnx",
-                           "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
-                           "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}]}
+    assert meta.json() == {
+        "name": "fraud",
+        "versions": ["2"],
+        "platform": "onnxruntime_onnx",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}],
+    }
 
 
 @pytest.mark.parametrize(
@@ -219,8 +227,11 @@ async def test_v2_bad_tensors_are_named(mlp_path: Path, inputs: list, message: s
 
 async def test_v2_answers_requested_outputs_with_id(tmp_path: Path) -> None:
     two = build_two_output(tmp_path / "two.onnx")
-    body = {"id": "abc", "inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32", "data": [[1, 2, 3], [4, 5, 6]]}],
-            "outputs": [{"name": "total"}]}
+    body = {
+        "id": "abc",
+        "inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32", "data": [[1, 2, 3], [4, 5, 6]]}],
+        "outputs": [{"name": "total"}],
+    }
     async with live_server(settings_for(two)) as live:
         r = await live.client.post("/v2/models/fraud/infer", json=body)
         bad = await live.client.post("/v2/models/fraud/infer", json={**body, "outputs": [{"name": "nope"}]})
@@ -284,8 +295,11 @@ async def test_metrics_parse_and_histograms_move(mlp_path: Path) -> None:
 
 
 def _samples(text: str) -> dict[tuple[str, tuple], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 async def test_predict_token_is_required_when_configured(mlp_path: Path, tmp_path: Path) -> None:
@@ -293,10 +307,12 @@ async def test_predict_token_is_required_when_configured(mlp_path: Path, tmp_pat
     token.write_text("s3cret\n")
     async with live_server(settings_for(mlp_path, predict_token_file=str(token))) as live:
         anonymous = await live.client.post("/predict", json={"features": [1, 2, 3, 4]})
-        wrong = await live.client.post("/predict", json={"features": [1, 2, 3, 4]},
-                                       headers={"authorization": "Bearer nope"})
-        right = await live.client.post("/predict", json={"features": [1, 2, 3, 4]},
-                                       headers={"authorization": "Bearer s3cret"})
+        wrong = await live.client.post(
+            "/predict", json={"features": [1, 2, 3, 4]}, headers={"authorization": "Bearer nope"}
+        )
+        right = await live.client.post(
+            "/predict", json={"features": [1, 2, 3, 4]}, headers={"authorization": "Bearer s3cret"}
+        )
     assert anonymous.status_code == 401 and wrong.status_code == 401 and right.status_code == 200
 
 

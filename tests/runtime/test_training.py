@@ -31,8 +31,10 @@ def logistic_model(path: Path, w: np.ndarray, b: float) -> Path:
         "logistic",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", len(w)])],
         [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["batch", 1])],
-        [numpy_helper.from_array(w.reshape(-1, 1).astype(np.float32), "w"),
-         numpy_helper.from_array(np.array([b], np.float32), "b")],
+        [
+            numpy_helper.from_array(w.reshape(-1, 1).astype(np.float32), "w"),
+            numpy_helper.from_array(np.array([b], np.float32), "b"),
+        ],
     )
     return save(graph, path)
 
@@ -43,8 +45,10 @@ def linear_model(path: Path, w: np.ndarray, b: float) -> Path:
         "linear",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", len(w)])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
-        [numpy_helper.from_array(w.reshape(-1, 1).astype(np.float32), "w"),
-         numpy_helper.from_array(np.array([b], np.float32), "b")],
+        [
+            numpy_helper.from_array(w.reshape(-1, 1).astype(np.float32), "w"),
+            numpy_helper.from_array(np.array([b], np.float32), "b"),
+        ],
     )
     return save(graph, path)
 
@@ -62,8 +66,19 @@ async def put(volume_dir: Path, x: np.ndarray, labels: list) -> None:
 
 def run_trainer(base: Path, samples: Path, output: Path, *extra: str) -> tuple[int, dict]:
     log = output.parent / f"{output.name}-termination-log"
-    code = training.cli_main(["--base-model", str(base), "--samples", str(samples), "--output", str(output),
-                              "--termination-log", str(log), *extra])
+    code = training.cli_main(
+        [
+            "--base-model",
+            str(base),
+            "--samples",
+            str(samples),
+            "--output",
+            str(output),
+            "--termination-log",
+            str(log),
+            *extra,
+        ]
+    )
     return code, json.loads(log.read_text())
 
 
@@ -106,8 +121,9 @@ async def test_logistic_regression_child_beats_parent_on_the_shifted_distributio
     parent_graph, child_graph = onnx.load(str(parent)).graph, onnx.load(str(child)).graph
     onnx.checker.check_model(onnx.load(str(child)))
     assert [n.SerializeToString() for n in child_graph.node] == [n.SerializeToString() for n in parent_graph.node]
-    assert not np.allclose(numpy_helper.to_array(child_graph.initializer[0]),
-                           numpy_helper.to_array(parent_graph.initializer[0]))
+    assert not np.allclose(
+        numpy_helper.to_array(child_graph.initializer[0]), numpy_helper.to_array(parent_graph.initializer[0])
+    )
     assert FeedbackVolume(tmp_path / "volume").count_unconsumed() == 0
 
 
@@ -145,7 +161,8 @@ async def test_mlp_classifier_warm_starts_and_adapts_to_a_new_distribution(tmp_p
 
 
 async def test_linear_regression_child_has_lower_mae_and_env_variables_configure_the_run(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rng = np.random.default_rng(2)
     parent = linear_model(tmp_path / "parent.onnx", W_A, B_A)
     x = rng.normal(size=(500, 4))
@@ -166,13 +183,17 @@ async def test_linear_regression_child_has_lower_mae_and_env_variables_configure
 
 
 async def test_a_graph_with_an_unsupported_operator_fails_naming_it_and_consumes_nothing(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     graph = helper.make_graph(
         [helper.make_node("Gemm", ["x", "w", "b"], ["h"]), helper.make_node("Tanh", ["h"], ["y"])],
         "tanh",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
-        [numpy_helper.from_array(np.ones((4, 1), np.float32), "w"), numpy_helper.from_array(np.zeros(1, np.float32), "b")],
+        [
+            numpy_helper.from_array(np.ones((4, 1), np.float32), "w"),
+            numpy_helper.from_array(np.zeros(1, np.float32), "b"),
+        ],
     )
     base = save(graph, tmp_path / "tanh.onnx")
     x = np.random.default_rng(3).normal(size=(50, 4))
@@ -186,7 +207,8 @@ async def test_a_graph_with_an_unsupported_operator_fails_naming_it_and_consumes
 
 
 async def test_a_trainer_killed_before_its_commit_consumes_nothing_and_the_retry_trains_on_everything(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rng = np.random.default_rng(4)
     parent = logistic_model(tmp_path / "parent.onnx", W_A, B_A)
     x, y = binary_data(rng, 200, W_B, B_B)
@@ -213,7 +235,8 @@ async def test_a_trainer_killed_before_its_commit_consumes_nothing_and_the_retry
 
 
 async def test_a_retried_job_that_already_committed_reports_its_result_instead_of_training_again(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     rng = np.random.default_rng(5)
     parent = logistic_model(tmp_path / "parent.onnx", W_A, B_A)
     x, y = binary_data(rng, 100, W_B, B_B)
@@ -245,15 +268,21 @@ async def test_samples_that_do_not_fit_the_model_are_skipped_counted_and_consume
 
 def test_backpropagation_matches_finite_differences_for_every_supported_operator(tmp_path: Path) -> None:
     rng = np.random.default_rng(7)
-    inits = {"w1": rng.normal(size=(5, 4)), "b1": rng.normal(size=(5,)), "w2": rng.normal(size=(5, 3)),
-             "b2": rng.normal(size=(1, 3))}
+    inits = {
+        "w1": rng.normal(size=(5, 4)),
+        "b1": rng.normal(size=(5,)),
+        "w2": rng.normal(size=(5, 3)),
+        "b2": rng.normal(size=(1, 3)),
+    }
     graph = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1, alpha=0.7, beta=1.3),
-         helper.make_node("Sigmoid", ["h"], ["hs"]),
-         helper.make_node("Relu", ["hs"], ["hr"]),
-         helper.make_node("MatMul", ["hr", "w2"], ["z"]),
-         helper.make_node("Add", ["z", "b2"], ["logits"]),
-         helper.make_node("Softmax", ["logits"], ["y"])],
+        [
+            helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1, alpha=0.7, beta=1.3),
+            helper.make_node("Sigmoid", ["h"], ["hs"]),
+            helper.make_node("Relu", ["hs"], ["hr"]),
+            helper.make_node("MatMul", ["hr", "w2"], ["z"]),
+            helper.make_node("Add", ["z", "b2"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["y"]),
+        ],
         "all_ops",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],

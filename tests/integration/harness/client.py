@@ -27,8 +27,14 @@ class ApiError(Exception):
         self.body = body
 
 
-def resource_path(group: str, version: str, plural: str, namespace: str | None = None,
-                  name: str | None = None, subresource: str | None = None) -> str:
+def resource_path(
+    group: str,
+    version: str,
+    plural: str,
+    namespace: str | None = None,
+    name: str | None = None,
+    subresource: str | None = None,
+) -> str:
     base = f"/apis/{group}/{version}" if group else f"/api/{version}"
     if namespace:
         base += f"/namespaces/{namespace}"
@@ -50,17 +56,27 @@ class ClusterClient:
     async def close(self) -> None:
         await self._session.close()
 
-    async def _request(self, method: str, path: str, *, json_body: Any = None,
-                       content_type: str = "application/json", params: Mapping[str, str] | None = None) -> Any:
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        content_type: str = "application/json",
+        params: Mapping[str, str] | None = None,
+    ) -> Any:
         headers = {"Content-Type": content_type} if json_body is not None else {}
-        async with self._session.request(method, self.base_url + path, json=json_body, headers=headers,
-                                         params=params) as response:
+        async with self._session.request(
+            method, self.base_url + path, json=json_body, headers=headers, params=params
+        ) as response:
             body = await response.json(content_type=None)
             if response.status >= 400:
                 raise ApiError(response.status, body)
             return body
 
-    async def get(self, group: str, version: str, plural: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+    async def get(
+        self, group: str, version: str, plural: str, namespace: str | None, name: str
+    ) -> dict[str, Any] | None:
         try:
             return await self._request("GET", resource_path(group, version, plural, namespace, name))
         except ApiError as exc:
@@ -72,19 +88,44 @@ class ClusterClient:
         body = await self._request("GET", resource_path(group, version, plural, namespace))
         return list(body.get("items", []))
 
-    async def create(self, group: str, version: str, plural: str, namespace: str | None,
-                     obj: Mapping[str, Any]) -> dict[str, Any]:
+    async def create(
+        self, group: str, version: str, plural: str, namespace: str | None, obj: Mapping[str, Any]
+    ) -> dict[str, Any]:
         return await self._request("POST", resource_path(group, version, plural, namespace), json_body=dict(obj))
 
-    async def merge_patch(self, group: str, version: str, plural: str, namespace: str | None, name: str,
-                          patch: Mapping[str, Any], subresource: str | None = None) -> dict[str, Any]:
-        return await self._request("PATCH", resource_path(group, version, plural, namespace, name, subresource),
-                                   json_body=dict(patch), content_type="application/merge-patch+json")
+    async def merge_patch(
+        self,
+        group: str,
+        version: str,
+        plural: str,
+        namespace: str | None,
+        name: str,
+        patch: Mapping[str, Any],
+        subresource: str | None = None,
+    ) -> dict[str, Any]:
+        return await self._request(
+            "PATCH",
+            resource_path(group, version, plural, namespace, name, subresource),
+            json_body=dict(patch),
+            content_type="application/merge-patch+json",
+        )
 
-    async def json_patch(self, group: str, version: str, plural: str, namespace: str | None, name: str,
-                         ops: list[dict[str, Any]], subresource: str | None = None) -> dict[str, Any]:
-        return await self._request("PATCH", resource_path(group, version, plural, namespace, name, subresource),
-                                   json_body=ops, content_type="application/json-patch+json")
+    async def json_patch(
+        self,
+        group: str,
+        version: str,
+        plural: str,
+        namespace: str | None,
+        name: str,
+        ops: list[dict[str, Any]],
+        subresource: str | None = None,
+    ) -> dict[str, Any]:
+        return await self._request(
+            "PATCH",
+            resource_path(group, version, plural, namespace, name, subresource),
+            json_body=ops,
+            content_type="application/json-patch+json",
+        )
 
     async def delete(self, group: str, version: str, plural: str, namespace: str | None, name: str) -> bool:
         try:
@@ -100,8 +141,13 @@ class DeadlineExceeded(AssertionError):
     pass
 
 
-async def wait_for(condition: Callable[[], T | Awaitable[T]], *, timeout: float = 30.0,
-                   interval: float = 0.05, message: str | Callable[[], str] = "condition") -> T:
+async def wait_for(
+    condition: Callable[[], T | Awaitable[T]],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    message: str | Callable[[], str] = "condition",
+) -> T:
     """Poll `condition` until it returns something truthy; fail with `message` past the deadline."""
     deadline = time.monotonic() + timeout
     last: Any = None

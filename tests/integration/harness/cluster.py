@@ -36,15 +36,23 @@ class Cluster:
         self.volumes = Volumes(workdir / "volumes")
         workdir.mkdir(parents=True, exist_ok=True)
         self.kubeconfig = workdir / "kubeconfig.yaml"
-        self.kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "emulated", "cluster": {"server": url}}],
-            "users": [{"name": "operator", "user": {"token": "emulated"}}],
-            "contexts": [{"name": "emulated", "context": {"cluster": "emulated", "user": "operator",
-                                                          "namespace": namespace}}],
-            "current-context": "emulated",
-        }))
+        self.kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "emulated", "cluster": {"server": url}}],
+                    "users": [{"name": "operator", "user": {"token": "emulated"}}],
+                    "contexts": [
+                        {
+                            "name": "emulated",
+                            "context": {"cluster": "emulated", "user": "operator", "namespace": namespace},
+                        }
+                    ],
+                    "current-context": "emulated",
+                }
+            )
+        )
 
     # -- reads (in memory) ---------------------------------------------------------------------
 
@@ -56,8 +64,11 @@ class Cluster:
 
     def owned_by(self, resource: tuple[str, str, str], owner: Mapping[str, Any]) -> list[dict[str, Any]]:
         uid = owner["metadata"]["uid"]
-        return [o for o in self.list(resource)
-                if any(r.get("uid") == uid for r in o["metadata"].get("ownerReferences") or [])]
+        return [
+            o
+            for o in self.list(resource)
+            if any(r.get("uid") == uid for r in o["metadata"].get("ownerReferences") or [])
+        ]
 
     # -- writes as a user ----------------------------------------------------------------------
 

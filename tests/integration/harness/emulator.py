@@ -104,8 +104,14 @@ BUILTIN_RESOURCES: tuple[ResourceType, ...] = (
     ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice"),
     ResourceType("coordination.k8s.io", "v1", "leases", "Lease"),
     ResourceType("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute", subresources=("status",)),
-    ResourceType("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",
-                 namespaced=False, subresources=("status",)),
+    ResourceType(
+        "apiextensions.k8s.io",
+        "v1",
+        "customresourcedefinitions",
+        "CustomResourceDefinition",
+        namespaced=False,
+        subresources=("status",),
+    ),
     # kopf's peering, used when the operator does not run --standalone.
     ResourceType("kopf.dev", "v1", "kopfpeerings", "KopfPeering"),
     ResourceType("kopf.dev", "v1", "clusterkopfpeerings", "ClusterKopfPeering", namespaced=False),
@@ -121,11 +127,18 @@ def resource_types_from_crd(crd: Mapping[str, Any]) -> list[ResourceType]:
         if not version.get("served", True):
             continue
         subresources = tuple(sorted((version.get("subresources") or {}).keys()))
-        result.append(ResourceType(
-            group=spec["group"], version=version["name"], plural=names["plural"], kind=names["kind"],
-            namespaced=spec.get("scope", "Namespaced") == "Namespaced", subresources=subresources,
-            shortnames=tuple(names.get("shortNames", ())), categories=tuple(names.get("categories", ())),
-        ))
+        result.append(
+            ResourceType(
+                group=spec["group"],
+                version=version["name"],
+                plural=names["plural"],
+                kind=names["kind"],
+                namespaced=spec.get("scope", "Namespaced") == "Namespaced",
+                subresources=subresources,
+                shortnames=tuple(names.get("shortNames", ())),
+                categories=tuple(names.get("categories", ())),
+            )
+        )
     return result
 
 
@@ -135,11 +148,16 @@ _stock_parse_path = parsing.parse_path
 def _parse_path(path: str) -> parsing.ParsedPath:
     """kmock 0.8 reads `/api/v1/namespaces[/NAME]` as a namespace prefix without a resource and fails."""
     parts = path.strip("/").split("/")
-    if len(parts) >= 3 and parts[0] == "api" and parts[2] == "namespaces" and (
-        len(parts) <= 4 or parts[4] in ("status", "finalize")
+    if (
+        len(parts) >= 3
+        and parts[0] == "api"
+        and parts[2] == "namespaces"
+        and (len(parts) <= 4 or parts[4] in ("status", "finalize"))
     ):
         return parsing.ParsedPath(
-            group="", version=parts[1], plural="namespaces",
+            group="",
+            version=parts[1],
+            plural="namespaces",
             name=parts[3] if len(parts) >= 4 else None,
             subresource=parts[4] if len(parts) >= 5 else None,
         )
@@ -206,9 +224,13 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         for rt in resource_types:
             self._types[(rt.group, rt.version, rt.plural)] = rt
             self.resources[rt.key] = kmock.ResourceInfo(
-                kind=rt.kind, singular=rt.kind.lower(), namespaced=rt.namespaced,
+                kind=rt.kind,
+                singular=rt.kind.lower(),
+                namespaced=rt.namespaced,
                 verbs={"get", "list", "watch", "create", "patch", "update", "delete"},
-                subresources=set(rt.subresources), shortnames=set(rt.shortnames), categories=set(rt.categories),
+                subresources=set(rt.subresources),
+                shortnames=set(rt.shortnames),
+                categories=set(rt.categories),
             )
 
     def register_crd(self, crd: Mapping[str, Any]) -> list[ResourceType]:
@@ -237,6 +259,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         `verb` is an RBAC verb (get, list, watch, create, patch, delete).
         With `retry_after`, the answer carries a `Retry-After` header (as for 429).
         """
+
         def matches(request: rendering.Request) -> bool:
             if only_operator and request.headers.get("User-Agent", "").startswith(HARNESS_USER_AGENT):
                 return False
@@ -264,7 +287,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 result.append(copy.deepcopy(obj.raw))
         return result
 
-    def live_object(self, group: str, version: str, plural: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+    def live_object(
+        self, group: str, version: str, plural: str, namespace: str | None, name: str
+    ) -> dict[str, Any] | None:
         key = (kmock.resource(group, version, plural), namespace, name)
         if key in self.objects and not self.objects[key].deleted:
             return copy.deepcopy(self.objects[key].raw)
@@ -281,15 +306,22 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             if fault.remaining > 0 and fault.matches(request):
                 fault.remaining -= 1
                 fault.hits += 1
-                return self._error_response(_status_error(
-                    fault.status, _REASONS.get(fault.status, "InternalError"),
-                    f"injected by the test harness: {fault.status}", fault.retry_after,
-                ), fault.retry_after)
+                return self._error_response(
+                    _status_error(
+                        fault.status,
+                        _REASONS.get(fault.status, "InternalError"),
+                        f"injected by the test harness: {fault.status}",
+                        fault.retry_after,
+                    ),
+                    fault.retry_after,
+                )
 
         is_resource = request.resource is not None and bool(request.resource.plural)
         try:
-            if is_resource and request.action == enums.action.CREATE or (
-                is_resource and request.action in WRITE_ACTIONS and request.name is not None
+            if (
+                is_resource
+                and request.action == enums.action.CREATE
+                or (is_resource and request.action in WRITE_ACTIONS and request.name is not None)
             ):
                 rt = self._resource_type(request)
                 async with self._lock:
@@ -371,8 +403,14 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     def _error_response(self, exc: kmock.KubernetesError, retry_after: float | None = None) -> aiohttp.web.Response:
         headers = {"Retry-After": str(int(retry_after))} if retry_after is not None else None
         body = {
-            "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
-            "code": exc.status, "reason": exc.reason, "message": exc.message, "details": exc.details or {},
+            "apiVersion": "v1",
+            "kind": "Status",
+            "metadata": {},
+            "status": "Failure",
+            "code": exc.status,
+            "reason": exc.reason,
+            "message": exc.message,
+            "details": exc.details or {},
         }
         return aiohttp.web.json_response(body, status=exc.status, headers=headers)
 
@@ -382,13 +420,15 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         if not request.resource.plural:
             return  # /api/v1, /apis/group/version: discovery too
         self.recorded_requests.append(request)
-        self.recorded.append(ApiRequest(
-            verb=_verb_of(request),
-            api_group=request.resource.group or "",
-            resource=request.resource.plural,
-            subresource=request.subresource or "",
-            namespace=request.namespace or "",
-        ))
+        self.recorded.append(
+            ApiRequest(
+                verb=_verb_of(request),
+                api_group=request.resource.group or "",
+                resource=request.resource.plural,
+                subresource=request.subresource or "",
+                namespace=request.namespace or "",
+            )
+        )
 
     def _resource_type(self, request: rendering.Request) -> ResourceType:
         assert request.resource is not None
@@ -501,12 +541,18 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                     raise _status_error(400, "BadRequest", "a merge patch must be an object")
                 wanted_version = (patch.get("metadata") or {}).get("resourceVersion")
                 if wanted_version and wanted_version != old["metadata"].get("resourceVersion"):
-                    raise _status_error(409, "Conflict", "the object has been modified; "
-                                        "please apply your changes to the latest version and try again")
+                    raise _status_error(
+                        409,
+                        "Conflict",
+                        "the object has been modified; please apply your changes to the latest version and try again",
+                    )
                 new = _merge_patch(old, patch)
             else:
-                raise _status_error(415, "UnsupportedMediaType",
-                                    f"the emulator supports merge-patch and json-patch only, got {content_type!r}")
+                raise _status_error(
+                    415,
+                    "UnsupportedMediaType",
+                    f"the emulator supports merge-patch and json-patch only, got {content_type!r}",
+                )
         except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
             raise _status_error(422, "Invalid", f"the JSON patch does not apply: {exc}") from None
 
@@ -527,8 +573,15 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 new.pop("status", None)
 
         # Fields the server owns.
-        for field in ("uid", "creationTimestamp", "name", "namespace", "resourceVersion", "generation",
-                      "deletionTimestamp"):
+        for field in (
+            "uid",
+            "creationTimestamp",
+            "name",
+            "namespace",
+            "resourceVersion",
+            "generation",
+            "deletionTimestamp",
+        ):
             if field in old["metadata"]:
                 new.setdefault("metadata", {})[field] = old["metadata"][field]
             else:
@@ -600,8 +653,16 @@ class ClusterEmulator(kmock.KubernetesEmulator):
 
 
 _REASONS = {
-    400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 409: "Conflict",
-    410: "Expired", 422: "Invalid", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable",
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    409: "Conflict",
+    410: "Expired",
+    422: "Invalid",
+    429: "TooManyRequests",
+    500: "InternalError",
+    503: "ServiceUnavailable",
     504: "Timeout",
 }
 
@@ -647,6 +708,12 @@ def dump_requests(requests: Iterable[ApiRequest]) -> str:
 
 
 __all__ = [
-    "ApiRequest", "BUILTIN_RESOURCES", "ClusterEmulator", "HARNESS_USER_AGENT", "ResourceType",
-    "dump_requests", "resource_types_from_crd", "selector_matches",
+    "ApiRequest",
+    "BUILTIN_RESOURCES",
+    "ClusterEmulator",
+    "HARNESS_USER_AGENT",
+    "ResourceType",
+    "dump_requests",
+    "resource_types_from_crd",
+    "selector_matches",
 ]

@@ -64,11 +64,19 @@ class JobPod(PodProcess):
         if message is None:
             data = self.termination_file.read_bytes() if self.termination_file.exists() else b""
             message = data[-TERMINATION_LIMIT:].decode(errors="replace")
-            if (not message.strip() and exit_code != 0
-                    and self.container.get("terminationMessagePolicy") == "FallbackToLogsOnError"):
+            if (
+                not message.strip()
+                and exit_code != 0
+                and self.container.get("terminationMessagePolicy") == "FallbackToLogsOnError"
+            ):
                 message = self.log_tail()
-        self.terminated = {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
-                           "message": message, "startedAt": self.started_at or _now(), "finishedAt": _now()}
+        self.terminated = {
+            "exitCode": exit_code,
+            "reason": "Completed" if exit_code == 0 else "Error",
+            "message": message,
+            "startedAt": self.started_at or _now(),
+            "finishedAt": _now(),
+        }
 
     def pod_status(self) -> dict[str, Any]:
         if self.terminated is None:
@@ -85,16 +93,23 @@ class JobPod(PodProcess):
                 {"type": "ContainersReady", "status": "False", "reason": "PodCompleted"},
                 {"type": "Ready", "status": "False", "reason": "PodCompleted"},
             ],
-            "containerStatuses": [{
-                "name": self.container["name"], "image": self.container.get("image", ""), "ready": False,
-                "restartCount": 0, "started": False, "state": {"terminated": dict(self.terminated)},
-            }],
+            "containerStatuses": [
+                {
+                    "name": self.container["name"],
+                    "image": self.container.get("image", ""),
+                    "ready": False,
+                    "restartCount": 0,
+                    "started": False,
+                    "state": {"terminated": dict(self.terminated)},
+                }
+            ],
         }
 
 
 def _condition(job: Mapping[str, Any], kind: str) -> bool:
-    return any(c.get("type") == kind and c.get("status") == "True"
-               for c in (job.get("status") or {}).get("conditions") or [])
+    return any(
+        c.get("type") == kind and c.get("status") == "True" for c in (job.get("status") or {}).get("conditions") or []
+    )
 
 
 def finished(job: Mapping[str, Any]) -> bool:
@@ -154,8 +169,10 @@ class JobController:
             await asyncio.sleep(POLL_SECONDS)
 
     async def sync(self) -> None:
-        jobs = {(j["metadata"]["namespace"], j["metadata"]["name"]): j
-                for j in self.cluster.live_objects("batch", "v1", "jobs")}
+        jobs = {
+            (j["metadata"]["namespace"], j["metadata"]["name"]): j
+            for j in self.cluster.live_objects("batch", "v1", "jobs")
+        }
         for key, pod in list(self.pods.items()):
             job = jobs.get((pod.namespace, pod.job))
             if job is None or job["metadata"]["uid"] != pod.owner["uid"]:
@@ -182,28 +199,45 @@ class JobController:
             if pod.terminated is None:
                 active.append(pod)
 
-        status: dict[str, Any] = {"active": len(active), "succeeded": succeeded, "failed": failed,
-                                  "ready": len([p for p in active if p.process is not None])}
+        status: dict[str, Any] = {
+            "active": len(active),
+            "succeeded": succeeded,
+            "failed": failed,
+            "ready": len([p for p in active if p.process is not None]),
+        }
         start = (job.get("status") or {}).get("startTime")
         if mine or active:
             status["startTime"] = start or _now()
         if succeeded:
             now = _now()
             status["completionTime"] = now
-            status["conditions"] = [{"type": "Complete", "status": "True", "lastTransitionTime": now,
-                                     "lastProbeTime": now}]
+            status["conditions"] = [
+                {"type": "Complete", "status": "True", "lastTransitionTime": now, "lastProbeTime": now}
+            ]
         elif (reason := self._failed_reason(job, done, failed)) is not None:
             now = _now()
-            message = ("Container trainer for pod failed with a code that the podFailurePolicy marks fatal"
-                       if reason == "PodFailurePolicy" else "Job has reached the specified backoff limit")
-            status["conditions"] = [{"type": "Failed", "status": "True", "reason": reason, "message": message,
-                                     "lastTransitionTime": now, "lastProbeTime": now}]
+            message = (
+                "Container trainer for pod failed with a code that the podFailurePolicy marks fatal"
+                if reason == "PodFailurePolicy"
+                else "Job has reached the specified backoff limit"
+            )
+            status["conditions"] = [
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": reason,
+                    "message": message,
+                    "lastTransitionTime": now,
+                    "lastProbeTime": now,
+                }
+            ]
         comparable = json.dumps({k: v for k, v in status.items() if k not in ("startTime",)}, sort_keys=True)
         if self._written.get((namespace, name)) == comparable:
             return
         try:
-            await self.client.merge_patch("batch", "v1", "jobs", namespace, name, {"status": status},
-                                          subresource="status")
+            await self.client.merge_patch(
+                "batch", "v1", "jobs", namespace, name, {"status": status}, subresource="status"
+            )
             self._written[(namespace, name)] = comparable
         except ApiError as exc:
             if exc.status != 404:
@@ -222,13 +256,33 @@ class JobController:
         uid = job["metadata"]["uid"]
         template = json.loads(json.dumps(job["spec"]["template"]))
         labels = template.setdefault("metadata", {}).setdefault("labels", {})
-        labels.update({"batch.kubernetes.io/job-name": name, "job-name": name,
-                       "batch.kubernetes.io/controller-uid": uid, "controller-uid": uid})
-        owner = {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": uid, "controller": True,
-                 "blockOwnerDeletion": True}
-        pod = JobPod(namespace=namespace, name=f"{name}-{next(self._counter):05d}", owner=owner, template=template,
-                     template_hash="job", address=next_address(), volumes=self.volumes, cluster=self.cluster,
-                     job=name)
+        labels.update(
+            {
+                "batch.kubernetes.io/job-name": name,
+                "job-name": name,
+                "batch.kubernetes.io/controller-uid": uid,
+                "controller-uid": uid,
+            }
+        )
+        owner = {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "name": name,
+            "uid": uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+        pod = JobPod(
+            namespace=namespace,
+            name=f"{name}-{next(self._counter):05d}",
+            owner=owner,
+            template=template,
+            template_hash="job",
+            address=next_address(),
+            volumes=self.volumes,
+            cluster=self.cluster,
+            job=name,
+        )
         self.pods[(namespace, pod.name)] = pod
         manifest = pod.manifest()
         manifest["metadata"]["labels"].pop("pod-template-hash", None)
@@ -243,8 +297,9 @@ class JobController:
 
     async def _write_pod_status(self, pod: JobPod) -> None:
         with contextlib.suppress(ApiError):
-            await self.client.merge_patch("", "v1", "pods", pod.namespace, pod.name, {"status": pod.pod_status()},
-                                          subresource="status")
+            await self.client.merge_patch(
+                "", "v1", "pods", pod.namespace, pod.name, {"status": pod.pod_status()}, subresource="status"
+            )
 
 
 __all__ = ["JobController", "JobPod", "fails_job", "finished"]

@@ -56,8 +56,9 @@ from .emulator import ClusterEmulator, _now
 
 # Loopback addresses are never reused within a test session, so a port in TIME_WAIT never collides;
 # each session starts at a random point of 127.0.0.0/8, so two sessions on one machine do not collide either.
-_ADDRESSES = (str(ipaddress.IPv4Address("127.0.0.2") + i)
-              for i in itertools.count(random.SystemRandom().randrange(1 << 23)))
+_ADDRESSES = (
+    str(ipaddress.IPv4Address("127.0.0.2") + i) for i in itertools.count(random.SystemRandom().randrange(1 << 23))
+)
 DEFAULT_ENTRYPOINT = ["modelfleet-runtime"]
 POLL_SECONDS = 0.1
 PROBE_TIMEOUT_SECONDS = 1.0
@@ -196,8 +197,11 @@ class PodProcess:
         under the host's /tmp and file:// URIs name them as they are.
         """
         parent = text.rstrip("/")
-        if parent.startswith("/") and parent not in self._mounts and any(
-                m.startswith(parent + "/") for m in self._mounts if m != "/tmp"):
+        if (
+            parent.startswith("/")
+            and parent not in self._mounts
+            and any(m.startswith(parent + "/") for m in self._mounts if m != "/tmp")
+        ):
             return str(self.volumes.pod(self.namespace, self.name) / "rootfs") + parent
         for mount_path in sorted((m for m in self._mounts if m != "/tmp"), key=len, reverse=True):
             local = str(self._mounts[mount_path])
@@ -217,8 +221,9 @@ class PodProcess:
         source = item.get("valueFrom") or {}
         if "fieldRef" in source:
             path = source["fieldRef"]["fieldPath"]
-            return {"status.podIP": self.address, "metadata.name": self.name,
-                    "metadata.namespace": self.namespace}.get(path, "")
+            return {"status.podIP": self.address, "metadata.name": self.name, "metadata.namespace": self.namespace}.get(
+                path, ""
+            )
         for key, plural in (("secretKeyRef", "secrets"), ("configMapKeyRef", "configmaps")):
             if key in source:
                 ref = source[key]
@@ -266,7 +271,11 @@ class PodProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
         try:
             self.process = await asyncio.create_subprocess_exec(
-                *argv, env=env, stdout=log, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
+                *argv,
+                env=env,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL,
                 start_new_session=True,
             )
         finally:
@@ -331,12 +340,17 @@ class PodProcess:
     def pod_status(self) -> dict[str, Any]:
         running = self.process is not None and self.process.returncode is None
         state: dict[str, Any] = (
-            {"running": {"startedAt": _now()}} if running
+            {"running": {"startedAt": _now()}}
+            if running
             else {"waiting": {"reason": "CrashLoopBackOff" if self.restarts else "ContainerCreating"}}
         )
         container_status: dict[str, Any] = {
-            "name": self.container["name"], "image": self.container.get("image", ""),
-            "ready": self.ready, "restartCount": self.restarts, "started": running, "state": state,
+            "name": self.container["name"],
+            "image": self.container.get("image", ""),
+            "ready": self.ready,
+            "restartCount": self.restarts,
+            "started": running,
+            "state": state,
         }
         if self.last_termination:
             container_status["lastState"] = {"terminated": self.last_termination}
@@ -417,16 +431,27 @@ class DeploymentController:
         desired = int(spec.get("replicas", 1))
         template = spec["template"]
         current_hash = template_hash(template)
-        owner = {"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "uid": dep["metadata"]["uid"],
-                 "controller": True, "blockOwnerDeletion": True}
+        owner = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": name,
+            "uid": dep["metadata"]["uid"],
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
         mine = self.pods_of(namespace, name)
         current = [p for p in mine if p.template_hash == current_hash]
         old = [p for p in mine if p.template_hash != current_hash]
 
         for _ in range(desired - len(current)):
             pod = PodProcess(
-                namespace=namespace, name=f"{name}-{current_hash[:6]}-{next(self._counter)}", owner=owner,
-                template=template, template_hash=current_hash, address=next_address(), volumes=self.volumes,
+                namespace=namespace,
+                name=f"{name}-{current_hash[:6]}-{next(self._counter)}",
+                owner=owner,
+                template=template,
+                template_hash=current_hash,
+                address=next_address(),
+                volumes=self.volumes,
                 cluster=self.cluster,
             )
             self.pods[(namespace, pod.name)] = pod
@@ -442,19 +467,25 @@ class DeploymentController:
                 try:
                     await pod.start()
                 except (OSError, ValueError) as exc:
-                    pod.last_termination = {"exitCode": 128, "reason": "StartError", "message": str(exc),
-                                            "finishedAt": _now()}
+                    pod.last_termination = {
+                        "exitCode": 128,
+                        "reason": "StartError",
+                        "message": str(exc),
+                        "finishedAt": _now(),
+                    }
                     pod.restarts += 1
-                    pod.next_start = loop.time() + min(2 ** pod.restarts * 0.5, MAX_BACKOFF_SECONDS)
+                    pod.next_start = loop.time() + min(2**pod.restarts * 0.5, MAX_BACKOFF_SECONDS)
             elif pod.process is not None and pod.process.returncode is not None and not pod.stopping:
                 pod.last_termination = {
-                    "exitCode": pod.process.returncode, "reason": "Error" if pod.process.returncode else "Completed",
-                    "message": pod.log_tail(), "finishedAt": _now(),
+                    "exitCode": pod.process.returncode,
+                    "reason": "Error" if pod.process.returncode else "Completed",
+                    "message": pod.log_tail(),
+                    "finishedAt": _now(),
                 }
                 pod.restarts += 1
                 pod.process = None
                 pod.ready = False
-                pod.next_start = loop.time() + min(2 ** pod.restarts * 0.5, MAX_BACKOFF_SECONDS)
+                pod.next_start = loop.time() + min(2**pod.restarts * 0.5, MAX_BACKOFF_SECONDS)
             else:
                 pod.ready = await pod.probe(self._http)
             await self._write_pod_status(pod)
@@ -476,17 +507,26 @@ class DeploymentController:
             "availableReplicas": ready,
             "unavailableReplicas": max(desired - ready, 0),
             "conditions": [
-                {"type": "Available", "status": "True" if available else "False",
-                 "reason": "MinimumReplicasAvailable" if available else "MinimumReplicasUnavailable"},
-                {"type": "Progressing", "status": "True",
-                 "reason": "NewReplicaSetAvailable" if available and not old else "ReplicaSetUpdated"},
+                {
+                    "type": "Available",
+                    "status": "True" if available else "False",
+                    "reason": "MinimumReplicasAvailable" if available else "MinimumReplicasUnavailable",
+                },
+                {
+                    "type": "Progressing",
+                    "status": "True",
+                    "reason": "NewReplicaSetAvailable" if available and not old else "ReplicaSetUpdated",
+                },
             ],
         }
-        if self._written_status.get((namespace, name)) != status or (dep.get("status") or {}).get(
-                "observedGeneration") != status["observedGeneration"]:
+        if (
+            self._written_status.get((namespace, name)) != status
+            or (dep.get("status") or {}).get("observedGeneration") != status["observedGeneration"]
+        ):
             try:
-                await self.client.merge_patch("apps", "v1", "deployments", namespace, name, {"status": status},
-                                              subresource="status")
+                await self.client.merge_patch(
+                    "apps", "v1", "deployments", namespace, name, {"status": status}, subresource="status"
+                )
                 self._written_status[(namespace, name)] = status
             except ApiError as exc:
                 if exc.status != 404:
@@ -495,12 +535,14 @@ class DeploymentController:
     async def _write_pod_status(self, pod: PodProcess) -> None:
         key = (pod.namespace, pod.name)
         status = pod.pod_status()
-        comparable = json.dumps({k: v for k, v in status.items() if k != "containerStatuses"}, sort_keys=True) + \
-            json.dumps([{k: v for k, v in cs.items() if k != "state"} for cs in status["containerStatuses"]])
+        comparable = json.dumps(
+            {k: v for k, v in status.items() if k != "containerStatuses"}, sort_keys=True
+        ) + json.dumps([{k: v for k, v in cs.items() if k != "state"} for cs in status["containerStatuses"]])
         if self._written_pod_status.get(key) == comparable:
             return
-        await self.client.merge_patch("", "v1", "pods", pod.namespace, pod.name, {"status": status},
-                                      subresource="status")
+        await self.client.merge_patch(
+            "", "v1", "pods", pod.namespace, pod.name, {"status": status}, subresource="status"
+        )
         self._written_pod_status[key] = comparable
 
     async def _remove(self, key: tuple[str, str]) -> None:
@@ -546,9 +588,13 @@ class EndpointSliceController:
             if not selector:
                 continue
             namespace, name = svc["metadata"]["namespace"], svc["metadata"]["name"]
-            selected = [p for p in pods if p["metadata"]["namespace"] == namespace
-                        and labels_match(selector, p["metadata"].get("labels") or {})
-                        and (p.get("status") or {}).get("podIP")]
+            selected = [
+                p
+                for p in pods
+                if p["metadata"]["namespace"] == namespace
+                and labels_match(selector, p["metadata"].get("labels") or {})
+                and (p.get("status") or {}).get("podIP")
+            ]
             ports = []
             for port in svc["spec"].get("ports") or []:
                 target = port.get("targetPort", port["port"])
@@ -561,19 +607,35 @@ class EndpointSliceController:
                 "apiVersion": "discovery.k8s.io/v1",
                 "kind": "EndpointSlice",
                 "metadata": {
-                    "name": slice_name, "namespace": namespace,
-                    "labels": {"kubernetes.io/service-name": name,
-                               "endpointslice.kubernetes.io/managed-by": "modelfleet-test-harness"},
-                    "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": name,
-                                         "uid": svc["metadata"]["uid"], "controller": True}],
+                    "name": slice_name,
+                    "namespace": namespace,
+                    "labels": {
+                        "kubernetes.io/service-name": name,
+                        "endpointslice.kubernetes.io/managed-by": "modelfleet-test-harness",
+                    },
+                    "ownerReferences": [
+                        {
+                            "apiVersion": "v1",
+                            "kind": "Service",
+                            "name": name,
+                            "uid": svc["metadata"]["uid"],
+                            "controller": True,
+                        }
+                    ],
                 },
                 "addressType": "IPv4",
                 "ports": ports,
                 "endpoints": [
-                    {"addresses": [p["status"]["podIP"]],
-                     "conditions": {"ready": any(c.get("type") == "Ready" and c.get("status") == "True"
-                                                 for c in p["status"].get("conditions") or [])},
-                     "targetRef": {"kind": "Pod", "name": p["metadata"]["name"], "namespace": namespace}}
+                    {
+                        "addresses": [p["status"]["podIP"]],
+                        "conditions": {
+                            "ready": any(
+                                c.get("type") == "Ready" and c.get("status") == "True"
+                                for c in p["status"].get("conditions") or []
+                            )
+                        },
+                        "targetRef": {"kind": "Pod", "name": p["metadata"]["name"], "namespace": namespace},
+                    }
                     for p in sorted(selected, key=lambda p: p["metadata"]["name"])
                 ],
             }
@@ -582,8 +644,14 @@ class EndpointSliceController:
                 with contextlib.suppress(ApiError):
                     await self.client.create("discovery.k8s.io", "v1", "endpointslices", namespace, desired)
             elif (existing.get("endpoints"), existing.get("ports")) != (desired["endpoints"], desired["ports"]):
-                await self.client.merge_patch("discovery.k8s.io", "v1", "endpointslices", namespace, slice_name,
-                                              {"endpoints": desired["endpoints"], "ports": desired["ports"]})
+                await self.client.merge_patch(
+                    "discovery.k8s.io",
+                    "v1",
+                    "endpointslices",
+                    namespace,
+                    slice_name,
+                    {"endpoints": desired["endpoints"], "ports": desired["ports"]},
+                )
 
 
 def _port_by_name(pod: Mapping[str, Any], port_name: str) -> int:

@@ -43,8 +43,9 @@ class InProcessOperator:
         loop = asyncio.new_event_loop()
         self._loop = loop
         try:
-            self._main = loop.create_task(operate(
-                self.config, stop_flag=self._stop, ready_flag=ready, resync_seconds=self.resync_seconds))
+            self._main = loop.create_task(
+                operate(self.config, stop_flag=self._stop, ready_flag=ready, resync_seconds=self.resync_seconds)
+            )
             started.set()
             loop.run_until_complete(self._main)
         except BaseException as exc:  # noqa: BLE001 - reported to the test through .error
@@ -78,8 +79,9 @@ class InProcessOperator:
         ready, started = threading.Event(), threading.Event()
         self.error = None
         self._killed = False
-        self._thread = threading.Thread(target=self._run, args=(ready, started), daemon=True,
-                                        name=f"modelfleet operator #{self.starts}")
+        self._thread = threading.Thread(
+            target=self._run, args=(ready, started), daemon=True, name=f"modelfleet operator #{self.starts}"
+        )
         self.starts += 1
         self._thread.start()
         deadline = time.monotonic() + timeout

@@ -36,8 +36,17 @@ ENDPOINTSLICES = ("discovery.k8s.io", "v1", "endpointslices")
 HTTPROUTES = ("gateway.networking.k8s.io", "v1", "httproutes")
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 # Not forwarded either way: they describe one connection, not the request.
-HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "upgrade", "host", "content-length",
-              "proxy-connection", "te", "trailer"}
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "proxy-connection",
+    "te",
+    "trailer",
+}
 
 
 class NoRoute(Exception):
@@ -86,8 +95,15 @@ def choose_rule(route: Mapping[str, Any], path: str, headers: Mapping[str, str])
 class Router:
     """See the module docstring. `async with Router(...) as router:` then send to `router.url`."""
 
-    def __init__(self, cluster: ClusterEmulator, namespace: str, model: str, *,
-                 mode: Literal["gateway", "service"], seed: int | None = None) -> None:
+    def __init__(
+        self,
+        cluster: ClusterEmulator,
+        namespace: str,
+        model: str,
+        *,
+        mode: Literal["gateway", "service"],
+        seed: int | None = None,
+    ) -> None:
         self.cluster = cluster
         self.namespace = namespace
         self.model = model
