@@ -211,7 +211,7 @@ class Server:
             "misses": "modelfleet_feature_cache_misses_total",
             "trips": "modelfleet_feature_store_round_trips_total",
         }
-        found = {key: re.search(rf"^{name} (\S+)$", text, re.M) for key, name in names.items()}
+        found = {key: re.search(rf"^{name} (\S+)$", text, re.MULTILINE) for key, name in names.items()}
         return {key: float(match.group(1)) for key, match in found.items() if match}
 
     def cpu_seconds(self) -> float:

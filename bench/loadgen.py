@@ -48,7 +48,7 @@ async def _connection(
             writer.write(request)
             try:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 errors["timeout"] += 1
                 return
             except (asyncio.IncompleteReadError, ConnectionError):

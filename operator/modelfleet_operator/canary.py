@@ -133,7 +133,7 @@ async def _pod_counts(http: aiohttp.ClientSession, url: str) -> Counts | None:
             if response.status != 200:
                 return None
             return parse_metrics(await response.text())
-    except (aiohttp.ClientError, asyncio.TimeoutError, MetricsError):
+    except (TimeoutError, aiohttp.ClientError, MetricsError):
         return None
 
 
@@ -176,7 +176,7 @@ async def judge(
         if _status(mv).get("phase") != status.READY or _status(mv).get("observedGeneration") != _generation(mv):
             return Verdict()  # rolled back for an older spec: back in traffic once Ready with the new one
         # Judge the new spec from a fresh window.
-        reset = {**{k: None for k in _WINDOW_KEYS}, "rolledBack": False}
+        reset = {**dict.fromkeys(_WINDOW_KEYS), "rolledBack": False}
         previous = {k: v for k, v in previous.items() if k == "errorRate"}
         conditions = (
             {

@@ -26,8 +26,8 @@ from typing import Any
 import aiohttp
 import kopf
 
-from modelfleet_operator import kube as k8s
 from modelfleet_operator import canary, learning, manifests, status
+from modelfleet_operator import kube as k8s
 from modelfleet_operator.config import OperatorConfig
 from modelfleet_operator.kube import ApiError, Kube
 
@@ -151,7 +151,7 @@ async def _runtime_readiness(http: aiohttp.ClientSession, pod: Mapping[str, Any]
         timeout = aiohttp.ClientTimeout(total=POD_PROBE_TIMEOUT_SECONDS)
         async with http.get(url, timeout=timeout) as response:
             body = await response.json(content_type=None)
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+    except (TimeoutError, aiohttp.ClientError, ValueError):
         return None, None
     if not isinstance(body, dict):
         return None, None
@@ -406,8 +406,8 @@ def _fresh(body: kopf.Body) -> dict[str, Any]:
 
 
 __all__ = [
-    "Context",
     "FINALIZER",
+    "Context",
     "apply",
     "close_context",
     "contains",

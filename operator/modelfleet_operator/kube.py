@@ -233,19 +233,19 @@ def _api_error(status: int, body: Any, headers: Any) -> ApiError:
 
 
 __all__ = [
-    "ApiError",
     "DEPLOYMENTS",
     "EVENTS",
     "HPAS",
     "HTTPROUTES",
     "JOBS",
-    "Kind",
-    "Kube",
     "MODELVERSIONS",
     "PDBS",
     "PODS",
     "SECRETS",
     "SERVICES",
+    "ApiError",
+    "Kind",
+    "Kube",
     "kind_of",
     "load_client_configuration",
 ]

@@ -28,7 +28,6 @@ deleted). It carries the model's labels, so
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 import secrets
@@ -152,7 +151,7 @@ async def feedback_samples(kube: Kube, http: aiohttp.ClientSession, mv: Mapping[
                 if response.status != 200:
                     continue
                 body = await response.json(content_type=None)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        except (TimeoutError, aiohttp.ClientError, ValueError):
             continue
         if isinstance(body, dict) and body.get("enabled") and isinstance(body.get("unconsumed"), int):
             return max(int(body["unconsumed"]), 0)

@@ -53,7 +53,7 @@ class _IntOrString:
     """Marker: the field is a Kubernetes int-or-string (a resource quantity)."""
 
 
-Quantity = Annotated[Union[int, Annotated[str, Field(pattern=QUANTITY)]], _IntOrString()]
+Quantity = Annotated[int | Annotated[str, Field(pattern=QUANTITY)], _IntOrString()]
 
 
 def _rule(rule: str, message: str) -> dict[str, str]:

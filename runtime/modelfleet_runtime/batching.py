@@ -130,7 +130,7 @@ class Batcher:
         self._closing = True
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         self._executor.shutdown(wait=False, cancel_futures=True)
 

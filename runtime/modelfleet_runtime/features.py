@@ -255,7 +255,7 @@ class FeatureStore:
                     for entity_id in entity_ids:
                         pipe.hmget(self.key(entity_id), self.fields)
                     replies = await pipe.execute(raise_on_error=False)
-            except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, RedisError, OSError) as exc:
                 self._metrics.store_errors.inc()
                 reason = _reason(exc)
                 for entity_id in entity_ids:
@@ -353,4 +353,4 @@ def _shown(raw: Any) -> str:
     return repr(text if len(text) <= 40 else text[:40] + "...")
 
 
-__all__ = ["FeatureStore", "FeatureMetrics", "MAX_ENTITY_ID_LENGTH"]
+__all__ = ["MAX_ENTITY_ID_LENGTH", "FeatureMetrics", "FeatureStore"]

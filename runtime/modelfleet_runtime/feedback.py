@@ -378,9 +378,8 @@ class FeedbackWriter:
         await asyncio.to_thread(self._close_sync)
 
     def _close_sync(self) -> None:
-        with self._io_lock:
-            with contextlib.suppress(OSError):
-                self._seal_current()
+        with self._io_lock, contextlib.suppress(OSError):
+            self._seal_current()
 
 
 # -- reading and consuming -----------------------------------------------------------------------

@@ -15,7 +15,6 @@ import orjson
 
 from .errors import InvalidInput, InvalidValue
 
-
 _NUMBER_TYPES = {int, float}
 
 

@@ -53,7 +53,7 @@ class ModelServer:
         self.metrics.info.labels(settings.name, settings.model_version).set(1)
 
     @property
-    def registry(self):  # noqa: ANN201 - prometheus CollectorRegistry
+    def registry(self):
         return self.metrics.registry
 
     @property

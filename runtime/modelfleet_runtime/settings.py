@@ -171,4 +171,4 @@ def parse_serve_args(argv: Sequence[str], environ: Mapping[str, str] | None = No
     return load_settings(vars(parser.parse_args(argv)), environ)
 
 
-__all__ = ["Settings", "SettingsError", "add_serve_arguments", "load_settings", "parse_serve_args", "env_name"]
+__all__ = ["Settings", "SettingsError", "add_serve_arguments", "env_name", "load_settings", "parse_serve_args"]

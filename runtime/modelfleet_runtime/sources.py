@@ -62,7 +62,7 @@ def _download(uri: str, cache_dir: Path, timeout: float) -> Path:
         return target
     fd, tmp_name = tempfile.mkstemp(dir=cache_dir, suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(uri, timeout=timeout) as response:  # noqa: S310 - scheme checked
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(uri, timeout=timeout) as response:
             while chunk := response.read(_CHUNK):
                 out.write(chunk)
         os.replace(tmp_name, target)

@@ -7,10 +7,9 @@ from __future__ import annotations
 import pytest
 
 from chart_render import VALUE_SETS, env_of, operator_container
-
 from modelfleet_operator import cli
-from modelfleet_operator.runner import peering
 from modelfleet_operator.config import CONFIG_KEYS, env_name, load_config
+from modelfleet_operator.runner import peering
 
 KNOWN_VARIABLES = {env_name(key) for key in CONFIG_KEYS}
 

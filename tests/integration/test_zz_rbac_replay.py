@@ -21,8 +21,8 @@ from harness.emulator import ApiRequest
 from harness.kubelet import DeploymentController
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "chart"))
-from chart_render import helm_path, render_chart  # noqa: E402
-from rbac import check_requests, grants  # noqa: E402
+from chart_render import helm_path, render_chart
+from rbac import check_requests, grants
 
 VALUES = {
     "watchNamespaces": ["ml"],

@@ -122,7 +122,7 @@ def test_cel_rules_guard_immutable_identity_and_cross_field_rules(crd_file: dict
     assert {"rule": "self == oldSelf", "message": "version is immutable"} in spec["version"]["x-kubernetes-validations"]
     rules = [r["rule"] for r in spec["autoscaling"]["x-kubernetes-validations"]]
     assert rules == ["self.minReplicas <= self.maxReplicas"]
-    assert any("self.metadata.name != self.spec.model" == r["rule"] for r in root["x-kubernetes-validations"])
+    assert any(r["rule"] == "self.metadata.name != self.spec.model" for r in root["x-kubernetes-validations"])
     assert all(r["message"] for node in (root, spec["retraining"]) for r in node["x-kubernetes-validations"])
 
 

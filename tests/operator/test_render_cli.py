@@ -73,7 +73,7 @@ def test_render_reads_the_operator_environment_and_set_wins(repo: Path) -> None:
     env = {"MODELFLEET_OPERATOR_RUNTIME_IMAGE": "ghcr.io/modelfleet/runtime:9.9"}
     images = lambda out: [o for o in yaml.safe_load_all(out) if o["kind"] == "Deployment"][0]["spec"]["template"][
         "spec"
-    ]["containers"][0]["image"]  # noqa: E731
+    ]["containers"][0]["image"]
     assert images(_run("render", path, env=env).stdout) == "ghcr.io/modelfleet/runtime:9.9"
     overridden = _run("render", path, "--set", "runtime-image=ghcr.io/modelfleet/runtime:1.0", env=env)
     assert images(overridden.stdout) == "ghcr.io/modelfleet/runtime:1.0"

@@ -26,9 +26,9 @@ from modelfleet_operator.manifests import (
 )
 from modelfleet_operator.retraining import (
     ANNOTATION_METRICS,
+    BACKOFF_MAX,
     LABEL_JOB,
     LABEL_PARENT,
-    BACKOFF_MAX,
     Metrics,
     Outcome,
     RetrainingError,
@@ -361,7 +361,7 @@ def test_next_attempt_counts_past_the_status_and_past_jobs_created_before_a_rest
 
 
 def test_backoff_starts_at_a_minute_doubles_and_caps_at_an_hour() -> None:
-    waits = [backoff(n) for n in range(0, 12)]
+    waits = [backoff(n) for n in range(12)]
     assert waits[0] == timedelta(0)
     assert waits[1] == timedelta(minutes=1) and waits[2] == timedelta(minutes=2) and waits[3] == timedelta(minutes=4)
     assert all(a <= b for a, b in zip(waits, waits[1:]))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import redis
 import redis.asyncio as aioredis
+
 from modelfleet_runtime.errors import InvalidInput, InvalidValue, NotFound, Unavailable
 from modelfleet_runtime.features import FeatureStore
 from modelfleet_runtime.settings import Settings, SettingsError

@@ -136,13 +136,13 @@ async def test_a_segment_left_open_by_a_dead_writer_is_sealed_by_the_next_one(tm
     dead = FeedbackWriter(tmp_path, pod="pod-a")
     await dead.append([sample(0)])
     # The process dies: its descriptor (and with it the lock) goes away without sealing.
-    os.close(dead._fd)  # noqa: SLF001
+    os.close(dead._fd)
     assert FeedbackVolume(tmp_path).stats().open_segments == 1
     successor = FeedbackWriter(tmp_path, pod="pod-a")
     await successor.append([sample(1)])
     names = [f.name for f in segment_files(tmp_path)]
     assert sum(n.endswith(OPEN_SUFFIX) for n in names) == 1
-    assert names[0].startswith(f"pod-a_{dead._start}")  # noqa: SLF001
+    assert names[0].startswith(f"pod-a_{dead._start}")
     assert names[0].endswith(SEALED_SUFFIX) and not names[0].endswith(OPEN_SUFFIX)
     assert sorted(ids(FeedbackVolume(tmp_path))) == [0, 1]
     await successor.close()

@@ -21,9 +21,9 @@ import orjson
 import pytest
 
 from live_server import live_server, wait_for
+from modelfleet_runtime.errors import ModelLoadError
 from modelfleet_runtime.settings import Settings, SettingsError, parse_serve_args
 from modelfleet_runtime.sources import fetch_model, resolve_local
-from modelfleet_runtime.errors import ModelLoadError
 from onnx_models import build_mlp, free_port
 
 RUNTIME = [sys.executable, "-m", "modelfleet_runtime.cli"]

@@ -318,10 +318,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
 
         is_resource = request.resource is not None and bool(request.resource.plural)
         try:
-            if (
-                is_resource
-                and request.action == enums.action.CREATE
-                or (is_resource and request.action in WRITE_ACTIONS and request.name is not None)
+            if (is_resource and request.action == enums.action.CREATE) or (
+                is_resource and request.action in WRITE_ACTIONS and request.name is not None
             ):
                 rt = self._resource_type(request)
                 async with self._lock:
@@ -708,10 +706,10 @@ def dump_requests(requests: Iterable[ApiRequest]) -> str:
 
 
 __all__ = [
-    "ApiRequest",
     "BUILTIN_RESOURCES",
-    "ClusterEmulator",
     "HARNESS_USER_AGENT",
+    "ApiRequest",
+    "ClusterEmulator",
     "ResourceType",
     "dump_requests",
     "resource_types_from_crd",

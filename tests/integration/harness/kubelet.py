@@ -304,7 +304,7 @@ class PodProcess:
             async with http.get(url, timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_SECONDS)) as response:
                 self.readiness_body = await response.text()
                 return 200 <= response.status < 400
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             return False
 
     async def stop(self) -> None:
@@ -317,7 +317,7 @@ class PodProcess:
             process.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(process.wait(), timeout=grace)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             await process.wait()

@@ -48,7 +48,7 @@ class InProcessOperator:
             )
             started.set()
             loop.run_until_complete(self._main)
-        except BaseException as exc:  # noqa: BLE001 - reported to the test through .error
+        except BaseException as exc:  # any, even a cancellation: reported to the test through .error
             if not self._killed:
                 self.error = exc
         finally:
