@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from . import __version__
 from .errors import RuntimeProblem
-from .feedback_api import build_feedback_router
+from .feedback_api import FeedbackService, build_feedback_router
 from .http_io import json_response, read_token
 from .metrics import MetricsMiddleware, RuntimeMetrics
 from .serving import ModelServer
@@ -30,7 +30,7 @@ log = logging.getLogger("modelfleet.app")
 def create_app(settings: Settings, server: ModelServer | None = None) -> FastAPI:
     server = server or ModelServer(settings, RuntimeMetrics())
     predict_token = read_token(settings.predict_token_file)
-    feedback_router = build_feedback_router(server)
+    feedback = FeedbackService(settings.feedback_dir, settings.feedback_segment_bytes, server.registry)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -39,13 +39,17 @@ def create_app(settings: Settings, server: ModelServer | None = None) -> FastAPI
             yield
         finally:
             await server.stop()
-            await feedback_router.feedback_service.aclose()
+            await feedback.aclose()
 
     app = FastAPI(title="ModelFleet runtime", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.server = server
     # The routes go straight onto the app: this FastAPI matches an included router's routes twice
     # per request (about a tenth of a small prediction's event-loop time, see bench/README.md).
-    for router in (build_v1_router(server, predict_token), build_v2_router(server, predict_token), feedback_router):
+    for router in (
+        build_v1_router(server, predict_token),
+        build_v2_router(server, predict_token),
+        build_feedback_router(server, feedback),
+    ):
         app.router.routes.extend(router.routes)
 
     @app.exception_handler(RuntimeProblem)

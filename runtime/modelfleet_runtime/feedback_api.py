@@ -22,7 +22,7 @@ from starlette.responses import Response
 from .errors import InvalidInput, InvalidValue, NotFound, PayloadTooLarge, Unavailable
 from .feedback import FeedbackVolume, FeedbackWriteError, FeedbackWriter, Sample
 from .http_io import json_response, read_json_object, read_token, require_bearer
-from .inputs import rows_to_array
+from .inputs import check_entity_widths, payload_rows, rows_to_array
 
 log = logging.getLogger("modelfleet.feedback")
 
@@ -191,46 +191,32 @@ async def _rows(runtime: Any, payload: dict[str, Any]) -> np.ndarray:
         if not isinstance(entity_id, str) or not entity_id:
             raise InvalidInput("entity_id must be a non-empty string")
         prefix = np.asarray(await runtime.features.get(entity_id)).reshape(-1)
-    own_width = width - (prefix.shape[-1] if prefix is not None else 0)
-    if "features" in payload:
-        rows = [payload["features"]]
-        if not isinstance(rows[0], list):
-            raise InvalidInput("'features' must be a list of numbers")
-    elif "instances" in payload:
-        rows = payload["instances"]
-        if not isinstance(rows, list):
-            raise InvalidInput("'instances' must be a list of rows")
-        if len(rows) > settings.max_queue:
-            raise PayloadTooLarge(f"{len(rows)} rows in one request; the limit is {settings.max_queue}")
-    elif prefix is not None:
-        rows = [[]]
-    else:
-        raise InvalidInput("expected 'features' (one row), 'instances' (a list of rows), 'entity_id' or 'request_id'")
+    _, rows = payload_rows(
+        payload,
+        max_rows=settings.max_queue,
+        entity=prefix is not None,
+        missing="expected 'features' (one row), 'instances' (a list of rows), 'entity_id' or 'request_id'",
+    )
+    own_width = width
     if prefix is not None:
-        for row in rows:
-            if isinstance(row, list) and len(row) != own_width:
-                raise InvalidInput(
-                    f"entity features ({prefix.shape[-1]}) + request features ({len(row)}) "
-                    f"= {prefix.shape[-1] + len(row)}, but the model takes {width}"
-                )
+        check_entity_widths(rows, prefix, width)
+        own_width = width - prefix.shape[-1]
     return rows_to_array(rows, own_width, model.input_dtype, prefix=prefix)
 
 
-def build_feedback_router(runtime: Any) -> APIRouter:
-    """The feedback endpoints for `runtime` (settings, model, registry, recent_inputs, features).
+def build_feedback_router(runtime: Any, service: FeedbackService) -> APIRouter:
+    """The feedback endpoints for `runtime` (settings, model, recent_inputs, features) over `service`.
 
-    The service is at `router.feedback_service`; await its `aclose()` on shutdown.
+    The caller owns `service`: await its `aclose()` on shutdown.
     """
     settings = runtime.settings
     token = read_token(settings.feedback_token_file)
-    service = FeedbackService(settings.feedback_dir, settings.feedback_segment_bytes, runtime.registry)
     if service.enabled and token is None:
         log.warning(
             "POST /feedback accepts samples from anyone: no --feedback-token-file is set, and feedback "
             "changes what the next model learns"
         )
     router = APIRouter()
-    router.feedback_service = service  # type: ignore[attr-defined]
 
     @router.post("/feedback")
     async def feedback(request: Request) -> Response:
@@ -246,7 +232,10 @@ def build_feedback_router(runtime: Any) -> APIRouter:
         labels = _labels(payload, len(rows))
         now = time.time()
         version = settings.model_version
-        samples = [Sample([float(v) for v in row], label, now, version) for row, label in zip(rows.tolist(), labels)]
+        samples = [
+            Sample([float(v) for v in row], label, now, version)
+            for row, label in zip(rows.tolist(), labels, strict=True)
+        ]
         unconsumed = await service.append(samples)
         return json_response({"accepted": len(samples), "unconsumed": unconsumed})
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .errors import InvalidInput, InvalidValue
+from .errors import InvalidInput, InvalidValue, PayloadTooLarge
 
 _NUMBER_TYPES = {int, float}
 
@@ -34,6 +34,40 @@ def _find_problem(rows: list[Any], width: int | None) -> Exception:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 return InvalidValue(f"row {r} feature {c} is not a number: {_describe(value)}")
     return InvalidInput("rows must all have the same number of numeric features")
+
+
+def payload_rows(payload: dict[str, Any], *, max_rows: int, entity: bool, missing: str) -> tuple[bool, list[Any]]:
+    """(single, rows): the rows a request sends and whether it sent one row rather than a list.
+
+    `{"features": row}` is one row, `{"instances": [row, ...]}` a list of them; with an
+    entity that supplies every feature, a request may send neither (one empty row).
+    Otherwise the request is refused with `missing`, which says what to send.
+    """
+    if "features" in payload:
+        rows = [payload["features"]]
+        if not isinstance(rows[0], list):
+            raise InvalidInput("'features' must be a list of numbers")
+        return True, rows
+    if "instances" in payload:
+        rows = payload["instances"]
+        if not isinstance(rows, list):
+            raise InvalidInput("'instances' must be a list of rows")
+        if len(rows) > max_rows:
+            raise PayloadTooLarge(f"{len(rows)} rows in one request; the limit is {max_rows}")
+        return False, rows
+    if entity:
+        return True, [[]]
+    raise InvalidInput(missing)
+
+
+def check_entity_widths(rows: list[Any], prefix: np.ndarray, width: int) -> None:
+    """The entity's features (`prefix`) and each row's own must add up to the model's `width`."""
+    for row in rows:
+        if isinstance(row, list) and len(row) != width - prefix.shape[-1]:
+            raise InvalidInput(
+                f"entity features ({prefix.shape[-1]}) + request features ({len(row)}) "
+                f"= {prefix.shape[-1] + len(row)}, but the model takes {width}"
+            )
 
 
 _NUMBER_SYNTAX = b"0123456789.eE+-[],: \t\r\n"
@@ -63,15 +97,29 @@ def rows_to_array(
     if not rows:
         raise InvalidInput("no rows: send at least one row of features")
     if not numbers_only:
-        # One C-speed pass over the element types; NumPy alone would quietly take booleans and strings.
-        kinds: set[type] = set()
-        try:
-            for row in rows:
-                kinds.update(map(type, row))
-        except TypeError:
-            raise _find_problem(rows, width) from None
-        if not kinds <= _NUMBER_TYPES:
-            raise _find_problem(rows, width)
+        _check_numbers(rows, width)
+    converted = _to_dtype(_parse_rows(rows, width, dtype, numbers_only), rows, dtype)
+    if prefix is not None:
+        converted = np.concatenate(
+            [np.broadcast_to(prefix.astype(dtype, copy=False), (len(rows), prefix.shape[-1])), converted], axis=1
+        )
+    return converted
+
+
+def _check_numbers(rows: list[Any], width: int | None) -> None:
+    # One C-speed pass over the element types; NumPy alone would quietly take booleans and strings.
+    kinds: set[type] = set()
+    try:
+        for row in rows:
+            kinds.update(map(type, row))
+    except TypeError:
+        raise _find_problem(rows, width) from None
+    if not kinds <= _NUMBER_TYPES:
+        raise _find_problem(rows, width)
+
+
+def _parse_rows(rows: list[Any], width: int | None, dtype: np.dtype, numbers_only: bool) -> np.ndarray:
+    """The rows as a 2-D numeric array of `width` columns, in the model's dtype when that is cheap."""
     try:
         with np.errstate(over="ignore"):
             if numbers_only and dtype.kind == "f" and width is not None and set(map(len, rows)) <= {width}:
@@ -86,6 +134,11 @@ def rows_to_array(
         raise _find_problem(rows, width)
     if width is not None and array.shape[1] != width:
         raise InvalidInput(f"expected {width} features, got {array.shape[1]}")
+    return array
+
+
+def _to_dtype(array: np.ndarray, rows: list[Any], dtype: np.dtype) -> np.ndarray:
+    """`array` in the model's `dtype`; refuses non-finite floats, and fractions for an integer model."""
     if array.dtype.kind == "f" or dtype.kind == "f":
         with np.errstate(over="ignore", invalid="ignore"):
             converted = array.astype(dtype, copy=False)
@@ -96,8 +149,4 @@ def rows_to_array(
             raise InvalidValue(f"the model takes {dtype.name} features; got non-integral values")
     else:
         converted = array.astype(dtype, copy=False)
-    if prefix is not None:
-        converted = np.concatenate(
-            [np.broadcast_to(prefix.astype(dtype, copy=False), (len(rows), prefix.shape[-1])), converted], axis=1
-        )
     return converted

@@ -18,9 +18,9 @@ from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
-from .errors import InvalidInput, PayloadTooLarge
+from .errors import InvalidInput
 from .http_io import PlainRoute, json_response, read_json_object_and_body, require_bearer
-from .inputs import only_numbers, rows_to_array
+from .inputs import check_entity_widths, only_numbers, payload_rows, rows_to_array
 from .serving import ModelServer
 
 VERSION_HEADER = "x-model-version"
@@ -58,36 +58,20 @@ def build_v1_router(server: ModelServer, predict_token: str | None) -> APIRouter
         width = model.input_width
         if width is None:
             raise InvalidInput(f"this model's input is not a feature matrix; use POST /v2/models/{settings.name}/infer")
-        prefix = None
-        if "entity_id" in payload:
-            prefix = await _entity_features(server, payload["entity_id"])
-            own_width = width - prefix.shape[-1]
-        else:
-            own_width = width
-        if "features" in payload:
-            single, rows = True, [payload["features"]]
-            if not isinstance(rows[0], list):
-                raise InvalidInput("'features' must be a list of numbers")
-        elif "instances" in payload:
-            single, rows = False, payload["instances"]
-            if not isinstance(rows, list):
-                raise InvalidInput("'instances' must be a list of rows")
-            if len(rows) > settings.max_queue:
-                raise PayloadTooLarge(f"{len(rows)} rows in one request; the limit is {settings.max_queue}")
-        elif prefix is not None:
-            single, rows = True, [[]]
-        else:
-            raise InvalidInput("expected 'features' (one row) or 'instances' (a list of rows)")
-        if prefix is not None:
-            for row in rows:
-                if isinstance(row, list) and len(row) != own_width:
-                    raise InvalidInput(
-                        f"entity features ({prefix.shape[-1]}) + request features ({len(row)}) "
-                        f"= {prefix.shape[-1] + len(row)}, but the model takes {width}"
-                    )
-        array = rows_to_array(
-            rows, own_width, model.input_dtype, prefix=prefix, numbers_only=only_numbers(body, payload)
+        prefix = await _entity_features(server, payload["entity_id"]) if "entity_id" in payload else None
+        single, rows = payload_rows(
+            payload,
+            max_rows=settings.max_queue,
+            entity=prefix is not None,
+            missing="expected 'features' (one row) or 'instances' (a list of rows)",
         )
+        own_width = width
+        if prefix is not None:
+            check_entity_widths(rows, prefix, width)
+            own_width = width - prefix.shape[-1]
+        # A model with an input width has exactly one (2-D) input.
+        dtype = model.inputs[0].dtype
+        array = rows_to_array(rows, own_width, dtype, prefix=prefix, numbers_only=only_numbers(body, payload))
         outputs = await server.infer({model.inputs[0].name: array}, len(rows))
         predictions = format_rows(outputs, len(rows))
         answer: dict[str, Any] = {"prediction": predictions[0]} if single else {"predictions": predictions}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -20,10 +21,10 @@ from starlette.responses import Response
 from . import __version__
 from .errors import InvalidInput, InvalidValue, PayloadTooLarge
 from .http_io import PlainRoute, json_response, read_body, require_bearer
-from .model import TensorSpec
+from .model import OnnxModel, TensorSpec
 from .serving import ModelServer
 from .v1 import VERSION_HEADER
-from .v2_models import InferenceRequest, ModelMetadata, ServerMetadata, TensorMetadata
+from .v2_models import InferenceRequest, ModelMetadata, RequestInput, ServerMetadata, TensorMetadata
 
 _NUMPY_OF = {
     "FP32": np.float32,
@@ -41,13 +42,13 @@ _NUMPY_OF = {
 }
 
 
-def _tensor(spec: TensorSpec, given: Any, rows: int | None) -> np.ndarray:
+def _tensor(spec: TensorSpec, given: RequestInput, rows: int | None) -> np.ndarray:
     if given.datatype != spec.datatype:
         raise InvalidInput(f"input {spec.name!r}: datatype {given.datatype!r} given, the model takes {spec.datatype!r}")
     shape = given.shape
     if (
         len(shape) != len(spec.shape)
-        or any(d is not None and d != g for d, g in zip(spec.shape, shape))
+        or any(d is not None and d != g for d, g in zip(spec.shape, shape, strict=True))
         or any(g < 0 for g in shape)
     ):
         expected = [-1 if d is None else d for d in spec.shape]
@@ -71,13 +72,83 @@ def _tensor(spec: TensorSpec, given: Any, rows: int | None) -> np.ndarray:
     return converted
 
 
+def _parse_request(body: bytes) -> InferenceRequest:
+    try:
+        return InferenceRequest.model_validate_json(body)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
+        raise InvalidInput(f"not an Open Inference Protocol request: {problems}") from None
+
+
+def _entity_ids(message: InferenceRequest, model: OnnxModel) -> Any:
+    """`parameters.entity_ids` (or one `entity_id`) as sent, None when the request names no entity."""
+    params = message.parameters or {}
+    entity_ids = params.get("entity_ids") or ([params["entity_id"]] if "entity_id" in params else None)
+    if entity_ids is not None and model.input_width is None:
+        raise InvalidInput("entity_id needs a model with one 2-D feature input")
+    return entity_ids
+
+
+def _check_input_names(model: OnnxModel, given: Mapping[str, RequestInput]) -> None:
+    """The request sends exactly the model's inputs, by name."""
+    specs = {s.name for s in model.inputs}
+    missing, unknown = sorted(specs - given.keys()), sorted(given.keys() - specs)
+    if unknown or missing:
+        problems = ([f"unknown inputs {unknown}"] if unknown else []) + (
+            [f"missing inputs {missing}"] if missing else []
+        )
+        raise InvalidInput(f"{'; '.join(problems)}; the model takes {[s.name for s in model.inputs]}")
+
+
+async def _feeds(
+    server: ModelServer, model: OnnxModel, given: Mapping[str, RequestInput], entity_ids: Any
+) -> tuple[dict[str, np.ndarray], int]:
+    """The model's feeds and their common number of rows."""
+    feeds: dict[str, np.ndarray] = {}
+    rows: int | None = None
+    for spec in model.inputs:
+        if entity_ids is not None:
+            feeds[spec.name] = await _with_entities(server, spec, given[spec.name], entity_ids)
+        else:
+            feeds[spec.name] = _tensor(spec, given[spec.name], rows)
+        rows = feeds[spec.name].shape[0]
+    assert rows is not None  # a model has at least one input
+    return feeds, rows
+
+
+def _output_names(message: InferenceRequest, model: OnnxModel) -> list[str]:
+    """The outputs the request asks for, in its order; all of the model's when it names none."""
+    wanted = [o.name for o in message.outputs] if message.outputs else None
+    if not wanted:
+        return model.output_names
+    unknown = sorted(set(wanted) - set(model.output_names))
+    if unknown:
+        raise InvalidInput(f"outputs {unknown} unknown; the model has {model.output_names}")
+    return wanted
+
+
+def _output_tensors(model: OnnxModel, outputs: Mapping[str, np.ndarray], names: list[str]) -> list[dict[str, Any]]:
+    by_spec = {o.name: o for o in model.outputs}
+    return [
+        {"name": n, "datatype": by_spec[n].datatype, "shape": list(outputs[n].shape), "data": outputs[n].ravel()}
+        for n in names
+    ]
+
+
 def build_v2_router(server: ModelServer, predict_token: str | None) -> APIRouter:
     router = APIRouter(prefix="/v2")
-    settings = server.settings
-    version_headers = {VERSION_HEADER: settings.model_version}
+    _add_server_routes(router, server)
+    _add_model_routes(router, server)
+    _add_infer_routes(router, server, predict_token)
+    return router
 
-    def ready_response() -> Response:
-        return json_response(server.readiness(), status=200 if server.ready else 503)
+
+def _ready_response(server: ModelServer) -> Response:
+    return json_response(server.readiness(), status=200 if server.ready else 503)
+
+
+def _add_server_routes(router: APIRouter, server: ModelServer) -> None:
+    """Server metadata, liveness and readiness."""
 
     @router.get("")
     async def server_metadata() -> Response:
@@ -89,7 +160,12 @@ def build_v2_router(server: ModelServer, predict_token: str | None) -> APIRouter
 
     @router.get("/health/ready")
     async def ready() -> Response:
-        return ready_response()
+        return _ready_response(server)
+
+
+def _add_model_routes(router: APIRouter, server: ModelServer) -> None:
+    """The model's metadata and readiness, by name and by name and version."""
+    settings = server.settings
 
     def metadata(name: str, version: str | None) -> Response:
         server.check_target(name, version)
@@ -114,66 +190,37 @@ def build_v2_router(server: ModelServer, predict_token: str | None) -> APIRouter
     @router.get("/models/{name}/ready")
     async def model_ready(name: str) -> Response:
         server.check_target(name)
-        return ready_response()
+        return _ready_response(server)
 
     @router.get("/models/{name}/versions/{version}/ready")
     async def version_ready(name: str, version: str) -> Response:
         server.check_target(name, version)
-        return ready_response()
+        return _ready_response(server)
+
+
+def _add_infer_routes(router: APIRouter, server: ModelServer, predict_token: str | None) -> None:
+    """Inference by name and by name and version, served by plain routes ahead of the APIRoutes (see PlainRoute)."""
+    settings = server.settings
+    version_headers = {VERSION_HEADER: settings.model_version}
 
     async def infer(request: Request, name: str, version: str | None) -> Response:
         started = time.perf_counter()
         server.check_target(name, version)
         require_bearer(request, predict_token)
-        body = await read_body(request, settings.max_body_bytes)
-        try:
-            message = InferenceRequest.model_validate_json(body)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
-            raise InvalidInput(f"not an Open Inference Protocol request: {problems}") from None
+        message = _parse_request(await read_body(request, settings.max_body_bytes))
         model = server.require_model()
-        specs = {s.name: s for s in model.inputs}
         given = {i.name: i for i in message.inputs}
-        missing, unknown = sorted(specs.keys() - given.keys()), sorted(given.keys() - specs.keys())
-        params = message.parameters or {}
-        entity_ids = params.get("entity_ids") or ([params["entity_id"]] if "entity_id" in params else None)
-        if entity_ids is not None and model.input_width is None:
-            raise InvalidInput("entity_id needs a model with one 2-D feature input")
-        if unknown or missing:
-            problems = ([f"unknown inputs {unknown}"] if unknown else []) + (
-                [f"missing inputs {missing}"] if missing else []
-            )
-            raise InvalidInput(f"{'; '.join(problems)}; the model takes {[s.name for s in model.inputs]}")
-        feeds: dict[str, np.ndarray] = {}
-        rows: int | None = None
-        for spec in model.inputs:
-            if entity_ids is not None:
-                feeds[spec.name] = await _with_entities(server, spec, given[spec.name], entity_ids)
-            else:
-                feeds[spec.name] = _tensor(spec, given[spec.name], rows)
-            rows = feeds[spec.name].shape[0]
-        assert rows is not None
+        entity_ids = _entity_ids(message, model)
+        _check_input_names(model, given)
+        feeds, rows = await _feeds(server, model, given, entity_ids)
         if rows > settings.max_queue:
             raise PayloadTooLarge(f"{rows} rows in one request; the limit is {settings.max_queue}")
-        wanted = [o.name for o in message.outputs] if message.outputs else None
-        if wanted:
-            unknown_out = sorted(set(wanted) - set(model.output_names))
-            if unknown_out:
-                raise InvalidInput(f"outputs {unknown_out} unknown; the model has {model.output_names}")
+        names = _output_names(message, model)
         outputs = await server.infer(feeds, rows)
-        by_spec = {o.name: o for o in model.outputs}
         answer: dict[str, Any] = {
             "model_name": settings.name,
             "model_version": settings.model_version,
-            "outputs": [
-                {
-                    "name": n,
-                    "datatype": by_spec[n].datatype,
-                    "shape": list(outputs[n].shape),
-                    "data": outputs[n].ravel(),
-                }
-                for n in (wanted or model.output_names)
-            ],
+            "outputs": _output_tensors(model, outputs, names),
         }
         if message.id is not None:
             answer["id"] = message.id
@@ -200,10 +247,9 @@ def build_v2_router(server: ModelServer, predict_token: str | None) -> APIRouter
             "/v2/models/{name}/versions/{version}/infer", plain_version_infer, methods=["POST"], include_in_schema=False
         ),
     ]
-    return router
 
 
-async def _with_entities(server: ModelServer, spec: TensorSpec, given: Any, entity_ids: Any) -> np.ndarray:
+async def _with_entities(server: ModelServer, spec: TensorSpec, given: RequestInput, entity_ids: Any) -> np.ndarray:
     """The request's own feature columns with each row's entity features placed before them."""
     if not isinstance(entity_ids, list) or not all(isinstance(e, str) and e for e in entity_ids):
         raise InvalidInput("parameters.entity_id must be a string (entity_ids: a list of strings)")
