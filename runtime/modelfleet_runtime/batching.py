@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -128,10 +129,8 @@ class Batcher:
     async def close(self, timeout: float | None = None) -> None:
         """Refuse new work, let queued and running batches finish, then stop the thread."""
         self._closing = True
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            pass
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # -- the inference thread --------------------------------------------------------------
@@ -162,10 +161,8 @@ class Batcher:
 
     def _call_in_loop(self, callback: Callable[..., None], *args: object) -> None:
         assert self._loop is not None
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to answer
             self._loop.call_soon_threadsafe(callback, *args)
-        except RuntimeError:  # the loop is closed: nobody is left to answer
-            pass
 
     def _take(self) -> list[Part]:
         room = self.max_batch_size

@@ -304,7 +304,7 @@ class FeatureStore:
             )
         if all(value is None for value in reply):
             raise NotFound(f"unknown entity {entity_id!r}: the feature store has no features under key {key!r}")
-        missing = [field for field, value in zip(self.fields, reply) if value is None]
+        missing = [field for field, value in zip(self.fields, reply, strict=True) if value is None]
         if missing:
             names = ", ".join(repr(field) for field in missing)
             raise InvalidValue(
@@ -312,7 +312,7 @@ class FeatureStore:
                 f"expected fields {', '.join(self.fields)}"
             )
         vector = np.empty(len(self.fields), dtype=np.float32)
-        for index, (field, raw) in enumerate(zip(self.fields, reply)):
+        for index, (field, raw) in enumerate(zip(self.fields, reply, strict=True)):
             try:
                 number = float(raw)
             except ValueError:

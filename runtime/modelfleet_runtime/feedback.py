@@ -389,7 +389,7 @@ class FeedbackWriter:
 class _Cached:
     sealed: bool
     resume: int
-    starts: array = field(default_factory=lambda: array("q"))
+    starts: array[int] = field(default_factory=lambda: array("q"))
     corrupt: int = 0
     last_end: int = 0
 
@@ -510,7 +510,7 @@ class FeedbackVolume:
                 if not path.exists():
                     continue
                 scan = _scan(path, start, sealed=True, keep_lines=True)
-            for offset, end, line in zip(scan.starts, scan.ends, scan.lines):
+            for offset, end, line in zip(scan.starts, scan.ends, scan.lines, strict=True):
                 sample = decode_line(line)
                 if sample is not None:
                     yield Record(sid, offset, end, sample)

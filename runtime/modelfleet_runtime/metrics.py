@@ -12,11 +12,12 @@ from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .batching import BatchRecord
 
 # The *_created series double the output and no dashboard reads them.
 disable_created_metrics()
-
-from .batching import BatchRecord
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -95,8 +96,8 @@ class RuntimeMetrics:
         latency: dict[str, float | None]
         if recent.size:
             p50, p90, p95, p99 = np.percentile(recent, [50, 90, 95, 99])
-            latency = {"p50": p50, "p90": p90, "p95": p95, "p99": p99, "mean": recent.mean(), "max": recent.max()}
-            latency = {k: round(float(v), 3) for k, v in latency.items()}
+            stats = {"p50": p50, "p90": p90, "p95": p95, "p99": p99, "mean": recent.mean(), "max": recent.max()}
+            latency = {k: round(float(v), 3) for k, v in stats.items()}
         else:
             latency = dict.fromkeys(("p50", "p90", "p95", "p99", "mean", "max"))
         return {
@@ -116,11 +117,11 @@ INFERENCE_PATHS = ("/predict", "/v2/models/{name}/infer", "/v2/models/{name}/ver
 class MetricsMiddleware:
     """Pure ASGI middleware (no per-request task or body copy, unlike BaseHTTPMiddleware)."""
 
-    def __init__(self, app: Any, metrics: RuntimeMetrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: RuntimeMetrics) -> None:
         self.app = app
         self.metrics = metrics
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -128,7 +129,7 @@ class MetricsMiddleware:
         status = 500
         metrics = self.metrics
 
-        async def send_wrapper(message: dict) -> None:
+        async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]

@@ -10,6 +10,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -47,7 +48,7 @@ class TensorSpec:
     def row_shape(self) -> tuple[int | None, ...]:
         return self.shape[1:]
 
-    def metadata(self) -> dict:
+    def metadata(self) -> dict[str, Any]:
         return {"name": self.name, "datatype": self.datatype, "shape": [-1 if d is None else d for d in self.shape]}
 
 
@@ -110,12 +111,15 @@ class OnnxModel:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self.session.run(self.output_names, feeds)
-        return dict(zip(self.output_names, results))
+        return dict(zip(self.output_names, results, strict=True))
 
     def sample_feeds(self, rows: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         feeds = {}
         for spec in self.inputs:
-            shape = (rows, *spec.row_shape)
+            # OnnxModel refused inputs with a free dimension past the first one.
+            row_shape = tuple(d for d in spec.row_shape if d is not None)
+            assert len(row_shape) == len(spec.row_shape), f"input {spec.name!r} has a free row dimension"
+            shape = (rows, *row_shape)
             if spec.dtype.kind == "f":
                 feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
             elif spec.dtype.kind == "b":

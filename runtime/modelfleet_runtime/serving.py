@@ -12,10 +12,11 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from cachetools import TTLCache
+from prometheus_client import CollectorRegistry
 
 from .batching import Batcher
 from .demo import write_demo_model
@@ -25,10 +26,13 @@ from .model import OnnxModel
 from .settings import Settings
 from .sources import default_cache_dir, fetch_model
 
+if TYPE_CHECKING:  # imported when a feature store is configured: it brings in redis
+    from .features import FeatureStore
+
 log = logging.getLogger("modelfleet.server")
 
 
-class State(str, enum.Enum):
+class State(enum.StrEnum):
     LOADING = "loading"
     READY = "ready"
     FAILED = "failed"
@@ -47,13 +51,13 @@ class ModelServer:
         self.recent_inputs: TTLCache[str, np.ndarray] = TTLCache(
             maxsize=100_000, ttl=settings.request_retention_seconds
         )
-        self.features: Any = None  # a FeatureStore when settings.feature_store is set
+        self.features: FeatureStore | None = None  # set when settings.feature_store is
         self.model_path: Path | None = None
         self._load_task: asyncio.Task[None] | None = None
         self.metrics.info.labels(settings.name, settings.model_version).set(1)
 
     @property
-    def registry(self):
+    def registry(self) -> CollectorRegistry:
         return self.metrics.registry
 
     @property

@@ -81,11 +81,13 @@ def _unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 def _softmax(z: np.ndarray) -> np.ndarray:
     e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+    p: np.ndarray = e / e.sum(axis=-1, keepdims=True)
+    return p
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * z))  # stable for large |z|
+    y: np.ndarray = 0.5 * (1.0 + np.tanh(0.5 * z))  # stable for large |z|
+    return y
 
 
 class Network:
@@ -138,14 +140,15 @@ class Network:
     def forward(self, params: Mapping[str, np.ndarray], x: np.ndarray) -> dict[str, np.ndarray]:
         values: dict[str, np.ndarray] = {**self.initial, **params, self.input_name: x}
         for node in self.nodes:
-            ins = [values[name] if name else None for name in node.input]
+            # Every supported operator takes one or two inputs, and Gemm an optional third (C).
+            ins = [values[name] for name in node.input[:2]]
             op, attrs = node.op_type, _attrs(node)
             if op == "Gemm":
                 a = ins[0].T if attrs.get("transA", 0) else ins[0]
                 b = ins[1].T if attrs.get("transB", 0) else ins[1]
                 y = attrs.get("alpha", 1.0) * (a @ b)
-                if len(ins) > 2 and ins[2] is not None:
-                    y = y + attrs.get("beta", 1.0) * ins[2]
+                if len(node.input) > 2 and node.input[2]:
+                    y = y + attrs.get("beta", 1.0) * values[node.input[2]]
             elif op == "MatMul":
                 if ins[0].ndim != 2 or ins[1].ndim != 2:
                     raise UnsupportedModel(f"MatMul {node.name or node.output[0]!r} is not 2-D x 2-D")
@@ -176,34 +179,7 @@ class Network:
             g = grads.pop(out, None)
             if g is None:
                 continue
-            ins = list(node.input)
-            op, attrs = node.op_type, _attrs(node)
-            contributions: list[tuple[str, np.ndarray]] = []
-            if op == "Gemm":
-                alpha = attrs.get("alpha", 1.0)
-                ta, tb = attrs.get("transA", 0), attrs.get("transB", 0)
-                a = values[ins[0]].T if ta else values[ins[0]]
-                b = values[ins[1]].T if tb else values[ins[1]]
-                ga, gb = alpha * g @ b.T, alpha * a.T @ g
-                contributions += [(ins[0], ga.T if ta else ga), (ins[1], gb.T if tb else gb)]
-                if len(ins) > 2 and ins[2]:
-                    contributions.append((ins[2], _unbroadcast(attrs.get("beta", 1.0) * g, values[ins[2]].shape)))
-            elif op == "MatMul":
-                contributions += [(ins[0], g @ values[ins[1]].T), (ins[1], values[ins[0]].T @ g)]
-            elif op == "Add":
-                contributions += [
-                    (ins[0], _unbroadcast(g, values[ins[0]].shape)),
-                    (ins[1], _unbroadcast(g, values[ins[1]].shape)),
-                ]
-            elif op == "Relu":
-                contributions.append((ins[0], g * (values[ins[0]] > 0)))
-            elif op == "Sigmoid":
-                y = values[out]
-                contributions.append((ins[0], g * y * (1.0 - y)))
-            else:  # Softmax
-                y = values[out]
-                contributions.append((ins[0], y * (g - (g * y).sum(axis=-1, keepdims=True))))
-            for name, grad in contributions:
+            for name, grad in _input_gradients(node, values, g):
                 if name == self.input_name or (name in self.initial and name not in params):
                     continue
                 grads[name] = grads[name] + grad if name in grads else grad
@@ -221,6 +197,35 @@ class Network:
             entry = next((p for p in child.metadata_props if p.key == key), None) or child.metadata_props.add()
             entry.key, entry.value = key, value
         return child
+
+
+def _input_gradients(
+    node: onnx.NodeProto, values: Mapping[str, np.ndarray], g: np.ndarray
+) -> list[tuple[str, np.ndarray]]:
+    """d(loss)/d(input) for each input of `node`, given `g` = d(loss)/d(its output)."""
+    ins, out = list(node.input), node.output[0]
+    op, attrs = node.op_type, _attrs(node)
+    if op == "Gemm":
+        alpha = attrs.get("alpha", 1.0)
+        ta, tb = attrs.get("transA", 0), attrs.get("transB", 0)
+        a = values[ins[0]].T if ta else values[ins[0]]
+        b = values[ins[1]].T if tb else values[ins[1]]
+        ga, gb = alpha * g @ b.T, alpha * a.T @ g
+        contributions = [(ins[0], ga.T if ta else ga), (ins[1], gb.T if tb else gb)]
+        if len(ins) > 2 and ins[2]:
+            contributions.append((ins[2], _unbroadcast(attrs.get("beta", 1.0) * g, values[ins[2]].shape)))
+        return contributions
+    if op == "MatMul":
+        return [(ins[0], g @ values[ins[1]].T), (ins[1], values[ins[0]].T @ g)]
+    if op == "Add":
+        return [(ins[0], _unbroadcast(g, values[ins[0]].shape)), (ins[1], _unbroadcast(g, values[ins[1]].shape))]
+    if op == "Relu":
+        return [(ins[0], g * (values[ins[0]] > 0))]
+    y = values[out]
+    if op == "Sigmoid":
+        return [(ins[0], g * y * (1.0 - y))]
+    # Softmax
+    return [(ins[0], y * (g - (g * y).sum(axis=-1, keepdims=True)))]
 
 
 # -- the task: labels, loss, metric ---------------------------------------------------------------
@@ -244,7 +249,9 @@ def build_dataset(net: Network, records: Sequence[Record]) -> Dataset:
     widths = [len(r.sample.features) for r in records]
     width = net.input_width or (max(set(widths), key=widths.count) if widths else 0)
     outputs = _output_width(net, width) if width else 0
-    xs, ys, reasons = [], [], {}
+    xs: list[Sequence[float]] = []
+    ys: list[list[float]] = []
+    reasons: dict[str, int] = {}
 
     def skip(reason: str) -> None:
         reasons[reason] = reasons.get(reason, 0) + 1
@@ -383,7 +390,7 @@ def _resolve_base(options: Options) -> Path:
 
 def _split(rows: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     order = np.random.default_rng(seed).permutation(rows)
-    held = int(round(rows * holdout))
+    held = round(rows * holdout)
     if holdout > 0:
         held = min(max(held, 1), rows - 1)
     return order[held:], order[:held]
