@@ -84,46 +84,7 @@ class OperatorConfig:
     default_resources: Mapping[str, Any] = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_RESOURCES)))
 
     def __post_init__(self) -> None:
-        problems: list[str] = []
-        if not self.runtime_image or any(c.isspace() for c in self.runtime_image):
-            problems.append(f"runtime-image must be an image reference, got {self.runtime_image!r}")
-        if self.routing not in ROUTING_MODES:
-            problems.append(f"routing must be one of {', '.join(ROUTING_MODES)}, got {self.routing!r}")
-        if self.routing == "gateway" and not self.gateway:
-            problems.append("routing gateway needs gateway: set it to NAMESPACE/NAME of the parent Gateway")
-        if self.gateway:
-            parts = self.gateway.split("/")
-            if len(parts) > 2 or not all(_DNS_SUBDOMAIN.match(p) for p in parts):
-                problems.append(f"gateway must be NAMESPACE/NAME or NAME, got {self.gateway!r}")
-        if not _DNS_SUBDOMAIN.match(self.cluster_domain):
-            problems.append(f"cluster-domain must be a DNS name, got {self.cluster_domain!r}")
-        unknown = sorted(set(self.allowed_uri_schemes) - KNOWN_URI_SCHEMES)
-        if unknown:
-            problems.append(
-                f"allowed-uri-schemes: unknown scheme(s) {', '.join(unknown)}; "
-                f"choose from {', '.join(DEFAULT_URI_SCHEMES)}"
-            )
-        for ns in self.namespaces:
-            if not _DNS_LABEL.match(ns):
-                problems.append(f"namespace {ns!r} is not a valid namespace name")
-        if self.all_namespaces and self.namespaces:
-            problems.append("give either namespace(s) or all-namespaces, not both")
-        if self.peering and not _DNS_SUBDOMAIN.match(self.peering):
-            problems.append(f"peering must be a DNS name, got {self.peering!r}")
-        if self.peering and self.standalone:
-            problems.append("give either peering or standalone, not both: standalone runs without peering")
-        if not 0 < self.liveness_port < 65536:
-            problems.append(f"liveness-port must be between 1 and 65535, got {self.liveness_port}")
-        if self.log_level not in LOG_LEVELS:
-            problems.append(f"log-level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
-        if self.log_format not in LOG_FORMATS:
-            problems.append(f"log-format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
-        if not isinstance(self.default_resources, Mapping) or set(self.default_resources) - {
-            "requests",
-            "limits",
-            "claims",
-        }:
-            problems.append("default-resources must be a JSON object with requests and/or limits")
+        problems = [*_target_problems(self), *_scope_problems(self), *_process_problems(self)]
         if problems:
             raise ConfigError("; ".join(problems))
         if not self.allowed_images:
@@ -134,6 +95,59 @@ class OperatorConfig:
         """(namespace or None for the route's own, name) of the parent Gateway."""
         namespace, _, name = self.gateway.rpartition("/")
         return (namespace or None, name)
+
+
+def _target_problems(config: OperatorConfig) -> list[str]:
+    """What the operator deploys and how traffic reaches it: image, routing, gateway, URIs."""
+    problems: list[str] = []
+    if not config.runtime_image or any(c.isspace() for c in config.runtime_image):
+        problems.append(f"runtime-image must be an image reference, got {config.runtime_image!r}")
+    if config.routing not in ROUTING_MODES:
+        problems.append(f"routing must be one of {', '.join(ROUTING_MODES)}, got {config.routing!r}")
+    if config.routing == "gateway" and not config.gateway:
+        problems.append("routing gateway needs gateway: set it to NAMESPACE/NAME of the parent Gateway")
+    if config.gateway:
+        parts = config.gateway.split("/")
+        if len(parts) > 2 or not all(_DNS_SUBDOMAIN.match(p) for p in parts):
+            problems.append(f"gateway must be NAMESPACE/NAME or NAME, got {config.gateway!r}")
+    if not _DNS_SUBDOMAIN.match(config.cluster_domain):
+        problems.append(f"cluster-domain must be a DNS name, got {config.cluster_domain!r}")
+    unknown = sorted(set(config.allowed_uri_schemes) - KNOWN_URI_SCHEMES)
+    if unknown:
+        problems.append(
+            f"allowed-uri-schemes: unknown scheme(s) {', '.join(unknown)}; choose from {', '.join(DEFAULT_URI_SCHEMES)}"
+        )
+    return problems
+
+
+def _scope_problems(config: OperatorConfig) -> list[str]:
+    """Which namespaces the operator watches and how its replicas peer."""
+    problems = [
+        f"namespace {ns!r} is not a valid namespace name" for ns in config.namespaces if not _DNS_LABEL.match(ns)
+    ]
+    if config.all_namespaces and config.namespaces:
+        problems.append("give either namespace(s) or all-namespaces, not both")
+    if config.peering and not _DNS_SUBDOMAIN.match(config.peering):
+        problems.append(f"peering must be a DNS name, got {config.peering!r}")
+    if config.peering and config.standalone:
+        problems.append("give either peering or standalone, not both: standalone runs without peering")
+    return problems
+
+
+def _process_problems(config: OperatorConfig) -> list[str]:
+    """The operator process itself (probe port, logging) and the runtime's default resources."""
+    problems: list[str] = []
+    if not 0 < config.liveness_port < 65536:
+        problems.append(f"liveness-port must be between 1 and 65535, got {config.liveness_port}")
+    if config.log_level not in LOG_LEVELS:
+        problems.append(f"log-level must be one of {', '.join(LOG_LEVELS)}, got {config.log_level!r}")
+    if config.log_format not in LOG_FORMATS:
+        problems.append(f"log-format must be one of {', '.join(LOG_FORMATS)}, got {config.log_format!r}")
+    # Checked whatever the annotation says: a config may be built from parsed JSON or YAML.
+    resources: object = config.default_resources
+    if not isinstance(resources, Mapping) or set(resources) - {"requests", "limits", "claims"}:
+        problems.append("default-resources must be a JSON object with requests and/or limits")
+    return problems
 
 
 def key_of(field_name: str) -> str:
@@ -150,36 +164,50 @@ CONFIG_KEYS: tuple[str, ...] = tuple(key_of(f.name) for f in dataclasses.fields(
 def _convert(key: str, raw: Any, kind: Any) -> Any:
     kind = kind if isinstance(kind, str) else str(kind)
     if kind.startswith("tuple"):
-        if isinstance(raw, (list, tuple)):
-            items = [str(item) for part in raw for item in str(part).split(",")]
-        else:
-            items = str(raw).split(",")
-        return tuple(item.strip() for item in items if item.strip())
+        return _to_tuple(raw)
     if kind == "bool":
-        if isinstance(raw, bool):
-            return raw
-        lowered = str(raw).strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off", ""):
-            return False
-        raise ConfigError(f"{key}: expected true or false, got {raw!r}")
+        return _to_bool(key, raw)
     if kind == "int":
         try:
             return int(raw)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: expected a whole number, got {raw!r}") from None
     if kind.startswith("Mapping"):
-        if isinstance(raw, Mapping):
-            return dict(raw)
-        try:
-            value = json.loads(raw)
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"{key}: expected a JSON object, got {raw!r} ({err})") from None
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a JSON object, got {raw!r}")
-        return value
+        return _to_mapping(key, raw)
     return str(raw).strip()
+
+
+def _to_tuple(raw: Any) -> tuple[str, ...]:
+    """A list (a repeated flag) or a comma-separated string; each element may itself hold commas."""
+    if isinstance(raw, (list, tuple)):
+        items = [str(item) for part in raw for item in str(part).split(",")]
+    else:
+        items = str(raw).split(",")
+    return tuple(item.strip() for item in items if item.strip())
+
+
+def _to_bool(key: str, raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    lowered = str(raw).strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{key}: expected true or false, got {raw!r}")
+
+
+def _to_mapping(key: str, raw: Any) -> dict[str, Any]:
+    """A mapping as given, or a JSON object in a string (an environment variable, a --set value)."""
+    if isinstance(raw, Mapping):
+        return dict(raw)
+    try:
+        value = json.loads(raw)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{key}: expected a JSON object, got {raw!r} ({err})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a JSON object, got {raw!r}")
+    return value
 
 
 def load_config(args: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> OperatorConfig:
