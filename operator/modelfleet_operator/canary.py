@@ -154,7 +154,7 @@ async def judge(
     policy: Rollout | None,
     siblings: Sequence[Mapping[str, Any]],
     ready_pod_urls: Callable[[], Awaitable[Sequence[str]]],
-    logger: logging.Logger | logging.LoggerAdapter,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
     *,
     now: datetime.datetime | None = None,
 ) -> Verdict:

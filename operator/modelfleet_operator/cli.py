@@ -98,7 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read_documents(path: str) -> list[dict[str, Any]]:
+def _read_documents(path: str) -> list[Any]:
+    """The file's YAML documents, whatever they hold: the caller says which are not ModelVersions."""
     if path == "-":
         text = sys.stdin.read()
     else:
@@ -110,7 +111,7 @@ def _read_documents(path: str) -> list[dict[str, Any]]:
 def render(path: str, overrides: Mapping[str, str], environ: Mapping[str, str], out: TextIO, err: TextIO) -> int:
     config = load_config(overrides, environ)
     documents = _read_documents(path)
-    versions = []
+    versions: list[dict[str, Any]] = []
     for index, doc in enumerate(documents, start=1):
         if not isinstance(doc, dict) or doc.get("kind") != crd.KIND:
             kind = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__

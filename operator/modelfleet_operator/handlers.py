@@ -64,9 +64,9 @@ def contains(actual: Any, desired: Any) -> bool:
         return (
             isinstance(actual, list)
             and len(actual) == len(desired)
-            and all(contains(a, d) for a, d in zip(actual, desired))
+            and all(contains(a, d) for a, d in zip(actual, desired, strict=True))
         )
-    return actual == desired
+    return bool(actual == desired)
 
 
 def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
@@ -113,9 +113,7 @@ def _pod_ready(pod: Mapping[str, Any]) -> bool:
 # --- I/O ------------------------------------------------------------------------------
 
 
-async def apply(
-    kube: Kube, desired: Mapping[str, Any], logger: logging.Logger | logging.LoggerAdapter
-) -> dict[str, Any]:
+async def apply(kube: Kube, desired: Mapping[str, Any], logger: kopf.Logger) -> dict[str, Any]:
     """Create `desired`, or merge-patch the existing object when it lacks some of it."""
     kind = k8s.kind_of(desired)
     namespace = desired["metadata"].get("namespace")
@@ -216,7 +214,7 @@ async def write_status(
         )
 
 
-async def reconcile(ctx: Context, mv: Mapping[str, Any], logger: logging.Logger | logging.LoggerAdapter) -> None:
+async def reconcile(ctx: Context, mv: Mapping[str, Any], logger: kopf.Logger) -> None:
     """Bring one version's children and status in line with its spec (see the module docstring)."""
     config = ctx.config
     name = _name(mv)
@@ -284,9 +282,7 @@ async def reconcile(ctx: Context, mv: Mapping[str, Any], logger: logging.Logger 
     await learning.reconcile_learning(ctx, mv, siblings, logger)
 
 
-async def _delete_unwanted(
-    kube: Kube, mv: Mapping[str, Any], built_kinds: set[str], logger: logging.Logger | logging.LoggerAdapter
-) -> None:
+async def _delete_unwanted(kube: Kube, mv: Mapping[str, Any], built_kinds: set[str], logger: kopf.Logger) -> None:
     """An HPA or PDB the spec no longer asks for (autoscaling removed, one replica) goes away."""
     uid = mv["metadata"].get("uid", "")
     for kind, kind_name in ((k8s.HPAS, "HorizontalPodAutoscaler"), (k8s.PDBS, "PodDisruptionBudget")):
@@ -298,7 +294,7 @@ async def _delete_unwanted(
             logger.info(f"Deleted {kind_name} {_name(mv)}: the spec no longer needs it")
 
 
-async def release(ctx: Context, mv: Mapping[str, Any], logger: logging.Logger | logging.LoggerAdapter) -> None:
+async def release(ctx: Context, mv: Mapping[str, Any], logger: kopf.Logger) -> None:
     """On deletion: hand the model's shared objects to the remaining versions.
 
     The version's own children are owned by it and go with it (garbage collection).
@@ -377,14 +373,14 @@ def register(
     @kopf.on.resume(group, version, plural, registry=registry)
     @kopf.on.create(group, version, plural, registry=registry)
     @kopf.on.update(group, version, plural, registry=registry)
-    async def reconcile_on_change(body: kopf.Body, memo: kopf.Memo, logger: logging.LoggerAdapter, **_: Any) -> None:
+    async def reconcile_on_change(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
         try:
             await reconcile(memo.context, _fresh(body), logger)
         except ApiError as exc:
             raise _temporary(exc) from None
 
     @kopf.timer(group, version, plural, interval=resync_seconds, registry=registry)
-    async def resync(body: kopf.Body, memo: kopf.Memo, logger: logging.LoggerAdapter, **_: Any) -> None:
+    async def resync(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
         if body.metadata.get("deletionTimestamp"):
             return
         try:
@@ -393,7 +389,7 @@ def register(
             raise _temporary(exc) from None
 
     @kopf.on.delete(group, version, plural, registry=registry)
-    async def released(body: kopf.Body, memo: kopf.Memo, logger: logging.LoggerAdapter, **_: Any) -> None:
+    async def released(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
         try:
             await release(memo.context, _fresh(body), logger)
         except ApiError as exc:

@@ -133,7 +133,7 @@ class Kube:
         body: Any = None,
         content_type: str | None = None,
         query: Sequence[tuple[str, str]] = (),
-    ) -> Any:
+    ) -> dict[str, Any] | None:
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
@@ -147,15 +147,28 @@ class Kube:
         )
         try:
             response = self._api.call_api(method, url, headers, body, post, _request_timeout=30)
-            response.read()
+            # The client declares RESTResponse.data as None; read() returns the body it stores there.
+            data: bytes | None = response.read()
         except kubernetes.client.ApiException as exc:
             raise _api_error(exc.status or 0, exc.body, exc.headers) from None
         if response.status >= 400:
-            raise _api_error(response.status, response.data, response.getheaders())
-        return json.loads(response.data) if response.data else None
+            raise _api_error(response.status, data, response.getheaders())
+        if not data:
+            return None
+        answer = json.loads(data)
+        if not isinstance(answer, dict):
+            raise ApiError(response.status, f"{method} {path} answered {type(answer).__name__}, not a JSON object")
+        return answer
 
-    async def _request(self, *args: Any, **kwargs: Any) -> Any:
+    async def _request(self, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
         return await asyncio.to_thread(self._call, *args, **kwargs)
+
+    async def _write(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """A create or patch: the API server answers with the object as it stored it."""
+        answer = await self._request(*args, **kwargs)
+        if answer is None:
+            raise ApiError(0, f"{args[0]} {args[1]} answered with an empty body, not the object")
+        return answer
 
     async def get(
         self, kind: Kind, namespace: str | None, name: str, subresource: str | None = None
@@ -172,12 +185,12 @@ class Kube:
         return list((body or {}).get("items") or [])
 
     async def create(self, kind: Kind, namespace: str | None, obj: Mapping[str, Any]) -> dict[str, Any]:
-        return await self._request("POST", kind.path(namespace), body=dict(obj), content_type="application/json")
+        return await self._write("POST", kind.path(namespace), body=dict(obj), content_type="application/json")
 
     async def merge_patch(
         self, kind: Kind, namespace: str | None, name: str, patch: Mapping[str, Any], subresource: str | None = None
     ) -> dict[str, Any]:
-        return await self._request(
+        return await self._write(
             "PATCH",
             kind.path(namespace, name, subresource),
             body=dict(patch),
@@ -192,7 +205,7 @@ class Kube:
         ops: Sequence[Mapping[str, Any]],
         subresource: str | None = None,
     ) -> dict[str, Any]:
-        return await self._request(
+        return await self._write(
             "PATCH",
             kind.path(namespace, name, subresource),
             body=[dict(op) for op in ops],

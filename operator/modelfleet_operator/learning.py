@@ -45,7 +45,8 @@ from modelfleet_operator.kube import ApiError, Kube
 if TYPE_CHECKING:
     from modelfleet_operator.handlers import Context
 
-Logger = logging.Logger | logging.LoggerAdapter
+# The same union as kopf.Logger, without importing kopf into the reconciling logic.
+Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 STATS_PATH = "/v1/feedback/stats"
 STATS_TIMEOUT_SECONDS = 2.0
@@ -290,8 +291,8 @@ async def _record_finished(
     now: datetime,
 ) -> dict[str, Any]:
     """The newest finished Job of this version, recorded once: its child on success, its reason on failure."""
-    attempts = [(retraining.attempt_of(_name(j)), j) for j in own_jobs]
-    attempts = [(a, j) for a, j in attempts if a is not None]
+    numbered = [(retraining.attempt_of(_name(j)), j) for j in own_jobs]
+    attempts = [(a, j) for a, j in numbered if a is not None]
     if not attempts:
         return last
     attempt, job = max(attempts, key=lambda item: item[0])
@@ -319,9 +320,8 @@ async def _record_finished(
         claim = str(mv["spec"]["retraining"]["feedbackClaim"])
         child = retraining.build_child(mv, outcome, name, claim)
         child_name = _name(child)
-        if not any(_name(v) == child_name for v in versions):
-            if await create_once(ctx.kube, k8s.MODELVERSIONS, child):
-                logger.info(f"Retraining Job {name} succeeded; created ModelVersion {child_name}: {outcome.message}")
+        if not any(_name(v) == child_name for v in versions) and await create_once(ctx.kube, k8s.MODELVERSIONS, child):
+            logger.info(f"Retraining Job {name} succeeded; created ModelVersion {child_name}: {outcome.message}")
         record["producedVersion"] = child_name
         events.append(
             event(

@@ -185,7 +185,9 @@ def owner_reference(mv: Mapping[str, Any], *, controller: bool = True) -> dict[s
     }
 
 
-def _metadata(name: str, namespace: str, labels: Mapping[str, str], owners: Sequence[Mapping[str, Any]]) -> dict:
+def _metadata(
+    name: str, namespace: str, labels: Mapping[str, str], owners: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(labels)}
     if owners:
         meta["ownerReferences"] = [dict(o) for o in owners]
@@ -522,10 +524,8 @@ def build_children(mv: Mapping[str, Any], config: OperatorConfig, scale: Scale |
     """
     validated(mv, config)
     children = [build_deployment(mv, config, scale), build_version_service(mv, config)]
-    for optional in (build_hpa(mv, config, scale), build_pdb(mv, config, scale)):
-        if optional is not None:
-            children.append(optional)
-    return children
+    optional = (build_hpa(mv, config, scale), build_pdb(mv, config, scale))
+    return children + [child for child in optional if child is not None]
 
 
 # --- the objects of one model -------------------------------------------------

@@ -152,7 +152,8 @@ def backoff(failures: int) -> timedelta:
         return timedelta(0)
     # min() on the exponent first: 2 ** 1000 minutes would overflow timedelta.
     steps = min(failures - 1, math.ceil(math.log2(BACKOFF_MAX / BACKOFF_INITIAL)))
-    return min(BACKOFF_INITIAL * (2**steps), BACKOFF_MAX)
+    factor: int = 2**steps  # steps >= 0: a whole number
+    return min(BACKOFF_INITIAL * factor, BACKOFF_MAX)
 
 
 def should_retrain(
@@ -389,8 +390,9 @@ class Metrics:
 
         def number(key: str) -> float | None:
             value = data.get(key)
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            return float(value) if ok else None
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                return float(value)
+            return None
 
         def flag(key: str) -> bool | None:
             value = data.get(key)
@@ -432,7 +434,8 @@ class Outcome:
 
 
 def _condition(job: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
-    for condition in (job.get("status") or {}).get("conditions") or []:
+    conditions: list[Mapping[str, Any]] = (job.get("status") or {}).get("conditions") or []
+    for condition in conditions:
         if condition.get("type") == kind and condition.get("status") == "True":
             return condition
     return None
@@ -654,7 +657,7 @@ def parse_time(text: str | None) -> datetime | None:
     if not text:
         return None
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(text)  # takes a trailing Z since Python 3.11
     except ValueError:
         return None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -269,7 +269,7 @@ def _parse_time(text: str | None) -> datetime | None:
     if not text:
         return None
     try:
-        moment = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(str(text))  # takes a trailing Z since Python 3.11
     except ValueError:
         return None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

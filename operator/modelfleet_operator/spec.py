@@ -16,6 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
 GROUP = "serving.modelfleet.dev"
 VERSION = "v1alpha1"
@@ -58,6 +59,12 @@ Quantity = Annotated[int | Annotated[str, Field(pattern=QUANTITY)], _IntOrString
 
 def _rule(rule: str, message: str) -> dict[str, str]:
     return {"rule": rule, "message": message}
+
+
+def _immutable(what: str) -> JsonDict:
+    """The json_schema_extra of a field that keeps the value it was created with."""
+    rule: JsonDict = {"rule": "self == oldSelf", "message": f"{what} is immutable"}
+    return {"x-kubernetes-validations": [rule]}
 
 
 class _Spec(BaseModel):
@@ -338,7 +345,7 @@ class ModelVersionSpec(_Spec):
         min_length=1,
         max_length=63,
         pattern=DNS1035_LABEL,
-        json_schema_extra={"x-kubernetes-validations": [_rule("self == oldSelf", "model is immutable")]},
+        json_schema_extra=_immutable("model"),
     )
     version: str = Field(
         description=(
@@ -349,7 +356,7 @@ class ModelVersionSpec(_Spec):
         min_length=1,
         max_length=63,
         pattern=LABEL_VALUE,
-        json_schema_extra={"x-kubernetes-validations": [_rule("self == oldSelf", "version is immutable")]},
+        json_schema_extra=_immutable("version"),
     )
     source: Source = Field(description="Where the model file comes from.")
     replicas: int = Field(

@@ -198,14 +198,10 @@ def merge_conditions(
     result: list[dict[str, Any]] = []
     for cond in new:
         before = previous.get(cond["type"])
-        changed = before is None or before.get("status") != cond["status"]
-        result.append(
-            {
-                **cond,
-                "observedGeneration": generation,
-                "lastTransitionTime": timestamp if changed else before.get("lastTransitionTime", timestamp),
-            }
-        )
+        since = timestamp
+        if before is not None and before.get("status") == cond["status"]:
+            since = before.get("lastTransitionTime", timestamp)
+        result.append({**cond, "observedGeneration": generation, "lastTransitionTime": since})
     result.extend(dict(c) for t, c in previous.items() if t not in decided)
     return result
 
