@@ -6,6 +6,7 @@ wide:    256 -> 1024 -> 1024 -> 10 (Softmax), a heavier multi-class MLP.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ def build_mlp(widths: tuple[int, ...], head: str, seed: int = 0) -> onnx.ModelPr
     rng = np.random.default_rng(seed)
     nodes, inits = [], []
     current = "features"
-    for i, (fan_in, fan_out) in enumerate(zip(widths, widths[1:])):
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(widths)):
         w = (rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in)).astype(np.float32)
         b = (rng.standard_normal(fan_out) * 0.01).astype(np.float32)
         inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]

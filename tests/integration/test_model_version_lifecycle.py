@@ -33,10 +33,12 @@ def ready_pods(kubelet: DeploymentController, deployment: str) -> list:
 
 
 async def predict(address: str, port: int, features: list[float]) -> dict:
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"http://{address}:{port}/predict", json={"features": features}) as response:
-            assert response.status == 200, await response.text()
-            return await response.json()
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"http://{address}:{port}/predict", json={"features": features}) as response,
+    ):
+        assert response.status == 200, await response.text()
+        return await response.json()
 
 
 async def test_minimal_example_becomes_ready_and_serves_predictions_like_onnxruntime(
@@ -95,7 +97,7 @@ async def test_changing_batching_and_replicas_updates_the_one_deployment(
         )
 
     await wait_for(rolled_out, timeout=90, message=lambda: f"{cluster.get(MV, 'fraud-v1').get('status')}")
-    [deployment] = [d for d in cluster.list(DEPLOYMENTS)]
+    [deployment] = cluster.list(DEPLOYMENTS)
     assert deployment["metadata"]["uid"] == first_uid
     env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["MODELFLEET_MAX_BATCH_SIZE"] == "8" and env["MODELFLEET_MAX_LATENCY_MS"] == "5"

@@ -16,7 +16,7 @@ def operator_writes(cluster: Cluster, since: int = 0) -> list:
     emulator = cluster.emulator
     return [
         (full.method.value, full.url.path, full.data)
-        for r, full in zip(emulator.recorded[since:], emulator.recorded_requests[since:])
+        for r, full in zip(emulator.recorded[since:], emulator.recorded_requests[since:], strict=True)
         if r.verb in WRITES
     ]
 

@@ -271,7 +271,7 @@ def test_without_a_uid_children_have_no_owner_references(make_mv: MakeMV) -> Non
 
 
 def test_a_runtime_image_outside_the_allowed_images_is_rejected_with_what_to_do(make_mv: MakeMV) -> None:
-    with pytest.raises(ImageNotAllowed, match="not an allowed image.*ghcr.io/modelfleet/runtime") as err:
+    with pytest.raises(ImageNotAllowed, match=r"not an allowed image.*ghcr.io/modelfleet/runtime") as err:
         build_children(make_mv(runtimeImage="docker.io/evil/miner:latest"), CONFIG)
     assert err.value.reason == "ImageNotAllowed"
     with pytest.raises(ImageNotAllowed):
@@ -282,7 +282,7 @@ def test_a_runtime_image_outside_the_allowed_images_is_rejected_with_what_to_do(
 
 def test_a_trainer_image_outside_the_allowed_images_is_rejected(make_mv: MakeMV) -> None:
     mv = make_mv(retraining={"feedbackClaim": "fb", "image": "python:3.12", "command": ["python", "-c", "1"]})
-    with pytest.raises(ImageNotAllowed, match="spec.retraining.image"):
+    with pytest.raises(ImageNotAllowed, match=r"spec.retraining.image"):
         build_children(mv, CONFIG)
     allowed = OperatorConfig(allowed_images=("ghcr.io/modelfleet/runtime", "python:3.12"))
     assert build_children(mv, allowed)
@@ -290,7 +290,7 @@ def test_a_trainer_image_outside_the_allowed_images_is_rejected(make_mv: MakeMV)
 
 def test_a_uri_scheme_the_operator_does_not_allow_is_rejected(make_mv: MakeMV) -> None:
     config = OperatorConfig(allowed_uri_schemes=("https", "pvc"))
-    with pytest.raises(UriSchemeNotAllowed, match="http://.*allowed: https://, pvc://") as err:
+    with pytest.raises(UriSchemeNotAllowed, match=r"http://.*allowed: https://, pvc://") as err:
         build_children(make_mv(source={"uri": "http://insecure/model.onnx"}), config)
     assert err.value.reason == "UriSchemeNotAllowed"
 

@@ -71,9 +71,11 @@ def test_render_in_gateway_mode_includes_the_httproute(repo: Path) -> None:
 def test_render_reads_the_operator_environment_and_set_wins(repo: Path) -> None:
     path = str(repo / "examples" / "minimal.yaml")
     env = {"MODELFLEET_OPERATOR_RUNTIME_IMAGE": "ghcr.io/modelfleet/runtime:9.9"}
-    images = lambda out: [o for o in yaml.safe_load_all(out) if o["kind"] == "Deployment"][0]["spec"]["template"][
-        "spec"
-    ]["containers"][0]["image"]
+
+    def images(out: str) -> str:
+        deployment = next(o for o in yaml.safe_load_all(out) if o["kind"] == "Deployment")
+        return deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+
     assert images(_run("render", path, env=env).stdout) == "ghcr.io/modelfleet/runtime:9.9"
     overridden = _run("render", path, "--set", "runtime-image=ghcr.io/modelfleet/runtime:1.0", env=env)
     assert images(overridden.stdout) == "ghcr.io/modelfleet/runtime:1.0"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Callable
@@ -290,7 +291,7 @@ def test_a_trainer_image_outside_the_allowed_images_is_rejected_with_what_to_do(
 
 
 def test_a_version_without_retraining_has_no_job(make_mv: MakeMV) -> None:
-    with pytest.raises(RetrainingError, match="no spec.retraining"):
+    with pytest.raises(RetrainingError, match=r"no spec.retraining"):
         build_job(make_mv(), CONFIG, samples=120, attempt=1, now=NOW)
 
 
@@ -364,7 +365,7 @@ def test_backoff_starts_at_a_minute_doubles_and_caps_at_an_hour() -> None:
     waits = [backoff(n) for n in range(12)]
     assert waits[0] == timedelta(0)
     assert waits[1] == timedelta(minutes=1) and waits[2] == timedelta(minutes=2) and waits[3] == timedelta(minutes=4)
-    assert all(a <= b for a, b in zip(waits, waits[1:]))
+    assert all(a <= b for a, b in itertools.pairwise(waits))
     assert waits[-1] == BACKOFF_MAX == timedelta(hours=1)
     assert backoff(10**6) == timedelta(hours=1)
 

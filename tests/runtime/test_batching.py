@@ -40,11 +40,11 @@ async def test_mixed_single_and_multi_row_requests_each_get_their_own_rows() -> 
     batcher.start()
     sizes = [1, 3, 1, 7, 2, 1, 4]
     starts = np.cumsum([0, *sizes[:-1]]) * 100
-    tasks = [asyncio.ensure_future(batcher.submit(rows(int(s), n), n)) for s, n in zip(starts, sizes)]
+    tasks = [asyncio.ensure_future(batcher.submit(rows(int(s), n), n)) for s, n in zip(starts, sizes, strict=True)]
     await asyncio.sleep(0)  # let every submit enqueue while the first batch is held
     gate.set()
     results = await asyncio.gather(*tasks)
-    for s, n, out in zip(starts, sizes, results):
+    for s, n, out in zip(starts, sizes, results, strict=True):
         np.testing.assert_array_equal(out["y"][:, 0], (np.arange(n) + s) * 2)
     assert all(r.rows <= 5 for r in batcher.history)
     assert any(r.requests > 1 for r in batcher.history)

@@ -271,7 +271,7 @@ async def test_a_key_that_is_not_a_hash_is_invalid_value(redis_url, make_store):
     client.set(PREFIX + "u1", "a string")
     store = make_store(redis_url)
 
-    with pytest.raises(InvalidValue, match="'u1'.*not a hash"):
+    with pytest.raises(InvalidValue, match=r"'u1'.*not a hash"):
         await store.get("u1")
 
 

@@ -42,13 +42,13 @@ uvicorn.Server(uvicorn.Config(create_feedback_app(settings), fd=int(os.environ["
 
 
 def settings_for(model: Path, volume: Path | None, **overrides: Any) -> Settings:
-    values: dict[str, Any] = dict(
-        model=str(model),
-        name="fraud",
-        model_version="3",
-        warmup_iterations=1,
-        feedback_dir=str(volume) if volume else "",
-    )
+    values: dict[str, Any] = {
+        "model": str(model),
+        "name": "fraud",
+        "model_version": "3",
+        "warmup_iterations": 1,
+        "feedback_dir": str(volume) if volume else "",
+    }
     values.update(overrides)
     return Settings(**values)
 
@@ -83,7 +83,7 @@ def stored(volume: Path) -> list[tuple[list[float], Any]]:
 
 
 async def test_feedback_is_stored_durably_in_every_request_shape(served: Any) -> None:
-    client, server, volume = served
+    client, _, volume = served
     r = await client.post("/feedback", json={"features": [1, 2, 3, 4], "label": 0.5})
     assert r.status_code == 200, r.text
     assert r.json() == {"accepted": 1, "unconsumed": 1}

@@ -66,7 +66,7 @@ def test_mounted_sources_resolve_under_the_model_root() -> None:
     assert resolve_local("file:///opt/m.onnx", "/x") == Path("/opt/m.onnx")
     assert resolve_local("/opt/m.onnx", "/x") == Path("/opt/m.onnx")
     assert resolve_local("https://example.invalid/m.onnx", "/x") is None
-    with pytest.raises(ModelLoadError, match="'..' is not allowed"):
+    with pytest.raises(ModelLoadError, match=r"'\.\.' is not allowed"):
         resolve_local("pvc://claim/../etc/passwd", "/mnt/models")
     with pytest.raises(ModelLoadError, match="unsupported scheme 's3'"):
         resolve_local("s3://bucket/m.onnx", "/mnt/models")
@@ -162,7 +162,7 @@ async def test_sigterm_answers_every_request_in_flight_then_exits_zero(tmp_path:
 
             async def in_flight() -> float:
                 text = (await client.get("/metrics")).text
-                line = next(l for l in text.splitlines() if l.startswith("modelfleet_requests_in_flight "))
+                line = next(m for m in text.splitlines() if m.startswith("modelfleet_requests_in_flight "))
                 return float(line.split()[1]) - 1  # the /metrics request itself counts as one
 
             await wait_for(ready, timeout=60)

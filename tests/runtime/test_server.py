@@ -18,7 +18,7 @@ from onnx_models import build_two_output
 
 
 def settings_for(path: Path, **overrides: object) -> Settings:
-    values = dict(model=str(path), name="fraud", model_version="2", warmup_iterations=2)
+    values = {"model": str(path), "name": "fraud", "model_version": "2", "warmup_iterations": 2}
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
 
@@ -61,7 +61,7 @@ async def test_every_caller_gets_its_own_rows_under_concurrent_mixed_load(classi
         answers = await asyncio.gather(*(call(kind, rows) for kind, rows in requests))
         history = list(live.server.batcher.history)
 
-    for (_, rows), answer in zip(requests, answers):
+    for (_, rows), answer in zip(requests, answers, strict=True):
         np.testing.assert_allclose(answer, reference(classifier_path, rows), rtol=1e-5, atol=1e-6)
     assert max(record.rows for record in history) <= 16
     assert max(record.requests for record in history) > 1, "concurrent requests were never merged"
@@ -76,7 +76,7 @@ async def test_batches_never_exceed_max_and_formation_never_waits_beyond_max_lat
         responses = await asyncio.gather(*(live.client.post("/predict", json=b) for b in bodies))
         history = list(live.server.batcher.history)
     assert all(r.status_code == 200 for r in responses)
-    for body, r in zip(bodies, responses):
+    for body, r in zip(bodies, responses, strict=True):
         assert len(r.json()["predictions"]) == len(body["instances"])
     assert max(record.rows for record in history) == 8  # requests of up to 19 rows were split
     assert all(record.formation_wait <= 0.050 for record in history)

@@ -60,7 +60,7 @@ def predict(path: Path, x: np.ndarray) -> np.ndarray:
 
 async def put(volume_dir: Path, x: np.ndarray, labels: list) -> None:
     writer = FeedbackWriter(volume_dir, pod="pod-a")
-    await writer.append([Sample(row.tolist(), label, 0.0, "1") for row, label in zip(x, labels)])
+    await writer.append([Sample(row.tolist(), label, 0.0, "1") for row, label in zip(x, labels, strict=True)])
     await writer.close()
 
 

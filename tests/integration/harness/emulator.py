@@ -528,63 +528,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             raise _status_error(405, "MethodNotAllowed", "only PATCH is emulated for updates")
         content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
         old = copy.deepcopy(stored.raw)
-        patch = request.data
-        try:
-            if content_type == "application/json-patch+json":
-                if not isinstance(patch, list):
-                    raise _status_error(400, "BadRequest", "a JSON patch must be a list")
-                new = jsonpatch.apply_patch(copy.deepcopy(old), patch, in_place=False)
-            elif content_type == "application/merge-patch+json":
-                if not isinstance(patch, dict):
-                    raise _status_error(400, "BadRequest", "a merge patch must be an object")
-                wanted_version = (patch.get("metadata") or {}).get("resourceVersion")
-                if wanted_version and wanted_version != old["metadata"].get("resourceVersion"):
-                    raise _status_error(
-                        409,
-                        "Conflict",
-                        "the object has been modified; please apply your changes to the latest version and try again",
-                    )
-                new = _merge_patch(old, patch)
-            else:
-                raise _status_error(
-                    415,
-                    "UnsupportedMediaType",
-                    f"the emulator supports merge-patch and json-patch only, got {content_type!r}",
-                )
-        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
-            raise _status_error(422, "Invalid", f"the JSON patch does not apply: {exc}") from None
-
-        subresource = request.subresource or ""
-        if subresource == "status":
-            result = copy.deepcopy(old)
-            if "status" in new:
-                result["status"] = new["status"]
-            else:
-                result.pop("status", None)
-            new = result
-        elif subresource:
-            raise _status_error(404, "NotFound", f"subresource {subresource!r} is not emulated")
-        elif "status" in rt.subresources:
-            if "status" in old:
-                new["status"] = old["status"]
-            else:
-                new.pop("status", None)
-
-        # Fields the server owns.
-        for field in (
-            "uid",
-            "creationTimestamp",
-            "name",
-            "namespace",
-            "resourceVersion",
-            "generation",
-            "deletionTimestamp",
-        ):
-            if field in old["metadata"]:
-                new.setdefault("metadata", {})[field] = old["metadata"][field]
-            else:
-                new.setdefault("metadata", {}).pop(field, None)
-        new["apiVersion"], new["kind"] = old["apiVersion"], old["kind"]
+        new = _apply_patch(old, request.data, content_type)
+        new = _limit_to_subresource(rt, old, new, request.subresource or "")
+        _keep_server_fields(old, new)
 
         if new == old:
             return 200, old  # a no-op: no new version, no event
@@ -697,6 +643,67 @@ def _merge_patch(target: Any, patch: Any) -> Any:
         else:
             result[key] = _merge_patch(result.get(key), value)
     return result
+
+
+def _apply_patch(old: dict[str, Any], patch: Any, content_type: str) -> dict[str, Any]:
+    """`old` with a JSON patch or a merge patch applied, refused like the API server refuses it."""
+    try:
+        if content_type == "application/json-patch+json":
+            if not isinstance(patch, list):
+                raise _status_error(400, "BadRequest", "a JSON patch must be a list")
+            return jsonpatch.apply_patch(copy.deepcopy(old), patch, in_place=False)
+        if content_type == "application/merge-patch+json":
+            if not isinstance(patch, dict):
+                raise _status_error(400, "BadRequest", "a merge patch must be an object")
+            wanted_version = (patch.get("metadata") or {}).get("resourceVersion")
+            if wanted_version and wanted_version != old["metadata"].get("resourceVersion"):
+                raise _status_error(
+                    409,
+                    "Conflict",
+                    "the object has been modified; please apply your changes to the latest version and try again",
+                )
+            return _merge_patch(old, patch)
+        raise _status_error(
+            415,
+            "UnsupportedMediaType",
+            f"the emulator supports merge-patch and json-patch only, got {content_type!r}",
+        )
+    except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
+        raise _status_error(422, "Invalid", f"the JSON patch does not apply: {exc}") from None
+
+
+def _limit_to_subresource(
+    rt: ResourceType, old: dict[str, Any], new: dict[str, Any], subresource: str
+) -> dict[str, Any]:
+    """A status patch changes only the status; a main-resource patch never does, when status is a subresource."""
+    if subresource == "status":
+        result = copy.deepcopy(old)
+        if "status" in new:
+            result["status"] = new["status"]
+        else:
+            result.pop("status", None)
+        return result
+    if subresource:
+        raise _status_error(404, "NotFound", f"subresource {subresource!r} is not emulated")
+    if "status" in rt.subresources:
+        if "status" in old:
+            new["status"] = old["status"]
+        else:
+            new.pop("status", None)
+    return new
+
+
+# Metadata the server owns: a patch cannot change it.
+_SERVER_FIELDS = ("uid", "creationTimestamp", "name", "namespace", "resourceVersion", "generation", "deletionTimestamp")
+
+
+def _keep_server_fields(old: dict[str, Any], new: dict[str, Any]) -> None:
+    for field in _SERVER_FIELDS:
+        if field in old["metadata"]:
+            new.setdefault("metadata", {})[field] = old["metadata"][field]
+        else:
+            new.setdefault("metadata", {}).pop(field, None)
+    new["apiVersion"], new["kind"] = old["apiVersion"], old["kind"]
 
 
 def dump_requests(requests: Iterable[ApiRequest]) -> str:

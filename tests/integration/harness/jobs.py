@@ -231,7 +231,7 @@ class JobController:
                     "lastProbeTime": now,
                 }
             ]
-        comparable = json.dumps({k: v for k, v in status.items() if k not in ("startTime",)}, sort_keys=True)
+        comparable = json.dumps({k: v for k, v in status.items() if k != "startTime"}, sort_keys=True)
         if self._written.get((namespace, name)) == comparable:
             return
         try:
