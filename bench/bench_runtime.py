@@ -46,6 +46,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -175,7 +176,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.health = health
-        self.log = open(log_dir / f"{label}.log", "wb")
+        self.log = open(log_dir / f"{label}.log", "wb")  # noqa: SIM115 - open while the server runs; stop() closes it
         self.process = subprocess.Popen(
             [*argv, "--host", "127.0.0.1", "--port", str(self.port)],
             stdout=self.log,
@@ -315,7 +316,7 @@ def warm_entity_cache(url: str, body_file: Path, ids: int) -> None:
 # -- the run ---------------------------------------------------------------------------------------
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and scenarios (about 45 s)")
     parser.add_argument("--rounds", type=int, help="rounds of every scenario (default 5, quick 2)")
@@ -349,12 +350,11 @@ def main() -> int:
         help="run only the scenarios whose name contains TEXT (repeatable), e.g. 'wide 64-row'",
     )
     parser.add_argument("--no-entity", action="store_true", help="skip the entity-lookup scenarios (and Valkey)")
-    args = parser.parse_args()
-    variants = dict(v.split(":", 1) for v in args.variant)
-    kinds = ("modelfleet", *variants, "naive", "ceiling")
-    model_kinds = ("modelfleet", *variants)  # the servers that do entity lookups
-    rounds = args.rounds or (2 if args.quick else 5)
+    return parser.parse_args()
 
+
+def select_scenarios(args: argparse.Namespace) -> list[Scenario]:
+    """The scenarios of this run, in the order they are measured."""
     # Entity scenarios follow the plain tabular rows they are compared with; --quick keeps c64 only.
     scenarios = [
         Scenario("tabular", 1, 1),
@@ -378,6 +378,154 @@ def main() -> int:
         except RuntimeError as exc:
             print(f"skipping the entity scenarios: {exc}", flush=True)
             scenarios = [s for s in scenarios if not s.entity]
+    return scenarios
+
+
+def start_valkey() -> ValkeyServer:
+    valkey = ValkeyServer().start()
+    fill_entities(valkey.url, ENTITY_PREFIX, ENTITY_FIELDS, ENTITIES)
+    print(
+        f"valkey {valkey.binary} on 127.0.0.1:{valkey.port}: {ENTITIES:,} entities of {len(ENTITY_FIELDS)} fields",
+        flush=True,
+    )
+    return valkey
+
+
+def sizing_flags(rows: int, mode: str, valkey: ValkeyServer | None) -> list[str]:
+    """The serve flags of a ModelFleet server for requests of `rows` rows, or for entity mode `mode`."""
+    if not mode:
+        # 64-row requests: batches of 64 rows, and a queue that holds 64 connections' worth of them.
+        return ["--max-batch-size", "64", "--max-queue", "8192"] if rows > 1 else []
+    assert valkey is not None
+    flags = [
+        "--feature-store",
+        valkey.url,
+        "--feature-prefix",
+        ENTITY_PREFIX,
+        "--feature-fields",
+        ",".join(ENTITY_FIELDS),
+    ]
+    if mode == "miss":
+        flags += ["--feature-cache-ttl", "0"]  # the cache keeps nothing: every lookup reads Valkey
+    return flags
+
+
+def start_model_servers(
+    servers: dict[tuple[str, str, int, str], Server],
+    scenarios: list[Scenario],
+    paths: dict[str, Path],
+    work: Path,
+    args: argparse.Namespace,
+    variants: dict[str, str],
+    valkey: ValkeyServer | None,
+) -> None:
+    """Per model a naive server, and per (model, rows, entity mode) a ModelFleet server and one per variant.
+
+    Each server goes into `servers` as soon as it is started, so that the caller stops it whatever happens next.
+    """
+    runtime = [str(Path(sys.executable).with_name("modelfleet-runtime")), "serve", "--log-level", "warning"]
+    threads = ["--intra-op-threads", str(args.intra_op_threads)] if args.intra_op_threads else []
+    for model in sorted({s.model for s in scenarios}):
+        servers[("naive", model, 1, "")] = Server(
+            "naive",
+            [sys.executable, str(HERE / "naive_server.py"), "--model", str(paths[model]), *threads],
+            "/health",
+            work,
+            f"naive-{model}",
+        )
+        for rows, mode in sorted({(s.rows, s.entity) for s in scenarios if s.model == model}):
+            sizing = sizing_flags(rows, mode, valkey)
+            label = f"{model}-{rows}" + (f"-entity-{mode}" if mode else "")
+            servers[("modelfleet", model, rows, mode)] = Server(
+                "modelfleet",
+                [*runtime, "--model", str(paths[model]), *sizing, *threads, *args.server_arg],
+                "/v2/health/ready",
+                work,
+                f"modelfleet-{label}",
+            )
+            for name, spec in variants.items():
+                tokens = shlex.split(spec)
+                extra = [t for t in tokens if not t.startswith("@")]
+                roots = [t[1:] for t in tokens if t.startswith("@")]
+                argv = [sys.executable, "-m", "modelfleet_runtime.cli", *runtime[1:]]
+                env = {"PYTHONPATH": os.pathsep.join(roots)} if roots else None
+                servers[(name, model, rows, mode)] = Server(
+                    name,
+                    [*argv, "--model", str(paths[model]), *sizing, *threads, *args.server_arg, *extra],
+                    "/v2/health/ready",
+                    work,
+                    f"{name}-{label}",
+                    env,
+                )
+
+
+def get_ready(ceiling: Server, servers: dict[tuple[str, str, int, str], Server], bodies: dict) -> None:
+    """Wait until every server answers, then fill the caches that entity-hit measures."""
+    deadline = time.monotonic() + 60
+    ceiling.wait_ready(deadline)
+    for server in servers.values():
+        server.wait_ready(deadline)
+    for (_, model, _, mode), server in servers.items():
+        if mode == "hit":
+            warm_entity_cache(server.url, bodies[(model, "entity")], HIT_IDS)
+
+
+def model_server(servers: dict[tuple[str, str, int, str], Server], kind: str, s: Scenario) -> Server:
+    """The server of `kind` for scenario `s`: the naive server is one per model, the others one per rows and mode."""
+    if kind == "naive":
+        return servers[(kind, s.model, 1, "")]
+    return servers[(kind, s.model, s.rows, s.entity)]
+
+
+def measure(
+    server: Server,
+    cell: Cell,
+    s: Scenario,
+    bodies: dict[tuple[str, Any], Path],
+    valkey: ValkeyServer | None,
+    seconds: int,
+    spread: np.random.Generator,
+) -> None:
+    """One measurement of `server` in scenario `s`, added to `cell`."""
+    if s.entity:
+        # hit: 64 cached ids in turn; miss: all 10,000 ids from a random start, none cached.
+        ids = HIT_IDS if s.entity == "hit" else ENTITIES
+        extra = {
+            "body_file": bodies[(s.model, "entity")],
+            "entities": ids,
+            "entity_start": int(spread.integers(ids)),
+        }
+    else:
+        extra = {"body_file": bodies[(s.model, s.rows)]}
+    before, cpu_before = server.counters(), server.cpu_seconds()
+    store_before = valkey.cpu_seconds() if s.entity and valkey else 0.0
+    result = load(server.url + "/predict", connections=s.connections, seconds=seconds, **extra)
+    cpu = server.cpu_seconds() - cpu_before
+    after = server.counters()
+    done = max(result["requests"], 1)
+    cell.cpu_us.append(cpu / done * 1e6)
+    cell.req_s.append(result["requests"] / (result["duration_us"] / 1e6))
+    cell.p50_ms.append(result["p50_us"] / 1000)
+    cell.p99_ms.append(result["p99_us"] / 1000)
+    cell.errors += sum(result["errors"].values())
+    if before and after and after["runs"] > before["runs"]:
+        cell.batch.append((after["rows"] - before["rows"]) / (after["runs"] - before["runs"]))
+    if s.entity and valkey and before and after and after["lookups"] > before["lookups"]:
+        lookups = after["lookups"] - before["lookups"]
+        cell.hit_ratio.append((after["hits"] - before["hits"]) / lookups)
+        trips = after["trips"] - before["trips"]
+        if trips:
+            cell.misses_per_trip.append((after["misses"] - before["misses"]) / trips)
+        cell.store_cpu_us.append((valkey.cpu_seconds() - store_before) / done * 1e6)
+
+
+def main() -> int:
+    args = parse_args()
+    variants = dict(v.split(":", 1) for v in args.variant)
+    kinds = ("modelfleet", *variants, "naive", "ceiling")
+    model_kinds = ("modelfleet", *variants)  # the servers that do entity lookups
+    rounds = args.rounds or (2 if args.quick else 5)
+    scenarios = select_scenarios(args)
     entity_scenarios = [s for s in scenarios if s.entity]
 
     def kinds_of(s: Scenario) -> tuple[str, ...]:
@@ -397,78 +545,15 @@ def main() -> int:
     t0 = time.monotonic()
     raw_ort = RawOrt(paths, 0.03 if args.quick else 0.05)
 
-    runtime = [str(Path(sys.executable).with_name("modelfleet-runtime")), "serve", "--log-level", "warning"]
-    threads = ["--intra-op-threads", str(args.intra_op_threads)] if args.intra_op_threads else []
     servers: dict[tuple[str, str, int, str], Server] = {}
+    ceiling: Server | None = None
     valkey: ValkeyServer | None = None
     try:
         ceiling = Server("ceiling", [sys.executable, str(HERE / "ceiling_server.py")], "/health", work, "ceiling")
         if entity_scenarios:
-            valkey = ValkeyServer().start()
-            fill_entities(valkey.url, ENTITY_PREFIX, ENTITY_FIELDS, ENTITIES)
-            print(
-                f"valkey {valkey.binary} on 127.0.0.1:{valkey.port}: {ENTITIES:,} entities of "
-                f"{len(ENTITY_FIELDS)} fields",
-                flush=True,
-            )
-        for model in sorted({s.model for s in scenarios}):
-            servers[("naive", model, 1, "")] = Server(
-                "naive",
-                [sys.executable, str(HERE / "naive_server.py"), "--model", str(paths[model]), *threads],
-                "/health",
-                work,
-                f"naive-{model}",
-            )
-            for rows, mode in sorted({(s.rows, s.entity) for s in scenarios if s.model == model}):
-                # 64-row requests: batches of 64 rows, and a queue that holds 64 connections' worth of them.
-                sizing = ["--max-batch-size", "64", "--max-queue", "8192"] if rows > 1 else []
-                if mode:
-                    assert valkey is not None
-                    sizing = [
-                        "--feature-store",
-                        valkey.url,
-                        "--feature-prefix",
-                        ENTITY_PREFIX,
-                        "--feature-fields",
-                        ",".join(ENTITY_FIELDS),
-                    ]
-                    if mode == "miss":
-                        sizing += ["--feature-cache-ttl", "0"]  # the cache keeps nothing: every lookup reads Valkey
-                label = f"{model}-{rows}" + (f"-entity-{mode}" if mode else "")
-                servers[("modelfleet", model, rows, mode)] = Server(
-                    "modelfleet",
-                    [*runtime, "--model", str(paths[model]), *sizing, *threads, *args.server_arg],
-                    "/v2/health/ready",
-                    work,
-                    f"modelfleet-{label}",
-                )
-                for name, spec in variants.items():
-                    tokens = shlex.split(spec)
-                    extra = [t for t in tokens if not t.startswith("@")]
-                    roots = [t[1:] for t in tokens if t.startswith("@")]
-                    argv = [sys.executable, "-m", "modelfleet_runtime.cli", *runtime[1:]]
-                    env = {"PYTHONPATH": os.pathsep.join(roots)} if roots else None
-                    servers[(name, model, rows, mode)] = Server(
-                        name,
-                        [*argv, "--model", str(paths[model]), *sizing, *threads, *args.server_arg, *extra],
-                        "/v2/health/ready",
-                        work,
-                        f"{name}-{label}",
-                        env,
-                    )
-        deadline = time.monotonic() + 60
-        ceiling.wait_ready(deadline)
-        for server in servers.values():
-            server.wait_ready(deadline)
-        for (kind, model, _, mode), server in servers.items():
-            if mode == "hit":
-                warm_entity_cache(server.url, bodies[(model, "entity")], HIT_IDS)
-
-        def pick(kind: str, s: Scenario) -> Server:
-            if kind == "ceiling":
-                return ceiling
-            return servers[(kind, s.model, 1 if kind == "naive" else s.rows, "" if kind == "naive" else s.entity)]
-
+            valkey = start_valkey()
+        start_model_servers(servers, scenarios, paths, work, args, variants, valkey)
+        get_ready(ceiling, servers, bodies)
         spread = np.random.default_rng(3)
         cells = {(s, kind): Cell() for s in scenarios for kind in kinds_of(s)}
         for r in range(rounds):
@@ -476,40 +561,11 @@ def main() -> int:
             for s in scenarios:
                 order = kinds_of(s)[r % len(kinds_of(s)) :] + kinds_of(s)[: r % len(kinds_of(s))]
                 for kind in order:
-                    server, cell = pick(kind, s), cells[(s, kind)]
-                    if s.entity:
-                        # hit: 64 cached ids in turn; miss: all 10,000 ids from a random start, none cached.
-                        ids = HIT_IDS if s.entity == "hit" else ENTITIES
-                        extra = {
-                            "body_file": bodies[(s.model, "entity")],
-                            "entities": ids,
-                            "entity_start": int(spread.integers(ids)),
-                        }
-                    else:
-                        extra = {"body_file": bodies[(s.model, s.rows)]}
-                    before, cpu_before = server.counters(), server.cpu_seconds()
-                    store_before = valkey.cpu_seconds() if s.entity and valkey else 0.0
-                    result = load(server.url + "/predict", connections=s.connections, seconds=args.seconds, **extra)
-                    cpu = server.cpu_seconds() - cpu_before
-                    after = server.counters()
-                    done = max(result["requests"], 1)
-                    cell.cpu_us.append(cpu / done * 1e6)
-                    cell.req_s.append(result["requests"] / (result["duration_us"] / 1e6))
-                    cell.p50_ms.append(result["p50_us"] / 1000)
-                    cell.p99_ms.append(result["p99_us"] / 1000)
-                    cell.errors += sum(result["errors"].values())
-                    if before and after and after["runs"] > before["runs"]:
-                        cell.batch.append((after["rows"] - before["rows"]) / (after["runs"] - before["runs"]))
-                    if s.entity and valkey and before and after and after["lookups"] > before["lookups"]:
-                        lookups = after["lookups"] - before["lookups"]
-                        cell.hit_ratio.append((after["hits"] - before["hits"]) / lookups)
-                        trips = after["trips"] - before["trips"]
-                        if trips:
-                            cell.misses_per_trip.append((after["misses"] - before["misses"]) / trips)
-                        cell.store_cpu_us.append((valkey.cpu_seconds() - store_before) / done * 1e6)
+                    server = ceiling if kind == "ceiling" else model_server(servers, kind, s)
+                    measure(server, cells[(s, kind)], s, bodies, valkey, args.seconds, spread)
             print(f"round {r + 1}/{rounds} done at {time.monotonic() - t0:.0f}s", flush=True)
     finally:
-        for server in [*servers.values(), *([ceiling] if "ceiling" in locals() else [])]:
+        for server in [*servers.values(), *([ceiling] if ceiling is not None else [])]:
             server.stop()
         if valkey is not None:
             valkey.stop()
@@ -530,57 +586,50 @@ def print_raw(raw: dict[str, dict[str, dict[int, float]]]) -> None:
             print(f"{model:<8} {label:<8} " + " ".join(f"{by_batch[b]:>11,.0f}" for b in BATCHES))
 
 
-def report(
-    scenarios: list[Scenario], cells: dict, raw: dict, rounds: int, generator: str, args: argparse.Namespace, kinds_of
-) -> None:
+def result_row(s: Scenario, kind: str, cell: Cell, ceiling: Cell | None, raw: dict) -> tuple[dict[str, Any], str]:
+    """The JSON result of one server in one scenario (medians over rounds, ratios per round) and its table line."""
     med = statistics.median
-    rows_out = []
-    print(
-        "\nscenario                server       req/s     rows/s  p50 ms  p99 ms  batch  x ceiling  x ORT  "
-        "cpu us/req  errors"
+    req = med(cell.req_s)
+    x_ceiling = med(a / b for a, b in zip(cell.req_s, ceiling.req_s, strict=True)) if ceiling else None
+    mean_batch = med(cell.batch) if cell.batch else (float(s.rows) if kind == "naive" else None)
+    x_ort = None
+    if mean_batch is not None:
+        x_ort = req * s.rows / best_raw(raw[s.model], nearest_batch(mean_batch))
+    row = {
+        "scenario": s.name,
+        "model": s.model,
+        "rows_per_request": s.rows,
+        "connections": s.connections,
+        "entity": s.entity or None,
+        "server": kind,
+        "req_s": round(req, 1),
+        "rows_s": round(req * s.rows, 1),
+        "p50_ms": round(med(cell.p50_ms), 3),
+        "p99_ms": round(med(cell.p99_ms), 3),
+        "mean_batch": None if mean_batch is None else round(mean_batch, 2),
+        "x_ceiling": None if x_ceiling is None else round(x_ceiling, 3),
+        "x_ort": None if x_ort is None else round(x_ort, 3),
+        "cpu_us_per_request": round(med(cell.cpu_us), 1),
+        "errors": cell.errors,
+    }
+    if s.entity:
+        row.update(
+            cache_hit_ratio=round(med(cell.hit_ratio), 4) if cell.hit_ratio else None,
+            misses_per_round_trip=round(med(cell.misses_per_trip), 2) if cell.misses_per_trip else None,
+            valkey_cpu_us_per_request=round(med(cell.store_cpu_us), 1) if cell.store_cpu_us else None,
+        )
+    batch_text = f"{mean_batch:5.1f}" if mean_batch is not None else "    -"
+    ort_text = f"{x_ort:5.2f}" if x_ort is not None else "    -"
+    ceiling_text = f"{x_ceiling:9.2f}" if x_ceiling is not None else "        -"
+    line = (
+        f"{s.name:<23} {kind[:10]:<10} {req:>8,.0f} {req * s.rows:>10,.0f} {row['p50_ms']:>7.2f} "
+        f"{row['p99_ms']:>7.2f}  {batch_text}  {ceiling_text}  {ort_text}  {med(cell.cpu_us):>10,.0f}  {cell.errors:>6}"
     )
-    for s in scenarios:
-        # Entity scenarios run on ModelFleet only; their ceiling is the plain requests' in the same round.
-        ceiling = cells.get((s.plain if s.entity else s, "ceiling"))
-        for kind in kinds_of(s):
-            cell = cells[(s, kind)]
-            req = med(cell.req_s)
-            x_ceiling = med(a / b for a, b in zip(cell.req_s, ceiling.req_s)) if ceiling else None
-            mean_batch = med(cell.batch) if cell.batch else (float(s.rows) if kind == "naive" else None)
-            x_ort = None
-            if mean_batch is not None:
-                x_ort = req * s.rows / best_raw(raw[s.model], nearest_batch(mean_batch))
-            row = {
-                "scenario": s.name,
-                "model": s.model,
-                "rows_per_request": s.rows,
-                "connections": s.connections,
-                "entity": s.entity or None,
-                "server": kind,
-                "req_s": round(req, 1),
-                "rows_s": round(req * s.rows, 1),
-                "p50_ms": round(med(cell.p50_ms), 3),
-                "p99_ms": round(med(cell.p99_ms), 3),
-                "mean_batch": None if mean_batch is None else round(mean_batch, 2),
-                "x_ceiling": None if x_ceiling is None else round(x_ceiling, 3),
-                "x_ort": None if x_ort is None else round(x_ort, 3),
-                "cpu_us_per_request": round(med(cell.cpu_us), 1),
-                "errors": cell.errors,
-            }
-            if s.entity:
-                row.update(
-                    cache_hit_ratio=round(med(cell.hit_ratio), 4) if cell.hit_ratio else None,
-                    misses_per_round_trip=round(med(cell.misses_per_trip), 2) if cell.misses_per_trip else None,
-                    valkey_cpu_us_per_request=round(med(cell.store_cpu_us), 1) if cell.store_cpu_us else None,
-                )
-            rows_out.append(row)
-            batch_text = f"{mean_batch:5.1f}" if mean_batch is not None else "    -"
-            ort_text = f"{x_ort:5.2f}" if x_ort is not None else "    -"
-            ceiling_text = f"{x_ceiling:9.2f}" if x_ceiling is not None else "        -"
-            print(
-                f"{s.name:<23} {kind[:10]:<10} {req:>8,.0f} {req * s.rows:>10,.0f} {row['p50_ms']:>7.2f} "
-                f"{row['p99_ms']:>7.2f}  {batch_text}  {ceiling_text}  {ort_text}  {med(cell.cpu_us):>10,.0f}  {cell.errors:>6}"
-            )
+    return row, line
+
+
+def targets_of(rows_out: list[dict[str, Any]], raw: dict) -> dict[str, dict[str, Any]]:
+    """The issue-2 targets: where ModelFleet stands against the ceiling, the naive server and raw ORT."""
 
     def find(model: str, rows: int, conns: int, kind: str) -> dict | None:
         return next(
@@ -611,11 +660,12 @@ def report(
             "value": round(row["rows_s"] / best_raw(raw["wide"], 64), 3),
             "target": ">= 0.8",
         }
-    print("\ntargets (issue 2)")
-    for name, t in targets.items():
-        print(f"  {name:<42} {t['value']:>6.2f}  (target {t['target']})")
+    return targets
 
-    # Entity lookups vs. the plain 32-feature requests on the same connections, same round.
+
+def entity_ratios(scenarios: list[Scenario], cells: dict, kinds_of) -> dict[str, dict[str, float]]:
+    """Entity lookups vs. the plain 32-feature requests on the same connections, same round; printed as a table."""
+    med = statistics.median
     entity = {}
     entity_scenarios = [s for s in scenarios if s.entity and (s.plain, "modelfleet") in cells]
     if entity_scenarios:
@@ -628,9 +678,9 @@ def report(
         for kind in kinds_of(s):
             cell, plain = cells[(s, kind)], cells[(s.plain, kind)]
             ratio = {
-                "req_s_x_plain": round(med(a / b for a, b in zip(cell.req_s, plain.req_s)), 3),
-                "p50_x_plain": round(med(a / b for a, b in zip(cell.p50_ms, plain.p50_ms)), 3),
-                "cpu_x_plain": round(med(a / b for a, b in zip(cell.cpu_us, plain.cpu_us)), 3),
+                "req_s_x_plain": round(med(a / b for a, b in zip(cell.req_s, plain.req_s, strict=True)), 3),
+                "p50_x_plain": round(med(a / b for a, b in zip(cell.p50_ms, plain.p50_ms, strict=True)), 3),
+                "cpu_x_plain": round(med(a / b for a, b in zip(cell.cpu_us, plain.cpu_us, strict=True)), 3),
             }
             entity[f"{s.name} {kind}"] = ratio
             hits = f"{med(cell.hit_ratio):10.1%}" if cell.hit_ratio else "         -"
@@ -640,6 +690,31 @@ def report(
                 f"  {s.name:<23} {kind[:10]:<10} {ratio['req_s_x_plain']:>13.2f} {ratio['p50_x_plain']:>11.2f} "
                 f"{ratio['cpu_x_plain']:>11.2f} {hits} {trips} {store}"
             )
+    return entity
+
+
+def report(
+    scenarios: list[Scenario], cells: dict, raw: dict, rounds: int, generator: str, args: argparse.Namespace, kinds_of
+) -> None:
+    rows_out = []
+    print(
+        "\nscenario                server       req/s     rows/s  p50 ms  p99 ms  batch  x ceiling  x ORT  "
+        "cpu us/req  errors"
+    )
+    for s in scenarios:
+        # Entity scenarios run on ModelFleet only; their ceiling is the plain requests' in the same round.
+        ceiling = cells.get((s.plain if s.entity else s, "ceiling"))
+        for kind in kinds_of(s):
+            row, line = result_row(s, kind, cells[(s, kind)], ceiling, raw)
+            rows_out.append(row)
+            print(line)
+
+    targets = targets_of(rows_out, raw)
+    print("\ntargets (issue 2)")
+    for name, t in targets.items():
+        print(f"  {name:<42} {t['value']:>6.2f}  (target {t['target']})")
+
+    entity = entity_ratios(scenarios, cells, kinds_of)
     print(
         "BENCH_JSON "
         + json.dumps(
