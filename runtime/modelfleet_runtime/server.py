@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from types import FrameType
 
 import uvicorn
 
@@ -22,9 +23,9 @@ class _DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.model_server = model_server
 
-    def handle_exit(self, sig: int, frame: object) -> None:
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.model_server.begin_drain()
-        super().handle_exit(sig, frame)  # type: ignore[arg-type]
+        super().handle_exit(sig, frame)
         # uvicorn re-raises captured signals after shutdown; a completed drain on SIGTERM is a
         # clean exit (code 0), which is what Kubernetes and process supervisors expect.
         if sig == signal.SIGTERM and getattr(self, "_captured_signals", None):
