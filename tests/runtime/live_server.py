@@ -12,7 +12,7 @@ import httpx
 import uvicorn
 
 from modelfleet_runtime.app import create_app
-from modelfleet_runtime.serving import ModelServer
+from modelfleet_runtime.model_server import ModelServer
 from modelfleet_runtime.settings import Settings
 from onnx_models import free_port
 

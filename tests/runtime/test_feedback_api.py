@@ -20,7 +20,7 @@ from fastapi import FastAPI
 
 from modelfleet_runtime.app import create_app
 from modelfleet_runtime.feedback import OPEN_SUFFIX, FeedbackVolume
-from modelfleet_runtime.serving import ModelServer
+from modelfleet_runtime.model_server import ModelServer
 from modelfleet_runtime.settings import Settings
 
 
@@ -62,6 +62,9 @@ class Entities:
 
     async def get(self, entity_id: str) -> np.ndarray:
         return np.asarray(self.rows[entity_id], dtype=np.float32)
+
+    async def close(self) -> None:
+        """Nothing to release: the rows live in memory."""
 
 
 @pytest.fixture

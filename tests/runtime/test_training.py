@@ -12,8 +12,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from modelfleet_runtime import training
 from modelfleet_runtime.feedback import FeedbackVolume, FeedbackWriter, Sample
+from modelfleet_runtime.training import job, task
+from modelfleet_runtime.training.graph import Network
 from onnx_models import build_mlp
 
 
@@ -66,7 +67,7 @@ async def put(volume_dir: Path, x: np.ndarray, labels: list) -> None:
 
 def run_trainer(base: Path, samples: Path, output: Path, *extra: str) -> tuple[int, dict]:
     log = output.parent / f"{output.name}-termination-log"
-    code = training.cli_main(
+    code = job.cli_main(
         [
             "--base-model",
             str(base),
@@ -170,7 +171,7 @@ async def test_linear_regression_child_has_lower_mae_and_env_variables_configure
     monkeypatch.setenv("MODELFLEET_BASE_MODEL", parent.as_uri())
     monkeypatch.setenv("MODELFLEET_SAMPLES_DIR", str(tmp_path / "volume"))
     monkeypatch.setenv("MODELFLEET_OUTPUT_DIR", str(tmp_path / "out"))
-    assert training.cli_main(["--termination-log", "", "--epochs", "60", "--learning-rate", "0.05"]) == 0
+    assert job.cli_main(["--termination-log", "", "--epochs", "60", "--learning-rate", "0.05"]) == 0
     child = tmp_path / "out" / "model.onnx"
     x_test = rng.normal(size=(1000, 4))
     truth = x_test @ W_B + B_B
@@ -288,16 +289,16 @@ def test_backpropagation_matches_finite_differences_for_every_supported_operator
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
         [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()],
     )
-    net = training.Network(onnx.load(str(save(graph, tmp_path / "all.onnx"))))
+    net = Network(onnx.load(str(save(graph, tmp_path / "all.onnx"))))
     assert net.task == "multiclass"
     x, y = rng.normal(size=(8, 4)), np.eye(3)[rng.integers(0, 3, 8)]
     params = net.params()
 
     def loss(p: dict) -> float:
-        return training.loss_and_head_grad(net.task, net.forward(p, x)[net.head], y)[0]
+        return task.loss_and_head_grad(net.task, net.forward(p, x)[net.head], y)[0]
 
     values = net.forward(params, x)
-    head_grad = training.loss_and_head_grad(net.task, values[net.head], y)[1]
+    head_grad = task.loss_and_head_grad(net.task, values[net.head], y)[1]
     grads = net.gradients(params, values, head_grad)
     for name, value in params.items():
         numeric = np.zeros_like(value)

@@ -14,7 +14,7 @@ from types import FrameType
 import uvicorn
 
 from .app import create_app
-from .serving import ModelServer
+from .model_server import ModelServer
 from .settings import Settings
 
 
