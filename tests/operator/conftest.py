@@ -12,7 +12,9 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-GATEWAY_SCHEMAS = REPO / ".." / "shared" / "schemas" / "gateway-api-v1.6.1"
+# A pinned copy inside the repository (tests/schemas/README.md says where it comes from).
+GATEWAY_API_VERSION = "v1.6.1"
+GATEWAY_SCHEMAS = REPO / "tests" / "schemas" / f"gateway-api-{GATEWAY_API_VERSION}"
 
 
 def openapi_to_jsonschema(node: Any) -> Any:
@@ -71,6 +73,8 @@ def mv_validator(crd_file: dict[str, Any]) -> jsonschema.Validator:
 @pytest.fixture(scope="session")
 def httproute_validator() -> jsonschema.Validator:
     crd = yaml.safe_load((GATEWAY_SCHEMAS / "gateway.networking.k8s.io_httproutes.yaml").read_text())
+    bundle = crd["metadata"]["annotations"]["gateway.networking.k8s.io/bundle-version"]
+    assert bundle == GATEWAY_API_VERSION, f"{GATEWAY_SCHEMAS} holds Gateway API {bundle}, not {GATEWAY_API_VERSION}"
     return crd_validator(crd, "v1")
 
 
