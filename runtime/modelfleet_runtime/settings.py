@@ -30,6 +30,8 @@ class Settings:
     demo: bool = False
     host: str = "0.0.0.0"
     port: int = 8080
+    # Open Inference Protocol gRPC on host:grpc_port; 0 turns it off.
+    grpc_port: int = 8081
     max_batch_size: int = 32
     max_latency_ms: float = 100.0
     max_queue: int = 1024
@@ -71,6 +73,8 @@ class Settings:
             problems.append(f"warmup-iterations must not be negative, got {self.warmup_iterations}")
         if not 0 < self.port < 65536:
             problems.append(f"port must be between 1 and 65535, got {self.port}")
+        if not 0 <= self.grpc_port < 65536:
+            problems.append(f"grpc-port must be between 1 and 65535, or 0 for no gRPC, got {self.grpc_port}")
         if self.max_body_bytes < 1024:
             problems.append(f"max-body-bytes must be at least 1024, got {self.max_body_bytes}")
         if self.sha256 and (len(self.sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in self.sha256)):
@@ -89,6 +93,7 @@ _FLAG_HELP: dict[str, str] = {
     "demo": "serve the built-in demo model",
     "host": "address to listen on",
     "port": "port to listen on",
+    "grpc_port": "port of the Open Inference Protocol gRPC service (0: no gRPC)",
     "max_batch_size": "largest number of rows merged into one session.run",
     "max_latency_ms": "longest a request may wait for its batch to form",
     "max_queue": "rows that may wait; beyond it requests get 503 with Retry-After",

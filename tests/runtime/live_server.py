@@ -41,7 +41,8 @@ async def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.02
 @contextlib.asynccontextmanager
 async def live_server(settings: Settings, *, wait_ready: bool = True) -> AsyncIterator[Live]:
     port = free_port()
-    settings = dataclasses.replace(settings, host="127.0.0.1", port=port)
+    # No gRPC unless a test starts it (on a port of its own): the default 8081 would be shared.
+    settings = dataclasses.replace(settings, host="127.0.0.1", port=port, grpc_port=0)
     model_server = ModelServer(settings)
     config = uvicorn.Config(
         create_app(settings, model_server),
