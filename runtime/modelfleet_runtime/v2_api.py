@@ -70,7 +70,7 @@ def _parse(header: bytes) -> Any:
     try:
         return parse_json(header)
     except InvalidInput as exc:
-        if "trailing" in exc.message:
+        if "content after document" in exc.message or "trailing" in exc.message:
             raise InvalidInput(
                 f"{exc.message}: binary tensor data after the JSON needs the Inference-Header-Content-Length "
                 "header (the JSON's length in bytes)"
