@@ -40,18 +40,24 @@ def _save(graph: onnx.GraphProto, path: Path, *, ml: bool = False) -> Path:
     return path
 
 
-def build_every_datatype(path: Path) -> Path:
-    """Inputs `in_<DATATYPE>` [batch, 3] for each numeric datatype and BOOL; `out_<DATATYPE>` = in + 1 (BOOL: not)."""
+def _plus_one(datatype: str, source: str, target: str) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
+    if datatype == "BOOL":
+        return helper.make_node("Not", [source], [target]), []
+    one = numpy_helper.from_array(np.array(1, dtype=NUMERIC[datatype][1]), f"one_{datatype}")
+    return helper.make_node("Add", [source, one.name], [target]), [one]
+
+
+def build_every_datatype(path: Path, datatypes: tuple[str, ...] = tuple(NUMERIC)) -> Path:
+    """Inputs `in_<DATATYPE>` [batch, 3] for each datatype; `out_<DATATYPE>` = in + 1 (BOOL: not)."""
     nodes, inits, inputs, outputs = [], [], [], []
-    for datatype, (element, dtype) in NUMERIC.items():
+    for datatype in datatypes:
+        element = NUMERIC[datatype][0]
         source, target = f"in_{datatype}", f"out_{datatype}"
         inputs.append(helper.make_tensor_value_info(source, element, ["batch", WIDTH]))
         outputs.append(helper.make_tensor_value_info(target, element, ["batch", WIDTH]))
-        if datatype == "BOOL":
-            nodes.append(helper.make_node("Not", [source], [target]))
-        else:
-            inits.append(numpy_helper.from_array(np.array(1, dtype=dtype), f"one_{datatype}"))
-            nodes.append(helper.make_node("Add", [source, f"one_{datatype}"], [target]))
+        node, constants = _plus_one(datatype, source, target)
+        nodes.append(node)
+        inits += constants
     return _save(helper.make_graph(nodes, "every_datatype", inputs, outputs, inits), path)
 
 
