@@ -51,8 +51,8 @@ class V1Model(BaseModel):
     ready: bool
 
 
-# Models named only by `request_body`: app.py adds them to the document's components.
-REQUEST_MODELS: list[type[BaseModel]] = [InferenceRequest, PredictRequest, V1PredictRequest]
+# Models no FastAPI route declares (bodies of plain routes): app.py adds them to the components.
+DOCUMENTED_MODELS: list[type[BaseModel]] = [InferenceRequest, PredictRequest, PredictResponse, V1PredictRequest]
 
 _MEANINGS = {
     400: "the request is malformed: the message says what is wrong",

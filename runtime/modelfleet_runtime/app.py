@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from . import __version__
-from .api_schema import REQUEST_MODELS
+from .api_schema import DOCUMENTED_MODELS, PredictRequest, PredictResponse, error_responses, request_body
 from .errors import RuntimeProblem
 from .feedback_api import FeedbackService, build_feedback_router
 from .http_io import json_response, read_token
@@ -67,26 +67,53 @@ def _validation_error(exc: RequestValidationError) -> Response:
     return json_response({"error": f"invalid request: {problems}"}, status=400)
 
 
+def _ref(name: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}
+
+
+def _error_responses(*codes: int) -> dict[str, Any]:
+    return {
+        str(code): {"description": r["description"], "content": _ref("Error")}
+        for code, r in error_responses(*codes).items()
+    }
+
+
+def _document_other_modules_routes(paths: dict[str, Any]) -> None:
+    """Bodies of routes declared without a FastAPI body parameter in simple_api.py and feedback_api.py."""
+    predict = paths["/predict"]["post"]
+    predict.update(request_body(PredictRequest))
+    predict["responses"] = {"200": {"description": "the prediction", "content": _ref(PredictResponse.__name__)}}
+    predict["responses"].update(_error_responses(400, 401, 404, 413, 422, 503))
+    feedback = paths["/feedback"]["post"]
+    feedback["requestBody"] = {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "description": "features or entity_id, label, request_id"}
+            }
+        },
+    }
+    feedback["responses"].update(_error_responses(400, 401, 404, 413, 422, 503))
+    paths["/metrics"]["get"]["responses"]["200"]["content"] = {"text/plain": {"schema": {"type": "string"}}}
+
+
 def _openapi(app: FastAPI) -> dict[str, Any]:
     """FastAPI's document with the bodies read by plain routes added and its validation error replaced by ours."""
     if app.openapi_schema:
         return app.openapi_schema
     document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
-    for model in REQUEST_MODELS:
+    for model in DOCUMENTED_MODELS:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
-    error = {
-        "description": "the request could not be read",
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-    }
-    for operations in document.get("paths", {}).values():
+    _document_other_modules_routes(document["paths"])
+    for operations in document["paths"].values():
         for operation in operations.values():
             responses = operation.get("responses", {})
             if "HTTPValidationError" in str(responses.get("422", "")):
                 del responses["422"]
-                responses.setdefault("400", error)
+                responses.update({k: v for k, v in _error_responses(400).items() if k not in responses})
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
     app.openapi_schema = document

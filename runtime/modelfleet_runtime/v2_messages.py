@@ -11,7 +11,7 @@ build the metadata answers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -81,9 +81,20 @@ def _name(where: str, item: dict[str, Any]) -> str:
     return name
 
 
+def _dimension(d: Any) -> int | None:
+    """An integer, or a float of integral value (JSON does not tell 3 from 3.0); None otherwise."""
+    if isinstance(d, int) and not isinstance(d, bool):
+        return d
+    if isinstance(d, float) and d.is_integer():
+        return int(d)
+    return None
+
+
 def _shape(where: str, value: Any) -> tuple[int, ...]:
-    if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in value):
+    dims = [_dimension(d) for d in value] if isinstance(value, list) else [None]
+    if not all(d is not None for d in dims):
         raise _problem(f"{where}.shape", f"must be a list of integers, got {value!r}")
+    value = dims
     if any(d < 0 for d in value):
         raise _problem(f"{where}.shape", f"dimensions must not be negative, got {value}")
     return tuple(value)
@@ -158,28 +169,45 @@ class _Message(BaseModel):
 
 Parameters = dict[str, Any]
 TensorData = list[Any]
+Datatype = Literal[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"
+]
+
+
+class InputParameters(_Message):
+    model_config = ConfigDict(extra="allow")
+    binary_data_size: int | None = Field(
+        None, ge=0, description="this tensor's byte count after the JSON header (binary extension); then no data"
+    )
+
+
+class OutputParameters(_Message):
+    model_config = ConfigDict(extra="allow")
+    binary_data: bool | None = Field(None, description="true: this output in binary after the JSON header")
+
+
+class RequestParameters(_Message):
+    model_config = ConfigDict(extra="allow")
+    binary_data_output: bool | None = Field(None, description="true: every output in binary unless it says otherwise")
+    entity_ids: list[str] | None = Field(None, description="one feature-store entity per row (a 2-D feature input)")
 
 
 class RequestInput(_Message):
     name: str = Field(min_length=1)
-    shape: list[int] = Field(description="dimensions; the first one is the batch (rows)")
-    datatype: str = Field(description="BOOL, UINT8..UINT64, INT8..INT64, FP16, FP32, FP64 or BYTES")
-    parameters: Parameters | None = Field(
-        None, description="binary_data_size: this tensor's byte count after the JSON header (binary extension)"
-    )
+    shape: list[Annotated[int, Field(ge=0)]] = Field(description="dimensions; the first one is the batch (rows)")
+    datatype: Datatype
+    parameters: InputParameters | None = None
     data: TensorData | None = Field(None, description="row-major values, flat or nested; absent for binary tensors")
 
 
 class RequestOutput(_Message):
-    name: str
-    parameters: Parameters | None = Field(None, description="binary_data: true for this output in binary")
+    name: str = Field(min_length=1)
+    parameters: OutputParameters | None = None
 
 
 class InferenceRequest(_Message):
     id: str | None = None
-    parameters: Parameters | None = Field(
-        None, description="binary_data_output: every output in binary; entity_ids: feature-store entities per row"
-    )
+    parameters: RequestParameters | None = None
     inputs: list[RequestInput] = Field(min_length=1)
     outputs: list[RequestOutput] | None = None
 
