@@ -78,20 +78,27 @@ def _parse(header: bytes) -> Any:
         raise
 
 
+_T, _F = ord("t"), ord("f")
+
+
+def _letters_t_f(text: bytes) -> int:
+    octets = np.frombuffer(text, dtype=np.uint8)
+    return int(np.count_nonzero(octets == _T) + np.count_nonzero(octets == _F))
+
+
 def _data_may_hold_bools(header: bytes, payload: dict[str, Any]) -> bool:
     """False when no JSON true/false can be among the inputs' data, which NumPy would read as 1/0.
 
-    Without a backslash in the body every string is written as orjson writes it, so the
-    body holds exactly as many `true`/`false` as the request without its data: none is in
-    the data. Two C-speed counts instead of a type check of every value.
+    Numbers and lists never hold a "t" or an "f", and without a backslash in the body every
+    string is written as orjson writes it: when the body holds no more of those letters than
+    the request without its data, none is in the data. Two vectorised counts over the bytes
+    instead of a type check of every value.
     """
-    if b"true" not in header and b"false" not in header:
-        return False
     if b"\\" in header:
         return True
-    inputs = [{k: v for k, v in i.items() if k != "data"} for i in payload["inputs"]]
+    inputs = [{**i, "data": []} if "data" in i else i for i in payload["inputs"]]
     skeleton = orjson.dumps({**payload, "inputs": inputs})
-    return any(header.count(token) != skeleton.count(token) for token in (b"true", b"false"))
+    return _letters_t_f(header) != _letters_t_f(skeleton)
 
 
 def _tensors(message: ParsedRequest, binary: memoryview, may_hold_bools: bool) -> list[InputTensor]:

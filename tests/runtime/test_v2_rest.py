@@ -247,7 +247,7 @@ def _mixed_request(rows: int) -> bytes:
     return orjson.dumps(
         {
             "inputs": [
-                {"name": "x", "shape": [rows, 3], "datatype": "FP32", "data": [0.5] * (3 * rows)},
+                {"name": "x", "shape": [rows, 3], "datatype": "FP32", "data": np.linspace(0.1, 9.9, 3 * rows).tolist()},
                 {"name": "k", "shape": [rows, 1], "datatype": "INT64", "data": [2] * rows},
             ]
         }
@@ -282,15 +282,17 @@ async def test_a_body_that_inflates_past_the_limit_is_413_not_an_out_of_memory(t
 
 
 async def test_large_answers_are_compressed_when_the_client_accepts_it(tmp_path: Path) -> None:
-    async with live_server(settings_for(build_mixed(tmp_path / "mixed.onnx"))) as live:
+    settings = settings_for(build_mixed(tmp_path / "mixed.onnx"), max_queue=4000)
+    async with live_server(settings) as live:
         # httpx announces gzip and deflate and inflates the answer itself.
-        big = await live.client.post("/v2/models/m/infer", content=_mixed_request(200))
+        big = await live.client.post("/v2/models/m/infer", content=_mixed_request(3000))
         small = await live.client.post("/v2/models/m/infer", content=_mixed_request(1))
         refused = await live.client.post(
-            "/v2/models/m/infer", content=_mixed_request(200), headers={"Accept-Encoding": "gzip;q=0, identity"}
+            "/v2/models/m/infer", content=_mixed_request(3000), headers={"Accept-Encoding": "gzip;q=0, identity"}
         )
-    assert big.headers["content-encoding"] == "gzip" and len(big.json()["outputs"][0]["data"]) == 600
+    assert big.headers["content-encoding"] == "gzip" and len(big.json()["outputs"][0]["data"]) == 9000
     assert "content-encoding" not in small.headers and "content-encoding" not in refused.headers
+    assert len(refused.content) >= 32 * 1024 and len(refused.content) > int(big.headers["content-length"])
 
 
 @pytest.mark.parametrize(
