@@ -257,13 +257,7 @@ def decode_binary(name: str, datatype: str, shape: Sequence[int], raw: bytes | m
             )
     array = np.frombuffer(raw, dtype=dtype)
     if dtype.kind == "f":
-        finite = np.isfinite(array)
-        if not finite.all():
-            index = int(np.argmin(finite))
-            raise InvalidValue(
-                f"input {name!r}: the value at flat index {index} is not a finite {datatype} number: "
-                f"{array[index].item()!r}"
-            )
+        _to_float(name, datatype, dtype, array)
     return array.reshape(shape)
 
 

@@ -14,11 +14,11 @@ import numpy as np
 import onnxruntime as ort
 import orjson
 
-from live_server import live_server
 from modelfleet_runtime.grpc_api import GrpcServer
 from modelfleet_runtime.settings import Settings
-from onnx_models import build_mlp
-from protocol_models import build_mixed
+from tests.support.live_server import live_server
+from tests.support.onnx_models import build_mlp
+from tests.support.protocol_models import build_mixed
 
 USER = Path(__file__).with_name("kserve_user.py")
 

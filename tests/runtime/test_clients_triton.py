@@ -23,10 +23,18 @@ import tritonclient.http as triton_http
 import tritonclient.http.aio as triton_http_aio
 from tritonclient.utils import InferenceServerException
 
-from live_server import Live, live_server
 from modelfleet_runtime.grpc_api import GrpcServer
 from modelfleet_runtime.settings import Settings
-from protocol_models import LABELS, NUMERIC, build_every_datatype, build_labels, build_mixed, expected, extreme_rows
+from tests.support.live_server import Live, live_server
+from tests.support.protocol_models import (
+    LABELS,
+    NUMERIC,
+    build_every_datatype,
+    build_labels,
+    build_mixed,
+    expected,
+    extreme_rows,
+)
 
 
 @dataclasses.dataclass

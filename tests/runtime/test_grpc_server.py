@@ -17,14 +17,13 @@ import grpc
 import numpy as np
 import pytest
 
-from live_server import Live, live_server
 from modelfleet_runtime.grpc_api import GrpcServer
 from modelfleet_runtime.grpc_predict_v2 import grpc_predict_v2_pb2 as pb
 from modelfleet_runtime.grpc_predict_v2 import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelfleet_runtime.settings import Settings
-from protocol_models import build_every_datatype, build_labels, build_mixed
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.live_server import Live, live_server
+from tests.support.paths import REPO
+from tests.support.protocol_models import build_every_datatype, build_labels, build_mixed
 
 
 @contextlib.asynccontextmanager

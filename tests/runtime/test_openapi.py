@@ -9,7 +9,6 @@ still be refused (an input the model does not have), so positive_data_acceptance
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,7 +28,9 @@ from schemathesis.specs.openapi.checks import (
 
 from modelfleet_runtime.app import create_app
 from modelfleet_runtime.settings import Settings
-from protocol_models import build_mixed
+from tests.support.polling import wait_until
+from tests.support.protocol_models import build_mixed
+from tests.support.runtime_process import listening_socket
 
 CHECKS = [
     not_a_server_error,
@@ -43,18 +44,18 @@ NEGATIVE_CHECKS = [not_a_server_error, status_code_conformance, content_type_con
 
 
 def _serve(settings_: Settings) -> tuple[uvicorn.Server, threading.Thread, str]:
-    import socket
-
-    listener = socket.create_server(("127.0.0.1", 0))
+    listener = listening_socket()
     config = uvicorn.Config(create_app(settings_), log_level="warning", lifespan="on", access_log=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    deadline = time.monotonic() + 60
-    while not (server.started and httpx.get(f"{url}/v2/health/ready").status_code == 200):
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not become ready"
-        time.sleep(0.05)
+
+    def ready() -> bool:
+        assert thread.is_alive(), "the server thread ended"
+        return server.started and httpx.get(f"{url}/v2/health/ready").status_code == 200
+
+    wait_until(ready, 60, message="the server ready")
     return server, thread, url
 
 

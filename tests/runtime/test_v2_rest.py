@@ -14,9 +14,9 @@ import numpy as np
 import orjson
 import pytest
 
-from live_server import live_server
 from modelfleet_runtime.settings import Settings
-from protocol_models import build_every_datatype, build_labels, build_mixed
+from tests.support.live_server import live_server
+from tests.support.protocol_models import build_every_datatype, build_labels, build_mixed
 
 
 def settings_for(path: Path, **overrides: Any) -> Settings:
@@ -115,7 +115,7 @@ async def test_binary_inputs_and_outputs_follow_the_json_header(tmp_path: Path) 
 
 
 async def test_a_raw_binary_request_is_the_one_input_with_binary_outputs(tmp_path: Path) -> None:
-    from onnx_models import build_mlp
+    from tests.support.onnx_models import build_mlp
 
     path = build_mlp(tmp_path / "mlp.onnx", (4, 8, 1))
     rows = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +10,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
-def _save(graph: onnx.GraphProto, path: Path) -> Path:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+def save_model(graph: onnx.GraphProto, path: Path, *, ml: bool = False) -> Path:
+    """`graph` as a checked opset-17 model at `path` (`ml`: with the ai.onnx.ml operators too)."""
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid("ai.onnx.ml", 3)] if ml else [])
+    model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 8
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
@@ -51,7 +52,7 @@ def build_mlp(
         [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", sizes[-1]])],
         inits,
     )
-    return _save(graph, path)
+    return save_model(graph, path)
 
 
 def build_two_output(path: Path, width: int = 3) -> Path:
@@ -71,10 +72,4 @@ def build_two_output(path: Path, width: int = 3) -> Path:
         ],
         [two, axes],
     )
-    return _save(graph, path)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return save_model(graph, path)

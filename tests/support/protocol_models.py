@@ -12,6 +12,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .onnx_models import save_model
+
 # Open Inference Protocol datatype -> (ONNX element type, NumPy dtype), the numeric ones and BOOL.
 NUMERIC = {
     "BOOL": (TensorProto.BOOL, np.bool_),
@@ -29,15 +31,6 @@ NUMERIC = {
 }
 WIDTH = 3
 LABELS = ["cat", "dog", "émeu"]
-
-
-def _save(graph: onnx.GraphProto, path: Path, *, ml: bool = False) -> Path:
-    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid("ai.onnx.ml", 3)] if ml else [])
-    model = helper.make_model(graph, opset_imports=opsets)
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
 
 
 def _plus_one(datatype: str, source: str, target: str) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
@@ -58,7 +51,7 @@ def build_every_datatype(path: Path, datatypes: tuple[str, ...] = tuple(NUMERIC)
         node, constants = _plus_one(datatype, source, target)
         nodes.append(node)
         inits += constants
-    return _save(helper.make_graph(nodes, "every_datatype", inputs, outputs, inits), path)
+    return save_model(helper.make_graph(nodes, "every_datatype", inputs, outputs, inits), path)
 
 
 def build_mixed(path: Path) -> Path:
@@ -81,7 +74,7 @@ def build_mixed(path: Path) -> Path:
         ],
         [one],
     )
-    return _save(graph, path)
+    return save_model(graph, path)
 
 
 def build_labels(path: Path) -> Path:
@@ -106,7 +99,7 @@ def build_labels(path: Path) -> Path:
             helper.make_tensor_value_info("echo", TensorProto.STRING, ["batch", 2]),
         ],
     )
-    return _save(graph, path, ml=True)
+    return save_model(graph, path, ml=True)
 
 
 def extreme_rows(datatype: str) -> np.ndarray:
