@@ -263,6 +263,12 @@ def decode_binary(name: str, datatype: str, shape: Sequence[int], raw: bytes | m
 
 def _binary_bytes(name: str, shape: Sequence[int], raw: bytes | memoryview, count: int) -> np.ndarray:
     view = memoryview(raw)
+    if count * _LENGTH.size > len(view):
+        # Checked before anything is allocated for `count` elements: the shape alone is no reason to.
+        raise InvalidInput(
+            f"input {name!r}: shape {list(shape)} has {count} BYTES elements, but {len(view)} bytes cannot hold "
+            f"their {_LENGTH.size}-byte lengths"
+        )
     values = np.empty(count, dtype=object)
     offset = 0
     for index in range(count):

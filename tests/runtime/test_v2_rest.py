@@ -151,11 +151,12 @@ def _labels_header(size: int) -> dict[str, Any]:
             400,
             "element 1 declares 9 bytes, only 3 remain",
         ),
-        (struct.pack("<I", 3) + b"cat", 400, "ends before element 1 of 2"),
+        (struct.pack("<I", 3) + b"cat\x01\x00", 400, "ends before element 1 of 2"),
         (struct.pack("<I", 3) + b"cat" + struct.pack("<I", 1) + b"\xff", 422, "element 1 is not UTF-8 text"),
         (struct.pack("<I", 0) + struct.pack("<I", 1) + b"ab", 400, "1 bytes left after the 2 BYTES elements"),
+        (struct.pack("<I", 0), 400, "has 2 BYTES elements, but 4 bytes cannot hold their 4-byte lengths"),
     ],
-    ids=["overrun", "short", "not-utf8", "trailing"],
+    ids=["overrun", "short", "not-utf8", "trailing", "shape-beyond-the-bytes"],
 )
 async def test_bad_bytes_tensors_are_refused_with_the_reason(
     tmp_path: Path, tensor: bytes, status: int, message: str
