@@ -127,11 +127,16 @@ def decode_json(
     if array.size != count:
         raise InvalidInput(f"input {name!r}: shape {list(shape)} needs {count} values, data has {array.size}")
     if dtype.kind == "b":
-        converted = _json_bools(name, data, array)
-    elif array.dtype.kind not in "iuf" or (may_hold_bools and _holds_bool(data, array)):
-        raise _find_bad_number(name, datatype, _flat_values(data))
-    elif dtype.kind == "f":
-        converted = _to_float(name, datatype, dtype, array.ravel())
+        return _json_bools(name, data, array).reshape(shape)
+    if array.dtype.kind not in "iuf" or (may_hold_bools and _holds_bool(data, array)):
+        values = _flat_values(data)
+        index = _first_not(values, (int, float), exclude_bool=True)
+        if index is not None:
+            raise _refuse_element(name, datatype, index, values[index])
+        # Numbers all, but integers beyond 64 bits, which NumPy keeps as objects: checked one by one below.
+        array = np.array(values, dtype=object)
+    if dtype.kind == "f":
+        converted = _to_float(name, datatype, dtype, array.ravel().astype(np.float64, copy=False))
     else:
         converted = _to_integer(name, datatype, dtype, array.ravel(), data)
     return converted.reshape(shape)
@@ -142,13 +147,6 @@ def _holds_bool(data: list[Any], array: np.ndarray) -> bool:
     if array.ndim == 1:
         return bool in set(map(type, data))
     return any(type(v) is bool for v in _flat_values(data))
-
-
-def _find_bad_number(name: str, datatype: str, values: list[Any]) -> InvalidValue:
-    index = _first_not(values, (int, float), exclude_bool=True)
-    if index is None:  # NumPy found no numeric dtype, so some value is not a number
-        return InvalidValue(f"input {name!r}: data must be {datatype} values")
-    return _refuse_element(name, datatype, index, values[index])
 
 
 def _json_bools(name: str, data: list[Any], array: np.ndarray) -> np.ndarray:
