@@ -78,3 +78,24 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+TABLE_ROWS = 10
+
+
+def build_lookup(path: Path) -> Path:
+    """idx (int64, one per row) -> row idx of a table of TABLE_ROWS rows [2i, 2i+1]; an index out of range
+    is refused by onnxruntime itself (INVALID_ARGUMENT from the Gather node named 'lookup')."""
+    table = numpy_helper.from_array(np.arange(2 * TABLE_ROWS, dtype=np.float32).reshape(TABLE_ROWS, 2), "table")
+    shape = numpy_helper.from_array(np.array([-1, 2], dtype=np.int64), "shape")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["table", "idx"], ["rows"], axis=0, name="lookup"),
+            helper.make_node("Reshape", ["rows", "shape"], ["y"]),
+        ],
+        "lookup",
+        [helper.make_tensor_value_info("idx", TensorProto.INT64, ["batch", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+        [table, shape],
+    )
+    return _save(graph, path)

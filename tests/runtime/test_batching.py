@@ -51,7 +51,7 @@ async def test_mixed_single_and_multi_row_requests_each_get_their_own_rows() -> 
     await batcher.close()
 
 
-async def test_one_failing_request_does_not_fail_its_neighbours() -> None:
+async def test_one_failing_request_does_not_fail_its_neighbours(caplog: pytest.LogCaptureFixture) -> None:
     gate = threading.Event()
 
     def picky(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -69,8 +69,10 @@ async def test_one_failing_request_does_not_fail_its_neighbours() -> None:
     gate.set()
     assert (await blocker)["y"][0, 0] == 0
     assert [float((await g)["y"][0, 0]) for g in good] == [2.0, 4.0, 6.0, 8.0]
-    with pytest.raises(InferenceFailed, match="negative input"):
+    # The client is not told the internal error; the log is.
+    with pytest.raises(InferenceFailed, match="the server log says why"):
         await bad
+    assert "ValueError: negative input" in caplog.text
     await batcher.close()
 
 
