@@ -12,12 +12,13 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from . import __version__
 from .errors import RuntimeProblem
 from .feedback_api import FeedbackService, build_feedback_router
-from .http_io import json_response, read_token
+from .http_io import client_gone, json_response, read_token
 from .metrics import MetricsMiddleware, RuntimeMetrics
 from .model_server import ModelServer
 from .settings import Settings
@@ -56,6 +57,12 @@ def create_app(settings: Settings, server: ModelServer | None = None) -> FastAPI
     async def problem(_: Request, exc: RuntimeProblem) -> Response:
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
         return json_response({"error": exc.message}, status=exc.status, headers=headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, _: ClientDisconnect) -> Response:
+        # A body read outside http_io.read_body (FastAPI's own parameter parsing) can meet it too.
+        problem = client_gone(request)
+        return json_response({"error": problem.message}, status=problem.status)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> Response:

@@ -8,15 +8,18 @@ and JSON is parsed only from a body within the limit.
 from __future__ import annotations
 
 import hmac
+import logging
 from pathlib import Path
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .errors import InvalidInput, PayloadTooLarge, Unauthorized
+from .errors import ClientGone, InvalidInput, PayloadTooLarge, Unauthorized
+
+log = logging.getLogger("modelfleet.http")
 
 JSON = "application/json"
 # The response header naming the model version that answered (and, in gateway routing, the
@@ -25,6 +28,7 @@ VERSION_HEADER = "x-model-version"
 
 
 async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused past `limit` bytes; ClientGone (499) when the client leaves midway."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -33,14 +37,27 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise InvalidInput("Content-Length is not a number") from None
         if size > limit:
             raise PayloadTooLarge(f"request body is {size} bytes; the limit is {limit}")
-        return await request.body()
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        if declared is not None:
+            return await request.body()
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except ClientDisconnect:
+        raise client_gone(request) from None
+
+
+def client_gone(request: Request) -> ClientGone:
+    """The 499 for a client that left before its request was read, logged in one line (no traceback)."""
+    client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+    log.info(
+        "%s closed the connection before sending the whole body of %s %s", client, request.method, request.url.path
+    )
+    return ClientGone("the client closed the connection before sending the whole request body")
 
 
 def parse_json(body: bytes) -> Any:
