@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .sources import DEFAULT_MAX_BYTES, DEFAULT_SCHEMES, DEFAULT_TIMEOUT_SECONDS, SourcePolicy
+
 ENV_PREFIX = "MODELFLEET_"
 
 
@@ -38,6 +40,13 @@ class Settings:
     model_root: str = "/mnt/models"
     # Downloads of http(s):// sources land here (a writable emptyDir in the pod).
     cache_dir: str = ""
+    # What a model source may be (DESIGN.md section 9); a plain path counts as file.
+    allowed_uri_schemes: tuple[str, ...] = DEFAULT_SCHEMES
+    # Networks that are not public (loopback, link-local, private) which downloads may still reach.
+    download_allowed_networks: tuple[str, ...] = ()
+    max_model_bytes: int = DEFAULT_MAX_BYTES
+    # One deadline for the whole download (resolve, connect, redirects, every read).
+    download_timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     max_body_bytes: int = 4 * 1024 * 1024
@@ -77,8 +86,20 @@ class Settings:
             problems.append("sha256 must be 64 hexadecimal characters")
         if not self.model and not self.demo:
             problems.append("no model: pass --model URI (or MODELFLEET_MODEL), or --demo")
+        try:
+            self.source_policy()
+        except ValueError as exc:
+            problems.append(str(exc))
         if problems:
             raise SettingsError("; ".join(problems))
+
+    def source_policy(self) -> SourcePolicy:
+        return SourcePolicy.of(
+            self.allowed_uri_schemes,
+            self.download_allowed_networks,
+            self.max_model_bytes,
+            self.download_timeout_seconds,
+        )
 
 
 _FLAG_HELP: dict[str, str] = {
@@ -95,6 +116,10 @@ _FLAG_HELP: dict[str, str] = {
     "warmup_iterations": "inferences run before the server reports ready",
     "model_root": "folder where pvc:// and configmap:// sources are mounted",
     "cache_dir": "folder for downloaded models (default: a per-user cache folder)",
+    "allowed_uri_schemes": "comma-separated model source schemes allowed (file covers plain paths)",
+    "download_allowed_networks": "comma-separated CIDRs that downloads may reach although not public (e.g. 10.0.0.0/8)",
+    "max_model_bytes": "largest model a download may bring (refused past it)",
+    "download_timeout_seconds": "deadline of a whole model download",
     "intra_op_threads": "onnxruntime intra-op threads (0: onnxruntime's default)",
     "inter_op_threads": "onnxruntime inter-op threads (0: onnxruntime's default)",
     "max_body_bytes": "largest request body accepted (413 beyond it)",
