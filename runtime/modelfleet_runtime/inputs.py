@@ -52,8 +52,7 @@ def payload_rows(payload: dict[str, Any], *, max_rows: int, entity: bool, missin
         rows = payload["instances"]
         if not isinstance(rows, list):
             raise InvalidInput("'instances' must be a list of rows")
-        if len(rows) > max_rows:
-            raise PayloadTooLarge(f"{len(rows)} rows in one request; the limit is {max_rows}")
+        check_row_count(len(rows), max_rows)
         return False, rows
     if entity:
         return True, [[]]
@@ -62,12 +61,38 @@ def payload_rows(payload: dict[str, Any], *, max_rows: int, entity: bool, missin
 
 def check_entity_widths(rows: list[Any], prefix: np.ndarray, width: int) -> None:
     """The entity's features (`prefix`) and each row's own must add up to the model's `width`."""
+    check_entity_rows(rows, prefix.shape[-1], width)
+
+
+def check_entity_rows(rows: list[Any], entity_width: int, width: int) -> None:
+    """Each row's own features and the `entity_width` an entity brings must add up to `width`.
+
+    Checked before the entity is looked up: a request that cannot be served costs the store nothing.
+    """
     for row in rows:
-        if isinstance(row, list) and len(row) != width - prefix.shape[-1]:
+        if isinstance(row, list) and len(row) != width - entity_width:
             raise InvalidInput(
-                f"entity features ({prefix.shape[-1]}) + request features ({len(row)}) "
-                f"= {prefix.shape[-1] + len(row)}, but the model takes {width}"
+                f"entity features ({entity_width}) + request features ({len(row)}) "
+                f"= {entity_width + len(row)}, but the model takes {width}"
             )
+
+
+def check_entity_tensor(name: str, shape: list[int], entities: int, entity_width: int, width: int) -> None:
+    """A V2 input sent with `entities` entity ids: one row per entity, the entity's features left out.
+
+    Checked before any entity is looked up (DESIGN.md section 9: bounds before work).
+    """
+    own = width - entity_width
+    if shape != [entities, own]:
+        raise InvalidInput(
+            f"input {name!r}: with {entities} entities of {entity_width} features, shape must be "
+            f"[{entities}, {own}] (the model takes {width}), got {shape}"
+        )
+
+
+def check_row_count(rows: int, max_rows: int) -> None:
+    if rows > max_rows:
+        raise PayloadTooLarge(f"{rows} rows in one request; the limit is {max_rows}")
 
 
 _NUMBER_SYNTAX = b"0123456789.eE+-[],: \t\r\n"

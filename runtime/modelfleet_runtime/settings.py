@@ -67,6 +67,8 @@ class Settings:
     feature_fields: tuple[str, ...] = ()
     feature_cache_ttl: float = 300.0
     feature_cache_size: int = 10000
+    # How long an entity the store did not have is answered 404 without asking again.
+    feature_miss_ttl: float = 5.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -136,6 +138,7 @@ _FLAG_HELP: dict[str, str] = {
     "feature_fields": "comma-separated feature fields, in model input order",
     "feature_cache_ttl": "seconds an entity's features stay cached",
     "feature_cache_size": "most entities kept in the feature cache",
+    "feature_miss_ttl": "seconds an entity the store does not have is answered 404 without asking again",
 }
 
 

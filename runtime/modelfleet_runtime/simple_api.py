@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from fastapi import APIRouter, Request
@@ -22,8 +22,11 @@ from starlette.responses import Response
 
 from .errors import InvalidInput
 from .http_io import VERSION_HEADER, PlainRoute, json_response, read_json_object_and_body, require_bearer
-from .inputs import check_entity_widths, only_numbers, payload_rows, rows_to_array
+from .inputs import check_entity_rows, only_numbers, payload_rows, rows_to_array
 from .model_server import ModelServer
+
+if TYPE_CHECKING:  # imported when a feature store is configured: it brings in redis
+    from .features import FeatureStore
 
 
 def format_rows(outputs: dict[str, np.ndarray], rows: int) -> list[Any]:
@@ -35,12 +38,16 @@ def format_rows(outputs: dict[str, np.ndarray], rows: int) -> list[Any]:
     return [{name: values[i] for name, values in columns.items()} for i in range(rows)]
 
 
-async def _entity_features(server: ModelServer, entity_id: Any) -> np.ndarray:
+def _entity_store(server: ModelServer, payload: dict[str, Any]) -> FeatureStore | None:
+    """The store to ask for the request's entity, None when it names none; nothing is asked yet."""
+    if "entity_id" not in payload:
+        return None
     if server.features is None:
         raise InvalidInput("entity_id was given but this server has no feature store configured")
+    entity_id = payload["entity_id"]
     if not isinstance(entity_id, str) or not entity_id:
         raise InvalidInput("entity_id must be a non-empty string")
-    return await server.features.get(entity_id)
+    return server.features
 
 
 def build_simple_router(server: ModelServer, predict_token: str | None) -> APIRouter:
@@ -58,17 +65,19 @@ def build_simple_router(server: ModelServer, predict_token: str | None) -> APIRo
         width = model.input_width
         if width is None:
             raise InvalidInput(f"this model's input is not a feature matrix; use POST /v2/models/{settings.name}/infer")
-        prefix = await _entity_features(server, payload["entity_id"]) if "entity_id" in payload else None
+        store = _entity_store(server, payload)
         single, rows = payload_rows(
             payload,
             max_rows=settings.max_queue,
-            entity=prefix is not None,
+            entity=store is not None,
             missing="expected 'features' (one row) or 'instances' (a list of rows)",
         )
-        own_width = width
-        if prefix is not None:
-            check_entity_widths(rows, prefix, width)
-            own_width = width - prefix.shape[-1]
+        own_width, prefix = width, None
+        if store is not None:
+            # Row count and widths are known to fit before the store is asked anything.
+            check_entity_rows(rows, store.width, width)
+            own_width = width - store.width
+            prefix = await store.get(payload["entity_id"])
         # A model with an input width has exactly one (2-D) input.
         dtype = model.inputs[0].dtype
         array = rows_to_array(rows, own_width, dtype, prefix=prefix, numbers_only=only_numbers(body, payload))

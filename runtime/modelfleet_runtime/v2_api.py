@@ -19,8 +19,9 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from . import __version__
-from .errors import InvalidInput, InvalidValue, PayloadTooLarge
+from .errors import InvalidInput, InvalidValue
 from .http_io import VERSION_HEADER, PlainRoute, json_response, read_body, require_bearer
+from .inputs import check_entity_tensor, check_row_count
 from .model import OnnxModel, TensorSpec
 from .model_server import ModelServer
 from .v2_messages import InferenceRequest, ModelMetadata, RequestInput, ServerMetadata, TensorMetadata
@@ -211,9 +212,9 @@ def _add_infer_routes(router: APIRouter, server: ModelServer, predict_token: str
         given = {i.name: i for i in message.inputs}
         entity_ids = _entity_ids(message, model)
         _check_input_names(model, given)
+        for tensor in given.values():  # the declared rows, before any array is built
+            check_row_count(tensor.shape[0] if tensor.shape else 0, settings.max_queue)
         feeds, rows = await _feeds(server, model, given, entity_ids)
-        if rows > settings.max_queue:
-            raise PayloadTooLarge(f"{rows} rows in one request; the limit is {settings.max_queue}")
         names = _output_names(message, model)
         outputs = await server.infer(feeds, rows)
         answer: dict[str, Any] = {
@@ -254,16 +255,12 @@ async def _with_entities(server: ModelServer, spec: TensorSpec, given: RequestIn
         raise InvalidInput("parameters.entity_id must be a string (entity_ids: a list of strings)")
     if server.features is None:
         raise InvalidInput("entity_id was given but this server has no feature store configured")
-    prefixes = await server.features.get_many(entity_ids)
     width = spec.shape[1]
     assert width is not None
-    own = width - prefixes[0].shape[-1]
-    if given.shape != [len(entity_ids), own]:
-        raise InvalidInput(
-            f"input {spec.name!r}: with {len(entity_ids)} entities of {prefixes[0].shape[-1]} "
-            f"features, shape must be [{len(entity_ids)}, {own}] (the model takes {width}), "
-            f"got {given.shape}"
-        )
-    own_spec = TensorSpec(spec.name, spec.dtype, spec.datatype, (None, own))
+    # The row limit and the shape are checked before the store is asked for anything.
+    check_row_count(len(entity_ids), server.settings.max_queue)
+    check_entity_tensor(spec.name, given.shape, len(entity_ids), server.features.width, width)
+    own_spec = TensorSpec(spec.name, spec.dtype, spec.datatype, (None, width - server.features.width))
     array = _tensor(own_spec, given, None)
+    prefixes = await server.features.get_many(entity_ids)
     return np.concatenate([np.stack(prefixes).astype(spec.dtype, copy=False), array], axis=1)

@@ -275,9 +275,9 @@ async def test_a_key_that_is_not_a_hash_is_invalid_value(redis_url, make_store):
         await store.get("u1")
 
 
-async def test_failed_lookups_are_not_cached(redis_url, make_store):
+async def test_without_a_miss_ttl_an_unknown_entity_is_asked_for_again(redis_url, make_store):
     client = sync_client(redis_url)
-    store = make_store(redis_url)
+    store = make_store(redis_url, miss_ttl=0)
     with pytest.raises(NotFound):
         await store.get("late")
     seed(client, "late", age=1, score=2, clicks=3)
@@ -374,3 +374,22 @@ async def test_close_fails_lookups_in_flight(private_redis_server: RedisServer, 
             await pending
     finally:
         os.kill(private_redis_server.pid, signal.SIGCONT)
+
+
+async def test_an_unknown_entity_is_remembered_for_the_miss_ttl_only(redis_url, make_store, clock):
+    client = sync_client(redis_url)
+    store = make_store(redis_url, miss_ttl=5.0)
+    calls = hmget_calls(client)
+
+    for _ in range(50):
+        with pytest.raises(NotFound, match="unknown entity 'ghost'"):
+            await store.get("ghost")
+    assert hmget_calls(client) == calls + 1
+    assert sample(store, "modelfleet_feature_known_missing_total") == 49
+
+    seed(client, "ghost", age=1, score=2, clicks=3)
+    with pytest.raises(NotFound):
+        await store.get("ghost")  # still within the miss TTL
+    clock.advance(5.01)
+    np.testing.assert_array_equal(await store.get("ghost"), np.array([1, 2, 3], dtype=np.float32))
+    assert hmget_calls(client) == calls + 2
