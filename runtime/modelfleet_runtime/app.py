@@ -18,7 +18,7 @@ from starlette.responses import Response
 from . import __version__
 from .errors import RuntimeProblem
 from .feedback_api import FeedbackService, build_feedback_router
-from .http_io import client_gone, json_response, read_token
+from .http_io import ParsingProcess, client_gone, json_response, read_token
 from .metrics import MetricsMiddleware, RuntimeMetrics
 from .model_server import ModelServer
 from .settings import Settings
@@ -32,6 +32,7 @@ def create_app(settings: Settings, server: ModelServer | None = None) -> FastAPI
     server = server or ModelServer(settings, RuntimeMetrics())
     predict_token = read_token(settings.predict_token_file)
     feedback = FeedbackService(settings.feedback_dir, settings.feedback_segment_bytes, server.registry)
+    parsing = ParsingProcess(server.registry)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -41,9 +42,11 @@ def create_app(settings: Settings, server: ModelServer | None = None) -> FastAPI
         finally:
             await server.stop()
             await feedback.aclose()
+            parsing.close()
 
     app = FastAPI(title="ModelFleet runtime", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.server = server
+    app.state.parsing = parsing
     # The routes go straight onto the app: this FastAPI matches an included router's routes twice
     # per request (about a tenth of a small prediction's event-loop time, see bench/README.md).
     for router in (

@@ -3,21 +3,36 @@
 Shared by the protocol modules so that every endpoint bounds its input the
 same way (DESIGN.md section 9): the size is checked before the body is read,
 and JSON is parsed only from a body within the limit.
+
+A large body (`large-body-bytes` and more) is parsed in a process of its own
+(`ParsingProcess`): JSON parsers hold the GIL for a whole body, so a thread
+would still stop the event loop for as long; the other process hands back
+numpy arrays, which cross in one copy. Large bodies are parsed one at a time,
+so the Python objects of at most one of them exist at once. The parsers bound
+nesting themselves (orjson at 1024 levels, pydantic's JSON parser lower); the
+endpoints check row counts before they build arrays.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .errors import ClientGone, InvalidInput, PayloadTooLarge, Unauthorized
+from .errors import ClientGone, InvalidInput, PayloadTooLarge, Unauthorized, Unavailable
+from .inputs import parse_json_object
 
 log = logging.getLogger("modelfleet.http")
 
@@ -60,22 +75,64 @@ def client_gone(request: Request) -> ClientGone:
     return ClientGone("the client closed the connection before sending the whole request body")
 
 
-def parse_json(body: bytes) -> Any:
-    if not body:
-        raise InvalidInput("empty request body: send a JSON object")
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        hint = " (NaN and Infinity are not valid JSON numbers)" if b"NaN" in body or b"Infinity" in body else ""
-        raise InvalidInput(f"malformed JSON: {exc}{hint}") from None
+T = TypeVar("T")
+
+
+class ParsingProcess:
+    """Runs `parse(body)` for large bodies in one child process, in arrival order.
+
+    The child is started on the first large body (spawned: it imports only what the
+    parse function needs, never the model) and started again if it dies; the body
+    that was being parsed then gets a 503. `parse` must be a module-level function
+    (or a functools.partial of one) and return something picklable.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._pool: ProcessPoolExecutor | None = None
+        self.waiting = 0
+        Gauge(
+            "modelfleet_large_bodies_parsing",
+            "Large request bodies queued for or being parsed in the parsing process",
+            registry=registry,
+        ).set_function(lambda: self.waiting)
+        self._parsed = Counter(
+            "modelfleet_large_bodies", "Large request bodies handed to the parsing process", registry=registry
+        )
+
+    async def run(self, parse: Callable[[bytes], T], body: bytes) -> T:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        pool = self._pool
+        self._parsed.inc()
+        self.waiting += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, parse, body)
+        except BrokenProcessPool:
+            log.error("the parsing process died (out of memory?); starting another for the next large body")
+            if self._pool is pool:
+                self._pool = None
+            raise Unavailable("the server could not parse this request body now; retry") from None
+        finally:
+            self.waiting -= 1
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def parsing_process(request: Request) -> ParsingProcess:
+    """The app's ParsingProcess, for bodies of `large-body-bytes` and more.
+
+    Callers compare the size themselves, so that a small body costs no extra await.
+    """
+    parsing = request.app.state.parsing
+    assert isinstance(parsing, ParsingProcess), "create_app puts the ParsingProcess in app.state"
+    return parsing
 
 
 async def read_json_object_and_body(request: Request, limit: int) -> tuple[dict[str, Any], bytes]:
     body = await read_body(request, limit)
-    payload = parse_json(body)
-    if not isinstance(payload, dict):
-        raise InvalidInput(f"the body must be a JSON object, got {type(payload).__name__}")
-    return payload, body
+    return parse_json_object(body), body
 
 
 async def read_json_object(request: Request, limit: int) -> dict[str, Any]:

@@ -50,6 +50,8 @@ class Settings:
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     max_body_bytes: int = 4 * 1024 * 1024
+    # Bodies from this size on are parsed on a thread of their own, off the event loop.
+    large_body_bytes: int = 256 * 1024
     # How long a SIGTERM waits for queued and in-flight requests before giving up.
     drain_timeout_seconds: float = 30.0
     log_level: str = "info"
@@ -82,6 +84,8 @@ class Settings:
             problems.append(f"warmup-iterations must not be negative, got {self.warmup_iterations}")
         if not 0 < self.port < 65536:
             problems.append(f"port must be between 1 and 65535, got {self.port}")
+        if self.large_body_bytes < 1:
+            problems.append(f"large-body-bytes must be at least 1, got {self.large_body_bytes}")
         if self.max_body_bytes < 1024:
             problems.append(f"max-body-bytes must be at least 1024, got {self.max_body_bytes}")
         if self.sha256 and (len(self.sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in self.sha256)):
@@ -125,6 +129,7 @@ _FLAG_HELP: dict[str, str] = {
     "intra_op_threads": "onnxruntime intra-op threads (0: onnxruntime's default)",
     "inter_op_threads": "onnxruntime inter-op threads (0: onnxruntime's default)",
     "max_body_bytes": "largest request body accepted (413 beyond it)",
+    "large_body_bytes": "bodies from this size on are parsed off the event loop, one at a time",
     "drain_timeout_seconds": "on SIGTERM, how long to wait for queued and in-flight requests",
     "log_level": "critical, error, warning, info or debug",
     "predict_token_file": "file with a bearer token required for predictions (off when empty)",

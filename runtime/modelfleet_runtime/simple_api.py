@@ -11,9 +11,10 @@ entity's features from the online store.
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
@@ -21,12 +22,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from .errors import InvalidInput
-from .http_io import VERSION_HEADER, PlainRoute, json_response, read_json_object_and_body, require_bearer
-from .inputs import check_entity_rows, only_numbers, payload_rows, rows_to_array
+from .http_io import (
+    VERSION_HEADER,
+    PlainRoute,
+    json_response,
+    parsing_process,
+    read_body,
+    require_bearer,
+)
+from .inputs import prepend, read_predict_body
 from .model_server import ModelServer
-
-if TYPE_CHECKING:  # imported when a feature store is configured: it brings in redis
-    from .features import FeatureStore
 
 
 def format_rows(outputs: dict[str, np.ndarray], rows: int) -> list[Any]:
@@ -36,18 +41,6 @@ def format_rows(outputs: dict[str, np.ndarray], rows: int) -> list[Any]:
         return out[:, 0].tolist() if out.shape[1] == 1 else out.tolist()
     columns = {name: format_rows({name: array}, rows) for name, array in outputs.items()}
     return [{name: values[i] for name, values in columns.items()} for i in range(rows)]
-
-
-def _entity_store(server: ModelServer, payload: dict[str, Any]) -> FeatureStore | None:
-    """The store to ask for the request's entity, None when it names none; nothing is asked yet."""
-    if "entity_id" not in payload:
-        return None
-    if server.features is None:
-        raise InvalidInput("entity_id was given but this server has no feature store configured")
-    entity_id = payload["entity_id"]
-    if not isinstance(entity_id, str) or not entity_id:
-        raise InvalidInput("entity_id must be a non-empty string")
-    return server.features
 
 
 def build_simple_router(server: ModelServer, predict_token: str | None) -> APIRouter:
@@ -60,29 +53,28 @@ def build_simple_router(server: ModelServer, predict_token: str | None) -> APIRo
     async def predict(request: Request) -> Response:
         started = time.perf_counter()
         require_bearer(request, predict_token)
-        payload, body = await read_json_object_and_body(request, settings.max_body_bytes)
+        body = await read_body(request, settings.max_body_bytes)
         model = server.require_model()
         width = model.input_width
         if width is None:
             raise InvalidInput(f"this model's input is not a feature matrix; use POST /v2/models/{settings.name}/infer")
-        store = _entity_store(server, payload)
-        single, rows = payload_rows(
-            payload,
-            max_rows=settings.max_queue,
-            entity=store is not None,
-            missing="expected 'features' (one row) or 'instances' (a list of rows)",
-        )
-        own_width, prefix = width, None
-        if store is not None:
-            # Row count and widths are known to fit before the store is asked anything.
-            check_entity_rows(rows, store.width, width)
-            own_width = width - store.width
-            prefix = await store.get(payload["entity_id"])
+        store = server.features
         # A model with an input width has exactly one (2-D) input.
-        dtype = model.inputs[0].dtype
-        array = rows_to_array(rows, own_width, dtype, prefix=prefix, numbers_only=only_numbers(body, payload))
-        outputs = await server.infer({model.inputs[0].name: array}, len(rows))
-        predictions = format_rows(outputs, len(rows))
+        read = functools.partial(
+            read_predict_body,
+            width=width,
+            dtype=model.inputs[0].dtype,
+            entity_width=store.width if store is not None else None,
+            max_rows=settings.max_queue,
+        )
+        if len(body) < settings.large_body_bytes:
+            single, array, entity_id = read(body)
+        else:
+            single, array, entity_id = await parsing_process(request).run(read, body)
+        if store is not None and entity_id is not None:
+            array = prepend(await store.get(entity_id), array)
+        outputs = await server.infer({model.inputs[0].name: array}, len(array))
+        predictions = format_rows(outputs, len(array))
         answer: dict[str, Any] = {"prediction": predictions[0]} if single else {"predictions": predictions}
         answer["model_version"] = settings.model_version
         if keep_inputs:

@@ -15,16 +15,23 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
-from pydantic import ValidationError
 from starlette.responses import Response
 
 from . import __version__
 from .errors import InvalidInput, InvalidValue
-from .http_io import VERSION_HEADER, PlainRoute, json_response, read_body, require_bearer
+from .http_io import VERSION_HEADER, PlainRoute, json_response, parsing_process, read_body, require_bearer
 from .inputs import check_entity_tensor, check_row_count
 from .model import OnnxModel, TensorSpec
 from .model_server import ModelServer
-from .v2_messages import InferenceRequest, ModelMetadata, RequestInput, ServerMetadata, TensorMetadata
+from .v2_messages import (
+    InferenceRequest,
+    ModelMetadata,
+    RequestInput,
+    ServerMetadata,
+    TensorMetadata,
+    parse_request,
+    parse_request_with_arrays,
+)
 
 _NUMPY_OF = {
     "FP32": np.float32,
@@ -70,14 +77,6 @@ def _tensor(spec: TensorSpec, given: RequestInput, rows: int | None) -> np.ndarr
     if spec.dtype.kind == "f" and not np.isfinite(converted).all():
         raise InvalidValue(f"input {spec.name!r}: data holds a value that is not a finite {spec.datatype} number")
     return converted
-
-
-def _parse_request(body: bytes) -> InferenceRequest:
-    try:
-        return InferenceRequest.model_validate_json(body)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
-        raise InvalidInput(f"not an Open Inference Protocol request: {problems}") from None
 
 
 def _entity_ids(message: InferenceRequest, model: OnnxModel) -> Any:
@@ -207,7 +206,11 @@ def _add_infer_routes(router: APIRouter, server: ModelServer, predict_token: str
         started = time.perf_counter()
         server.check_target(name, version)
         require_bearer(request, predict_token)
-        message = _parse_request(await read_body(request, settings.max_body_bytes))
+        body = await read_body(request, settings.max_body_bytes)
+        if len(body) < settings.large_body_bytes:
+            message = parse_request(body)
+        else:
+            message = await parsing_process(request).run(parse_request_with_arrays, body)
         model = server.require_model()
         given = {i.name: i for i in message.inputs}
         entity_ids = _entity_ids(message, model)
