@@ -19,6 +19,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -154,12 +155,20 @@ class FeatureStore:
             raise SettingsError("feature-store is empty: entity lookups are off")
         if not settings.feature_fields:
             raise SettingsError("feature-store is set but feature-fields is empty: list the hash fields in model order")
+        password = settings.feature_store_password or None
+        if settings.feature_store_password_file:
+            try:
+                password = Path(settings.feature_store_password_file).read_text().strip()
+            except OSError as exc:
+                raise SettingsError(f"feature-store-password-file: cannot read it: {exc}") from None
+            if not password:
+                raise SettingsError(f"feature-store-password-file {settings.feature_store_password_file} is empty")
         try:
             return cls(
                 settings.feature_store,
                 settings.feature_fields,
                 prefix=settings.feature_prefix,
-                password=settings.feature_store_password or None,
+                password=password,
                 cache_ttl=settings.feature_cache_ttl,
                 cache_size=settings.feature_cache_size,
                 miss_ttl=settings.feature_miss_ttl,

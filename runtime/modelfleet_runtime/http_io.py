@@ -19,6 +19,8 @@ import asyncio
 import hmac
 import logging
 import multiprocessing
+import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -145,22 +147,71 @@ def json_response(content: Any, status: int = 200, headers: dict[str, str] | Non
     )
 
 
-def read_token(path: str) -> str | None:
-    """The token in `path`, or None when no path is configured."""
-    if not path:
-        return None
-    token = Path(path).read_text().strip()
-    if not token:
-        raise ValueError(f"token file {path} is empty")
-    return token
+class TokenFile:
+    """A bearer token kept in a file, read again when the file changes (a rotated Secret).
+
+    The file is looked at (one stat) at most once every `recheck_seconds`. A Secret
+    volume swaps its files atomically, so a change is a new file; should the new file
+    be empty or unreadable, the previous token stays in force and the log says so.
+    """
+
+    def __init__(self, path: str, recheck_seconds: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = path
+        self._recheck = recheck_seconds
+        self._clock = clock
+        self._stamp = self._stat()
+        token = self._read()
+        if token is None:
+            raise ValueError(f"token file {path} is empty or unreadable")
+        self._token = token
+        self._checked = clock()
+
+    @property
+    def token(self) -> str:
+        now = self._clock()
+        if now - self._checked >= self._recheck:
+            self._checked = now
+            self._refresh()
+        return self._token
+
+    def _stat(self) -> tuple[int, int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _read(self) -> str | None:
+        try:
+            return Path(self.path).read_text().strip() or None
+        except OSError:
+            return None
+
+    def _refresh(self) -> None:
+        stamp = self._stat()
+        if stamp == self._stamp:
+            return
+        token = self._read()
+        if token is None:
+            log.warning("token file %s changed but is empty or unreadable; the previous token stays", self.path)
+            return
+        self._stamp = stamp
+        if token != self._token:
+            self._token = token
+            log.info("token file %s changed; the new token is in force", self.path)
 
 
-def require_bearer(request: Request, token: str | None) -> None:
+def read_token(path: str) -> TokenFile | None:
+    """The token file at `path` (read again when it changes), or None when no path is configured."""
+    return TokenFile(path) if path else None
+
+
+def require_bearer(request: Request, token: TokenFile | None) -> None:
     if token is None:
         return
     supplied = request.headers.get("authorization", "")
     scheme, _, value = supplied.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.token.encode()):
         raise Unauthorized("missing or wrong bearer token: send 'Authorization: Bearer <token>'")
 
 

@@ -65,6 +65,8 @@ class Settings:
     # Real-time features (DESIGN.md section 4).
     feature_store: str = ""
     feature_store_password: str = ""
+    # The same password from a file (a mounted Secret), so that it is not in the environment.
+    feature_store_password_file: str = ""
     feature_prefix: str = ""
     feature_fields: tuple[str, ...] = ()
     feature_cache_ttl: float = 300.0
@@ -73,6 +75,12 @@ class Settings:
     feature_miss_ttl: float = 5.0
 
     def __post_init__(self) -> None:
+        problems = self._serving_problems() + self._input_problems()
+        if problems:
+            raise SettingsError("; ".join(problems))
+
+    def _serving_problems(self) -> list[str]:
+        """Batching, queue, warmup and port."""
         problems = []
         if self.max_batch_size < 1:
             problems.append(f"max-batch-size must be at least 1, got {self.max_batch_size}")
@@ -84,6 +92,13 @@ class Settings:
             problems.append(f"warmup-iterations must not be negative, got {self.warmup_iterations}")
         if not 0 < self.port < 65536:
             problems.append(f"port must be between 1 and 65535, got {self.port}")
+        return problems
+
+    def _input_problems(self) -> list[str]:
+        """What the server takes in: the model and its source, request bodies, the feature store's password."""
+        problems = []
+        if self.feature_store_password and self.feature_store_password_file:
+            problems.append("give the feature store password once: feature-store-password or its -file, not both")
         if self.large_body_bytes < 1:
             problems.append(f"large-body-bytes must be at least 1, got {self.large_body_bytes}")
         if self.max_body_bytes < 1024:
@@ -96,8 +111,7 @@ class Settings:
             self.source_policy()
         except ValueError as exc:
             problems.append(str(exc))
-        if problems:
-            raise SettingsError("; ".join(problems))
+        return problems
 
     def source_policy(self) -> SourcePolicy:
         return SourcePolicy.of(
@@ -138,7 +152,8 @@ _FLAG_HELP: dict[str, str] = {
     "feedback_segment_bytes": "size at which this pod's feedback segment file rotates",
     "request_retention_seconds": "how long a prediction's inputs are kept for feedback by request_id",
     "feature_store": "online feature store, redis://HOST:PORT/DB",
-    "feature_store_password": "password of the feature store (prefer the environment variable)",
+    "feature_store_password": "password of the feature store (prefer feature-store-password-file)",
+    "feature_store_password_file": "file holding the password of the feature store (a mounted Secret)",
     "feature_prefix": "key prefix of entity hashes in the feature store",
     "feature_fields": "comma-separated feature fields, in model input order",
     "feature_cache_ttl": "seconds an entity's features stay cached",

@@ -25,6 +25,7 @@ from .errors import InvalidInput
 from .http_io import (
     VERSION_HEADER,
     PlainRoute,
+    TokenFile,
     json_response,
     parsing_process,
     read_body,
@@ -43,7 +44,7 @@ def format_rows(outputs: dict[str, np.ndarray], rows: int) -> list[Any]:
     return [{name: values[i] for name, values in columns.items()} for i in range(rows)]
 
 
-def build_simple_router(server: ModelServer, predict_token: str | None) -> APIRouter:
+def build_simple_router(server: ModelServer, predict_token: TokenFile | None) -> APIRouter:
     router = APIRouter()
     settings = server.settings
     version_headers = {VERSION_HEADER: settings.model_version}

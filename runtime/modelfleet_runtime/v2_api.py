@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from . import __version__
 from .errors import InvalidInput, InvalidValue
-from .http_io import VERSION_HEADER, PlainRoute, json_response, parsing_process, read_body, require_bearer
+from .http_io import VERSION_HEADER, PlainRoute, TokenFile, json_response, parsing_process, read_body, require_bearer
 from .inputs import check_entity_tensor, check_row_count
 from .model import OnnxModel, TensorSpec
 from .model_server import ModelServer
@@ -134,7 +134,7 @@ def _output_tensors(model: OnnxModel, outputs: Mapping[str, np.ndarray], names: 
     ]
 
 
-def build_v2_router(server: ModelServer, predict_token: str | None) -> APIRouter:
+def build_v2_router(server: ModelServer, predict_token: TokenFile | None) -> APIRouter:
     router = APIRouter(prefix="/v2")
     _add_server_routes(router, server)
     _add_model_routes(router, server)
@@ -197,7 +197,7 @@ def _add_model_routes(router: APIRouter, server: ModelServer) -> None:
         return _ready_response(server)
 
 
-def _add_infer_routes(router: APIRouter, server: ModelServer, predict_token: str | None) -> None:
+def _add_infer_routes(router: APIRouter, server: ModelServer, predict_token: TokenFile | None) -> None:
     """Inference by name and by name and version, served by plain routes ahead of the APIRoutes (see PlainRoute)."""
     settings = server.settings
     version_headers = {VERSION_HEADER: settings.model_version}

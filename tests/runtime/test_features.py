@@ -393,3 +393,25 @@ async def test_an_unknown_entity_is_remembered_for_the_miss_ttl_only(redis_url, 
     clock.advance(5.01)
     np.testing.assert_array_equal(await store.get("ghost"), np.array([1, 2, 3], dtype=np.float32))
     assert hmget_calls(client) == calls + 2
+
+
+async def test_password_from_a_file_authenticates_and_never_from_two_places(tmp_path, clock):
+    server = RedisServer(password="s3cret-from-a-Secret")
+    server.start()
+    password = tmp_path / "password"
+    password.write_text("s3cret-from-a-Secret\n")
+    try:
+        seed(sync_client(server.url, password="s3cret-from-a-Secret"), "u1", age=1, score=2, clicks=3)
+        options = {"demo": True, "feature_store": server.url, "feature_prefix": PREFIX, "feature_fields": FIELDS}
+        store = FeatureStore.from_settings(Settings(**options, feature_store_password_file=str(password)), clock=clock)
+        try:
+            np.testing.assert_array_equal(await store.get("u1"), [1, 2, 3])
+        finally:
+            await store.close()
+        with pytest.raises(SettingsError, match="not both"):
+            Settings(**options, feature_store_password="x", feature_store_password_file=str(password))
+        password.write_text("\n")
+        with pytest.raises(SettingsError, match="is empty"):
+            FeatureStore.from_settings(Settings(**options, feature_store_password_file=str(password)))
+    finally:
+        server.close()
