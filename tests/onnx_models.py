@@ -99,3 +99,25 @@ def build_lookup(path: Path) -> Path:
         [table, shape],
     )
     return _save(graph, path)
+
+
+def with_external_weights(path: Path, location: str) -> Path:
+    """Rewrite the model at `path` to keep its weights outside the .onnx file, at `location`.
+
+    `location` is stored as given, and the weights are written where it points from the
+    model's folder, so a test can make a model whose data lies outside its folder.
+    """
+    model = onnx.load(str(path))
+    data = b""
+    for tensor in model.graph.initializer:
+        raw = numpy_helper.to_array(tensor).tobytes()
+        offset, data = len(data), data + raw
+        tensor.ClearField("raw_data")
+        tensor.ClearField("float_data")
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(raw)))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+    (path.parent / location).write_bytes(data)
+    path.write_bytes(model.SerializeToString())
+    return path

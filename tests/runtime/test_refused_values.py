@@ -1,4 +1,5 @@
-"""Values the model refuses: a 422 that names the input, found by bisecting the batch (issue 11, finding 12)."""
+"""What the model refuses: values (a 422 naming the input, found by bisecting the batch; issue 11, finding 12)
+and external data outside its folder (finding 13)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from modelfleet_runtime.batching import Batcher
 from modelfleet_runtime.errors import InvalidValue
 from modelfleet_runtime.model import OnnxModel
 from modelfleet_runtime.settings import Settings
-from onnx_models import TABLE_ROWS, build_lookup
+from onnx_models import TABLE_ROWS, build_lookup, build_mlp, with_external_weights
 
 
 @pytest.fixture
@@ -80,3 +81,17 @@ async def test_a_value_the_model_refuses_is_a_422_naming_the_input(lookup_path: 
         assert "ONNXRuntimeError" not in message and "INVALID_ARGUMENT" not in message
     assert good.json()["predictions"] == [[4.0, 5.0], [6.0, 7.0]]
     assert 'code="500"' not in errors.text
+
+
+async def test_a_model_whose_external_data_lies_outside_its_folder_never_serves(tmp_path: Path) -> None:
+    beside, escaping = tmp_path / "beside", tmp_path / "escaping"
+    beside.mkdir()
+    escaping.mkdir()
+    served = with_external_weights(build_mlp(beside / "m.onnx"), "weights.bin")
+    refused = with_external_weights(build_mlp(escaping / "m.onnx"), "../weights.bin")
+    async with live_server(Settings(model=str(served), warmup_iterations=1)) as live:
+        assert (await live.client.get("/v2/health/ready")).status_code == 200
+    async with live_server(Settings(model=str(refused), warmup_iterations=1)) as live:
+        answer = await live.client.get("/v2/health/ready")
+    assert answer.status_code == 503
+    assert "External data path" in answer.json()["reason"]
