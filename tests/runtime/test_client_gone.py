@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from live_server import Live, live_server, wait_for
 from modelfleet_runtime.settings import Settings
+from tests.support.live_server import Live, live_server
+from tests.support.polling import wait_for
 
 
 def request_counts(metrics_text: str) -> dict[tuple[str, str], float]:

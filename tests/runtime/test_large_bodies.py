@@ -9,9 +9,10 @@ import numpy as np
 import onnxruntime as ort
 import orjson
 
-from live_server import Live, live_server, wait_for
 from modelfleet_runtime.settings import Settings
-from onnx_models import build_mlp
+from tests.support.live_server import Live, live_server
+from tests.support.onnx_models import build_mlp
+from tests.support.polling import wait_for
 
 WIDTH = 512
 JSON = {"content-type": "application/json"}

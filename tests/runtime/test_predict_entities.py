@@ -9,10 +9,10 @@ import numpy as np
 import onnxruntime as ort
 import redis
 
-from live_server import live_server
 from modelfleet_runtime.settings import Settings
-from onnx_models import build_mlp
-from redis_server import RedisServer
+from tests.support.live_server import live_server
+from tests.support.onnx_models import build_mlp
+from tests.support.redis_server import RedisServer
 
 
 def _session_output(path: Path, rows: np.ndarray) -> np.ndarray:

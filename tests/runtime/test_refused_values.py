@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from live_server import live_server, wait_for
 from modelfleet_runtime.batching import Batcher
 from modelfleet_runtime.errors import InvalidValue
 from modelfleet_runtime.model import OnnxModel
 from modelfleet_runtime.settings import Settings
-from onnx_models import TABLE_ROWS, build_lookup, build_mlp, with_external_weights
+from tests.support.live_server import live_server
+from tests.support.onnx_models import TABLE_ROWS, build_lookup, build_mlp, with_external_weights
+from tests.support.polling import wait_for
 
 
 @pytest.fixture

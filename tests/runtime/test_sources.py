@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from live_server import live_server
 from modelfleet_runtime.errors import ModelLoadError
 from modelfleet_runtime.settings import Settings
 from modelfleet_runtime.sources import SourcePolicy, fetch_model, redirect_target, resolve_local
-from onnx_models import build_mlp
+from tests.support.live_server import live_server
+from tests.support.onnx_models import build_mlp
 
 LOOPBACK = ("127.0.0.0/8",)
 CAP = 64 * 1024

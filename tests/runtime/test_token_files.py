@@ -7,8 +7,9 @@ from pathlib import Path
 
 import httpx
 
-from live_server import live_server, wait_for
 from modelfleet_runtime.settings import Settings
+from tests.support.live_server import live_server
+from tests.support.polling import wait_for
 
 
 def rotate(mount: Path, token: str, generation: int) -> None:
