@@ -17,13 +17,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from . import __version__
 from .api_schema import DOCUMENTED_MODELS, PredictRequest, PredictResponse, error_responses, request_body
 from .errors import RuntimeProblem
 from .feedback_api import FeedbackService, build_feedback_router
-from .http_io import json_response, read_token
+from .http_io import ParsingProcess, client_gone, json_response, read_token
 from .metrics import MetricsMiddleware, RuntimeMetrics
 from .model_server import ModelServer
 from .settings import Settings
@@ -124,6 +125,7 @@ def create_app(settings: Settings, server: ModelServer | None = None) -> FastAPI
     server = server or ModelServer(settings, RuntimeMetrics())
     predict_token = read_token(settings.predict_token_file)
     feedback = FeedbackService(settings.feedback_dir, settings.feedback_segment_bytes, server.registry)
+    parsing = ParsingProcess(server.registry)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -142,6 +144,7 @@ def create_app(settings: Settings, server: ModelServer | None = None) -> FastAPI
                 await grpc_server.stop()
             await server.stop()
             await feedback.aclose()
+            parsing.close()
 
     app = FastAPI(
         title="ModelFleet runtime",
@@ -153,6 +156,7 @@ def create_app(settings: Settings, server: ModelServer | None = None) -> FastAPI
         redoc_url=None,
     )
     app.state.server = server
+    app.state.parsing = parsing
     # The routes go straight onto the app: this FastAPI matches an included router's routes twice
     # per request (about a tenth of a small prediction's event-loop time, see bench/README.md).
     for router in (
@@ -171,6 +175,12 @@ def create_app(settings: Settings, server: ModelServer | None = None) -> FastAPI
     @app.exception_handler(HTTPException)
     async def framework(request: Request, exc: HTTPException) -> Response:
         return _framework_error(request, exc)
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, _: ClientDisconnect) -> Response:
+        # A body read outside http_io.read_body (FastAPI's own parameter parsing) can meet it too.
+        problem = client_gone(request)
+        return json_response({"error": problem.message}, status=problem.status)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> Response:

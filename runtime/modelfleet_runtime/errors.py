@@ -38,6 +38,16 @@ class PayloadTooLarge(RuntimeProblem):
     status = 413
 
 
+class ClientGone(RuntimeProblem):
+    """The client closed the connection before its request was read whole: nginx's 499.
+
+    Nobody receives the answer; the status is for the metrics, where it must not count
+    as a server error (a canary's error budget counts 5xx).
+    """
+
+    status = 499
+
+
 class InvalidValue(RuntimeProblem):
     """The structure is right but a value is not usable: non-numeric, NaN, infinite."""
 

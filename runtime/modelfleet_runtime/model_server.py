@@ -89,7 +89,9 @@ class ModelServer:
             except OSError:
                 folder = Path(tempfile.gettempdir())
             return write_demo_model(folder / "demo-model.onnx")
-        return fetch_model(s.model, sha256=s.sha256, model_root=s.model_root, cache_dir=s.cache_dir)
+        return fetch_model(
+            s.model, sha256=s.sha256, model_root=s.model_root, cache_dir=s.cache_dir, policy=s.source_policy()
+        )
 
     def _load_sync(self) -> OnnxModel:
         s = self.settings

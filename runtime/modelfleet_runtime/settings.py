@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .sources import DEFAULT_MAX_BYTES, DEFAULT_SCHEMES, DEFAULT_TIMEOUT_SECONDS, SourcePolicy
+
 ENV_PREFIX = "MODELFLEET_"
 
 
@@ -42,9 +44,18 @@ class Settings:
     model_root: str = "/mnt/models"
     # Downloads of http(s):// sources land here (a writable emptyDir in the pod).
     cache_dir: str = ""
+    # What a model source may be (DESIGN.md section 9); a plain path counts as file.
+    allowed_uri_schemes: tuple[str, ...] = DEFAULT_SCHEMES
+    # Networks that are not public (loopback, link-local, private) which downloads may still reach.
+    download_allowed_networks: tuple[str, ...] = ()
+    max_model_bytes: int = DEFAULT_MAX_BYTES
+    # One deadline for the whole download (resolve, connect, redirects, every read).
+    download_timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     max_body_bytes: int = 4 * 1024 * 1024
+    # Bodies from this size on are parsed on a thread of their own, off the event loop.
+    large_body_bytes: int = 256 * 1024
     # How long a SIGTERM waits for queued and in-flight requests before giving up.
     drain_timeout_seconds: float = 30.0
     log_level: str = "info"
@@ -58,12 +69,22 @@ class Settings:
     # Real-time features (DESIGN.md section 4).
     feature_store: str = ""
     feature_store_password: str = ""
+    # The same password from a file (a mounted Secret), so that it is not in the environment.
+    feature_store_password_file: str = ""
     feature_prefix: str = ""
     feature_fields: tuple[str, ...] = ()
     feature_cache_ttl: float = 300.0
     feature_cache_size: int = 10000
+    # How long an entity the store did not have is answered 404 without asking again.
+    feature_miss_ttl: float = 5.0
 
     def __post_init__(self) -> None:
+        problems = self._serving_problems() + self._input_problems()
+        if problems:
+            raise SettingsError("; ".join(problems))
+
+    def _serving_problems(self) -> list[str]:
+        """Batching, queue, warmup and port."""
         problems = []
         if self.max_batch_size < 1:
             problems.append(f"max-batch-size must be at least 1, got {self.max_batch_size}")
@@ -79,14 +100,34 @@ class Settings:
             problems.append(f"port must be between 1 and 65535, got {self.port}")
         if not 0 <= self.grpc_port < 65536:
             problems.append(f"grpc-port must be between 1 and 65535, or 0 for no gRPC, got {self.grpc_port}")
+        return problems
+
+    def _input_problems(self) -> list[str]:
+        """What the server takes in: the model and its source, request bodies, the feature store's password."""
+        problems = []
+        if self.feature_store_password and self.feature_store_password_file:
+            problems.append("give the feature store password once: feature-store-password or its -file, not both")
+        if self.large_body_bytes < 1:
+            problems.append(f"large-body-bytes must be at least 1, got {self.large_body_bytes}")
         if self.max_body_bytes < 1024:
             problems.append(f"max-body-bytes must be at least 1024, got {self.max_body_bytes}")
         if self.sha256 and (len(self.sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in self.sha256)):
             problems.append("sha256 must be 64 hexadecimal characters")
         if not self.model and not self.demo:
             problems.append("no model: pass --model URI (or MODELFLEET_MODEL), or --demo")
-        if problems:
-            raise SettingsError("; ".join(problems))
+        try:
+            self.source_policy()
+        except ValueError as exc:
+            problems.append(str(exc))
+        return problems
+
+    def source_policy(self) -> SourcePolicy:
+        return SourcePolicy.of(
+            self.allowed_uri_schemes,
+            self.download_allowed_networks,
+            self.max_model_bytes,
+            self.download_timeout_seconds,
+        )
 
 
 _FLAG_HELP: dict[str, str] = {
@@ -106,9 +147,14 @@ _FLAG_HELP: dict[str, str] = {
     "warmup_iterations": "inferences run before the server reports ready",
     "model_root": "folder where pvc:// and configmap:// sources are mounted",
     "cache_dir": "folder for downloaded models (default: a per-user cache folder)",
+    "allowed_uri_schemes": "comma-separated model source schemes allowed (file covers plain paths)",
+    "download_allowed_networks": "comma-separated CIDRs that downloads may reach although not public (e.g. 10.0.0.0/8)",
+    "max_model_bytes": "largest model a download may bring (refused past it)",
+    "download_timeout_seconds": "deadline of a whole model download",
     "intra_op_threads": "onnxruntime intra-op threads (0: onnxruntime's default)",
     "inter_op_threads": "onnxruntime inter-op threads (0: onnxruntime's default)",
     "max_body_bytes": "largest request body accepted (413 beyond it)",
+    "large_body_bytes": "bodies from this size on are parsed off the event loop, one at a time",
     "drain_timeout_seconds": "on SIGTERM, how long to wait for queued and in-flight requests",
     "log_level": "critical, error, warning, info or debug",
     "predict_token_file": "file with a bearer token required for predictions (off when empty)",
@@ -117,11 +163,13 @@ _FLAG_HELP: dict[str, str] = {
     "feedback_segment_bytes": "size at which this pod's feedback segment file rotates",
     "request_retention_seconds": "how long a prediction's inputs are kept for feedback by request_id",
     "feature_store": "online feature store, redis://HOST:PORT/DB",
-    "feature_store_password": "password of the feature store (prefer the environment variable)",
+    "feature_store_password": "password of the feature store (prefer feature-store-password-file)",
+    "feature_store_password_file": "file holding the password of the feature store (a mounted Secret)",
     "feature_prefix": "key prefix of entity hashes in the feature store",
     "feature_fields": "comma-separated feature fields, in model input order",
     "feature_cache_ttl": "seconds an entity's features stay cached",
     "feature_cache_size": "most entities kept in the feature cache",
+    "feature_miss_ttl": "seconds an entity the store does not have is answered 404 without asking again",
 }
 
 

@@ -11,6 +11,7 @@ entity's features from the online store.
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from typing import Any
@@ -21,8 +22,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from .errors import InvalidInput
-from .http_io import VERSION_HEADER, PlainRoute, json_response, read_json_object_and_body, require_bearer
-from .inputs import check_entity_widths, only_numbers, payload_rows, rows_to_array
+from .http_io import (
+    VERSION_HEADER,
+    PlainRoute,
+    TokenFile,
+    json_response,
+    parsing_process,
+    read_body,
+    require_bearer,
+)
+from .inputs import prepend, read_predict_body
 from .model_server import ModelServer
 
 
@@ -35,15 +44,7 @@ def format_rows(outputs: dict[str, np.ndarray], rows: int) -> list[Any]:
     return [{name: values[i] for name, values in columns.items()} for i in range(rows)]
 
 
-async def _entity_features(server: ModelServer, entity_id: Any) -> np.ndarray:
-    if server.features is None:
-        raise InvalidInput("entity_id was given but this server has no feature store configured")
-    if not isinstance(entity_id, str) or not entity_id:
-        raise InvalidInput("entity_id must be a non-empty string")
-    return await server.features.get(entity_id)
-
-
-def build_simple_router(server: ModelServer, predict_token: str | None) -> APIRouter:
+def build_simple_router(server: ModelServer, predict_token: TokenFile | None) -> APIRouter:
     router = APIRouter()
     settings = server.settings
     version_headers = {VERSION_HEADER: settings.model_version}
@@ -53,27 +54,28 @@ def build_simple_router(server: ModelServer, predict_token: str | None) -> APIRo
     async def predict(request: Request) -> Response:
         started = time.perf_counter()
         require_bearer(request, predict_token)
-        payload, body = await read_json_object_and_body(request, settings.max_body_bytes)
+        body = await read_body(request, settings.max_body_bytes)
         model = server.require_model()
         width = model.input_width
         if width is None:
             raise InvalidInput(f"this model's input is not a feature matrix; use POST /v2/models/{settings.name}/infer")
-        prefix = await _entity_features(server, payload["entity_id"]) if "entity_id" in payload else None
-        single, rows = payload_rows(
-            payload,
-            max_rows=settings.max_queue,
-            entity=prefix is not None,
-            missing="expected 'features' (one row) or 'instances' (a list of rows)",
-        )
-        own_width = width
-        if prefix is not None:
-            check_entity_widths(rows, prefix, width)
-            own_width = width - prefix.shape[-1]
+        store = server.features
         # A model with an input width has exactly one (2-D) input.
-        dtype = model.inputs[0].dtype
-        array = rows_to_array(rows, own_width, dtype, prefix=prefix, numbers_only=only_numbers(body, payload))
-        outputs = await server.infer({model.inputs[0].name: array}, len(rows))
-        predictions = format_rows(outputs, len(rows))
+        read = functools.partial(
+            read_predict_body,
+            width=width,
+            dtype=model.inputs[0].dtype,
+            entity_width=store.width if store is not None else None,
+            max_rows=settings.max_queue,
+        )
+        if len(body) < settings.large_body_bytes:
+            single, array, entity_id = read(body)
+        else:
+            single, array, entity_id = await parsing_process(request).run(read, body)
+        if store is not None and entity_id is not None:
+            array = prepend(await store.get(entity_id), array)
+        outputs = await server.infer({model.inputs[0].name: array}, len(array))
+        predictions = format_rows(outputs, len(array))
         answer: dict[str, Any] = {"prediction": predictions[0]} if single else {"predictions": predictions}
         answer["model_version"] = settings.model_version
         if keep_inputs:

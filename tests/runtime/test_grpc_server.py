@@ -20,6 +20,7 @@ import pytest
 from modelfleet_runtime.grpc_api import GrpcServer
 from modelfleet_runtime.grpc_predict_v2 import grpc_predict_v2_pb2 as pb
 from modelfleet_runtime.grpc_predict_v2 import grpc_predict_v2_pb2_grpc as pb_grpc
+from modelfleet_runtime.http_io import TokenFile
 from modelfleet_runtime.settings import Settings
 from tests.support.live_server import Live, live_server
 from tests.support.paths import REPO
@@ -30,7 +31,11 @@ from tests.support.protocol_models import build_every_datatype, build_labels, bu
 async def grpc_stub(path: Path, token: str | None = None, **overrides: Any) -> AsyncIterator[tuple[Any, Live]]:
     settings = Settings(model=str(path), name="m", model_version="4", warmup_iterations=1, **overrides)
     async with live_server(settings) as live:
-        server = GrpcServer(live.server, token, "127.0.0.1", 0)
+        token_file = None
+        if token is not None:
+            (path.parent / "predict-token").write_text(token)
+            token_file = TokenFile(str(path.parent / "predict-token"))
+        server = GrpcServer(live.server, token_file, "127.0.0.1", 0)
         port = await server.start()
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:

@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
-import hashlib
-import http.server
 import signal
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from modelfleet_runtime.errors import ModelLoadError
 from modelfleet_runtime.settings import Settings, SettingsError, parse_serve_args
-from modelfleet_runtime.sources import fetch_model, resolve_local
+from modelfleet_runtime.sources import resolve_local
 from tests.support.live_server import live_server
 from tests.support.onnx_models import build_mlp
 from tests.support.polling import wait_for
@@ -72,35 +66,6 @@ def test_mounted_sources_resolve_under_the_model_root() -> None:
         resolve_local("pvc://claim/../etc/passwd", "/mnt/models")
     with pytest.raises(ModelLoadError, match="unsupported scheme 's3'"):
         resolve_local("s3://bucket/m.onnx", "/mnt/models")
-
-
-@contextlib.contextmanager
-def http_file_server(folder: Path) -> Iterator[str]:
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def test_http_sources_are_downloaded_once_and_verified(tmp_path: Path) -> None:
-    served = tmp_path / "served"
-    served.mkdir()
-    model = build_mlp(served / "model.onnx")
-    digest = hashlib.sha256(model.read_bytes()).hexdigest()
-    with http_file_server(served) as base:
-        local = fetch_model(f"{base}/model.onnx", sha256=digest, cache_dir=str(tmp_path / "cache"))
-        assert local.read_bytes() == model.read_bytes()
-        with pytest.raises(ModelLoadError, match="sha256 mismatch"):
-            fetch_model(f"{base}/model.onnx", sha256="f" * 64, cache_dir=str(tmp_path / "cache"))
-        with pytest.raises(ModelLoadError, match="could not download"):
-            fetch_model(f"{base}/missing.onnx", cache_dir=str(tmp_path / "cache"))
-    # The cached copy serves a restart even when the origin is gone.
-    assert fetch_model(f"{base}/model.onnx", sha256=digest, cache_dir=str(tmp_path / "cache")) == local
 
 
 async def test_pvc_source_is_served_from_its_mount(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from modelfleet_runtime.feedback import FeedbackVolume, FeedbackWriter, Sample
 from modelfleet_runtime.training import job, task
 from modelfleet_runtime.training.graph import Network
-from tests.support.onnx_models import build_mlp, save_model
+from tests.support.onnx_models import build_mlp, save_model, with_external_weights
 
 
 def logistic_model(path: Path, w: np.ndarray, b: float) -> Path:
@@ -301,3 +301,23 @@ def test_backpropagation_matches_finite_differences_for_every_supported_operator
             lowered[name][index] -= 1e-6
             numeric[index] = (loss(bumped) - loss(lowered)) / 2e-6
         assert np.allclose(grads[name], numeric, atol=1e-6), name
+
+
+async def test_a_base_model_s_external_data_is_read_from_its_own_folder_and_never_from_outside(
+    tmp_path: Path,
+) -> None:
+    x, y = binary_data(np.random.default_rng(5), 200, W_B, B_B)
+    await put(tmp_path / "volume", x, y.tolist())
+    beside = tmp_path / "beside"
+    beside.mkdir()
+    # The working directory (the repository) holds no weights.bin: only the model's folder does.
+    inside = with_external_weights(logistic_model(beside / "parent.onnx", W_A, B_A), "weights.bin")
+    code, result = run_trainer(inside, tmp_path / "volume", tmp_path / "out")
+    assert code == 0 and result["ok"] is True, result
+
+    escaping = tmp_path / "escaping"
+    escaping.mkdir()
+    outside = with_external_weights(logistic_model(escaping / "parent.onnx", W_A, B_A), "../outside.bin")
+    code, result = run_trainer(outside, tmp_path / "volume", tmp_path / "out-2")
+    assert code != 0 and result["ok"] is False
+    assert "'../outside.bin', outside the model's folder" in result["error"]

@@ -35,6 +35,8 @@ import numpy as np
 import onnx
 
 from ..durable import atomic_write
+from ..errors import ModelLoadError
+from ..external_data import load_model
 from ..feedback import FeedbackVolume
 from ..sources import fetch_model, sha256_of
 from .errors import NotEnoughSamples, TrainingError
@@ -119,12 +121,12 @@ def run(options: Options) -> dict[str, Any]:
     """Train, write model.onnx and metrics.json, then commit consumption; returns the metrics."""
     started = time.time()
     base_path = _resolve_base(options)
-    base_bytes = base_path.read_bytes()
-    base_sha = hashlib.sha256(base_bytes).hexdigest()
+    base_sha = sha256_of(base_path)
     try:
-        base = onnx.load_from_string(base_bytes)
-    except Exception as exc:
-        raise TrainingError(f"base model {options.base_model} is not an ONNX model: {exc}") from exc
+        # External data from the base model's folder, never from the working directory.
+        base = load_model(base_path)
+    except ModelLoadError as exc:
+        raise TrainingError(f"base model {options.base_model}: {exc}") from exc
     net = Network(base)
     volume = FeedbackVolume(options.samples)
     if not options.samples.is_dir():
