@@ -30,7 +30,7 @@ log = logging.getLogger("modelfleet.app")
 def create_app(settings: Settings, server: ModelServer | None = None) -> FastAPI:
     server = server or ModelServer(settings, RuntimeMetrics())
     predict_token = read_token(settings.predict_token_file)
-    feedback = FeedbackService(settings.feedback_dir, settings.feedback_segment_bytes, server.registry)
+    feedback = FeedbackService(server, server.registry)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -12,7 +12,6 @@ entity's features from the online store.
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
 import numpy as np
@@ -47,7 +46,6 @@ def build_simple_router(server: ModelServer, predict_token: str | None) -> APIRo
     router = APIRouter()
     settings = server.settings
     version_headers = {VERSION_HEADER: settings.model_version}
-    keep_inputs = bool(settings.feedback_dir)
 
     @router.post("/predict")
     async def predict(request: Request) -> Response:
@@ -72,13 +70,13 @@ def build_simple_router(server: ModelServer, predict_token: str | None) -> APIRo
         # A model with an input width has exactly one (2-D) input.
         dtype = model.inputs[0].dtype
         array = rows_to_array(rows, own_width, dtype, prefix=prefix, numbers_only=only_numbers(body, payload))
-        outputs = await server.infer({model.inputs[0].name: array}, len(rows))
+        feeds = {model.inputs[0].name: array}
+        outputs = await server.infer(feeds, len(rows))
         predictions = format_rows(outputs, len(rows))
         answer: dict[str, Any] = {"prediction": predictions[0]} if single else {"predictions": predictions}
         answer["model_version"] = settings.model_version
-        if keep_inputs:
-            request_id = uuid.uuid4().hex
-            server.recent_inputs[request_id] = array
+        # The prediction log (--feedback-dir): queued for a background write, never waited for.
+        if server.prediction_log is not None and (request_id := server.prediction_log.record(feeds, outputs)):
             answer["request_id"] = request_id
         answer["latency_ms"] = round((time.perf_counter() - started) * 1000.0, 3)
         return json_response(answer, headers=version_headers)

@@ -223,7 +223,11 @@ def _add_infer_routes(router: APIRouter, server: ModelServer, predict_token: str
         }
         if message.id is not None:
             answer["id"] = message.id
-        answer["parameters"] = {"latency_ms": round((time.perf_counter() - started) * 1000.0, 3)}
+        parameters: dict[str, Any] = {"latency_ms": round((time.perf_counter() - started) * 1000.0, 3)}
+        # The prediction log (--feedback-dir): queued for a background write, never waited for.
+        if server.prediction_log is not None and (request_id := server.prediction_log.record(feeds, outputs)):
+            parameters["request_id"] = request_id
+        answer["parameters"] = parameters
         return json_response(answer, headers=version_headers)
 
     @router.post("/models/{name}/infer")
