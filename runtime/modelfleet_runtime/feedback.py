@@ -222,6 +222,11 @@ class LabelWriter:
         """The id of the segment this writer appends to now."""
         return self._appender.name.id if self._appender.name else None
 
+    @property
+    def waiting(self) -> int:
+        """Appends waiting for the next group commit (the current one, if any, not counted)."""
+        return len(self._pending)
+
     async def append(self, labels: Sequence[Label], *, admit: Callable[[int], None] | None = None) -> list[bool]:
         """Return once every label is written, fsync'd and claimed; raise OSError otherwise.
 

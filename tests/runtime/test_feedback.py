@@ -25,6 +25,7 @@ from modelfleet_runtime.feedback import (
 )
 from modelfleet_runtime.prediction_log import PredictionIndex, PredictionLog, request_id
 from modelfleet_runtime.segments import OPEN_SUFFIX, SEALED_SUFFIX, new_writer_id
+from tests.support.polling import wait_for
 
 PREDICTOR = "00000000000000aa"
 
@@ -93,7 +94,7 @@ async def test_concurrent_appends_share_one_write_and_fsync(tmp_path: Path, monk
     assert await asyncio.to_thread(entered.wait, 10)
     # While the first group is in fsync, twenty more appends arrive: they form the next group.
     rest = [asyncio.create_task(writer.append([sample(i)])) for i in range(1, 21)]
-    await asyncio.sleep(0)
+    await wait_for(lambda: writer.waiting == 20, timeout=30)
     assert not any(t.done() for t in rest)
     release.set()
     await asyncio.gather(first, *rest)

@@ -11,8 +11,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-from tests.support.polling import wait_for
 
 from modelfleet_runtime.app import create_app
 from modelfleet_runtime.feedback import FeedbackVolume, Layout
@@ -21,6 +19,8 @@ from modelfleet_runtime.prediction_log import iter_predictions
 from modelfleet_runtime.settings import Settings
 from modelfleet_runtime.training import job
 from modelfleet_runtime.training.join import join
+from tests.support.onnx_models import build_logistic
+from tests.support.polling import wait_for
 
 DAY = 86400.0
 
@@ -33,21 +33,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def sigmoid_model(path: Path, width: int = 4) -> Path:
-    w = np.linspace(-1, 1, width, dtype=np.float32).reshape(width, 1)
-    graph = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "w", "b"], ["logit"]), helper.make_node("Sigmoid", ["logit"], ["p"])],
-        "logistic",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
-        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["batch", 1])],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(1, np.float32), "b")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path.write_bytes(model.SerializeToString())
-    return path
 
 
 def settings_for(model: Path, volume: Path | None, **overrides: Any) -> Settings:
@@ -199,7 +184,7 @@ async def test_bad_feedback_is_refused_with_a_reason_and_nothing_is_stored(
 async def test_a_label_for_a_sigmoid_model_is_a_probability(
     tmp_path: Path, volume: Path, label: Any, status: int, says: str
 ) -> None:
-    async with serve(settings_for(sigmoid_model(tmp_path / "p.onnx"), volume)) as (client, _):
+    async with serve(settings_for(build_logistic(tmp_path / "p.onnx", np.linspace(-1, 1, 4)), volume)) as (client, _):
         rid = (await client.post("/predict", json={"features": [1, 2, 3, 4]})).json()["request_id"]
         r = await client.post("/feedback", json={"request_id": rid, "label": label})
         assert r.status_code == status, r.text

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from tests.support.polling import wait_until
 
 from modelfleet_runtime import claims
 from modelfleet_runtime.feedback import Layout
@@ -25,6 +24,7 @@ from modelfleet_runtime.prediction_log import (
 )
 from modelfleet_runtime.retention import Retention, sweep
 from modelfleet_runtime.segments import OPEN_SUFFIX, SEALED_SUFFIX
+from tests.support.polling import wait_until
 
 WRITER = "0123456789abcdef"
 

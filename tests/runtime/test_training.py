@@ -11,7 +11,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from tests.support.polling import wait_until
 
 from modelfleet_runtime.feedback import FeedbackVolume, Label, LabelWriter, Layout
 from modelfleet_runtime.prediction_log import PredictionIndex, PredictionLog, request_id
@@ -19,29 +18,8 @@ from modelfleet_runtime.retention import Retention, sweep
 from modelfleet_runtime.segments import new_writer_id
 from modelfleet_runtime.training import job, task
 from modelfleet_runtime.training.graph import Network
-from onnx_models import build_mlp
-
-
-def save(graph: onnx.GraphProto, path: Path) -> Path:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
-
-
-def logistic_model(path: Path, w: np.ndarray, b: float) -> Path:
-    graph = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "w", "b"], ["logit"]), helper.make_node("Sigmoid", ["logit"], ["p"])],
-        "logistic",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", len(w)])],
-        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["batch", 1])],
-        [
-            numpy_helper.from_array(w.reshape(-1, 1).astype(np.float32), "w"),
-            numpy_helper.from_array(np.array([b], np.float32), "b"),
-        ],
-    )
-    return save(graph, path)
+from tests.support.onnx_models import build_logistic, build_mlp, save_model
+from tests.support.polling import wait_until
 
 
 def linear_model(path: Path, w: np.ndarray, b: float) -> Path:
@@ -55,7 +33,7 @@ def linear_model(path: Path, w: np.ndarray, b: float) -> Path:
             numpy_helper.from_array(np.array([b], np.float32), "b"),
         ],
     )
-    return save(graph, path)
+    return save_model(graph, path)
 
 
 def predict(path: Path, x: np.ndarray) -> np.ndarray:
@@ -105,7 +83,7 @@ def binary_data(rng: np.random.Generator, n: int, w: np.ndarray, b: float) -> tu
 
 async def test_logistic_regression_child_beats_parent_on_the_shifted_distribution(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    parent = logistic_model(tmp_path / "parent.onnx", W_A, B_A)
+    parent = build_logistic(tmp_path / "parent.onnx", W_A, B_A)
     x, y = binary_data(rng, 600, W_B, B_B)
     await put(tmp_path / "volume", x, y.tolist())
 
@@ -206,7 +184,7 @@ async def test_a_graph_with_an_unsupported_operator_fails_naming_it_and_consumes
             numpy_helper.from_array(np.zeros(1, np.float32), "b"),
         ],
     )
-    base = save(graph, tmp_path / "tanh.onnx")
+    base = save_model(graph, tmp_path / "tanh.onnx")
     x = np.random.default_rng(3).normal(size=(50, 4))
     await put(tmp_path / "volume", x, [0.5] * 50)
     code, result = run_trainer(base, tmp_path / "volume", tmp_path / "out")
@@ -221,7 +199,7 @@ async def test_a_trainer_killed_before_its_commit_consumes_nothing_and_the_retry
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rng = np.random.default_rng(4)
-    parent = logistic_model(tmp_path / "parent.onnx", W_A, B_A)
+    parent = build_logistic(tmp_path / "parent.onnx", W_A, B_A)
     x, y = binary_data(rng, 200, W_B, B_B)
     await put(tmp_path / "volume", x, y.tolist())
 
@@ -249,7 +227,7 @@ async def test_a_retried_job_that_already_committed_reports_its_result_instead_o
     tmp_path: Path,
 ) -> None:
     rng = np.random.default_rng(5)
-    parent = logistic_model(tmp_path / "parent.onnx", W_A, B_A)
+    parent = build_logistic(tmp_path / "parent.onnx", W_A, B_A)
     x, y = binary_data(rng, 100, W_B, B_B)
     await put(tmp_path / "volume", x, y.tolist())
     code, first = run_trainer(parent, tmp_path / "volume", tmp_path / "out", "--epochs", "2", "--run-id", "job-7")
@@ -264,7 +242,7 @@ async def test_a_retried_job_that_already_committed_reports_its_result_instead_o
 
 async def test_samples_that_do_not_fit_the_model_are_skipped_counted_and_consumed(tmp_path: Path) -> None:
     rng = np.random.default_rng(6)
-    parent = logistic_model(tmp_path / "parent.onnx", W_A, B_A)
+    parent = build_logistic(tmp_path / "parent.onnx", W_A, B_A)
     x, y = binary_data(rng, 40, W_B, B_B)
     await put(tmp_path / "volume", x, y.tolist())
     await put(tmp_path / "volume", np.zeros((3, 5)), [1, 0, 1])  # from an older model with 5 features
@@ -299,7 +277,7 @@ def test_backpropagation_matches_finite_differences_for_every_supported_operator
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
         [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()],
     )
-    net = Network(onnx.load(str(save(graph, tmp_path / "all.onnx"))))
+    net = Network(onnx.load(str(save_model(graph, tmp_path / "all.onnx"))))
     assert net.task == "multiclass"
     x, y = rng.normal(size=(8, 4)), np.eye(3)[rng.integers(0, 3, 8)]
     params = net.params()
@@ -323,7 +301,7 @@ def test_backpropagation_matches_finite_differences_for_every_supported_operator
 
 async def test_labels_by_request_id_join_the_logged_inputs_and_each_class_is_counted(tmp_path: Path) -> None:
     rng = np.random.default_rng(8)
-    parent = logistic_model(tmp_path / "parent.onnx", W_A, B_A)
+    parent = build_logistic(tmp_path / "parent.onnx", W_A, B_A)
     layout = Layout(tmp_path / "volume")
     x, y = binary_data(rng, 120, W_B, B_B)
     clock = [1_700_000_000.0]
