@@ -111,8 +111,7 @@ def _layout(entry: Entry) -> tuple[Any, ...]:
     return tuple((name, a.dtype.str, a.shape[1:]) for part in (entry[2], entry[3]) for name, a in part.items())
 
 
-def _tensor_bytes(name: str, arrays: list[np.ndarray]) -> list[bytes | memoryview]:
-    joined = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+def _tensor_bytes(name: str, joined: np.ndarray) -> list[bytes | memoryview]:
     data: bytes | memoryview
     if joined.dtype.kind in "biuf":
         dtype, shape = joined.dtype.str, joined.shape
@@ -132,20 +131,36 @@ def _tensor_bytes(name: str, arrays: list[np.ndarray]) -> list[bytes | memoryvie
     return [head, data]
 
 
+def _joined(entries: list[Entry], outputs: bool, name: str) -> tuple[np.ndarray, list[int]]:
+    """The input (or output) `name` of every entry, concatenated, and each entry's rows of it."""
+    arrays = [e[3][name] for e in entries] if outputs else [e[2][name] for e in entries]
+    rows = [a.shape[0] for a in arrays]
+    joined = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+    if joined.dtype != arrays[0].dtype or joined.dtype != arrays[-1].dtype:
+        raise ValueError(f"tensor {name!r} changes dtype within a group")
+    return joined, rows
+
+
 def encode_block(entries: list[Entry]) -> bytes:
-    """One block of consecutive predictions that share a layout (see `_layout`)."""
-    ts = np.fromiter((e[1] for e in entries), dtype="<f8", count=len(entries))
-    rows = np.fromiter((next(iter(e[2].values())).shape[0] for e in entries), dtype="<u4", count=len(entries))
+    """One block of consecutive predictions; ValueError when their tensors do not agree in row shape.
+
+    Within one model they always agree but for outputs with a free dimension (see `_groups`).
+    """
     inputs, outputs = entries[0][2], entries[0][3]
+    tensors = [(name, *_joined(entries, False, name)) for name in inputs] + [
+        (name, *_joined(entries, True, name)) for name in outputs
+    ]
+    rows = tensors[0][2]
+    if any(t[2] != rows for t in tensors[1:]):
+        raise ValueError("the tensors of a prediction differ in rows")
+    ts = np.array([e[1] for e in entries], dtype="<f8")
     parts: list[bytes | memoryview] = [
         BLOCK_HEAD.pack(entries[0][0], len(entries), len(inputs), len(outputs), float(ts.min()), float(ts.max())),
         ts.tobytes(),
-        rows.tobytes(),
+        np.array(rows, dtype="<u4").tobytes(),
     ]
-    for name in inputs:
-        parts += _tensor_bytes(name, [e[2][name] for e in entries])
-    for name in outputs:
-        parts += _tensor_bytes(name, [e[3][name] for e in entries])
+    for name, joined, _ in tensors:
+        parts += _tensor_bytes(name, joined)
     return b"".join(parts)
 
 
@@ -373,8 +388,7 @@ class PredictionLog:
         entries = self._take()
         size = sum(e[4] for e in entries)
         try:
-            blocks = [frame(BLOCK_MAGIC, encode_block(group)) for group in _groups(entries)]
-            data = b"".join(blocks)
+            data = _encode(entries)
             now = self._clock()
             if self._appender.name is not None and now - self._appender.opened_at > self.max_segment_age:
                 self._appender.seal()
@@ -432,6 +446,14 @@ class _LogMetrics(Collector):
         yield GaugeMetricFamily(
             "modelfleet_prediction_log_queued_bytes", "bytes of predictions waiting to be written", value=p.queued_bytes
         )
+
+
+def _encode(entries: list[Entry]) -> bytes:
+    """The entries as framed blocks: one block, unless their row shapes differ (then one per run of a shape)."""
+    try:
+        return frame(BLOCK_MAGIC, encode_block(entries))
+    except ValueError:
+        return b"".join(frame(BLOCK_MAGIC, encode_block(group)) for group in _groups(entries))
 
 
 def _groups(entries: list[Entry]) -> Iterator[list[Entry]]:
