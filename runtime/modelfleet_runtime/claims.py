@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .durable import fsync_dir
+from .segments import entries
 
 
 class ClaimsUnsupported(OSError):
@@ -94,11 +95,7 @@ def sweep(root: Path, writer: str, below: int | None) -> int:
     """Remove the claims of `writer` with a seq below `below` (None: all, and the folder); returns how many."""
     directory = root / writer
     removed = 0
-    try:
-        entries = list(os.scandir(directory))
-    except FileNotFoundError:
-        return 0
-    for entry in entries:
+    for entry in entries(directory):
         try:
             seq = int(entry.name, 16)
         except ValueError:
@@ -117,18 +114,11 @@ def sweep(root: Path, writer: str, below: int | None) -> int:
 
 
 def writers(root: Path) -> list[str]:
-    try:
-        return [e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=False)]
-    except FileNotFoundError:
-        return []
+    return [e.name for e in entries(root) if e.is_dir(follow_symlinks=False)]
 
 
 def count(root: Path) -> int:
-    total = 0
-    for writer in writers(root):
-        with contextlib.suppress(FileNotFoundError):
-            total += sum(1 for _ in os.scandir(root / writer))
-    return total
+    return sum(len(entries(root / writer)) for writer in writers(root))
 
 
 __all__ = ["ClaimsUnsupported", "claim", "claimed", "count", "holder", "parse_target", "sweep", "sync", "target"]

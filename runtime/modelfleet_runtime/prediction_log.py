@@ -45,7 +45,6 @@ import errno
 import json
 import logging
 import math
-import os
 import random
 import re
 import struct
@@ -68,11 +67,11 @@ from .segments import (
     FRAME,
     SegmentAppender,
     SegmentName,
+    entries,
     frame,
     iter_headers,
     list_segments,
     read_frame,
-    seal_abandoned,
 )
 
 log = logging.getLogger("modelfleet.predictions")
@@ -598,16 +597,9 @@ class PredictionIndex:
     def _block(self, s: _Summary, seq: int) -> Block | None:
         path = self.directory / s.name.file_name
         try:
-            for fr, _ in iter_headers(path, 0, MAGICS, BLOCK_HEAD.size):
-                if fr.magic != BLOCK_MAGIC:
-                    continue
-                first, count = BLOCK_HEAD.unpack_from(fr.payload)[:2]
-                if first <= seq < first + count:
-                    full = read_frame(path, fr.offset, (BLOCK_MAGIC,))
-                    return decode_block(full.payload) if full is not None else None
+            return next((b for _, b in _blocks(path, lambda f, c, _lo, _hi: f <= seq < f + c)), None)
         except FileNotFoundError:
             return None
-        return None
 
 
 def write_tombstone(directory: Path, writer: str, seq: int) -> None:
@@ -619,11 +611,7 @@ def write_tombstone(directory: Path, writer: str, seq: int) -> None:
 
 def read_tombstones(directory: Path) -> dict[str, int]:
     found: dict[str, int] = {}
-    try:
-        entries = [e for e in os.scandir(directory) if e.name.endswith(EXPIRED_SUFFIX)]
-    except FileNotFoundError:
-        return found
-    for entry in entries:
+    for entry in (e for e in entries(directory) if e.name.endswith(EXPIRED_SUFFIX)):
         writer = entry.name[: -len(EXPIRED_SUFFIX)]
         with contextlib.suppress(OSError, ValueError):
             found[writer] = int(Path(entry.path).read_text())
@@ -641,50 +629,41 @@ def _segment_meta(path: Path) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
-def iter_blocks(path: Path) -> Iterator[tuple[dict[str, Any], Block]]:
-    """Every readable block of one segment, with the segment's header."""
-    meta = _segment_meta(path)
-    for fr, _ in iter_headers(path, 0, MAGICS, 0):
-        if fr.magic != BLOCK_MAGIC:
-            continue
-        full = read_frame(path, fr.offset, (BLOCK_MAGIC,))
-        if full is not None:
-            yield meta, decode_block(full.payload)
-
-
-def iter_predictions(directory: Path, *, since: float = -math.inf, until: float = math.inf) -> Iterator[Prediction]:
-    """Every logged prediction with `since <= ts < until`, segment by segment (writer, then seq order)."""
-    listing = sorted(list_segments(directory).values(), key=lambda item: (item[0].writer, item[0].seq))
-    for name, path in listing:
-        try:
-            for meta, block in _blocks_between(path, since, until):
-                for seq in range(block.first_seq, block.last_seq + 1):
-                    ts, inputs, outputs = block.request(seq)
-                    if since <= ts < until:
-                        yield Prediction(
-                            request_id(name.writer, seq),
-                            ts,
-                            inputs,
-                            outputs,
-                            str(meta.get("model_version", "")),
-                            str(meta.get("pod", name.pod)),
-                            str(meta.get("model", "")),
-                        )
-        except FileNotFoundError:
-            continue  # deleted by retention meanwhile
-
-
-def _blocks_between(path: Path, since: float, until: float) -> Iterator[tuple[dict[str, Any], Block]]:
+def _blocks(path: Path, keep: Callable[[int, int, float, float], bool]) -> Iterator[tuple[dict[str, Any], Block]]:
+    """The segment's header and its readable blocks for which keep(first_seq, requests, ts_min, ts_max) holds."""
     meta = _segment_meta(path)
     for fr, _ in iter_headers(path, 0, MAGICS, BLOCK_HEAD.size):
         if fr.magic != BLOCK_MAGIC or len(fr.payload) < BLOCK_HEAD.size:
             continue
-        ts_min, ts_max = BLOCK_HEAD.unpack_from(fr.payload)[4:]
-        if ts_max < since or ts_min >= until:
+        first, count, _, _, ts_min, ts_max = BLOCK_HEAD.unpack_from(fr.payload)
+        if not keep(first, count, ts_min, ts_max):
             continue
         full = read_frame(path, fr.offset, (BLOCK_MAGIC,))
         if full is not None:
             yield meta, decode_block(full.payload)
+
+
+def _prediction(name: SegmentName, meta: Mapping[str, Any], block: Block, seq: int) -> Prediction:
+    ts, inputs, outputs = block.request(seq)
+    version, pod, model = (str(meta.get(k, d)) for k, d in (("model_version", ""), ("pod", name.pod), ("model", "")))
+    return Prediction(request_id(name.writer, seq), ts, inputs, outputs, version, pod, model)
+
+
+def _by_writer_and_seq(directory: Path) -> list[tuple[SegmentName, Path]]:
+    return sorted(list_segments(directory).values(), key=lambda item: (item[0].writer, item[0].seq))
+
+
+def iter_predictions(directory: Path, *, since: float = -math.inf, until: float = math.inf) -> Iterator[Prediction]:
+    """Every logged prediction with `since <= ts < until`, segment by segment (writer, then seq order)."""
+    for name, path in _by_writer_and_seq(directory):
+        try:
+            for meta, block in _blocks(path, lambda _f, _c, lo, hi: hi >= since and lo < until):
+                for seq in range(block.first_seq, block.last_seq + 1):
+                    prediction = _prediction(name, meta, block, seq)
+                    if since <= prediction.ts < until:
+                        yield prediction
+        except FileNotFoundError:
+            continue  # deleted by retention meanwhile
 
 
 def fetch(directory: Path, wanted: Iterable[tuple[str, int]]) -> dict[tuple[str, int], Prediction]:
@@ -693,43 +672,21 @@ def fetch(directory: Path, wanted: Iterable[tuple[str, int]]) -> dict[tuple[str,
     for writer, seq in wanted:
         by_writer.setdefault(writer, set()).add(seq)
     found: dict[tuple[str, int], Prediction] = {}
-    for name, path in sorted(list_segments(directory).values(), key=lambda item: (item[0].writer, item[0].seq)):
+    for name, path in _by_writer_and_seq(directory):
         seqs = by_writer.get(name.writer)
         if not seqs:
             continue
+
+        def holds(first: int, count: int, _lo: float, _hi: float, seqs: set[int] = seqs) -> bool:
+            return any(first <= s < first + count for s in seqs)
+
         try:
-            meta = _segment_meta(path)
-            for fr, _ in iter_headers(path, 0, MAGICS, BLOCK_HEAD.size):
-                if fr.magic != BLOCK_MAGIC or len(fr.payload) < BLOCK_HEAD.size:
-                    continue
-                first, count = BLOCK_HEAD.unpack_from(fr.payload)[:2]
-                hits = [s for s in seqs if first <= s < first + count]
-                if not hits:
-                    continue
-                full = read_frame(path, fr.offset, (BLOCK_MAGIC,))
-                if full is None:
-                    continue
-                block = decode_block(full.payload)
-                for seq in hits:
-                    ts, inputs, outputs = block.request(seq)
-                    found[(name.writer, seq)] = Prediction(
-                        request_id(name.writer, seq),
-                        ts,
-                        inputs,
-                        outputs,
-                        str(meta.get("model_version", "")),
-                        str(meta.get("pod", name.pod)),
-                        str(meta.get("model", "")),
-                    )
+            for meta, block in _blocks(path, holds):
+                for seq in (s for s in seqs if s in block):
+                    found[(name.writer, seq)] = _prediction(name, meta, block, seq)
         except FileNotFoundError:
             continue
     return found
-
-
-def seal_abandoned_predictions(directory: Path) -> list[str]:
-    if not directory.is_dir():
-        return []
-    return seal_abandoned(directory)
 
 
 __all__ = [
@@ -745,11 +702,9 @@ __all__ = [
     "decode_block",
     "encode_block",
     "fetch",
-    "iter_blocks",
     "iter_predictions",
     "parse_request_id",
     "read_tombstones",
     "request_id",
-    "seal_abandoned_predictions",
     "write_tombstone",
 ]

@@ -35,7 +35,7 @@ from pathlib import Path
 from . import claims
 from .feedback import Layout
 from .prediction_log import EXPIRED_SUFFIX, PredictionIndex, write_tombstone
-from .segments import seal_abandoned
+from .segments import entries, seal_abandoned
 
 log = logging.getLogger("modelfleet.retention")
 
@@ -45,11 +45,7 @@ PREDICTION_SHARE = 0.9
 
 def _folder_bytes(directory: Path) -> int:
     total = 0
-    try:
-        entries = list(os.scandir(directory))
-    except FileNotFoundError:
-        return 0
-    for entry in entries:
+    for entry in entries(directory):
         with contextlib.suppress(FileNotFoundError):
             if entry.is_file(follow_symlinks=False):
                 total += entry.stat(follow_symlinks=False).st_size
@@ -169,11 +165,7 @@ def _delete_if_empty(path: Path, read_up_to: int) -> int:
 
 def _sweep_by_age(directory: Path, suffix: str, before: float) -> int:
     deleted = 0
-    try:
-        entries = list(os.scandir(directory))
-    except FileNotFoundError:
-        return 0
-    for entry in entries:
+    for entry in entries(directory):
         if not entry.name.endswith(suffix) or not entry.is_file(follow_symlinks=False):
             continue
         with contextlib.suppress(FileNotFoundError):

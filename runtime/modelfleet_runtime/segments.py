@@ -91,14 +91,18 @@ class SegmentName:
         return cls(parts[0], parts[1], int(parts[2]), sealed)
 
 
+def entries(directory: Path) -> list[os.DirEntry[str]]:
+    """The folder's entries; none when it does not exist (yet, or any more)."""
+    try:
+        return list(os.scandir(directory))
+    except FileNotFoundError:
+        return []
+
+
 def list_segments(directory: Path) -> dict[str, tuple[SegmentName, Path]]:
     """Segment id -> (name, path); a segment seen both open and sealed (sealed meanwhile) counts as sealed."""
     found: dict[str, tuple[SegmentName, Path]] = {}
-    try:
-        entries = list(os.scandir(directory))
-    except FileNotFoundError:
-        return found
-    for entry in entries:
+    for entry in entries(directory):
         name = SegmentName.parse(entry.name)
         if name is None:
             continue
@@ -363,6 +367,7 @@ __all__ = [
     "ScanResult",
     "SegmentAppender",
     "SegmentName",
+    "entries",
     "frame",
     "iter_headers",
     "list_segments",

@@ -96,18 +96,25 @@ async def test_recorded_predictions_are_written_in_the_background_and_found_by_t
     assert set(fetch(tmp_path, [(WRITER, 7), (WRITER, 8), (WRITER, 99)])) == {(WRITER, 7), (WRITER, 8)}
 
 
-async def test_an_id_handed_out_but_not_yet_written_is_pending_while_its_writer_runs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def stuck_disk(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """(entered, release): fdatasync blocks until `release` is set; `entered` says one is blocked."""
     entered, release = threading.Event(), threading.Event()
     real_sync = getattr(os, "fdatasync", os.fsync)
 
-    def slow_sync(fd: int) -> None:
+    def stuck_sync(fd: int) -> None:
         entered.set()
         release.wait(30)
         real_sync(fd)
 
-    monkeypatch.setattr(os, "fdatasync", slow_sync, raising=False)
+    monkeypatch.setattr(os, "fdatasync", stuck_sync, raising=False)
+    return entered, release
+
+
+async def test_an_id_handed_out_but_not_yet_written_is_pending_while_its_writer_runs(
+    tmp_path: Path, stuck_disk: tuple[threading.Event, threading.Event]
+) -> None:
+    entered, release = stuck_disk
     plog = make_log(tmp_path, flush_interval=0.001)
     plog.start()
     first = plog.record(*feeds(0))
@@ -127,17 +134,9 @@ async def test_an_id_handed_out_but_not_yet_written_is_pending_while_its_writer_
 
 
 async def test_past_its_byte_bound_or_the_quota_a_prediction_is_answered_without_an_id(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, stuck_disk: tuple[threading.Event, threading.Event]
 ) -> None:
-    entered, release = threading.Event(), threading.Event()
-    real_sync = getattr(os, "fdatasync", os.fsync)
-
-    def stuck_sync(fd: int) -> None:
-        entered.set()
-        release.wait(30)
-        real_sync(fd)
-
-    monkeypatch.setattr(os, "fdatasync", stuck_sync, raising=False)
+    entered, release = stuck_disk
     plog = make_log(tmp_path, buffer_bytes=1024 * 1024, flush_interval=0.001)
     plog.start()
     big = {"x": np.zeros((256, 256), np.float32)}, {"y": np.zeros((256, 1), np.float32)}  # 257 KiB each
