@@ -82,10 +82,15 @@ class ModelServer:
         if self.settings.volume_dir and self.volume is None:
             from .volume import VolumeServices
 
-            self.volume = VolumeServices.open(self.settings, clock=self.clock)
-            await self.volume.start()
-            self.volume.predictions.register_metrics(self.metrics.registry)
-            self.prediction_log = self.volume.predictions
+            volume = VolumeServices.open(self.settings, clock=self.clock)
+            try:
+                await volume.start()
+            except OSError as exc:  # a volume the server cannot write: it never serves, and says why
+                self._fail(f"the feedback volume {self.settings.volume_dir} cannot be used: {exc}")
+                return
+            self.volume = volume
+            volume.predictions.register_metrics(self.metrics.registry)
+            self.prediction_log = volume.predictions
         self._load_task = asyncio.get_running_loop().create_task(self._load(), name="modelfleet-load")
 
     async def wait_loaded(self) -> None:

@@ -297,6 +297,17 @@ async def test_consumed_labels_are_deleted_after_the_retention_period(mlp_path: 
     assert json.loads((output / "metrics.json").read_text())["samples"]["used"] == 20
 
 
+async def test_a_feedback_volume_the_server_cannot_write_keeps_it_unready_with_the_reason(
+    mlp_path: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "not-a-folder").write_text("")
+    async with serve(settings_for(mlp_path, tmp_path / "not-a-folder")) as (client, _):
+        ready = await client.get("/v2/health/ready")
+        assert ready.status_code == 503
+        assert "the feedback volume" in ready.json()["reason"] and "not-a-folder" in ready.json()["reason"]
+        assert (await client.post("/predict", json={"features": [1, 2, 3, 4]})).status_code == 503
+
+
 async def test_feedback_without_a_volume_answers_503_and_stats_say_disabled(mlp_path: Path) -> None:
     async with serve(settings_for(mlp_path, None)) as (client, _):
         r = await client.post("/feedback", json={"features": [1, 2, 3, 4], "label": 1})
