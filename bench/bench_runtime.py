@@ -22,6 +22,10 @@
    cycle over 64 ids that stay cached) and one with `--feature-cache-ttl 0` (entity-miss:
    every request a different id, each one read from Valkey). Their rows sit next to the
    plain 32-feature requests, which always run with them as the reference.
+5. The prediction log (issue 14), with `--feedback-log`: one more ModelFleet server per
+   scenario with `--feedback-dir` on a fresh folder, so every prediction is logged and
+   answers a request_id; its req/s, p99 and CPU per request are printed as ratios to
+   the same server without it, per round (target: tabular 1-row c64 req/s >= 0.9 x off).
 
 Prints a table and one JSON line (prefixed `BENCH_JSON `). A benchmark, not a
 test: nothing here asserts a timing.
@@ -316,6 +320,10 @@ def warm_entity_cache(url: str, body_file: Path, ids: int) -> None:
 # -- the run ---------------------------------------------------------------------------------------
 
 
+# The variant --feedback-log adds: the same server with the prediction log on.
+FEEDBACK_LOG = "feedback-log"
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and scenarios (about 45 s)")
@@ -340,7 +348,14 @@ def parse_args() -> argparse.Namespace:
         metavar="NAME:SPEC",
         help="also run a second ModelFleet server side by side, for tuning: SPEC is extra serve "
         "flags, and a token @DIR runs the runtime package found in DIR instead "
-        "(e.g. 't1:--intra-op-threads 1' or 'base:@/tmp/base/runtime')",
+        "(e.g. 't1:--intra-op-threads 1' or 'base:@/tmp/base/runtime'); {volume} in SPEC is a "
+        "fresh folder per server",
+    )
+    parser.add_argument(
+        "--feedback-log",
+        action="store_true",
+        help="also run the variant 'feedback-log' (--feedback-dir on a fresh folder: every prediction "
+        "logged) and print its cost against the same server without it (issue 14)",
     )
     parser.add_argument(
         "--only",
@@ -447,7 +462,7 @@ def start_model_servers(
                 f"modelfleet-{label}",
             )
             for name, spec in variants.items():
-                tokens = shlex.split(spec)
+                tokens = shlex.split(spec.replace("{volume}", str(work / f"{name}-{label}-volume")))
                 extra = [t for t in tokens if not t.startswith("@")]
                 roots = [t[1:] for t in tokens if t.startswith("@")]
                 argv = [sys.executable, "-m", "modelfleet_runtime.cli", *runtime[1:]]
@@ -524,6 +539,8 @@ def measure(
 
 def main() -> int:
     args = parse_args()
+    if args.feedback_log:
+        args.variant.append(f"{FEEDBACK_LOG}:--feedback-dir {{volume}}")
     variants = dict(v.split(":", 1) for v in args.variant)
     kinds = ("modelfleet", *variants, "naive", "ceiling")
     model_kinds = ("modelfleet", *variants)  # the servers that do entity lookups
@@ -696,6 +713,30 @@ def entity_ratios(scenarios: list[Scenario], cells: dict, kinds_of) -> dict[str,
     return entity
 
 
+def prediction_log_ratios(scenarios: list[Scenario], cells: dict) -> dict[str, dict[str, float]]:
+    """The prediction log's cost: the feedback-log variant vs. the same server without it, same round."""
+    med = statistics.median
+    ratios = {}
+    logged = [s for s in scenarios if (s, FEEDBACK_LOG) in cells and (s, "modelfleet") in cells]
+    if logged:
+        print("\nprediction log (issue 14): --feedback-dir on vs off, same scenario, per-round ratios")
+        print(f"  {'scenario':<23} {'req/s x off':>11} {'p99 x off':>9} {'cpu x off':>9}  target")
+    for s in logged:
+        on, off = cells[(s, FEEDBACK_LOG)], cells[(s, "modelfleet")]
+        ratio = {
+            "req_s_x_off": round(med(a / b for a, b in zip(on.req_s, off.req_s, strict=True)), 3),
+            "p99_x_off": round(med(a / b for a, b in zip(on.p99_ms, off.p99_ms, strict=True)), 3),
+            "cpu_x_off": round(med(a / b for a, b in zip(on.cpu_us, off.cpu_us, strict=True)), 3),
+        }
+        ratios[s.name] = ratio
+        target = "req/s >= 0.9 x off" if (s.model, s.rows, s.connections) == ("tabular", 1, 64) else ""
+        print(
+            f"  {s.name:<23} {ratio['req_s_x_off']:>11.2f} {ratio['p99_x_off']:>9.2f} {ratio['cpu_x_off']:>9.2f}  "
+            f"{target}"
+        )
+    return ratios
+
+
 def report(
     scenarios: list[Scenario], cells: dict, raw: dict, rounds: int, generator: str, args: argparse.Namespace, kinds_of
 ) -> None:
@@ -718,6 +759,7 @@ def report(
         print(f"  {name:<42} {t['value']:>6.2f}  (target {t['target']})")
 
     entity = entity_ratios(scenarios, cells, kinds_of)
+    log_cost = prediction_log_ratios(scenarios, cells)
     print(
         "BENCH_JSON "
         + json.dumps(
@@ -739,6 +781,7 @@ def report(
                 else None,
                 "results": rows_out,
                 "targets": targets,
+                "prediction_log": log_cost or None,
             }
         )
     )

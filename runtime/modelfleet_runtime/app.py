@@ -124,7 +124,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 def create_app(settings: Settings, server: ModelServer | None = None) -> FastAPI:
     server = server or ModelServer(settings, RuntimeMetrics())
     predict_token = read_token(settings.predict_token_file)
-    feedback = FeedbackService(settings.feedback_dir, settings.feedback_segment_bytes, server.registry)
+    feedback = FeedbackService(server, server.registry)
     parsing = ParsingProcess(server.registry)
 
     @contextlib.asynccontextmanager

@@ -34,6 +34,12 @@ class NotFound(RuntimeProblem):
     status = 404
 
 
+class Conflict(RuntimeProblem):
+    """The request repeats something that may happen once (a second label for one request_id)."""
+
+    status = 409
+
+
 class PayloadTooLarge(RuntimeProblem):
     status = 413
 
@@ -66,6 +72,12 @@ class Unavailable(RuntimeProblem):
 
 class QueueFull(Unavailable):
     pass
+
+
+class InsufficientStorage(RuntimeProblem):
+    """The feedback volume's quota (or its filesystem) has no room for what was sent; nothing was stored."""
+
+    status = 507
 
 
 class InferenceFailed(RuntimeProblem):

@@ -198,9 +198,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         tensors = _tensors(request)
         names = output_names(model, _requested(request))
         entity_ids = entity_ids_of(_parameters(request.parameters), model)
-        outputs = await infer(server, model, tensors, entity_ids)
+        inferred = await infer(server, model, tensors, entity_ids)
         response = pb.ModelInferResponse(model_name=settings.name, model_version=settings.model_version, id=request.id)
-        _fill_outputs(response, outputs, names, datatypes(model), raw=bool(request.raw_input_contents))
+        if inferred.request_id is not None:
+            response.parameters["request_id"].string_param = inferred.request_id
+        _fill_outputs(response, inferred.outputs, names, datatypes(model), raw=bool(request.raw_input_contents))
         return response
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from cachetools import TTLCache
 from prometheus_client import CollectorRegistry
 
 from .batching import Batcher
@@ -27,8 +26,10 @@ from .model import OnnxModel
 from .settings import Settings
 from .sources import default_cache_dir, fetch_model
 
-if TYPE_CHECKING:  # imported when a feature store is configured: it brings in redis
+if TYPE_CHECKING:  # imported when a feature store (it brings in redis) or a feedback volume is configured
     from .features import FeatureStore
+    from .prediction_log import PredictionLog
+    from .volume import VolumeServices
 
 log = logging.getLogger("modelfleet.server")
 
@@ -41,17 +42,22 @@ class State(enum.StrEnum):
 
 
 class ModelServer:
-    def __init__(self, settings: Settings, metrics: RuntimeMetrics | None = None) -> None:
+    """`clock` (wall-clock seconds) dates logged predictions and labels and drives retention; tests move it."""
+
+    def __init__(
+        self, settings: Settings, metrics: RuntimeMetrics | None = None, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.settings = settings
+        self.clock = clock
         self.metrics = metrics or RuntimeMetrics()
         self.state = State.LOADING
         self.reason = "loading the model"
         self.model: OnnxModel | None = None
         self.batcher: Batcher | None = None
-        # Inputs of recent predictions, so feedback may name a request_id instead of resending features.
-        self.recent_inputs: TTLCache[str, np.ndarray] = TTLCache(
-            maxsize=100_000, ttl=settings.request_retention_seconds
-        )
+        # This process's part of the feedback volume and its prediction log, set by start() when
+        # --feedback-dir or --prediction-log-dir is: predictions that return a request_id are logged there.
+        self.volume: VolumeServices | None = None
+        self.prediction_log: PredictionLog | None = None
         self.features: FeatureStore | None = None  # set when settings.feature_store is
         self.model_path: Path | None = None
         self._load_task: asyncio.Task[None] | None = None
@@ -74,6 +80,18 @@ class ModelServer:
             from .features import FeatureStore
 
             self.features = FeatureStore.from_settings(self.settings, registry=self.metrics.registry)
+        if self.settings.volume_dir and self.volume is None:
+            from .volume import VolumeServices
+
+            volume = VolumeServices.open(self.settings, clock=self.clock)
+            try:
+                await volume.start()
+            except OSError as exc:  # a volume the server cannot write: it never serves, and says why
+                self._fail(f"the feedback volume {self.settings.volume_dir} cannot be used: {exc}")
+                return
+            self.volume = volume
+            volume.predictions.register_metrics(self.metrics.registry)
+            self.prediction_log = volume.predictions
         self._load_task = asyncio.get_running_loop().create_task(self._load(), name="modelfleet-load")
 
     async def wait_loaded(self) -> None:
@@ -171,6 +189,8 @@ class ModelServer:
         self.begin_drain()
         if self.batcher is not None:
             await self.batcher.close(self.settings.drain_timeout_seconds)
+        if self.volume is not None:  # after the batcher: every answered prediction is queued by now
+            await self.volume.stop()
         if self.features is not None:
             await self.features.close()
 

@@ -65,7 +65,21 @@ class Settings:
     feedback_dir: str = ""
     feedback_token_file: str = ""
     feedback_segment_bytes: int = 16 * 1024 * 1024
-    request_retention_seconds: float = 300.0
+    # Bytes of labels, predictions and claims on the feedback volume, all pods together.
+    feedback_quota_bytes: int = 10 * 1024**3
+    feedback_retention_seconds: float = 7 * 86400.0
+    # How often each server re-reads the volume's usage, seals dead writers' segments and applies retention.
+    feedback_maintenance_seconds: float = 10.0
+    # The prediction log (docs/online-learning.md): on with --feedback-dir, or alone with --prediction-log-dir.
+    prediction_log_dir: str = ""
+    prediction_log_sample_rate: float = 1.0
+    prediction_retention_seconds: float = 7 * 86400.0
+    prediction_log_segment_bytes: int = 64 * 1024 * 1024
+    prediction_log_flush_ms: float = 20.0
+    prediction_log_buffer_bytes: int = 64 * 1024 * 1024
+    # Before the prediction log: how long inputs were kept in memory. Still read: when set, it is
+    # the prediction retention.
+    request_retention_seconds: float = 0.0
     # Real-time features (DESIGN.md section 4).
     feature_store: str = ""
     feature_store_password: str = ""
@@ -113,6 +127,7 @@ class Settings:
             problems.append(f"max-body-bytes must be at least 1024, got {self.max_body_bytes}")
         if self.sha256 and (len(self.sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in self.sha256)):
             problems.append("sha256 must be 64 hexadecimal characters")
+        problems += self._log_problems()
         if not self.model and not self.demo:
             problems.append("no model: pass --model URI (or MODELFLEET_MODEL), or --demo")
         try:
@@ -128,6 +143,37 @@ class Settings:
             self.max_model_bytes,
             self.download_timeout_seconds,
         )
+
+    def _log_problems(self) -> list[str]:
+        problems = []
+        if not 0.0 <= self.prediction_log_sample_rate <= 1.0:
+            rate = self.prediction_log_sample_rate
+            problems.append(f"prediction-log-sample-rate must be between 0 and 1, got {rate}")
+        if self.prediction_retention_seconds <= 0 or self.request_retention_seconds < 0:
+            problems.append("prediction-retention-seconds must be positive")
+        if self.feedback_maintenance_seconds <= 0:
+            problems.append("feedback-maintenance-seconds must be positive")
+        if self.feedback_retention_seconds < 0:
+            problems.append(f"feedback-retention-seconds must not be negative, got {self.feedback_retention_seconds}")
+        if self.feedback_quota_bytes < 1024 * 1024:
+            problems.append(f"feedback-quota-bytes must be at least 1048576 (1 MiB), got {self.feedback_quota_bytes}")
+        if self.prediction_log_flush_ms < 0 or self.prediction_log_buffer_bytes < 1024 * 1024:
+            problems.append("prediction-log-flush-ms must not be negative and prediction-log-buffer-bytes >= 1 MiB")
+        if self.feedback_dir and self.prediction_log_dir and self.feedback_dir != self.prediction_log_dir:
+            problems.append(
+                "with --feedback-dir the prediction log lives on the feedback volume, so labels can be joined "
+                "with it: leave --prediction-log-dir unset"
+            )
+        return problems
+
+    @property
+    def volume_dir(self) -> str:
+        """The folder of the prediction log and the labels ('' when neither is on)."""
+        return self.feedback_dir or self.prediction_log_dir
+
+    @property
+    def prediction_retention(self) -> float:
+        return self.request_retention_seconds or self.prediction_retention_seconds
 
 
 _FLAG_HELP: dict[str, str] = {
@@ -161,7 +207,16 @@ _FLAG_HELP: dict[str, str] = {
     "feedback_dir": "folder (the shared feedback volume) where labelled samples are stored",
     "feedback_token_file": "file with the bearer token required by POST /feedback",
     "feedback_segment_bytes": "size at which this pod's feedback segment file rotates",
-    "request_retention_seconds": "how long a prediction's inputs are kept for feedback by request_id",
+    "feedback_quota_bytes": "bytes the labels, prediction log and claims may use on the feedback volume (507 beyond)",
+    "feedback_retention_seconds": "how long consumed labels stay on the volume before they are deleted",
+    "feedback_maintenance_seconds": "how often the volume's usage is re-read and retention applied (default 10)",
+    "prediction_log_dir": "log predictions here without feedback (payload logging); with --feedback-dir it is that",
+    "prediction_log_sample_rate": "share of predictions logged, each answered with a request_id (0-1, default 1)",
+    "prediction_retention_seconds": "how long logged predictions are kept, so labels can name them (default 7 days)",
+    "prediction_log_segment_bytes": "size at which this process's prediction log segment rotates",
+    "prediction_log_flush_ms": "wait between the prediction log's group writes (what kill -9 may lose)",
+    "prediction_log_buffer_bytes": "most bytes of predictions waiting to be written (beyond: no request_id)",
+    "request_retention_seconds": "deprecated name of --prediction-retention-seconds (used when set)",
     "feature_store": "online feature store, redis://HOST:PORT/DB",
     "feature_store_password": "password of the feature store (prefer feature-store-password-file)",
     "feature_store_password_file": "file holding the password of the feature store (a mounted Secret)",

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import time
-import uuid
 from typing import Any
 
 import numpy as np
@@ -48,7 +47,6 @@ def build_simple_router(server: ModelServer, predict_token: TokenFile | None) ->
     router = APIRouter()
     settings = server.settings
     version_headers = {VERSION_HEADER: settings.model_version}
-    keep_inputs = bool(settings.feedback_dir)
 
     @router.post("/predict")
     async def predict(request: Request) -> Response:
@@ -74,13 +72,13 @@ def build_simple_router(server: ModelServer, predict_token: TokenFile | None) ->
             single, array, entity_id = await parsing_process(request).run(read, body)
         if store is not None and entity_id is not None:
             array = prepend(await store.get(entity_id), array)
-        outputs = await server.infer({model.inputs[0].name: array}, len(array))
+        feeds = {model.inputs[0].name: array}
+        outputs = await server.infer(feeds, len(array))
         predictions = format_rows(outputs, len(array))
         answer: dict[str, Any] = {"prediction": predictions[0]} if single else {"predictions": predictions}
         answer["model_version"] = settings.model_version
-        if keep_inputs:
-            request_id = uuid.uuid4().hex
-            server.recent_inputs[request_id] = array
+        # The prediction log (--feedback-dir): queued for a background write, never waited for.
+        if server.prediction_log is not None and (request_id := server.prediction_log.record(feeds, outputs)):
             answer["request_id"] = request_id
         answer["latency_ms"] = round((time.perf_counter() - started) * 1000.0, 3)
         return json_response(answer, headers=version_headers)

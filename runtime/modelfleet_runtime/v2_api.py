@@ -268,12 +268,15 @@ def _add_infer_routes(router: APIRouter, server: ModelServer, predict_token: Tok
             message = parse_request(payload)
             tensors = _tensors(message, binary, data_may_hold_bools(header, payload))
         names = output_names(model, [o.name for o in message.outputs] if message.outputs else None)
-        outputs = await infer(server, model, tensors, entity_ids_of(message.parameters, model))
+        inferred = await infer(server, model, tensors, entity_ids_of(message.parameters, model))
         head: dict[str, Any] = {"model_name": settings.name, "model_version": settings.model_version}
         if message.id is not None:
             head["id"] = message.id
-        head["parameters"] = {"latency_ms": round((time.perf_counter() - started) * 1000.0, 3)}
-        answer, header_length = _encode_answer(message, head, outputs, names, datatypes(model))
+        parameters: dict[str, Any] = {"latency_ms": round((time.perf_counter() - started) * 1000.0, 3)}
+        if inferred.request_id is not None:
+            parameters["request_id"] = inferred.request_id
+        head["parameters"] = parameters
+        answer, header_length = _encode_answer(message, head, inferred.outputs, names, datatypes(model))
         return await _respond(request, answer, header_length, version_headers)
 
     answers = InferenceResponse

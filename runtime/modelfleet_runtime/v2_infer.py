@@ -70,9 +70,16 @@ def datatypes(model: OnnxModel) -> dict[str, str]:
     return {o.name: o.datatype for o in model.outputs}
 
 
+@dataclass(frozen=True)
+class Inferred:
+    outputs: dict[str, np.ndarray]
+    # The prediction's id in the prediction log, for feedback; None when it is not logged.
+    request_id: str | None
+
+
 async def infer(
     server: ModelServer, model: OnnxModel, given: Sequence[InputTensor], entity_ids: Any = None
-) -> dict[str, np.ndarray]:
+) -> Inferred:
     """Every output of the model for `given`, after the checks above (entity_ids: parameters.entity_ids)."""
     _check_names(model, given)
     by_name = {t.name: t for t in given}
@@ -86,7 +93,10 @@ async def infer(
         rows = rows_seen
         check_row_count(rows, server.settings.max_queue)
         feeds = {spec.name: by_name[spec.name].decode() for spec in model.inputs}
-    return await server.infer(feeds, rows)
+    outputs = await server.infer(feeds, rows)
+    # The prediction log (--feedback-dir): queued for a background write, never waited for.
+    request_id = server.prediction_log.record(feeds, outputs) if server.prediction_log is not None else None
+    return Inferred(outputs, request_id)
 
 
 def entity_ids_of(parameters: dict[str, Any], model: OnnxModel) -> Any:

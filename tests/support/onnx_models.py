@@ -55,6 +55,21 @@ def build_mlp(
     return save_model(graph, path)
 
 
+def build_logistic(path: Path, w: np.ndarray, b: float = 0.0) -> Path:
+    """A logistic regression: x -> Sigmoid(x @ w + b), one probability per row."""
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["logit"]), helper.make_node("Sigmoid", ["logit"], ["p"])],
+        "logistic",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", len(w)])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["batch", 1])],
+        [
+            numpy_helper.from_array(np.asarray(w).reshape(-1, 1).astype(np.float32), "w"),
+            numpy_helper.from_array(np.array([b], np.float32), "b"),
+        ],
+    )
+    return save_model(graph, path)
+
+
 def build_two_output(path: Path, width: int = 3) -> Path:
     """x -> (doubled = 2x, total = sum(x) per row): a model with two outputs."""
     two = numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two")
