@@ -18,7 +18,7 @@ from . import __version__
 from .errors import RuntimeProblem
 from .feedback_api import FeedbackService, build_feedback_router
 from .http_io import json_response, read_token
-from .metrics import MetricsMiddleware, RuntimeMetrics
+from .metrics import REJECTED_KEY, MetricsMiddleware
 from .model_server import ModelServer
 from .settings import Settings
 from .simple_api import build_simple_router
@@ -28,7 +28,7 @@ log = logging.getLogger("modelfleet.app")
 
 
 def create_app(settings: Settings, server: ModelServer | None = None) -> FastAPI:
-    server = server or ModelServer(settings, RuntimeMetrics())
+    server = server or ModelServer(settings)
     predict_token = read_token(settings.predict_token_file)
     feedback = FeedbackService(settings.feedback_dir, settings.feedback_segment_bytes, server.registry)
 
@@ -53,7 +53,9 @@ def create_app(settings: Settings, server: ModelServer | None = None) -> FastAPI
         app.router.routes.extend(router.routes)
 
     @app.exception_handler(RuntimeProblem)
-    async def problem(_: Request, exc: RuntimeProblem) -> Response:
+    async def problem(request: Request, exc: RuntimeProblem) -> Response:
+        if exc.rejected is not None:
+            request.scope[REJECTED_KEY] = exc.rejected
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
         return json_response({"error": exc.message}, status=exc.status, headers=headers)
 

@@ -11,6 +11,7 @@ import enum
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ from .demo import write_demo_model
 from .errors import ModelLoadError, NotFound, Unavailable
 from .metrics import RuntimeMetrics
 from .model import OnnxModel
+from .pod import PodView, SingleProcess
 from .settings import Settings
 from .sources import default_cache_dir, fetch_model
 
@@ -42,9 +44,14 @@ class State(enum.StrEnum):
 class ModelServer:
     def __init__(self, settings: Settings, metrics: RuntimeMetrics | None = None) -> None:
         self.settings = settings
-        self.metrics = metrics or RuntimeMetrics()
+        self.metrics = metrics or RuntimeMetrics(model=settings.name, version=settings.model_version)
         self.state = State.LOADING
         self.reason = "loading the model"
+        # Called with the new state and reason on every change (a worker publishes them to its pod).
+        self.on_state: Callable[[State, str], None] | None = None
+        # What the pod-wide endpoints (readiness, /stats, /metrics) describe: this process, or
+        # every worker of the pod (runner.py replaces it in a worker).
+        self.pod: PodView = SingleProcess(self)
         self.model: OnnxModel | None = None
         self.batcher: Batcher | None = None
         # Inputs of recent predictions, so feedback may name a request_id instead of resending features.
@@ -54,7 +61,6 @@ class ModelServer:
         self.features: FeatureStore | None = None  # set when settings.feature_store is
         self.model_path: Path | None = None
         self._load_task: asyncio.Task[None] | None = None
-        self.metrics.info.labels(settings.name, settings.model_version).set(1)
 
     @property
     def registry(self) -> CollectorRegistry:
@@ -135,25 +141,31 @@ class ModelServer:
             on_batch=self._observe_batch,
         )
         self.batcher.start()
-        self.state, self.reason = State.READY, "model loaded and warmed up"
         self.metrics.ready.set(1)
+        self._set_state(State.READY, "model loaded and warmed up")
         log.info("ready: serving %s version %s", self.settings.name, self.settings.model_version)
 
+    def _set_state(self, state: State, reason: str) -> None:
+        self.state, self.reason = state, reason
+        if self.on_state is not None:
+            self.on_state(state, reason)
+
     def _fail(self, reason: str) -> None:
-        self.state, self.reason = State.FAILED, reason
         self.metrics.ready.set(0)
+        self._set_state(State.FAILED, reason)
         log.error("the model will not serve: %s", reason)
 
     def _observe_batch(self, record: Any, waits: list[float]) -> None:
         self.metrics.observe_batch(record, waits)
-        self.metrics.queue_depth.set(self.batcher.queued_rows if self.batcher else 0)
+        self.metrics.set_queue_depth(self.batcher.queued_rows if self.batcher else 0)
 
     def begin_drain(self) -> None:
         """Readiness turns false at once; requests already accepted still finish."""
-        if self.state is not State.DRAINING:
-            log.info("draining: readiness is now false")
-        self.state, self.reason = State.DRAINING, "shutting down"
+        if self.state is State.DRAINING:
+            return
+        log.info("draining: readiness is now false")
         self.metrics.ready.set(0)
+        self._set_state(State.DRAINING, "shutting down")
 
     async def stop(self) -> None:
         self.begin_drain()
@@ -165,14 +177,8 @@ class ModelServer:
     # -- requests ------------------------------------------------------------------------------
 
     def readiness(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "ready": self.ready,
-            "state": self.state.value,
-            "reason": self.reason,
-            "model": self.settings.name,
-            "version": self.settings.model_version,
-        }
-        return body
+        """The pod's readiness answer: `ready` is true only when every worker of the pod is."""
+        return self.pod.readiness()
 
     def check_target(self, name: str, version: str | None = None) -> None:
         s = self.settings

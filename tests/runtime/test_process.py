@@ -162,7 +162,7 @@ async def test_sigterm_answers_every_request_in_flight_then_exits_zero(tmp_path:
 
             async def in_flight() -> float:
                 text = (await client.get("/metrics")).text
-                line = next(m for m in text.splitlines() if m.startswith("modelfleet_requests_in_flight "))
+                line = next(m for m in text.splitlines() if m.startswith("modelfleet_requests_in_flight{"))
                 return float(line.split()[1]) - 1  # the /metrics request itself counts as one
 
             await wait_for(ready, timeout=60)
