@@ -103,6 +103,8 @@ class RuntimeConfig(uvicorn.Config):
         super().__init__(
             app,
             http=DeadlineHttpProtocol,
+            # No route speaks WebSocket: an Upgrade request is plain HTTP here, bounded like any other.
+            ws="none",
             timeout_keep_alive=limits.keep_alive_timeout,
             limit_concurrency=limits.limit_concurrency,
             **kwargs,
