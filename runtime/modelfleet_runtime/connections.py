@@ -45,6 +45,10 @@ from uvicorn.server import ServerState
 from .metrics import INFERENCE_PATHS, TIMED_OUT_KEY, RuntimeMetrics
 
 HEADER, BODY = "header", "body"
+# After a refusal the connection is half-closed and what the client still sends is read and dropped
+# for this long: closing at once with unread bytes would make the kernel reset the connection,
+# and a reset can discard the answer before the client reads it.
+LINGER_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,7 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
         self._reading_head = False  # a request's first bytes arrived, its head is not complete
         self._head_bytes = 0
         self._body_pending = False  # a request's head is complete, its body is not
+        self._lingering = False  # refused: what still arrives is dropped until the connection closes
 
     # -- deadlines ---------------------------------------------------------------------------------
 
@@ -164,22 +169,31 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
         limit = self.limits.header_timeout if phase == HEADER else self.limits.body_timeout
         if phase == HEADER:
             if self._reading_head:
-                self._write_refusal(408, "Request Timeout", f"the request head did not arrive within {limit:g}s")
-            self.transport.close()
+                self._refuse(408, "Request Timeout", f"the request head did not arrive within {limit:g}s")
+            else:
+                self.transport.close()  # it never sent a byte: nothing to answer
             return
         cycle: RequestResponseCycle | None = self.cycle
         if cycle is not None:
             cast("dict[str, Any]", cycle.scope)[TIMED_OUT_KEY] = phase
-            if not cycle.response_started:
-                self._write_refusal(
+            answered = cycle.response_started
+            cycle.disconnected = True  # the application sees the client as gone
+            cycle.message_event.set()
+            if not answered:
+                self._refuse(
                     408, "Request Timeout", f"the request body did not arrive within {limit:g}s of its headers"
                 )
-            cycle.disconnected = True
-            cycle.message_event.set()
+                return
         self.transport.close()
 
-    def _write_refusal(self, status: int, phrase: str, message: str) -> None:
+    def _refuse(self, status: int, phrase: str, message: str) -> None:
+        """Answer `status` with a JSON error, then close without losing the answer to a reset (LINGER_SECONDS)."""
+        self._disarm()
         self.transport.write(_refusal(status, phrase, message, self.server_state.default_headers))
+        self._lingering = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._deadline = self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
     # -- uvicorn's protocol, with the deadlines --------------------------------------------------
 
@@ -192,14 +206,14 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return
         super().data_received(data)
         if self._reading_head:
             self._head_bytes += len(data)
             if self._head_bytes > self.limits.max_header_bytes:
-                self._disarm()
                 limit = self.limits.max_header_bytes
-                self._write_refusal(431, "Request Header Fields Too Large", f"the request head exceeds {limit} bytes")
-                self.transport.close()
+                self._refuse(431, "Request Header Fields Too Large", f"the request head exceeds {limit} bytes")
             elif self._deadline is None or self._deadline_phase == BODY:  # a pipelined request began
                 self._disarm()
                 self._arm(HEADER)
