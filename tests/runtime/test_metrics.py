@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from live_server import live_server
 from modelfleet_runtime.settings import Settings
+from tests.support.live_server import live_server
 
 # Prometheus's own rules for names (and promtool's lint: a counter's name ends in _total).
 NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
