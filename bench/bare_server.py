@@ -6,7 +6,7 @@ other servers. Its req/s is the most that any Python server on this stack
 can do with one worker here; FastAPI's constant answer (ceiling_server.py)
 shows what the framework costs on top.
 
-    python bench/bare_server.py --port 8083
+    python -m bench.bare_server --port 8083        (from the repository root)
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import uvicorn
+from bench.one_worker import run
 
 ANSWER = b'{"prediction":0.5,"latency_ms":0.0}'
 HEALTH = b'{"status":"healthy"}'
@@ -42,17 +42,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8083)
     args = parser.parse_args()
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        workers=1,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level="warning",
-        server_header=False,
-    )
+    run(app, args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -454,7 +454,7 @@ def start_model_servers(
     for model in sorted({s.model for s in scenarios}):
         servers[("naive", model, 1, "")] = Server(
             "naive",
-            [sys.executable, str(HERE / "naive_server.py"), "--model", str(paths[model]), *threads],
+            [sys.executable, "-m", "bench.naive_server", "--model", str(paths[model]), *threads],
             "/health",
             work,
             f"naive-{model}",
@@ -585,7 +585,7 @@ def main() -> int:
     valkey: RedisServer | None = None
     try:
         for kind in CONSTANT_KINDS:
-            constants[kind] = Server(kind, [sys.executable, str(HERE / f"{kind}_server.py")], "/health", work, kind)
+            constants[kind] = Server(kind, [sys.executable, "-m", f"bench.{kind}_server"], "/health", work, kind)
         if entity_scenarios:
             valkey = start_valkey()
         start_model_servers(servers, scenarios, paths, work, args, variants, valkey)

@@ -24,7 +24,7 @@ from modelfleet_runtime.sources import fetch_model, resolve_local
 from tests.support.live_server import live_server
 from tests.support.onnx_models import build_mlp
 from tests.support.polling import wait_for
-from tests.support.runtime_process import RuntimeProcess
+from tests.support.runtime_process import RuntimeProcess, listening_socket
 
 RUNTIME = [sys.executable, "-m", "modelfleet_runtime.cli"]
 
@@ -137,32 +137,39 @@ async def _read_response(reader: asyncio.StreamReader, writer: asyncio.StreamWri
     return int(lines[0].split()[1]), orjson.loads(payload)
 
 
-async def test_sigterm_answers_every_request_in_flight_then_exits_zero(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sigterm_answers_every_request_in_flight_then_exits_zero(tmp_path: Path, workers: int) -> None:
     # Heavy rows with small bodies: the requests arrive much faster than the model gets through them.
     model = build_mlp(tmp_path / "heavy.onnx", (8, 3072, 3072, 1))
     env = {
         "MODELFLEET_MODEL": str(model),
+        "MODELFLEET_WORKERS": str(workers),
         "MODELFLEET_WARMUP_ITERATIONS": "1",
         "MODELFLEET_MAX_BATCH_SIZE": "1",
         "MODELFLEET_MAX_QUEUE": "100000",
+        # Generous: the drain runs 1,280 heavy rows on a machine other tests share.
+        "MODELFLEET_DRAIN_TIMEOUT_SECONDS": "120",
     }
-    async with RuntimeProcess(env, tmp_path) as runtime:
+    # With two workers each accepts on a SO_REUSEPORT sibling of this socket, so the 40
+    # connections below land on both and the pod's in-flight gauge sums them.
+    with listening_socket(reuse_port=True) as listener:
+        async with RuntimeProcess(env, tmp_path, listener=listener) as runtime:
 
-        async def in_flight() -> float:
-            text = (await runtime.client.get("/metrics")).text
-            line = next(m for m in text.splitlines() if m.startswith("modelfleet_requests_in_flight{"))
-            return float(line.split()[1]) - 1  # the /metrics request itself counts as one
+            async def in_flight() -> float:
+                text = (await runtime.client.get("/metrics")).text
+                line = next(m for m in text.splitlines() if m.startswith("modelfleet_requests_in_flight{"))
+                return float(line.split()[1]) - 1  # the /metrics request itself counts as one
 
-        rng = np.random.default_rng(0)
-        body = orjson.dumps({"instances": rng.standard_normal((32, 8)).astype(np.float32).tolist()})
-        port = runtime.listener.getsockname()[1]
-        connections = [await _send_raw(port, body) for _ in range(40)]
-        await wait_for(lambda: _at_least(in_flight(), 40), timeout=30, interval=0.005)
-        runtime.child.send_signal(signal.SIGTERM)
-        answers = await asyncio.gather(*(_read_response(r, w) for r, w in connections))
-        assert [status for status, _ in answers] == [200] * 40
-        assert all(len(payload["predictions"]) == 32 for _, payload in answers)
-        assert await asyncio.wait_for(runtime.wait(), 30) == 0
+            rng = np.random.default_rng(0)
+            body = orjson.dumps({"instances": rng.standard_normal((32, 8)).astype(np.float32).tolist()})
+            port = listener.getsockname()[1]
+            connections = [await _send_raw(port, body) for _ in range(40)]
+            await wait_for(lambda: _at_least(in_flight(), 40), timeout=60, interval=0.005)
+            runtime.child.send_signal(signal.SIGTERM)
+            answers = await asyncio.gather(*(_read_response(r, w) for r, w in connections))
+            assert [status for status, _ in answers] == [200] * 40
+            assert all(len(payload["predictions"]) == 32 for _, payload in answers)
+            assert await asyncio.wait_for(runtime.wait(), 180) == 0
 
 
 async def _at_least(value: asyncio.Future, bound: float) -> bool:

@@ -14,8 +14,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
-import numpy as np
-import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -108,53 +106,3 @@ async def test_a_worker_that_dies_is_restarted_and_the_pod_is_not_ready_meanwhil
     # The dead worker's counts stay in the pod's counters: they never go down.
     assert predictions(text) == 10.0
     assert samples(text)[("modelfleet_worker_restarts_total", (("model", "model"), ("version", "1")))] == 1.0
-
-
-async def _send_raw(url: str, body: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    host, port = url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(
-        b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-    )
-    await writer.drain()
-    return reader, writer
-
-
-async def _read_status(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[int, int]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode().split("\r\n")
-    headers = dict(line.lower().split(": ", 1) for line in lines[1:] if ": " in line)
-    payload = orjson.loads(await reader.readexactly(int(headers["content-length"])))
-    writer.close()
-    return int(lines[0].split()[1]), len(payload["predictions"])
-
-
-async def test_sigterm_drains_every_worker_then_exits_zero(tmp_path: Path) -> None:
-    # Heavy rows with small bodies: the requests arrive much faster than the workers get through them.
-    model = build_mlp(tmp_path / "heavy.onnx", (8, 3072, 3072, 1))
-    env = pod_env(model, MODELFLEET_MAX_BATCH_SIZE="1", MODELFLEET_MAX_QUEUE="100000")
-    listener = listening_socket(reuse_port=True)
-    runtime = RuntimeProcess(env, tmp_path, listener=listener)
-    try:
-        await runtime.start()
-        await runtime.wait_ready(timeout=120)
-
-        async def in_flight() -> float:
-            text = (await fresh(runtime, "GET", "/metrics")).text
-            return samples(text)[("modelfleet_requests_in_flight", (("model", "model"), ("version", "1")))] - 1
-
-        body = orjson.dumps({"instances": np.random.default_rng(0).standard_normal((32, 8)).tolist()})
-        connections = [await _send_raw(runtime.url, body) for _ in range(40)]
-        await wait_for(lambda: _at_least(in_flight(), 40), timeout=60, interval=0.005, message="40 requests in flight")
-        runtime.child.send_signal(signal.SIGTERM)
-        answers = await asyncio.gather(*(_read_status(r, w) for r, w in connections))
-        assert answers == [(200, 32)] * 40
-        assert await asyncio.wait_for(runtime.wait(), 60) == 0
-    finally:
-        await runtime.stop()
-        listener.close()
-
-
-async def _at_least(value: asyncio.Future[float], bound: float) -> bool:
-    return await value >= bound
