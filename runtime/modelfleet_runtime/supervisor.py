@@ -10,10 +10,10 @@ socket split them 54/10, 18/46 and 0/64, SO_REUSEPORT 34/30, 30/34 and 34/30.
 Keep-alive connections stay with the worker that accepted them, so that first
 split decides the load for their whole life.
 
-Worker 0 starts first and the others once it has fetched the model (one download
-per pod). The supervisor keeps its copy of every worker's socket: when a worker dies, the
-connections waiting in its backlog stay there for the worker started in its
-place at once. A worker that dies again soon is restarted after a growing
+Worker 0 starts first, the others once it has fetched the model: one download
+per pod, and they load it from the cache. The supervisor keeps its copy of
+every worker's socket: when a worker dies, the connections waiting in its
+backlog stay there for the worker started in its place at once. A worker that dies again soon is restarted after a growing
 delay (1 s, 2 s, ... 30 s); during that delay its socket is closed, so new
 connections go to the other workers instead of waiting.
 

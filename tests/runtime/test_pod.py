@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import numpy as np
 from modelfleet_runtime.metrics import LatencyWindow, summarize
 from modelfleet_runtime.pod import PodFolder, WorkerStatus, pod_readiness
 from modelfleet_runtime.settings import Settings, load_settings, settings_environ
-from modelfleet_runtime.supervisor import restart_delay, worker_threads
+from modelfleet_runtime.supervisor import Listeners, restart_delay, worker_threads
 
 
 def status(worker: int, state: str, reason: str = "") -> WorkerStatus:
@@ -89,3 +90,26 @@ def test_a_worker_reads_back_exactly_the_supervisors_settings() -> None:
         model="file:///m.onnx", workers=4, max_latency_ms=2.5, demo=True, feature_fields=("a", "b"), port=9000
     )
     assert load_settings({}, settings_environ(settings)) == settings
+
+
+def test_each_worker_gets_a_socket_of_its_own_on_the_port() -> None:
+    listeners = Listeners.bind("127.0.0.1", 0)
+    try:
+        first, second = listeners.get(0), listeners.get(1)
+        assert first is not second and first.getsockname() == second.getsockname()
+        listeners.release(1)  # a worker restarting after a delay: its socket leaves the group
+        assert listeners.get(1).getsockname() == first.getsockname()
+    finally:
+        listeners.close()
+
+
+def test_an_inherited_socket_gets_siblings_only_when_it_allows_them() -> None:
+    reusable = Listeners.inherited(socket.create_server(("127.0.0.1", 0), reuse_port=True))
+    plain = Listeners.inherited(socket.create_server(("127.0.0.1", 0)))
+    try:
+        assert reusable.get(0) is not reusable.get(1)
+        assert reusable.get(0).getsockname() == reusable.get(1).getsockname()
+        assert plain.get(0) is plain.get(1)  # shared by every worker
+    finally:
+        reusable.close()
+        plain.close()
