@@ -13,9 +13,10 @@ split decides the load for their whole life.
 Worker 0 starts first, the others once it has fetched the model: one download
 per pod, and they load it from the cache. The supervisor keeps its copy of
 every worker's socket: when a worker dies, the connections waiting in its
-backlog stay there for the worker started in its place at once. A worker that dies again soon is restarted after a growing
-delay (1 s, 2 s, ... 30 s); during that delay its socket is closed, so new
-connections go to the other workers instead of waiting.
+backlog stay there for the worker started in its place at once. A worker
+that dies again soon is restarted after a growing delay (1 s, 2 s, ... 30 s);
+during that delay its socket is closed, so new connections go to the other
+workers instead of waiting.
 
 An inherited socket (`--listen-fd`, socket activation) that has SO_REUSEPORT set
 gets N-1 siblings the same way; one without it is shared by all workers.
