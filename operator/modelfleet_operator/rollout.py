@@ -21,6 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from modelfleet_operator.spec import Rollout
 
 REQUESTS_METRIC = "modelfleet_requests_total"
+# 503s of backpressure (queue full, concurrency cap): in REQUESTS_METRIC too, but "busy", not "broken".
+REJECTED_METRIC = "modelfleet_requests_rejected_total"
 # The runtime's inference routes as it labels them (modelfleet_runtime.metrics.INFERENCE_PATHS;
 # not imported: that module needs numpy, which the operator image does not have).
 INFERENCE_ENDPOINTS = ("/predict", "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer")
@@ -45,22 +47,24 @@ def parse_metrics(text: str) -> Counts:
     """Requests and 5xx answers of the inference endpoints in one pod's /metrics text.
 
     4xx answers are the client's mistake (bad input), not the version's, so they count as
-    requests but not as errors. Raises MetricsError for text the Prometheus parser rejects.
+    requests but not as errors; so are the 503s of backpressure (a full queue, the concurrency
+    cap), which say "busy, retry". Raises MetricsError for text the Prometheus parser rejects.
     """
-    requests = errors = 0.0
+    requests = errors = rejected = 0.0
     try:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name != REQUESTS_METRIC:
-                    continue
                 if sample.labels.get("endpoint") not in INFERENCE_ENDPOINTS:
                     continue
-                requests += sample.value
-                if sample.labels.get("code", "").startswith("5"):
-                    errors += sample.value
+                if sample.name == REJECTED_METRIC:
+                    rejected += sample.value
+                elif sample.name == REQUESTS_METRIC:
+                    requests += sample.value
+                    if sample.labels.get("code", "").startswith("5"):
+                        errors += sample.value
     except (ValueError, TypeError, IndexError, KeyError) as err:
         raise MetricsError(f"cannot parse /metrics: {err}") from None
-    return Counts(int(requests), int(errors))
+    return Counts(int(requests), int(max(errors - rejected, 0)))
 
 
 def sum_counts(per_pod: Iterable[Counts]) -> Counts:

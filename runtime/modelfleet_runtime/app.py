@@ -25,7 +25,7 @@ from .api_schema import DOCUMENTED_MODELS, PredictRequest, PredictResponse, erro
 from .errors import RuntimeProblem
 from .feedback_api import FeedbackService, build_feedback_router
 from .http_io import ParsingProcess, client_gone, json_response, read_token
-from .metrics import MetricsMiddleware, RuntimeMetrics
+from .metrics import REJECTED_KEY, MetricsMiddleware
 from .model_server import ModelServer
 from .settings import Settings
 from .simple_api import build_simple_router
@@ -122,7 +122,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 
 
 def create_app(settings: Settings, server: ModelServer | None = None) -> FastAPI:
-    server = server or ModelServer(settings, RuntimeMetrics())
+    server = server or ModelServer(settings)
     predict_token = read_token(settings.predict_token_file)
     feedback = FeedbackService(server, server.registry)
     parsing = ParsingProcess(server.registry)
@@ -135,7 +135,10 @@ def create_app(settings: Settings, server: ModelServer | None = None) -> FastAPI
             if settings.grpc_port:
                 from .grpc_api import GrpcServer  # grpcio only loads when gRPC is on
 
-                grpc_server = GrpcServer(server, predict_token, settings.host, settings.grpc_port)
+                # Every worker of a pod serves the same gRPC port (gRPC cannot take an inherited socket).
+                grpc_server = GrpcServer(
+                    server, predict_token, settings.host, settings.grpc_port, reuse_port=settings.workers > 1
+                )
                 await grpc_server.start()
             yield
         finally:
@@ -168,7 +171,9 @@ def create_app(settings: Settings, server: ModelServer | None = None) -> FastAPI
         app.router.routes.extend(router.routes)
 
     @app.exception_handler(RuntimeProblem)
-    async def problem(_: Request, exc: RuntimeProblem) -> Response:
+    async def problem(request: Request, exc: RuntimeProblem) -> Response:
+        if exc.rejected is not None:
+            request.scope[REJECTED_KEY] = exc.rejected
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
         return json_response({"error": exc.message}, status=exc.status, headers=headers)
 

@@ -12,6 +12,9 @@ class RuntimeProblem(Exception):
 
     status: int = 500
     retry_after: int | None = None
+    # Set for a refusal under load that a retry may get served (backpressure): such answers are
+    # counted apart from errors (metrics.py, modelfleet_requests_rejected_total{reason}).
+    rejected: str | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -71,7 +74,7 @@ class Unavailable(RuntimeProblem):
 
 
 class QueueFull(Unavailable):
-    pass
+    rejected = "queue_full"
 
 
 class InsufficientStorage(RuntimeProblem):

@@ -72,7 +72,10 @@ class FeatureMetrics:
             registry=registry,
         )
         self.cache_entries = Gauge(
-            "modelfleet_feature_cache_entries", "Entities currently held in the feature cache", registry=registry
+            "modelfleet_feature_cache_entries",
+            "Entities currently held in the feature cache",
+            registry=registry,
+            multiprocess_mode="livesum",  # each worker of a pod has its own cache
         )
 
 

@@ -60,6 +60,7 @@ class FeedbackService:
             "modelfleet_feedback_unconsumed_samples",
             "samples on the feedback volume (all pods) a training run would use now",
             registry=registry,
+            multiprocess_mode="livemostrecent",  # every worker of a pod counts the same volume
         )
         self.fsync_seconds = Histogram(
             "modelfleet_feedback_fsync_seconds",

@@ -23,6 +23,7 @@ from .demo import write_demo_model
 from .errors import ModelLoadError, NotFound, Unavailable
 from .metrics import RuntimeMetrics
 from .model import OnnxModel
+from .pod import PodView, SingleProcess
 from .settings import Settings
 from .sources import default_cache_dir, fetch_model
 
@@ -49,9 +50,14 @@ class ModelServer:
     ) -> None:
         self.settings = settings
         self.clock = clock
-        self.metrics = metrics or RuntimeMetrics()
+        self.metrics = metrics or RuntimeMetrics(model=settings.name, version=settings.model_version)
         self.state = State.LOADING
         self.reason = "loading the model"
+        # Called with the new state and reason on every change (a worker publishes them to its pod).
+        self.on_state: Callable[[State, str], None] | None = None
+        # What the pod-wide endpoints (readiness, /stats, /metrics) describe: this process, or
+        # every worker of the pod (runner.py replaces it in a worker).
+        self.pod: PodView = SingleProcess(self)
         self.model: OnnxModel | None = None
         self.batcher: Batcher | None = None
         # This process's part of the feedback volume and its prediction log, set by start() when
@@ -62,7 +68,6 @@ class ModelServer:
         self.model_path: Path | None = None
         self._load_task: asyncio.Task[None] | None = None
         self._drain_listeners: list[Callable[[], None]] = []
-        self.metrics.info.labels(settings.name, settings.model_version).set(1)
 
     @property
     def registry(self) -> CollectorRegistry:
@@ -157,18 +162,23 @@ class ModelServer:
             on_batch=self._observe_batch,
         )
         self.batcher.start()
-        self.state, self.reason = State.READY, "model loaded and warmed up"
         self.metrics.ready.set(1)
+        self._set_state(State.READY, "model loaded and warmed up")
         log.info("ready: serving %s version %s", self.settings.name, self.settings.model_version)
 
+    def _set_state(self, state: State, reason: str) -> None:
+        self.state, self.reason = state, reason
+        if self.on_state is not None:
+            self.on_state(state, reason)
+
     def _fail(self, reason: str) -> None:
-        self.state, self.reason = State.FAILED, reason
         self.metrics.ready.set(0)
+        self._set_state(State.FAILED, reason)
         log.error("the model will not serve: %s", reason)
 
     def _observe_batch(self, record: Any, waits: list[float]) -> None:
         self.metrics.observe_batch(record, waits)
-        self.metrics.queue_depth.set(self.batcher.queued_rows if self.batcher else 0)
+        self.metrics.set_queue_depth(self.batcher.queued_rows if self.batcher else 0)
 
     def on_drain(self, listener: Callable[[], None]) -> None:
         """Call `listener` when the drain begins (from a signal handler: it must only schedule work)."""
@@ -176,14 +186,13 @@ class ModelServer:
 
     def begin_drain(self) -> None:
         """Readiness turns false at once; requests already accepted still finish."""
-        first = self.state is not State.DRAINING
-        if first:
-            log.info("draining: readiness is now false")
-        self.state, self.reason = State.DRAINING, "shutting down"
+        if self.state is State.DRAINING:
+            return
+        log.info("draining: readiness is now false")
         self.metrics.ready.set(0)
-        if first:
-            for listener in self._drain_listeners:
-                listener()
+        self._set_state(State.DRAINING, "shutting down")
+        for listener in self._drain_listeners:
+            listener()
 
     async def stop(self) -> None:
         self.begin_drain()
@@ -197,14 +206,8 @@ class ModelServer:
     # -- requests ------------------------------------------------------------------------------
 
     def readiness(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "ready": self.ready,
-            "state": self.state.value,
-            "reason": self.reason,
-            "model": self.settings.name,
-            "version": self.settings.model_version,
-        }
-        return body
+        """The pod's readiness answer: `ready` is true only when every worker of the pod is."""
+        return self.pod.readiness()
 
     def check_target(self, name: str, version: str | None = None) -> None:
         s = self.settings

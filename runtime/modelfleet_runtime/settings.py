@@ -17,6 +17,7 @@ from typing import Any
 from .sources import DEFAULT_MAX_BYTES, DEFAULT_SCHEMES, DEFAULT_TIMEOUT_SECONDS, SourcePolicy
 
 ENV_PREFIX = "MODELFLEET_"
+MAX_WORKERS = 128
 
 
 class SettingsError(ValueError):
@@ -36,6 +37,8 @@ class Settings:
     grpc_port: int = 8081
     # An inherited, already listening socket to serve on instead of binding host:port (-1: bind).
     listen_fd: int = -1
+    # Processes serving the port, each with its own session and batcher; 0: one per CPU the container may use.
+    workers: int = 1
     max_batch_size: int = 32
     max_latency_ms: float = 100.0
     max_queue: int = 1024
@@ -54,8 +57,14 @@ class Settings:
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     max_body_bytes: int = 4 * 1024 * 1024
-    # Bodies from this size on are parsed on a thread of their own, off the event loop.
+    # Bodies from this size on are parsed in a process of their own, off the event loop.
     large_body_bytes: int = 256 * 1024
+    # Connection bounds (DESIGN.md section 9): a slow or idle client is closed, not waited for.
+    max_header_bytes: int = 64 * 1024
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 30.0
+    keep_alive_timeout_seconds: int = 5
+    limit_concurrency: int = 1024
     # How long a SIGTERM waits for queued and in-flight requests before giving up.
     drain_timeout_seconds: float = 30.0
     log_level: str = "info"
@@ -108,6 +117,7 @@ class Settings:
             problems.append(f"max-queue must be at least 1, got {self.max_queue}")
         if self.warmup_iterations < 0:
             problems.append(f"warmup-iterations must not be negative, got {self.warmup_iterations}")
+        problems += _process_problems(self)
         if self.listen_fd < -1:
             problems.append(f"listen-fd must be a file descriptor (0 or more), or -1 to bind, got {self.listen_fd}")
         if not 0 < self.port < 65536:
@@ -176,6 +186,24 @@ class Settings:
         return self.request_retention_seconds or self.prediction_retention_seconds
 
 
+def _process_problems(s: Settings) -> list[str]:
+    """The workers and the connection bounds."""
+    problems = []
+    if not 0 <= s.workers <= MAX_WORKERS:
+        problems.append(f"workers must be between 0 (one per CPU) and {MAX_WORKERS}, got {s.workers}")
+    if s.max_header_bytes < 1024:
+        problems.append(f"max-header-bytes must be at least 1024, got {s.max_header_bytes}")
+    timeouts = {
+        "header-timeout-seconds": s.header_timeout_seconds,
+        "body-timeout-seconds": s.body_timeout_seconds,
+        "keep-alive-timeout-seconds": s.keep_alive_timeout_seconds,
+    }
+    problems += [f"{flag} must be more than 0, got {value}" for flag, value in timeouts.items() if not value > 0]
+    if s.limit_concurrency < 1:
+        problems.append(f"limit-concurrency must be at least 1, got {s.limit_concurrency}")
+    return problems
+
+
 _FLAG_HELP: dict[str, str] = {
     "model": "model source: file:///path or a path, http(s)://, pvc://CLAIM/PATH, configmap://NAME/KEY",
     "sha256": "expected sha256 of the model file; a mismatch means the model never becomes ready",
@@ -187,6 +215,8 @@ _FLAG_HELP: dict[str, str] = {
     "grpc_port": "port of the Open Inference Protocol gRPC service (0: no gRPC)",
     "listen_fd": "serve on this inherited listening socket instead of binding --host/--port "
     "(socket activation, a supervisor holding the port; -1: bind)",
+    "workers": "processes sharing the port, each with its own model session and batcher "
+    "(0: one per CPU the container may use, from its cgroup quota)",
     "max_batch_size": "largest number of rows merged into one session.run",
     "max_latency_ms": "longest a request may wait for its batch to form",
     "max_queue": "rows that may wait; beyond it requests get 503 with Retry-After",
@@ -201,6 +231,12 @@ _FLAG_HELP: dict[str, str] = {
     "inter_op_threads": "onnxruntime inter-op threads (0: onnxruntime's default)",
     "max_body_bytes": "largest request body accepted (413 beyond it)",
     "large_body_bytes": "bodies from this size on are parsed off the event loop, one at a time",
+    "max_header_bytes": "largest request line and headers accepted (431 beyond it)",
+    "header_timeout_seconds": "a request's line and headers must arrive within this time (408 beyond it)",
+    "body_timeout_seconds": "a request's body must arrive within this time after its headers (408 beyond it)",
+    "keep_alive_timeout_seconds": "an idle kept-alive connection is closed after this many seconds",
+    "limit_concurrency": "connections and requests one worker serves at once; beyond it requests get 503 "
+    "with Retry-After",
     "drain_timeout_seconds": "on SIGTERM, how long to wait for queued and in-flight requests",
     "log_level": "critical, error, warning, info or debug",
     "predict_token_file": "file with a bearer token required for predictions (off when empty)",
@@ -279,10 +315,34 @@ def load_settings(args: Mapping[str, Any] | None = None, environ: Mapping[str, s
     return Settings(**values)
 
 
+def settings_environ(settings: Settings) -> dict[str, str]:
+    """The MODELFLEET_* variables that `load_settings` reads back into `settings` (for worker processes)."""
+    environ = {}
+    for f in dataclasses.fields(Settings):
+        value = getattr(settings, f.name)
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, tuple):
+            text = ",".join(value)
+        else:
+            text = str(value)
+        environ[env_name(f.name)] = text
+    return environ
+
+
 def parse_serve_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(prog="modelfleet-runtime serve")
     add_serve_arguments(parser)
     return load_settings(vars(parser.parse_args(argv)), environ)
 
 
-__all__ = ["Settings", "SettingsError", "add_serve_arguments", "env_name", "load_settings", "parse_serve_args"]
+__all__ = [
+    "MAX_WORKERS",
+    "Settings",
+    "SettingsError",
+    "add_serve_arguments",
+    "env_name",
+    "load_settings",
+    "parse_serve_args",
+    "settings_environ",
+]

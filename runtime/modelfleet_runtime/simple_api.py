@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
 from .errors import InvalidInput
@@ -92,27 +92,19 @@ def build_simple_router(server: ModelServer, predict_token: TokenFile | None) ->
         return json_response(
             {
                 "status": "healthy",
-                "state": server.state.value,
+                "state": server.readiness()["state"],
                 "model": settings.name,
                 "model_version": settings.model_version,
             }
         )
 
+    # /stats and /metrics describe the whole pod, whichever worker answers (pod.py).
     @router.get("/stats")
     async def stats() -> Response:
-        summary = server.metrics.summary()
-        summary.update(
-            model=settings.name,
-            model_version=settings.model_version,
-            state=server.state.value,
-            queue_depth=server.batcher.queued_rows if server.batcher else 0,
-        )
-        return json_response(summary)
+        return json_response(server.pod.stats())
 
     @router.get("/metrics")
     async def metrics() -> Response:
-        if server.batcher is not None:
-            server.metrics.queue_depth.set(server.batcher.queued_rows)
-        return Response(generate_latest(server.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(server.pod.metrics(), media_type=CONTENT_TYPE_LATEST)
 
     return router

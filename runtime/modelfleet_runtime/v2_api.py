@@ -185,7 +185,8 @@ def build_v2_router(server: ModelServer, predict_token: TokenFile | None) -> API
 
 
 def _ready_response(server: ModelServer) -> Response:
-    return json_response(server.readiness(), status=200 if server.ready else 503)
+    body = server.readiness()
+    return json_response(body, status=200 if body["ready"] else 503)
 
 
 def _add_server_routes(router: APIRouter, server: ModelServer) -> None:

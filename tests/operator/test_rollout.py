@@ -63,6 +63,20 @@ def test_counts_come_from_the_inference_endpoints_of_real_runtime_metrics() -> N
     assert parse_metrics(text) == Counts(requests=55, errors=6)
 
 
+def test_backpressure_503s_count_as_requests_not_as_errors() -> None:
+    """A canary that answers "queue full, retry" (or is at its concurrency cap) is busy, not broken."""
+    metrics = RuntimeMetrics()
+    for _ in range(30):
+        metrics.observe_request("/predict", 200, 0.003, True)
+    for endpoint, reason, count in (("/predict", "queue_full", 15), ("/v2/models/{name}/infer", "concurrency", 5)):
+        for _ in range(count):
+            metrics.observe_request(endpoint, 503, 0.001, True)
+            metrics.observe_rejection(endpoint, reason)
+    for _ in range(2):  # an outage of the feature store is a 503 the version is answerable for
+        metrics.observe_request("/predict", 503, 0.001, True)
+    assert parse_metrics(generate_latest(metrics.registry).decode()) == Counts(requests=52, errors=2)
+
+
 def test_a_fresh_pod_has_no_requests() -> None:
     assert parse_metrics(_runtime_metrics_text({})) == Counts(0, 0)
     assert parse_metrics("") == Counts(0, 0)

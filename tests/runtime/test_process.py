@@ -19,7 +19,7 @@ from modelfleet_runtime.sources import resolve_local
 from tests.support.live_server import live_server
 from tests.support.onnx_models import build_mlp
 from tests.support.polling import wait_for
-from tests.support.runtime_process import RuntimeProcess
+from tests.support.runtime_process import RuntimeProcess, listening_socket
 
 RUNTIME = [sys.executable, "-m", "modelfleet_runtime.cli"]
 
@@ -103,43 +103,50 @@ async def _read_response(reader: asyncio.StreamReader, writer: asyncio.StreamWri
     return int(lines[0].split()[1]), orjson.loads(payload)
 
 
-async def test_sigterm_answers_every_request_in_flight_then_exits_zero(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sigterm_answers_every_request_in_flight_then_exits_zero(tmp_path: Path, workers: int) -> None:
     # Heavy rows with small bodies: the requests arrive much faster than the model gets through them.
     model = build_mlp(tmp_path / "heavy.onnx", (8, 3072, 3072, 1))
     env = {
         "MODELFLEET_MODEL": str(model),
+        "MODELFLEET_WORKERS": str(workers),
         "MODELFLEET_WARMUP_ITERATIONS": "1",
         "MODELFLEET_MAX_BATCH_SIZE": "1",
         "MODELFLEET_MAX_QUEUE": "100000",
+        # Generous: the drain runs 1,280 heavy rows on a machine other tests share.
+        "MODELFLEET_DRAIN_TIMEOUT_SECONDS": "120",
     }
-    async with RuntimeProcess(env, tmp_path) as runtime:
+    # With two workers each accepts on a SO_REUSEPORT sibling of this socket, so the 40
+    # connections below land on both and the pod's in-flight gauge sums them.
+    with listening_socket(reuse_port=True) as listener:
+        async with RuntimeProcess(env, tmp_path, listener=listener) as runtime:
 
-        async def predictions() -> tuple[float, float]:
-            """(in flight, answered) /predict requests, from the server's own metrics."""
-            families = text_string_to_metric_families((await runtime.client.get("/metrics")).text)
-            samples = [s for family in families for s in family.samples]
-            # The /metrics request itself is in flight too.
-            in_flight = next(s.value for s in samples if s.name == "modelfleet_requests_in_flight") - 1
-            answered = sum(
-                s.value
-                for s in samples
-                if s.name == "modelfleet_requests_total" and s.labels.get("endpoint") == "/predict"
-            )
-            return in_flight, answered
+            async def predictions() -> tuple[float, float]:
+                """(in flight, answered) /predict requests, from the pod's own metrics."""
+                families = text_string_to_metric_families((await runtime.client.get("/metrics")).text)
+                samples = [s for family in families for s in family.samples]
+                # The /metrics request itself is in flight too.
+                in_flight = next(s.value for s in samples if s.name == "modelfleet_requests_in_flight") - 1
+                answered = sum(
+                    s.value
+                    for s in samples
+                    if s.name == "modelfleet_requests_total" and s.labels.get("endpoint") == "/predict"
+                )
+                return in_flight, answered
 
-        async def all_received() -> tuple[float, float] | None:
-            counts = await predictions()
-            return counts if sum(counts) >= 40 else None
+            async def all_received() -> tuple[float, float] | None:
+                counts = await predictions()
+                return counts if sum(counts) >= 40 else None
 
-        rng = np.random.default_rng(0)
-        body = orjson.dumps({"instances": rng.standard_normal((32, 8)).astype(np.float32).tolist()})
-        port = runtime.listener.getsockname()[1]
-        connections = [await _send_raw(port, body) for _ in range(40)]
-        # Every request has reached the server (a loaded machine may answer the first few already).
-        in_flight, _ = await wait_for(all_received, timeout=60, interval=0.005)
-        runtime.child.send_signal(signal.SIGTERM)
-        answers = await asyncio.gather(*(_read_response(r, w) for r, w in connections))
-        assert in_flight > 0, "every request was answered before SIGTERM: nothing was drained"
-        assert [status for status, _ in answers] == [200] * 40
-        assert all(len(payload["predictions"]) == 32 for _, payload in answers)
-        assert await asyncio.wait_for(runtime.wait(), 30) == 0
+            rng = np.random.default_rng(0)
+            body = orjson.dumps({"instances": rng.standard_normal((32, 8)).astype(np.float32).tolist()})
+            port = listener.getsockname()[1]
+            connections = [await _send_raw(port, body) for _ in range(40)]
+            # Every request has reached the server (a loaded machine may answer the first few already).
+            in_flight, _ = await wait_for(all_received, timeout=60, interval=0.005)
+            runtime.child.send_signal(signal.SIGTERM)
+            answers = await asyncio.gather(*(_read_response(r, w) for r, w in connections))
+            assert in_flight > 0, "every request was answered before SIGTERM: nothing was drained"
+            assert [status for status, _ in answers] == [200] * 40
+            assert all(len(payload["predictions"]) == 32 for _, payload in answers)
+            assert await asyncio.wait_for(runtime.wait(), 180) == 0
