@@ -25,7 +25,13 @@ REQUESTS_METRIC = "modelfleet_requests_total"
 REJECTED_METRIC = "modelfleet_requests_rejected_total"
 # The runtime's inference routes as it labels them (modelfleet_runtime.metrics.INFERENCE_PATHS;
 # not imported: that module needs numpy, which the operator image does not have).
-INFERENCE_ENDPOINTS = ("/predict", "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer")
+INFERENCE_ENDPOINTS = (
+    "/predict",
+    "/v1/models/{name}:predict",
+    "/v2/models/{name}/infer",
+    "/v2/models/{name}/versions/{version}/infer",
+    "/inference.GRPCInferenceService/ModelInfer",
+)
 
 
 class MetricsError(ValueError):

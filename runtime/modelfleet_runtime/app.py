@@ -125,7 +125,7 @@ def create_app(settings: Settings, server: ModelServer | None = None) -> FastAPI
     server = server or ModelServer(settings)
     predict_token = read_token(settings.predict_token_file)
     feedback = FeedbackService(server, server.registry)
-    parsing = ParsingProcess(server.registry)
+    parsing = ParsingProcess(server.metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

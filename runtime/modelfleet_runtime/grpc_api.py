@@ -29,6 +29,7 @@ from .errors import InvalidInput, RuntimeProblem, Unauthorized
 from .grpc_predict_v2 import grpc_predict_v2_pb2 as pb
 from .grpc_predict_v2 import grpc_predict_v2_pb2_grpc as pb_grpc
 from .http_io import TokenFile
+from .metrics import INFERENCE_PATHS
 from .model_server import ModelServer
 from .tensor_codec import CONTENTS_FIELD, decode_binary, decode_typed, encode_binary
 from .v2_api import EXTENSIONS, model_metadata
@@ -37,7 +38,7 @@ from .v2_infer import InputTensor, datatypes, entity_ids_of, infer, output_names
 log = logging.getLogger("modelfleet.grpc")
 
 # The metrics' endpoint label of ModelInfer: the gRPC method's full name.
-INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+INFER_METHOD = INFERENCE_PATHS[-1]  # "/inference.GRPCInferenceService/ModelInfer"
 
 _CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,

@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
-from prometheus_client import CollectorRegistry, Counter, Gauge
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from .errors import ClientGone, InvalidInput, PayloadTooLarge, Unauthorized, Unavailable
 from .inputs import parse_json_object
+from .metrics import RuntimeMetrics
 
 log = logging.getLogger("modelfleet.http")
 
@@ -89,17 +89,16 @@ class ParsingProcess:
     (or a functools.partial of one) and return something picklable.
     """
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, metrics: RuntimeMetrics) -> None:
         self._pool: ProcessPoolExecutor | None = None
         self.waiting = 0
-        Gauge(
+        # Counted up and down, not read at scrape time: a pod's workers add up their files.
+        self._waiting = metrics.gauge(
             "modelfleet_large_bodies_parsing",
             "Large request bodies queued for or being parsed in the parsing process",
-            registry=registry,
-        ).set_function(lambda: self.waiting)
-        self._parsed = Counter(
-            "modelfleet_large_bodies", "Large request bodies handed to the parsing process", registry=registry
+            "livesum",
         )
+        self._parsed = metrics.counter("modelfleet_large_bodies", "Large request bodies handed to the parsing process")
 
     async def run(self, parse: Callable[[bytes], T], body: bytes) -> T:
         if self._pool is None:
@@ -107,6 +106,7 @@ class ParsingProcess:
         pool = self._pool
         self._parsed.inc()
         self.waiting += 1
+        self._waiting.inc()
         try:
             return await asyncio.get_running_loop().run_in_executor(pool, parse, body)
         except BrokenProcessPool:
@@ -116,6 +116,7 @@ class ParsingProcess:
             raise Unavailable("the server could not parse this request body now; retry") from None
         finally:
             self.waiting -= 1
+            self._waiting.dec()
 
     def close(self) -> None:
         if self._pool is not None:

@@ -220,6 +220,14 @@ class RuntimeMetrics:
         gauge = Gauge(name, documentation, SERIES_LABELS, registry=self.registry, multiprocess_mode=mode)
         return gauge.labels(self.model, self.version)
 
+    def gauge(self, name: str, documentation: str, mode: Any) -> Any:
+        """A gauge of this server with its model and version labels; `mode` says how workers' values add up."""
+        return self._gauge(name, documentation, mode)
+
+    def counter(self, name: str, documentation: str) -> Any:
+        """A counter of this server with its model and version labels (workers' counts add up)."""
+        return Counter(name, documentation, SERIES_LABELS, registry=self.registry).labels(self.model, self.version)
+
     def observe_batch(self, record: BatchRecord, waits: list[float]) -> None:
         self.batch_size.observe(record.rows)
         self.batch_seconds.observe(record.finished - record.dispatched)
@@ -262,6 +270,8 @@ INFERENCE_PATHS = (
     "/v1/models/{name}:predict",
     "/v2/models/{name}/infer",
     "/v2/models/{name}/versions/{version}/infer",
+    # gRPC ModelInfer, recorded by grpc_api under its method name.
+    "/inference.GRPCInferenceService/ModelInfer",
 )
 
 

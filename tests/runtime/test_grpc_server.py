@@ -195,8 +195,14 @@ async def test_health_and_metadata_follow_the_models_state(tmp_path: Path) -> No
         server = await stub.ServerMetadata(pb.ServerMetadataRequest())
         unknown, _ = await _code(stub.ModelReady(pb.ModelReadyRequest(name="m", version="5")))
         live.server.begin_drain()
-        draining = await stub.ServerReady(pb.ServerReadyRequest())
-    assert ready.ready and model_ready.ready and not draining.ready
+        # Draining: the health check says not ready, or the server already refuses new calls.
+        refused = None
+        try:
+            draining_ready = (await stub.ServerReady(pb.ServerReadyRequest())).ready
+        except grpc.aio.AioRpcError as exc:
+            refused, draining_ready = exc.code(), False
+    assert ready.ready and model_ready.ready and not draining_ready
+    assert refused in (None, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
     assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [
         ("x", "FP32", [-1, 3]),
         ("k", "INT64", [-1, 1]),

@@ -18,9 +18,15 @@ WIDTH = 512
 JSON = {"content-type": "application/json"}
 
 
+def sample(live: Live, name: str) -> float:
+    """The value of the server's series `name` for its model and version (0 when it has none yet)."""
+    labels = {"model": live.server.settings.name, "version": live.server.settings.model_version}
+    return live.server.registry.get_sample_value(name, labels) or 0.0
+
+
 def parsing(live: Live) -> float:
     """Large bodies the server has queued for, or is running through, its parsing process."""
-    return live.server.registry.get_sample_value("modelfleet_large_bodies_parsing") or 0.0
+    return sample(live, "modelfleet_large_bodies_parsing")
 
 
 def expected(model: Path, rows: np.ndarray) -> list[float]:
@@ -59,7 +65,7 @@ async def test_a_large_body_gets_the_answers_and_errors_a_small_one_gets(mlp_pat
         too_many = await live.client.post("/predict", json={"instances": [[1.0, 2.0, 3.0, 4.0]] * 65})
         v2_ok = await live.client.post("/v2/models/fraud/infer", json=v2_rows)
         v2_bad = await live.client.post("/v2/models/fraud/infer", json=v2_shape)
-        handed_over = live.server.registry.get_sample_value("modelfleet_large_bodies_total")
+        handed_over = sample(live, "modelfleet_large_bodies_total")
     assert handed_over == 5
     want = expected(mlp_path, rows)
     np.testing.assert_allclose(ok.json()["predictions"], want, rtol=1e-5, atol=1e-6)
