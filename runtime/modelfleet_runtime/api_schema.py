@@ -1,7 +1,7 @@
 """What the OpenAPI document says about bodies: the error every endpoint sends, /predict and V1.
 
 The hot endpoints read their bodies themselves (no FastAPI body parameter: its per-request
-validation is the cost PlainRoute avoids), so their request bodies are documented here by
+validation is a cost inference_routes.py avoids), so their request bodies are documented here by
 `request_body`, and app.py adds the schemas it names to the document's components.
 The V2 messages' schemas live with their parser in v2_messages.py.
 """

@@ -19,18 +19,22 @@ from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from . import __version__
 from .api_schema import DOCUMENTED_MODELS, PredictRequest, PredictResponse, error_responses, request_body
 from .errors import RuntimeProblem
 from .feedback_api import FeedbackService, build_feedback_router
-from .http_io import ParsingProcess, client_gone, json_response, read_token
+from .http_io import ParsingProcess, client_gone, json_response, problem_answer, read_token, unexpected_answer
+from .inference_routes import PREDICT, V1_PREDICT, InferenceRoutes
 from .metrics import REJECTED_KEY, MetricsMiddleware
 from .model_server import ModelServer
 from .settings import Settings
 from .simple_api import build_simple_router
+from .simple_api import predict_handler as simple_predict
 from .v1_api import build_v1_router
-from .v2_api import build_v2_router
+from .v1_api import predict_handler as v1_predict
+from .v2_api import build_v2_router, infer_handlers
 
 log = logging.getLogger("modelfleet.app")
 
@@ -121,6 +125,19 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return document
 
 
+class _RuntimeApp(FastAPI):
+    """FastAPI, with the inference POSTs answered before it sees them (inference_routes.py)."""
+
+    inference: InferenceRoutes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        found = self.inference.find(scope)
+        if found is None:
+            await super().__call__(scope, receive, send)
+        else:
+            await self.inference.serve(found[0], found[1], scope, receive, send)
+
+
 def create_app(settings: Settings, server: ModelServer | None = None) -> FastAPI:
     server = server or ModelServer(settings)
     predict_token = read_token(settings.predict_token_file)
@@ -149,7 +166,7 @@ def create_app(settings: Settings, server: ModelServer | None = None) -> FastAPI
             await feedback.aclose()
             parsing.close()
 
-    app = FastAPI(
+    app = _RuntimeApp(
         title="ModelFleet runtime",
         version=__version__,
         description="Batching ONNX inference: /predict, KServe V1, the Open Inference Protocol (V2) with Triton's "
@@ -162,10 +179,17 @@ def create_app(settings: Settings, server: ModelServer | None = None) -> FastAPI
     app.state.parsing = parsing
     # The routes go straight onto the app: this FastAPI matches an included router's routes twice
     # per request (about a tenth of a small prediction's event-loop time, see bench/README.md).
+    v2_infer = infer_handlers(server, predict_token, parsing)
+    handlers = {
+        PREDICT: simple_predict(server, predict_token, parsing),
+        V1_PREDICT: v1_predict(server, predict_token, parsing),
+        **v2_infer,
+    }
+    app.inference = InferenceRoutes(server.metrics, handlers)
     for router in (
-        build_simple_router(server, predict_token),
-        build_v2_router(server, predict_token),
-        build_v1_router(server, predict_token),
+        build_simple_router(server, handlers[PREDICT]),
+        build_v2_router(server, v2_infer),
+        build_v1_router(server, handlers[V1_PREDICT]),
         build_feedback_router(server, feedback),
     ):
         app.router.routes.extend(router.routes)
@@ -174,8 +198,7 @@ def create_app(settings: Settings, server: ModelServer | None = None) -> FastAPI
     async def problem(request: Request, exc: RuntimeProblem) -> Response:
         if exc.rejected is not None:
             request.scope[REJECTED_KEY] = exc.rejected
-        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
-        return json_response({"error": exc.message}, status=exc.status, headers=headers)
+        return problem_answer(exc).response()
 
     @app.exception_handler(HTTPException)
     async def framework(request: Request, exc: HTTPException) -> Response:
@@ -184,7 +207,7 @@ def create_app(settings: Settings, server: ModelServer | None = None) -> FastAPI
     @app.exception_handler(ClientDisconnect)
     async def gone(request: Request, _: ClientDisconnect) -> Response:
         # A body read outside http_io.read_body (FastAPI's own parameter parsing) can meet it too.
-        problem = client_gone(request)
+        problem = client_gone(request.scope)
         return json_response({"error": problem.message}, status=problem.status)
 
     @app.exception_handler(RequestValidationError)
@@ -194,9 +217,7 @@ def create_app(settings: Settings, server: ModelServer | None = None) -> FastAPI
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-        return json_response(
-            {"error": f"internal server error ({type(exc).__name__}); the server log has the details"}, status=500
-        )
+        return unexpected_answer(exc).response()
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(MetricsMiddleware, metrics=server.metrics)

@@ -111,6 +111,9 @@ class RuntimeConfig(uvicorn.Config):
             ws="none",
             timeout_keep_alive=limits.keep_alive_timeout,
             limit_concurrency=limits.limit_concurrency,
+            # Client addresses are only logged (a client that went away); X-Forwarded-* from a
+            # local proxy would be worth a middleware on every request (bench/README.md).
+            proxy_headers=False,
             **kwargs,
         )
         self.limits = limits

@@ -25,14 +25,14 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.types import Receive, Scope
 
-from .errors import ClientGone, InvalidInput, PayloadTooLarge, Unauthorized, Unavailable
+from .errors import ClientGone, InvalidInput, PayloadTooLarge, RuntimeProblem, Unauthorized, Unavailable
 from .inputs import parse_json_object
 from .metrics import RuntimeMetrics
 
@@ -44,16 +44,25 @@ JSON = "application/json"
 VERSION_HEADER = "x-model-version"
 
 
+def _declared_size(declared: str | None, limit: int) -> None:
+    if declared is None:
+        return
+    try:
+        size = int(declared)
+    except ValueError:
+        raise InvalidInput("Content-Length is not a number") from None
+    if size > limit:
+        raise PayloadTooLarge(f"request body is {size} bytes; the limit is {limit}")
+
+
+def _over_limit(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refused past `limit` bytes; ClientGone (499) when the client leaves midway."""
     declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise InvalidInput("Content-Length is not a number") from None
-        if size > limit:
-            raise PayloadTooLarge(f"request body is {size} bytes; the limit is {limit}")
+    _declared_size(declared, limit)
     try:
         if declared is not None:
             return await request.body()
@@ -61,18 +70,96 @@ async def read_body(request: Request, limit: int) -> bytes:
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+                raise _over_limit(limit)
             chunks.append(chunk)
         return b"".join(chunks)
     except ClientDisconnect:
-        raise client_gone(request) from None
+        raise client_gone(request.scope) from None
 
 
-def client_gone(request: Request) -> ClientGone:
+class Call:
+    """One request as the plain ASGI inference routes see it (inference_routes.py): headers, path, body.
+
+    What the endpoints read of Starlette's Request, without building one: a header dict only
+    when a header is asked for, and the body straight from the ASGI messages.
+    """
+
+    __slots__ = ("_headers", "_receive", "path_params", "scope")
+
+    def __init__(self, scope: Scope, receive: Receive, path_params: dict[str, str]) -> None:
+        self.scope = scope
+        self._receive = receive
+        self.path_params = path_params
+        self._headers: dict[str, str] | None = None
+
+    def header(self, name: str) -> str | None:
+        """The first value of the (lower-case) header `name`, as Starlette's Headers.get gives it."""
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = {}
+            for key, value in reversed(self.scope["headers"]):
+                headers[key.decode("latin-1")] = value.decode("latin-1")
+        return headers.get(name)
+
+    async def body(self, limit: int) -> bytes:
+        """The whole body, refused past `limit` bytes (declared or sent); ClientGone (499) when the client leaves."""
+        _declared_size(self.header("content-length"), limit)
+        message = await self._receive()
+        if message["type"] != "http.request":
+            raise client_gone(self.scope)
+        body: bytes = message.get("body", b"")
+        if not message.get("more_body", False):
+            if len(body) > limit:
+                raise _over_limit(limit)
+            return body
+        chunks, size = [body], len(body)
+        while True:
+            message = await self._receive()
+            if message["type"] != "http.request":
+                raise client_gone(self.scope)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise _over_limit(limit)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+class Answer(NamedTuple):
+    """An endpoint's answer before it is sent: the body, its status, media type and extra headers."""
+
+    body: bytes
+    status: int = 200
+    media_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def response(self) -> Response:
+        return Response(self.body, status_code=self.status, headers=dict(self.headers), media_type=self.media_type)
+
+
+def json_answer(content: Any, status: int = 200, headers: tuple[tuple[str, str], ...] = ()) -> Answer:
+    return Answer(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), status, JSON, headers)
+
+
+def problem_answer(problem: RuntimeProblem) -> Answer:
+    """What a client is told about a RuntimeProblem: its status, `{"error": message}` and Retry-After when set."""
+    headers = (("Retry-After", str(problem.retry_after)),) if problem.retry_after is not None else ()
+    return json_answer({"error": problem.message}, problem.status, headers)
+
+
+def unexpected_answer(exc: Exception) -> Answer:
+    return json_answer(
+        {"error": f"internal server error ({type(exc).__name__}); the server log has the details"}, status=500
+    )
+
+
+def client_gone(scope: Scope) -> ClientGone:
     """The 499 for a client that left before its request was read, logged in one line (no traceback)."""
-    client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+    client = scope.get("client")
+    who = f"{client[0]}:{client[1]}" if client else "a client"
     log.info(
-        "%s closed the connection before sending the whole body of %s %s", client, request.method, request.url.path
+        "%s closed the connection before sending the whole body of %s %s", who, scope.get("method"), scope.get("path")
     )
     return ClientGone("the client closed the connection before sending the whole request body")
 
@@ -121,16 +208,6 @@ class ParsingProcess:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def parsing_process(request: Request) -> ParsingProcess:
-    """The app's ParsingProcess, for bodies of `large-body-bytes` and more.
-
-    Callers compare the size themselves, so that a small body costs no extra await.
-    """
-    parsing = request.app.state.parsing
-    assert isinstance(parsing, ParsingProcess), "create_app puts the ParsingProcess in app.state"
-    return parsing
 
 
 async def read_json_object_and_body(request: Request, limit: int) -> tuple[dict[str, Any], bytes]:
@@ -208,23 +285,13 @@ def read_token(path: str) -> TokenFile | None:
 
 
 def require_bearer(request: Request, token: TokenFile | None) -> None:
+    check_bearer(request.headers.get("authorization"), token)
+
+
+def check_bearer(authorization: str | None, token: TokenFile | None) -> None:
+    """Unauthorized unless `authorization` is `Bearer <token>` (nothing to check without a token file)."""
     if token is None:
         return
-    supplied = request.headers.get("authorization", "")
-    scheme, _, value = supplied.partition(" ")
+    scheme, _, value = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.token.encode()):
         raise Unauthorized("missing or wrong bearer token: send 'Authorization: Bearer <token>'")
-
-
-class PlainRoute(Route):
-    """A Starlette route that names itself in the scope, as FastAPI's routes do, for the metrics' labels.
-
-    The hot endpoints (predict, infer) take only the Request, so they are served by a plain route
-    placed ahead of their FastAPI route: FastAPI's per-request dependency machinery cost about a
-    quarter of a small prediction's event-loop time (bench/README.md). The FastAPI route stays
-    for the OpenAPI schema.
-    """
-
-    async def handle(self, scope: Any, receive: Any, send: Any) -> None:
-        scope["route"] = self
-        await super().handle(scope, receive, send)

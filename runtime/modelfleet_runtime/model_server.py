@@ -68,6 +68,7 @@ class ModelServer:
         self.model_path: Path | None = None
         self._load_task: asyncio.Task[None] | None = None
         self._drain_listeners: list[Callable[[], None]] = []
+        self._ready_listeners: list[Callable[[], None]] = []
 
     @property
     def registry(self) -> CollectorRegistry:
@@ -162,6 +163,8 @@ class ModelServer:
             on_batch=self._observe_batch,
         )
         self.batcher.start()
+        for listener in self._ready_listeners:
+            listener()
         self.metrics.ready.set(1)
         self._set_state(State.READY, "model loaded and warmed up")
         log.info("ready: serving %s version %s", self.settings.name, self.settings.model_version)
@@ -179,6 +182,10 @@ class ModelServer:
     def _observe_batch(self, record: Any, waits: list[float]) -> None:
         self.metrics.observe_batch(record, waits)
         self.metrics.set_queue_depth(self.batcher.queued_rows if self.batcher else 0)
+
+    def on_ready(self, listener: Callable[[], None]) -> None:
+        """Call `listener` on the event loop once the model is loaded and warmed up, before readiness turns true."""
+        self._ready_listeners.append(listener)
 
     def on_drain(self, listener: Callable[[], None]) -> None:
         """Call `listener` when the drain begins (from a signal handler: it must only schedule work)."""

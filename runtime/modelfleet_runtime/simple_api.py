@@ -21,15 +21,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
 from .errors import InvalidInput
-from .http_io import (
-    VERSION_HEADER,
-    PlainRoute,
-    TokenFile,
-    json_response,
-    parsing_process,
-    read_body,
-    require_bearer,
-)
+from .http_io import VERSION_HEADER, Answer, Call, ParsingProcess, TokenFile, check_bearer, json_answer, json_response
+from .inference_routes import Handler
 from .inputs import prepend, read_predict_body
 from .model_server import ModelServer
 
@@ -43,16 +36,15 @@ def format_rows(outputs: dict[str, np.ndarray], rows: int) -> list[Any]:
     return [{name: values[i] for name, values in columns.items()} for i in range(rows)]
 
 
-def build_simple_router(server: ModelServer, predict_token: TokenFile | None) -> APIRouter:
-    router = APIRouter()
+def predict_handler(server: ModelServer, predict_token: TokenFile | None, parsing: ParsingProcess) -> Handler:
+    """POST /predict, served by inference_routes.py."""
     settings = server.settings
-    version_headers = {VERSION_HEADER: settings.model_version}
+    version_headers = ((VERSION_HEADER, settings.model_version),)
 
-    @router.post("/predict")
-    async def predict(request: Request) -> Response:
+    async def predict(call: Call) -> Answer:
         started = time.perf_counter()
-        require_bearer(request, predict_token)
-        body = await read_body(request, settings.max_body_bytes)
+        check_bearer(call.header("authorization"), predict_token)
+        body = await call.body(settings.max_body_bytes)
         model = server.require_model()
         width = model.input_width
         if width is None:
@@ -69,7 +61,7 @@ def build_simple_router(server: ModelServer, predict_token: TokenFile | None) ->
         if len(body) < settings.large_body_bytes:
             single, array, entity_id = read(body)
         else:
-            single, array, entity_id = await parsing_process(request).run(read, body)
+            single, array, entity_id = await parsing.run(read, body)
         if store is not None and entity_id is not None:
             array = prepend(await store.get(entity_id), array)
         feeds = {model.inputs[0].name: array}
@@ -81,10 +73,20 @@ def build_simple_router(server: ModelServer, predict_token: TokenFile | None) ->
         if server.prediction_log is not None and (request_id := server.prediction_log.record(feeds, outputs)):
             answer["request_id"] = request_id
         answer["latency_ms"] = round((time.perf_counter() - started) * 1000.0, 3)
-        return json_response(answer, headers=version_headers)
+        return json_answer(answer, headers=version_headers)
 
-    # Served by the plain route; the APIRoute above stays for the OpenAPI schema (see PlainRoute).
-    router.routes.insert(0, PlainRoute("/predict", predict, methods=["POST"], include_in_schema=False))
+    return predict
+
+
+def build_simple_router(server: ModelServer, predict: Handler) -> APIRouter:
+    router = APIRouter()
+    settings = server.settings
+
+    @router.post("/predict")
+    async def documented_predict(request: Request) -> Response:
+        # Requests are answered by inference_routes.py before they reach this route, which is
+        # here for the OpenAPI document (and would answer the same should one reach it).
+        return (await predict(Call(request.scope, request.receive, {}))).response()
 
     @router.get("/health")
     async def health() -> Response:

@@ -16,16 +16,42 @@ from starlette.responses import Response
 
 from .api_schema import V1Model, V1PredictRequest, V1PredictResponse, error_responses, request_body
 from .errors import InvalidInput, Unavailable
-from .http_io import VERSION_HEADER, PlainRoute, TokenFile, json_response, parsing_process, read_body, require_bearer
+from .http_io import VERSION_HEADER, Answer, Call, ParsingProcess, TokenFile, check_bearer, json_answer, json_response
+from .inference_routes import Handler
 from .inputs import read_instances_body
 from .model_server import ModelServer
 from .simple_api import format_rows
 
 
-def build_v1_router(server: ModelServer, predict_token: TokenFile | None) -> APIRouter:
+def predict_handler(server: ModelServer, predict_token: TokenFile | None, parsing: ParsingProcess) -> Handler:
+    """POST /v1/models/{name}:predict, served by inference_routes.py."""
+    settings = server.settings
+    version_headers = ((VERSION_HEADER, settings.model_version),)
+
+    async def predict(call: Call) -> Answer:
+        server.check_target(call.path_params["name"])
+        check_bearer(call.header("authorization"), predict_token)
+        body = await call.body(settings.max_body_bytes)
+        model = server.require_model()
+        width = model.input_width
+        if width is None:
+            raise InvalidInput(
+                f"V1 instances need a model with one 2-D numeric input; use POST /v2/models/{settings.name}/infer"
+            )
+        read = functools.partial(
+            read_instances_body, width=width, dtype=model.inputs[0].dtype, max_rows=settings.max_queue
+        )
+        array = read(body) if len(body) < settings.large_body_bytes else await parsing.run(read, body)
+        rows = len(array)
+        outputs = await server.infer({model.inputs[0].name: array}, rows)
+        return json_answer({"predictions": format_rows(outputs, rows)}, headers=version_headers)
+
+    return predict
+
+
+def build_v1_router(server: ModelServer, predict: Handler) -> APIRouter:
     router = APIRouter(tags=["KServe V1"])
     settings = server.settings
-    version_headers = {VERSION_HEADER: settings.model_version}
 
     @router.get("/")
     async def alive() -> Response:
@@ -42,25 +68,6 @@ def build_v1_router(server: ModelServer, predict_token: TokenFile | None) -> API
             raise Unavailable(f"model {name!r} is not ready: {server.reason}", retry_after=1)
         return json_response({"name": settings.name, "ready": True})
 
-    async def predict(request: Request) -> Response:
-        name = request.path_params["name"]
-        server.check_target(name)
-        require_bearer(request, predict_token)
-        body = await read_body(request, settings.max_body_bytes)
-        model = server.require_model()
-        width = model.input_width
-        if width is None:
-            raise InvalidInput(
-                f"V1 instances need a model with one 2-D numeric input; use POST /v2/models/{settings.name}/infer"
-            )
-        read = functools.partial(
-            read_instances_body, width=width, dtype=model.inputs[0].dtype, max_rows=settings.max_queue
-        )
-        array = read(body) if len(body) < settings.large_body_bytes else await parsing_process(request).run(read, body)
-        rows = len(array)
-        outputs = await server.infer({model.inputs[0].name: array}, rows)
-        return json_response({"predictions": format_rows(outputs, rows)}, headers=version_headers)
-
     @router.post(
         "/v1/models/{name}:predict",
         response_model=V1PredictResponse,
@@ -68,8 +75,7 @@ def build_v1_router(server: ModelServer, predict_token: TokenFile | None) -> API
         openapi_extra=request_body(V1PredictRequest),
     )
     async def documented_predict(request: Request, name: str) -> Response:
-        return await predict(request)
+        # Answered by inference_routes.py before it gets here; this route documents it (see simple_api.py).
+        return (await predict(Call(request.scope, request.receive, {"name": name}))).response()
 
-    # Served by the plain route; the APIRoute above stays for the OpenAPI schema (see PlainRoute).
-    router.routes.insert(0, PlainRoute("/v1/models/{name}:predict", predict, methods=["POST"], include_in_schema=False))
     return router

@@ -29,16 +29,8 @@ from . import __version__
 from .api_schema import error_responses, request_body
 from .content_coding import COMPRESS_MIN_BYTES, accepted_coding, decode_body, encode_body
 from .errors import InvalidInput, RuntimeProblem
-from .http_io import (
-    JSON,
-    VERSION_HEADER,
-    PlainRoute,
-    TokenFile,
-    json_response,
-    parsing_process,
-    read_body,
-    require_bearer,
-)
+from .http_io import JSON, VERSION_HEADER, Answer, Call, ParsingProcess, TokenFile, check_bearer, json_response
+from .inference_routes import V2_INFER, V2_VERSION_INFER, Handler
 from .model import OnnxModel
 from .model_server import ModelServer
 from .tensor_codec import decode_binary, decode_json, encode_binary, json_data
@@ -160,27 +152,27 @@ def _encode_answer(
     return b"".join([header, *buffers]), len(header)
 
 
-async def _respond(request: Request, body: bytes, header_length: int | None, headers: dict[str, str]) -> Response:
-    headers = dict(headers)
+async def _respond(call: Call, body: bytes, header_length: int | None, version: tuple[str, str]) -> Answer:
+    headers = [version]
     if header_length is not None:
-        headers["Inference-Header-Content-Length"] = str(header_length)
+        headers.append(("Inference-Header-Content-Length", str(header_length)))
     if len(body) >= COMPRESS_MIN_BYTES:
-        headers["Vary"] = "Accept-Encoding"
-        coding = accepted_coding(request.headers.get("accept-encoding"))
+        headers.append(("Vary", "Accept-Encoding"))
+        coding = accepted_coding(call.header("accept-encoding"))
         if coding is not None:
             body = await encode_body(body, coding)
-            headers["Content-Encoding"] = coding
-    return Response(body, headers=headers, media_type=BINARY if header_length is not None else JSON)
+            headers.append(("Content-Encoding", coding))
+    return Answer(body, 200, BINARY if header_length is not None else JSON, tuple(headers))
 
 
 # -- routes ----------------------------------------------------------------------------------
 
 
-def build_v2_router(server: ModelServer, predict_token: TokenFile | None) -> APIRouter:
+def build_v2_router(server: ModelServer, infer_handlers: dict[str, Handler]) -> APIRouter:
     router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2)"])
     _add_server_routes(router, server)
     _add_model_routes(router, server)
-    _add_infer_routes(router, server, predict_token)
+    _add_infer_routes(router, infer_handlers)
     return router
 
 
@@ -243,23 +235,23 @@ def _add_model_routes(router: APIRouter, server: ModelServer) -> None:
         return _ready_response(server)
 
 
-def _add_infer_routes(router: APIRouter, server: ModelServer, predict_token: TokenFile | None) -> None:
-    """Inference by name and by name and version, served by plain routes ahead of the APIRoutes (see PlainRoute)."""
+def infer_handlers(server: ModelServer, predict_token: TokenFile | None, parsing: ParsingProcess) -> dict[str, Handler]:
+    """Inference by name and by name and version, served by inference_routes.py."""
     settings = server.settings
-    version_headers = {VERSION_HEADER: settings.model_version}
+    version_header = (VERSION_HEADER, settings.model_version)
 
-    async def infer_route(request: Request, name: str, version: str | None) -> Response:
+    async def infer_route(call: Call) -> Answer:
         started = time.perf_counter()
-        server.check_target(name, version)
-        require_bearer(request, predict_token)
-        body = await read_body(request, settings.max_body_bytes)
-        body = await decode_body(body, request.headers.get("content-encoding"), settings.max_body_bytes)
-        header, binary = _split(body, request.headers.get(HEADER_LENGTH))
+        server.check_target(call.path_params["name"], call.path_params.get("version"))
+        check_bearer(call.header("authorization"), predict_token)
+        body = await call.body(settings.max_body_bytes)
+        body = await decode_body(body, call.header("content-encoding"), settings.max_body_bytes)
+        header, binary = _split(body, call.header(HEADER_LENGTH))
         model = server.require_model()
         if not header and len(binary):
             message, tensors = _raw_request(model, binary)
         elif len(header) >= settings.large_body_bytes and not len(binary):
-            message, arrays = await parsing_process(request).run(decode_json_request, bytes(header))
+            message, arrays = await parsing.run(decode_json_request, bytes(header))
             tensors = [
                 InputTensor(given.name, given.datatype, given.shape, functools.partial(_decoded, array))
                 for given, array in zip(message.inputs, arrays, strict=True)
@@ -278,31 +270,24 @@ def _add_infer_routes(router: APIRouter, server: ModelServer, predict_token: Tok
             parameters["request_id"] = inferred.request_id
         head["parameters"] = parameters
         answer, header_length = _encode_answer(message, head, inferred.outputs, names, datatypes(model))
-        return await _respond(request, answer, header_length, version_headers)
+        return await _respond(call, answer, header_length, version_header)
 
+    return {V2_INFER: infer_route, V2_VERSION_INFER: infer_route}
+
+
+def _add_infer_routes(router: APIRouter, handlers: dict[str, Handler]) -> None:
+    """The infer routes for the OpenAPI document: inference_routes.py answers requests before they get here."""
     answers = InferenceResponse
     errors = error_responses(400, 401, 404, 413, 422, 503, binary=True)
     body = request_body(InferenceRequest, binary=True)
 
     @router.post("/models/{name}/infer", response_model=answers, responses=errors, openapi_extra=body)
     async def model_infer(request: Request, name: str) -> Response:
-        return await infer_route(request, name, None)
+        return (await handlers[V2_INFER](Call(request.scope, request.receive, {"name": name}))).response()
 
     @router.post(
         "/models/{name}/versions/{version}/infer", response_model=answers, responses=errors, openapi_extra=body
     )
     async def version_infer(request: Request, name: str, version: str) -> Response:
-        return await infer_route(request, name, version)
-
-    async def plain_model_infer(request: Request) -> Response:
-        return await infer_route(request, request.path_params["name"], None)
-
-    async def plain_version_infer(request: Request) -> Response:
-        return await infer_route(request, request.path_params["name"], request.path_params["version"])
-
-    router.routes[:0] = [
-        PlainRoute("/v2/models/{name}/infer", plain_model_infer, methods=["POST"], include_in_schema=False),
-        PlainRoute(
-            "/v2/models/{name}/versions/{version}/infer", plain_version_infer, methods=["POST"], include_in_schema=False
-        ),
-    ]
+        params = {"name": name, "version": version}
+        return (await handlers[V2_VERSION_INFER](Call(request.scope, request.receive, params))).response()
