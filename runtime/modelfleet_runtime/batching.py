@@ -14,10 +14,13 @@ wait near zero, and `BatchRecord.formation_wait` records it for every batch
 
 The model runs on one dedicated thread, which also forms the next batch the
 moment a run ends: the event loop only queues rows and hands out results, so a
-busy loop never delays a dispatch. A request larger than `max_batch_size` is
-split across consecutive batches and reassembled. When a batch fails it is
-bisected: each half is run again, and only a half that fails is split further,
-so one bad request cannot fail its neighbours and k bad requests among n cost
+busy loop never delays a dispatch. One exception: with `run_inline` set (a model
+whose run is known to be short), a request submitted with `lone=True` (the caller
+knows no other request is in the server) while nothing is queued or running is
+run at once on the caller's thread, without the two thread wake-ups of the hop.
+A request larger than `max_batch_size` is split across consecutive batches
+and reassembled. When a batch fails it is bisected: each half is run again, and
+only a half that fails is split further, so one bad request cannot fail its neighbours and k bad requests among n cost
 at most about 2·k·log2(n) extra runs rather than n.
 """
 
@@ -69,6 +72,8 @@ class BatchRecord:
     finished: float
     # Rows still queued when this batch was taken: a batch with room left takes them all.
     rows_left: int = 0
+    # Run on the submitting thread (a lone request, run_inline) rather than the inference thread.
+    inline: bool = False
 
     @property
     def formation_wait(self) -> float:
@@ -105,6 +110,8 @@ class Batcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._model_free_since = clock()
+        # Lone requests run on the caller's thread (see the module docstring); ModelServer sets it at warmup.
+        self.run_inline = False
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -118,10 +125,15 @@ class Batcher:
         """True once close() began: new work is refused."""
         return self._closing
 
-    async def submit(self, feeds: Feeds, rows: int) -> Feeds:
-        """Queue `rows` rows and return this caller's rows of every output."""
+    async def submit(self, feeds: Feeds, rows: int, *, lone: bool = False) -> Feeds:
+        """Queue `rows` rows and return this caller's rows of every output.
+
+        `lone`: no other request is in the server, so a short run may happen right here (run_inline).
+        """
         if self._closing:
             raise Unavailable("the server is shutting down; retry on another replica")
+        if lone and self.run_inline and rows <= self.max_batch_size and not self._running and not self._queue:
+            return self._run_here(feeds, rows)
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
         future: asyncio.Future[Feeds] = loop.create_future()
@@ -138,6 +150,22 @@ class Batcher:
             self._idle.clear()
             self._executor.submit(self._drain)
         return await future
+
+    def _run_here(self, feeds: Feeds, rows: int) -> Feeds:
+        """One request's run on the calling thread, recorded as a batch of its own."""
+        enqueued = self._clock()
+        try:
+            outputs = self._run_batch(feeds)
+        except Exception as exc:
+            raise _as_problem(exc) from None
+        finally:
+            finished = self._clock()
+            record = BatchRecord(rows, 1, enqueued, self._model_free_since, enqueued, finished, inline=True)
+            self._model_free_since = finished
+            self.history.append(record)
+            if self._on_batch is not None:
+                self._on_batch(record, [0.0])
+        return outputs
 
     async def close(self, timeout: float | None = None) -> None:
         """Refuse new work, let queued and running batches finish, then stop the thread."""

@@ -183,3 +183,14 @@ class OnnxModel:
                 raise ModelLoadError(f"warmup inference at batch size {sizes[i % len(sizes)]} failed: {exc}") from exc
         log.info("warmup: %d inferences at batch sizes %s in %.3fs", count, sizes, time.perf_counter() - started)
         return sizes
+
+    def single_request_seconds(self, runs: int = 9) -> float:
+        """The median time of the smallest run (one row, or the model's fixed batch): what a lone request costs."""
+        rows = self.max_rows_per_run or 1
+        feeds = self.sample_feeds(rows, np.random.default_rng(1))
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            self.run(feeds)
+            times.append(time.perf_counter() - started)
+        return sorted(times)[len(times) // 2]

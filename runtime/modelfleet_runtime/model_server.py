@@ -67,6 +67,11 @@ class ModelServer:
         self.features: FeatureStore | None = None  # set when settings.feature_store is
         self.model_path: Path | None = None
         self._load_task: asyncio.Task[None] | None = None
+        # The median one-row run at warmup (0 when not timed): decides whether lone requests run inline.
+        self.single_request_seconds = 0.0
+        # How many requests the HTTP server holds (uvicorn's request tasks), set by whoever runs it;
+        # None: unknown, and then no request counts as lone.
+        self.http_requests: Callable[[], int] | None = None
         self._drain_listeners: list[Callable[[], None]] = []
         self._ready_listeners: list[Callable[[], None]] = []
 
@@ -138,6 +143,8 @@ class ModelServer:
                 "features per row"
             )
         model.warmup(s.warmup_iterations, s.max_batch_size)
+        if s.inline_run_max_ms > 0:
+            self.single_request_seconds = model.single_request_seconds()
         self.metrics.warmup_seconds.set(time.perf_counter() - loaded)
         return model
 
@@ -163,6 +170,14 @@ class ModelServer:
             on_batch=self._observe_batch,
         )
         self.batcher.start()
+        run_ms = self.single_request_seconds * 1000.0
+        self.batcher.run_inline = 0 < run_ms <= self.settings.inline_run_max_ms
+        log.info(
+            "a one-row run takes %.3f ms: a lone request runs %s (inline-run-max-ms %g)",
+            run_ms,
+            "on the event loop" if self.batcher.run_inline else "on the inference thread",
+            self.settings.inline_run_max_ms,
+        )
         for listener in self._ready_listeners:
             listener()
         self.metrics.ready.set(1)
@@ -235,7 +250,9 @@ class ModelServer:
             raise Unavailable("the server is shutting down; retry on another replica")
         raise Unavailable("the model is still loading; retry shortly", retry_after=1)
 
-    async def infer(self, feeds: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+    async def infer(self, feeds: dict[str, np.ndarray], rows: int, *, http: bool = False) -> dict[str, np.ndarray]:
+        """Every output for `feeds`; `http`: an HTTP request, which may run inline when it is the only one."""
         self.require_model()
         assert self.batcher is not None
-        return await self.batcher.submit(feeds, rows)
+        lone = http and self.http_requests is not None and self.http_requests() == 1
+        return await self.batcher.submit(feeds, rows, lone=lone)

@@ -92,7 +92,9 @@ def _run(
         lifespan="on",
         server_header=False,
     )
-    _DrainingServer(config, model_server, clean_exits=clean_exits).run(sockets=sockets)
+    server = _DrainingServer(config, model_server, clean_exits=clean_exits)
+    model_server.http_requests = lambda: len(server.server_state.tasks)
+    server.run(sockets=sockets)
     return 0
 
 

@@ -43,6 +43,9 @@ class Settings:
     max_latency_ms: float = 100.0
     max_queue: int = 1024
     warmup_iterations: int = 10
+    # A lone request runs on the event loop (no thread hop) when the model's smallest run, timed at
+    # warmup, takes at most this long; 0: every run on the inference thread.
+    inline_run_max_ms: float = 0.5
     # Where pvc:// and configmap:// sources are mounted: ROOT/pvc/CLAIM/PATH, ROOT/configmap/NAME/KEY.
     model_root: str = "/mnt/models"
     # Downloads of http(s):// sources land here (a writable emptyDir in the pod).
@@ -117,6 +120,8 @@ class Settings:
             problems.append(f"max-queue must be at least 1, got {self.max_queue}")
         if self.warmup_iterations < 0:
             problems.append(f"warmup-iterations must not be negative, got {self.warmup_iterations}")
+        if not 0 <= self.inline_run_max_ms <= 100:
+            problems.append(f"inline-run-max-ms must be between 0 and 100, got {self.inline_run_max_ms}")
         problems += _process_problems(self)
         if self.listen_fd < -1:
             problems.append(f"listen-fd must be a file descriptor (0 or more), or -1 to bind, got {self.listen_fd}")
@@ -221,6 +226,8 @@ _FLAG_HELP: dict[str, str] = {
     "max_latency_ms": "longest a request may wait for its batch to form",
     "max_queue": "rows that may wait; beyond it requests get 503 with Retry-After",
     "warmup_iterations": "inferences run before the server reports ready",
+    "inline_run_max_ms": "a request alone in the server runs on the event loop, without the hop to the inference "
+    "thread, when the model's one-row run timed at warmup takes at most this long (0: never)",
     "model_root": "folder where pvc:// and configmap:// sources are mounted",
     "cache_dir": "folder for downloaded models (default: a per-user cache folder)",
     "allowed_uri_schemes": "comma-separated model source schemes allowed (file covers plain paths)",

@@ -65,7 +65,7 @@ def predict_handler(server: ModelServer, predict_token: TokenFile | None, parsin
         if store is not None and entity_id is not None:
             array = prepend(await store.get(entity_id), array)
         feeds = {model.inputs[0].name: array}
-        outputs = await server.infer(feeds, len(array))
+        outputs = await server.infer(feeds, len(array), http=True)
         predictions = format_rows(outputs, len(array))
         answer: dict[str, Any] = {"prediction": predictions[0]} if single else {"predictions": predictions}
         answer["model_version"] = settings.model_version

@@ -43,7 +43,7 @@ def predict_handler(server: ModelServer, predict_token: TokenFile | None, parsin
         )
         array = read(body) if len(body) < settings.large_body_bytes else await parsing.run(read, body)
         rows = len(array)
-        outputs = await server.infer({model.inputs[0].name: array}, rows)
+        outputs = await server.infer({model.inputs[0].name: array}, rows, http=True)
         return json_answer({"predictions": format_rows(outputs, rows)}, headers=version_headers)
 
     return predict

@@ -261,7 +261,7 @@ def infer_handlers(server: ModelServer, predict_token: TokenFile | None, parsing
             message = parse_request(payload)
             tensors = _tensors(message, binary, data_may_hold_bools(header, payload))
         names = output_names(model, [o.name for o in message.outputs] if message.outputs else None)
-        inferred = await infer(server, model, tensors, entity_ids_of(message.parameters, model))
+        inferred = await infer(server, model, tensors, entity_ids_of(message.parameters, model), http=True)
         head: dict[str, Any] = {"model_name": settings.name, "model_version": settings.model_version}
         if message.id is not None:
             head["id"] = message.id

@@ -78,7 +78,7 @@ class Inferred:
 
 
 async def infer(
-    server: ModelServer, model: OnnxModel, given: Sequence[InputTensor], entity_ids: Any = None
+    server: ModelServer, model: OnnxModel, given: Sequence[InputTensor], entity_ids: Any = None, *, http: bool = False
 ) -> Inferred:
     """Every output of the model for `given`, after the checks above (entity_ids: parameters.entity_ids)."""
     _check_names(model, given)
@@ -93,7 +93,7 @@ async def infer(
         rows = rows_seen
         check_row_count(rows, server.settings.max_queue)
         feeds = {spec.name: by_name[spec.name].decode() for spec in model.inputs}
-    outputs = await server.infer(feeds, rows)
+    outputs = await server.infer(feeds, rows, http=http)
     # The prediction log (--feedback-dir): queued for a background write, never waited for.
     request_id = server.prediction_log.record(feeds, outputs) if server.prediction_log is not None else None
     return Inferred(outputs, request_id)

@@ -152,3 +152,67 @@ async def test_a_caller_that_went_away_does_not_cost_a_model_run() -> None:
     assert model.batches == [1, 2]
     assert batcher.queued_rows == 0
     await batcher.close()
+
+
+class ThreadSpy:
+    """The real run, recording which thread ran each batch."""
+
+    def __init__(self, run: Callable[[Feeds], Feeds] = doubler) -> None:
+        self.run = run
+        self.threads: list[int] = []
+
+    def __call__(self, feeds: Feeds) -> Feeds:
+        self.threads.append(threading.get_ident())
+        return self.run(feeds)
+
+
+async def test_a_lone_request_to_a_fast_model_runs_on_the_callers_thread() -> None:
+    spy = ThreadSpy()
+    batcher = Batcher(spy, max_batch_size=4)
+    batcher.run_inline = True
+    batcher.start()
+    out = await batcher.submit(rows(3, 2), 2, lone=True)
+    np.testing.assert_array_equal(out["y"][:, 0], [6.0, 8.0])
+    assert spy.threads == [threading.get_ident()]
+    [record] = batcher.history
+    assert (record.rows, record.requests, record.inline) == (2, 1, True)
+    # Not lone, too large for one batch, or a model not known to be fast: the inference thread.
+    await batcher.submit(rows(0, 1), 1)
+    await batcher.submit(rows(0, 5), 5, lone=True)
+    batcher.run_inline = False
+    await batcher.submit(rows(0, 1), 1, lone=True)
+    assert threading.get_ident() not in spy.threads[1:]
+    assert [r.inline for r in batcher.history] == [True, False, False, False, False]
+    await batcher.close()
+
+
+async def test_a_lone_request_waits_its_turn_behind_a_running_batch() -> None:
+    model = HeldModel()
+    batcher = Batcher(model, max_batch_size=4)
+    batcher.run_inline = True
+    batcher.start()
+    first = asyncio.ensure_future(batcher.submit(rows(0, 1), 1))
+    await running_alone(batcher)
+    lone = asyncio.ensure_future(batcher.submit(rows(5, 1), 1, lone=True))
+    await wait_for(lambda: batcher.queued_rows == 1)  # queued, not run beside the batch on the loop
+    model.release()
+    assert float((await first)["y"][0, 0]) == 0.0
+    assert float((await lone)["y"][0, 0]) == 10.0
+    assert [r.inline for r in batcher.history] == [False, False]
+    await batcher.close()
+
+
+async def test_a_lone_request_run_inline_fails_as_it_would_on_the_thread(caplog: pytest.LogCaptureFixture) -> None:
+    def broken(feeds: Feeds) -> Feeds:
+        raise ValueError("the graph is broken")
+
+    batcher = Batcher(broken, max_batch_size=4)
+    batcher.run_inline = True
+    batcher.start()
+    with pytest.raises(InferenceFailed, match="the server log says why"):
+        await batcher.submit(rows(0, 1), 1, lone=True)
+    assert "ValueError: the graph is broken" in caplog.text
+    # The next lone request is not refused: nothing was left running.
+    batcher._run_batch = doubler
+    assert float((await batcher.submit(rows(1, 1), 1, lone=True))["y"][0, 0]) == 2.0
+    await batcher.close()

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import itertools
 import random
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,46 @@ async def test_a_lone_request_is_dispatched_without_waiting_for_company(mlp_path
     assert (record.rows, record.requests, record.rows_left) == (1, 1, 0)
 
 
+async def test_a_lone_request_to_a_fast_model_runs_on_the_event_loop_and_concurrent_ones_are_batched(
+    mlp_path: Path,
+) -> None:
+    async with live_server(settings_for(mlp_path, max_batch_size=8, inline_run_max_ms=100)) as live:
+        batcher = live.server.batcher
+        assert batcher is not None and batcher.run_inline
+        threads: list[int] = []
+        run = batcher._run_batch
+
+        def spy(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            threads.append(threading.get_ident())
+            return run(feeds)
+
+        batcher._run_batch = spy
+        rows = np.random.default_rng(3).standard_normal((40, 4)).astype(np.float32)
+        lone = await live.client.post("/predict", json={"features": rows[0].tolist()})
+        together = await asyncio.gather(*(live.client.post("/predict", json={"features": r.tolist()}) for r in rows))
+        history = list(batcher.history)
+    assert threads[0] == threading.get_ident()  # the loop's thread: this test's
+    assert history[0].inline and history[0].requests == 1
+    expected = reference(mlp_path, rows)[:, 0]
+    assert lone.json()["prediction"] == pytest.approx(float(expected[0]), rel=1e-5)
+    assert [r.json()["prediction"] for r in together] == pytest.approx(expected.tolist(), rel=1e-5)
+    # Concurrent requests are batched on the inference thread.
+    assert any(r.requests > 1 and not r.inline for r in history[1:])
+    assert all(t != threading.get_ident() for t, r in zip(threads, history, strict=True) if not r.inline)
+
+
+@pytest.mark.parametrize("limit_ms", [0.0, 0.0001])
+async def test_a_model_slower_than_the_inline_limit_never_runs_on_the_event_loop(
+    mlp_path: Path, limit_ms: float
+) -> None:
+    # 0 turns inline runs off; no model runs a row in 100 ns, so 0.0001 ms keeps every run on the thread.
+    async with live_server(settings_for(mlp_path, inline_run_max_ms=limit_ms)) as live:
+        for _ in range(3):
+            assert (await live.client.post("/predict", json={"features": [1, 2, 3, 4]})).status_code == 200
+        history = list(live.server.batcher.history)
+    assert len(history) == 3 and not any(r.inline for r in history)
+
+
 async def test_response_shapes_follow_the_design_contract(tmp_path: Path, classifier_path: Path) -> None:
     two = build_two_output(tmp_path / "two.onnx")
     async with live_server(settings_for(two)) as live:
@@ -174,9 +215,8 @@ async def test_too_many_rows_in_one_request_is_refused(mlp_path: Path) -> None:
 
 
 async def test_full_queue_answers_503_with_retry_after(mlp_path: Path) -> None:
-    import threading
-
-    async with live_server(settings_for(mlp_path, max_queue=4, max_batch_size=2)) as live:
+    # Every run on the inference thread (none inline), where the gate holds the model busy.
+    async with live_server(settings_for(mlp_path, max_queue=4, max_batch_size=2, inline_run_max_ms=0)) as live:
         gate = threading.Event()
         batcher = live.server.batcher
         run = batcher._run_batch

@@ -42,6 +42,7 @@ async def live_server(settings: Settings, *, wait_ready: bool = True) -> AsyncIt
     model_server = ModelServer(settings)
     config = uvicorn.Config(create_app(settings, model_server), log_level="warning", lifespan="on", access_log=False)
     server = uvicorn.Server(config)
+    model_server.http_requests = lambda: len(server.server_state.tasks)
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[listener]))
     url = f"http://127.0.0.1:{port}"
     limits = httpx.Limits(max_connections=300, max_keepalive_connections=300)
