@@ -44,20 +44,28 @@ log = logging.getLogger("modelfleet.batching")
 
 Feeds = dict[str, np.ndarray]
 RunBatch = Callable[[Feeds], Feeds]
+# Called with the (feeds, outputs) of every request a run completed, on the thread that ran it and
+# before their results go back: one tag per request (the prediction log's request ids), or None.
+Record = Callable[[list[tuple[Feeds, Feeds]]], list[str | None]]
+Result = tuple[Feeds, str | None]
 
 
 @dataclass(eq=False)
 class _Pending:
     feeds: Feeds
     rows: int
-    future: asyncio.Future[Feeds]
+    future: asyncio.Future[Result]
     enqueued: float
+    logged: bool = True  # passed to `record` once answered
     taken: int = 0
+    # Only the inference thread reads and writes these: the rows answered so far, and whether a part failed.
     done: int = 0
+    failed: bool = False
     chunks: list[tuple[int, Feeds]] = field(default_factory=list)
 
 
 Part = tuple[_Pending, int, int]  # a request and the [start, stop) rows of it in one batch
+Done = tuple[_Pending, Feeds | Exception, str | None]  # a finished request: its outputs (or failure) and tag
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,7 @@ class Batcher:
         max_latency_ms: float = 100.0,
         max_queue: int = 1024,
         on_batch: Callable[[BatchRecord, list[float]], None] | None = None,
+        record: Record | None = None,
         history: int = 4096,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
@@ -98,6 +107,7 @@ class Batcher:
         self.max_latency = max_latency_ms / 1000.0
         self.max_queue = max_queue
         self._on_batch = on_batch
+        self._record = record
         self._clock = clock
         self._lock = threading.Lock()
         self._queue: collections.deque[_Pending] = collections.deque()
@@ -126,23 +136,27 @@ class Batcher:
         return self._closing
 
     async def submit(self, feeds: Feeds, rows: int, *, lone: bool = False) -> Feeds:
-        """Queue `rows` rows and return this caller's rows of every output.
+        """Queue `rows` rows and return this caller's rows of every output (see submit_tagged)."""
+        return (await self.submit_tagged(feeds, rows, lone=lone))[0]
+
+    async def submit_tagged(self, feeds: Feeds, rows: int, *, lone: bool = False, logged: bool = True) -> Result:
+        """This caller's rows of every output and the tag `record` gave them (None when `logged` is false).
 
         `lone`: no other request is in the server, so a short run may happen right here (run_inline).
         """
         if self._closing:
             raise Unavailable("the server is shutting down; retry on another replica")
         if lone and self.run_inline and rows <= self.max_batch_size and not self._running and not self._queue:
-            return self._run_here(feeds, rows)
+            return self._run_here(feeds, rows, logged)
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
-        future: asyncio.Future[Feeds] = loop.create_future()
+        future: asyncio.Future[Result] = loop.create_future()
         with self._lock:
             if self.queued_rows + rows > self.max_queue:
                 raise QueueFull(
                     f"queue full: {self.queued_rows} rows waiting, the limit is {self.max_queue}; retry later"
                 )
-            self._queue.append(_Pending(feeds, rows, future, self._clock()))
+            self._queue.append(_Pending(feeds, rows, future, self._clock(), logged))
             self.queued_rows += rows
             start_thread = not self._running
             self._running = True
@@ -151,7 +165,7 @@ class Batcher:
             self._executor.submit(self._drain)
         return await future
 
-    def _run_here(self, feeds: Feeds, rows: int) -> Feeds:
+    def _run_here(self, feeds: Feeds, rows: int, logged: bool) -> Result:
         """One request's run on the calling thread, recorded as a batch of its own."""
         enqueued = self._clock()
         try:
@@ -165,7 +179,7 @@ class Batcher:
             self.history.append(record)
             if self._on_batch is not None:
                 self._on_batch(record, [0.0])
-        return outputs
+        return outputs, self._tags([(feeds, outputs)])[0] if logged else None
 
     async def close(self, timeout: float | None = None) -> None:
         """Refuse new work, let queued and running batches finish, then stop the thread."""
@@ -199,7 +213,7 @@ class Batcher:
             )
             self._model_free_since = finished
             waits = [dispatched - p.enqueued for p, start, _ in parts if start == 0]
-            self._call_in_loop(self._finish_batch, delivered, record, waits)
+            self._call_in_loop(self._finish_batch, self._complete(delivered), record, waits)
         self._call_in_loop(self._set_idle_if_quiet)
 
     def _call_in_loop(self, callback: Callable[..., None], *args: object) -> None:
@@ -212,7 +226,7 @@ class Batcher:
         parts = []
         while self._queue and room:
             pending = self._queue[0]
-            if pending.future.done():  # the caller went away: skip its remaining rows
+            if pending.future.done() or pending.failed:  # the caller went away, or a part failed: skip the rest
                 self._queue.popleft()
                 self.queued_rows -= pending.rows - pending.taken
                 continue
@@ -253,17 +267,51 @@ class Batcher:
             offset += count
         return delivered
 
+    def _complete(self, delivered: list[tuple[Part, Feeds | Exception]]) -> list[Done]:
+        """The requests this run finished (a failed part fails its request), tagged by `record` in one call."""
+        done: list[tuple[_Pending, Feeds | Exception]] = []
+        for (pending, start, _), result in delivered:
+            if pending.failed:
+                continue
+            if isinstance(result, Exception):
+                pending.failed = True
+                done.append((pending, result))
+                continue
+            pending.done += len(next(iter(result.values())))
+            pending.chunks.append((start, result))
+            if pending.done == pending.rows:
+                done.append((pending, _assemble(pending.chunks)))
+        tags: list[str | None] = [None] * len(done)
+        answered = [
+            (i, (p.feeds, result))
+            for i, (p, result) in enumerate(done)
+            if p.logged and not isinstance(result, Exception) and not p.future.done()
+        ]
+        if answered:
+            for (i, _), tag in zip(answered, self._tags([a for _, a in answered]), strict=True):
+                tags[i] = tag
+        return [(p, result, tag) for (p, result), tag in zip(done, tags, strict=True)]
+
+    def _tags(self, answered: list[tuple[Feeds, Feeds]]) -> list[str | None]:
+        """`record`'s tags for these answers; if it fails, the answers still go back, untagged."""
+        if self._record is None:
+            return [None] * len(answered)
+        try:
+            return self._record(answered)
+        except Exception:
+            log.exception("recording %d answer(s) failed; they are answered without a request_id", len(answered))
+            return [None] * len(answered)
+
     # -- back on the event loop --------------------------------------------------------------
 
-    def _finish_batch(
-        self, delivered: list[tuple[Part, Feeds | Exception]], record: BatchRecord, waits: list[float]
-    ) -> None:
-        for (pending, start, _), result in delivered:
+    def _finish_batch(self, done: list[Done], record: BatchRecord, waits: list[float]) -> None:
+        for pending, result, tag in done:
+            if pending.future.done():
+                continue
             if isinstance(result, Exception):
-                if not pending.future.done():
-                    pending.future.set_exception(_as_problem(result))
+                pending.future.set_exception(_as_problem(result))
             else:
-                self._deliver(pending, start, result)
+                pending.future.set_result((result, tag))
         self.history.append(record)
         if self._on_batch is not None:
             self._on_batch(record, waits)
@@ -272,20 +320,13 @@ class Batcher:
         if not self._running:
             self._idle.set()
 
-    @staticmethod
-    def _deliver(pending: _Pending, start: int, chunk: Feeds) -> None:
-        if pending.future.done():
-            return
-        pending.done += len(next(iter(chunk.values())))
-        if not pending.chunks and pending.done == pending.rows:
-            pending.future.set_result(chunk)
-            return
-        pending.chunks.append((start, chunk))
-        if pending.done == pending.rows:
-            pending.chunks.sort(key=lambda c: c[0])
-            pending.future.set_result(
-                {name: np.concatenate([c[name] for _, c in pending.chunks]) for name in pending.chunks[0][1]}
-            )
+
+def _assemble(chunks: list[tuple[int, Feeds]]) -> Feeds:
+    """A request's outputs from the chunks of it that consecutive batches ran."""
+    if len(chunks) == 1:
+        return chunks[0][1]
+    chunks.sort(key=lambda c: c[0])
+    return {name: np.concatenate([c[name] for _, c in chunks]) for name in chunks[0][1]}
 
 
 def _as_problem(exc: Exception) -> RuntimeProblem:

@@ -168,6 +168,8 @@ class ModelServer:
             max_latency_ms=self.settings.max_latency_ms,
             max_queue=self.settings.max_queue,
             on_batch=self._observe_batch,
+            # The prediction log is written before the answers go back (a crash loses no answered one).
+            record=self.prediction_log.record_many if self.prediction_log is not None else None,
         )
         self.batcher.start()
         run_ms = self.single_request_seconds * 1000.0
@@ -250,9 +252,15 @@ class ModelServer:
             raise Unavailable("the server is shutting down; retry on another replica")
         raise Unavailable("the model is still loading; retry shortly", retry_after=1)
 
-    async def infer(self, feeds: dict[str, np.ndarray], rows: int, *, http: bool = False) -> dict[str, np.ndarray]:
-        """Every output for `feeds`; `http`: an HTTP request, which may run inline when it is the only one."""
+    async def infer(
+        self, feeds: dict[str, np.ndarray], rows: int, *, http: bool = False, logged: bool = True
+    ) -> tuple[dict[str, np.ndarray], str | None]:
+        """Every output for `feeds`, and the prediction's request_id when the prediction log holds it.
+
+        `http`: an HTTP request, which may run inline when it is the only one in the server.
+        `logged`: False for a protocol whose answer has no place for a request_id (KServe V1).
+        """
         self.require_model()
         assert self.batcher is not None
         lone = http and self.http_requests is not None and self.http_requests() == 1
-        return await self.batcher.submit(feeds, rows, lone=lone)
+        return await self.batcher.submit_tagged(feeds, rows, lone=lone, logged=logged)

@@ -1,24 +1,23 @@
 """The prediction log: the inputs and outputs of predictions, kept on the feedback volume for joins and analysis.
 
 Every prediction that returns a `request_id` is appended to this process's own
-segments in `predictions/` (see segments.py for names and framing). The predict
-path only calls `PredictionLog.record`, which puts references to the request's
-arrays on an in-memory queue and returns the id: no copy, no lock, no await, no
-disk. A background thread takes what is queued, encodes it as blocks (binary,
-in the model's dtypes), writes them with one `write` and one `fdatasync` per
-group (group commit), and waits `flush_interval` before the next group.
+segments in `predictions/` (see segments.py for names and framing). The batcher
+calls `PredictionLog.record_many` with the predictions a model run completed,
+on the thread that ran it and before their answers go back to the event loop:
+one block, one `write` into the open segment. A background thread makes what was
+written durable with one `fdatasync` per `flush_interval` (group commit); the
+predict path never waits for it.
 
 What a crash may lose (docs/online-learning.md says the same): a prediction is
-in the kernel once its group is written, at most `flush_interval` plus one write
-after its answer; a process crash (kill -9, OOM) loses the predictions answered
-since the last group was written, and a power loss those answered since the last
-fdatasync (the same moment: every group is synced). A lost prediction's id is
-then unknown to the log: a label naming it is refused (404), or, when it arrives
-while its writer is still running, accepted and reported unmatched by the trainer.
-The queue is bounded in bytes (`buffer_bytes`); past the bound, or when the
-volume's quota leaves no room for predictions, a prediction is answered without
-a request_id and counted as dropped, so an id that was returned was logged or lost
-only by a crash.
+in the kernel (the segment's page cache) before its answer is sent, so a process
+crash (kill -9, OOM) loses only predictions whose answers were not sent; a power
+loss or kernel crash may lose those answered since the last fdatasync, at most
+`flush_interval` plus one sync earlier. A lost prediction's id is then unknown
+to the log: a label naming it is refused (404). Bytes written but not yet synced
+are bounded (`buffer_bytes`); past the bound (a stalled disk), when the volume's
+quota leaves no room for predictions, or when the write fails, a prediction is
+answered without a request_id and counted as dropped, so an id that was returned
+is one the log holds, or lost only by a power loss within the flush interval.
 
 A request id is `<writer>-<seq>` (16 hex digits, then hex): the writer names the
 process whose log holds it, and a writer's seqs grow by one per logged
@@ -38,19 +37,19 @@ writer, pod, model and model version. All numbers are little-endian.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import enum
 import errno
 import json
 import logging
 import math
+import os
 import random
 import re
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,7 +85,6 @@ JSON_DTYPE = "json"
 # predictions/<writer>.expired: the highest seq of a writer whose segments retention deleted.
 EXPIRED_SUFFIX = ".expired"
 REQUEST_ID = re.compile(r"([0-9a-f]{16})-([0-9a-f]{1,16})")
-_MAX_GROUP_BYTES = 16 * 1024 * 1024
 
 Arrays = Mapping[str, np.ndarray]
 # (seq, ts, feeds, outputs, bytes): a tuple, because the predict path builds one per request.
@@ -237,10 +235,10 @@ def segment_header(*, pod: str, writer: str, model: str, model_version: str, cre
 
 
 class PredictionLog:
-    """This process's prediction log: `record` on the predict path, a thread that writes in the background.
+    """This process's prediction log: `record_many` writes on the predict path, a thread syncs in the background.
 
     `room()` says whether the volume has room for predictions (the quota); it is read by
-    the writer thread, never by the predict path, which reads the `accepting` flag.
+    the sync thread, never by the predict path, which reads the `accepting` flag.
     `account(bytes)` is held around each write (the volume's usage counts it).
     """
 
@@ -275,18 +273,19 @@ class PredictionLog:
         self._account = account
         self._random = random.Random().random
         header = segment_header(pod=pod, writer=writer, model=model, model_version=model_version, created=clock())
-        self._appender = SegmentAppender(directory, pod, writer, header, segment_bytes)
-        self._queue: collections.deque[Entry] = collections.deque()
+        self._appender = SegmentAppender(directory, pod, writer, header, segment_bytes, deferred_sync=True)
+        # Held around every use of the appender: writes (predict path), syncs and seals (the sync thread).
+        self._lock = threading.Lock()
         self._seq = 0
-        self._queued_bytes = 0  # only the predict path adds ...
-        self._written_bytes = 0  # ... only the writer thread adds
+        self._written_bytes = 0  # written to the segment (in the kernel) ...
+        self._synced_bytes = 0  # ... and of those, covered by a completed fdatasync
         self.accepting = False
         self._sleeping = False
         self._closing = False
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        # Plain integers, read by the metrics collector: the predict path takes no lock.
+        # Plain integers, read by the metrics collector.
         self.dropped_buffer = 0
         self.dropped_full = 0  # the volume's quota leaves no room for predictions
         self.dropped_error = 0
@@ -300,40 +299,81 @@ class PredictionLog:
 
     @property
     def queued_bytes(self) -> int:
-        return self._queued_bytes - self._written_bytes
+        """Bytes written but not yet synced: what a power loss (not a process crash) may take."""
+        return self._written_bytes - self._synced_bytes
 
     @property
     def issued_seq(self) -> int:
-        """The seq of the last id handed out (every seq up to it is logged, queued, or was lost to an error)."""
+        """The seq of the last id handed out (every seq up to it is logged, or was lost to a write error)."""
         return self._seq
 
     # the predict path
 
     def record(self, feeds: Arrays, outputs: Arrays) -> str | None:
-        """Queue one prediction; its request_id, or None when it is not logged (sampled out, full, closed)."""
+        """Log one prediction (see record_many); its request_id, or None when it is not logged."""
+        return self.record_many([(feeds, outputs)])[0]
+
+    def record_many(self, predictions: Sequence[tuple[Arrays, Arrays]]) -> list[str | None]:
+        """Log `predictions` (one batch's) with one write(2); each one's request_id, None when not logged.
+
+        When this returns, every id it gives is in the kernel (the segment's page cache: a crash of
+        the process cannot lose it); the sync thread makes it durable within `flush_interval`.
+        A prediction is not logged when sampled out, when the log is closed or the quota full,
+        when more than `buffer_bytes` wait for their sync (a stalled disk), or when the write fails.
+        """
+        ids: list[str | None] = [None] * len(predictions)
         if not self.accepting:
             if not self._closing:
-                self.dropped_full += 1
-            return None
-        if self._queued_bytes - self._written_bytes > self.buffer_bytes:
-            self.dropped_buffer += 1
-            return None
-        if self.sample_rate < 1.0 and self._random() >= self.sample_rate:
-            return None
-        self._seq = seq = self._seq + 1
-        size = 0
-        for a in feeds.values():
-            size += a.nbytes
-        for a in outputs.values():
-            size += a.nbytes
-        self._queued_bytes += size
-        self._queue.append((seq, self._clock(), feeds, outputs, size))
+                self.dropped_full += len(predictions)
+            return ids
+        if self._written_bytes - self._synced_bytes > self.buffer_bytes:
+            self.dropped_buffer += len(predictions)
+            return ids
+        chosen = list(range(len(predictions)))
+        if self.sample_rate < 1.0:
+            chosen = [i for i in chosen if self._random() < self.sample_rate]
+            if not chosen:
+                return ids
+        with self._lock:
+            if self._closing:  # checked under the lock: nothing is written after the last seal
+                return ids
+            now = self._clock()
+            entries: list[Entry] = []
+            for i in chosen:
+                feeds, outputs = predictions[i]
+                self._seq += 1
+                entries.append((self._seq, now, feeds, outputs, 0))
+            if not self._write(entries, now):
+                return ids
+        for i, (seq, *_) in zip(chosen, entries, strict=True):
+            ids[i] = f"{self.prefix}{seq:x}"
         if self._sleeping:
             self._sleeping = False
             self._wake.set()
-        return f"{self.prefix}{seq:x}"
+        return ids
 
-    # the writer thread
+    def _write(self, entries: list[Entry], now: float) -> bool:
+        """Encode and write `entries` (holding the lock); False, counted and logged, when that fails."""
+        try:
+            data = _encode(entries)
+            if self._appender.name is not None and now - self._appender.opened_at > self.max_segment_age:
+                self._appender.seal()
+            with self._account(len(data)):
+                self._appender.append(data, now=now, sync=False)
+        except (OSError, ValueError, TypeError) as exc:
+            self.errors += 1
+            self.dropped_error += len(entries)
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                self.accepting = False
+            log.error("could not log %d prediction(s) to %s: %s", len(entries), self.directory, exc)
+            return False
+        self.records += len(entries)
+        self.bytes += len(data)
+        self.groups += 1
+        self._written_bytes += len(data)
+        return True
+
+    # the sync thread
 
     def start(self) -> None:
         self.accepting = self._room()
@@ -342,73 +382,58 @@ class PredictionLog:
 
     def _run(self) -> None:
         while True:
-            if self._queue:
-                self._flush()
+            if self._written_bytes > self._synced_bytes:
+                self._sync()
                 if not self._closing:
-                    # Let the next group form: at most one write + fdatasync per flush interval.
+                    # Group commit: at most one fdatasync per flush interval.
                     self._stop.wait(self.flush_interval)
                 continue
             if self._closing:
                 break
             self._sleeping = True
-            if not self._queue:
+            if self._written_bytes == self._synced_bytes:
                 self._wake.wait(self.idle_check)
             self._sleeping = False
             self._wake.clear()
             self._housekeeping()
-        try:
-            self._appender.seal()
-        except OSError as exc:
-            log.error("could not seal the prediction log segment in %s: %s", self.directory, exc)
+        with self._lock:  # close() set _closing first: no write follows this seal
+            try:
+                self._appender.seal()
+            except OSError as exc:
+                log.error("could not seal the prediction log segment in %s: %s", self.directory, exc)
+        self._sync()  # what the last seal retired
+
+    def _sync(self) -> None:
+        """fdatasync what was written so far, without holding the lock (writes go on meanwhile)."""
+        with self._lock:
+            written = self._written_bytes
+            fds = self._appender.take_for_sync()
+        for fd in fds:
+            try:
+                (getattr(os, "fdatasync", None) or os.fsync)(fd)
+            except OSError as exc:
+                self.errors += 1
+                log.error("could not sync the prediction log in %s: %s", self.directory, exc)
+            finally:
+                os.close(fd)
+        self._synced_bytes = written
+        self.accepting = self._room() and not self._closing
 
     def _housekeeping(self) -> None:
         """Seal a segment older than max_segment_age (so retention can delete it) and re-read the quota."""
         if self._closing:
             return
         self.accepting = self._room()
-        name = self._appender.name
-        if name is not None and self._clock() - self._appender.opened_at > self.max_segment_age:
-            try:
-                self._appender.seal()
-            except OSError as exc:
-                log.error("could not seal the prediction log segment %s: %s", name.id, exc)
-
-    def _take(self) -> list[Entry]:
-        entries: list[Entry] = []
-        taken = 0
-        queue = self._queue
-        while queue and taken < _MAX_GROUP_BYTES:
-            entry = queue.popleft()
-            entries.append(entry)
-            taken += entry[4]
-        return entries
-
-    def _flush(self) -> None:
-        entries = self._take()
-        size = sum(e[4] for e in entries)
-        try:
-            data = _encode(entries)
-            now = self._clock()
-            if self._appender.name is not None and now - self._appender.opened_at > self.max_segment_age:
-                self._appender.seal()
-            with self._account(len(data)):
-                self._appender.append(data, now=now, sync=True)
-        except (OSError, ValueError, TypeError) as exc:
-            self.errors += 1
-            self.dropped_error += len(entries)
-            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                self.accepting = False
-            log.error("could not log %d prediction(s) to %s: %s", len(entries), self.directory, exc)
-        else:
-            self.records += len(entries)
-            self.bytes += len(data)
-            self.groups += 1
-            self.accepting = self._room() and not self._closing
-        finally:
-            self._written_bytes += size
+        with self._lock:
+            name = self._appender.name
+            if name is not None and self._clock() - self._appender.opened_at > self.max_segment_age:
+                try:
+                    self._appender.seal()
+                except OSError as exc:
+                    log.error("could not seal the prediction log segment %s: %s", name.id, exc)
 
     def close(self, timeout: float = 30.0) -> None:
-        """Stop accepting, write what is queued, seal the segment (blocking: call it off the event loop)."""
+        """Stop accepting, sync what was written, seal the segment (blocking: call it off the event loop)."""
         self.accepting = False
         self._closing = True
         self._stop.set()
@@ -443,7 +468,9 @@ class _LogMetrics(Collector):
             "modelfleet_prediction_log_bytes", "bytes this process wrote to its prediction log", value=p.bytes
         )
         yield GaugeMetricFamily(
-            "modelfleet_prediction_log_queued_bytes", "bytes of predictions waiting to be written", value=p.queued_bytes
+            "modelfleet_prediction_log_queued_bytes",
+            "bytes of predictions written to the log but not yet synced to disk",
+            value=p.queued_bytes,
         )
 
 

@@ -67,14 +67,16 @@ class VolumeSpace:
 
     @contextlib.contextmanager
     def writing(self, size: int) -> Iterator[None]:
-        """Around a write of `size` bytes by this process: never during a scan, counted once it is done.
+        """Around a write of `size` bytes by this process, counted once it is done (attempted or not).
 
-        So this process's own appends are counted exactly; other processes' as of the last scan.
+        A write never waits for a scan (the prediction log writes on the inference thread): one
+        that overlaps a scan may be counted twice until the next scan, so `used` errs high, never low.
+        Other processes' appends are counted as of the last scan.
         """
-        with self._lock:
-            try:
-                yield
-            finally:
+        try:
+            yield
+        finally:
+            with self._lock:
                 self._added += size
 
     @property
@@ -85,13 +87,15 @@ class VolumeSpace:
     def refresh(self) -> None:
         layout = self.layout
         with self._lock:
-            scanned = (
-                _folder_bytes(layout.labels)
-                + _folder_bytes(layout.consumed)
-                + _folder_bytes(layout.predictions)
-                + CLAIM_BYTES * claims.count(layout.claims)
-            )
-            self.scanned, self._base = scanned, self._added
+            before = self._added  # what was written before the scan began is in what it finds
+        scanned = (
+            _folder_bytes(layout.labels)
+            + _folder_bytes(layout.consumed)
+            + _folder_bytes(layout.predictions)
+            + CLAIM_BYTES * claims.count(layout.claims)
+        )
+        with self._lock:
+            self.scanned, self._base = scanned, before
         try:
             stat = os.statvfs(layout.root)
             self.free = stat.f_bavail * stat.f_frsize

@@ -277,10 +277,14 @@ def seal_abandoned(directory: Path, *, skip_writer: str | None = None) -> list[s
 class SegmentAppender:
     """One writer's segments in one folder: open, append (write + fdatasync), rotate, seal. Not thread-safe.
 
-    `header` is written as the first record of every segment the appender opens.
+    `header` is written as the first record of every segment the appender opens. With
+    `deferred_sync`, appends are written without a sync and a sealed segment's descriptor is
+    kept open until `take_for_sync` hands it, with a duplicate of the current one, to whoever syncs.
     """
 
-    def __init__(self, directory: Path, pod: str, writer: str, header: bytes, segment_bytes: int) -> None:
+    def __init__(
+        self, directory: Path, pod: str, writer: str, header: bytes, segment_bytes: int, *, deferred_sync: bool = False
+    ) -> None:
         self.directory = directory
         self.pod = pod
         self.writer = writer
@@ -292,6 +296,8 @@ class SegmentAppender:
         self.size = 0
         self.opened_at = 0.0
         self._prepared = False
+        self.deferred_sync = deferred_sync
+        self._retired: list[int] = []  # sealed segments' descriptors, not yet synced (deferred_sync)
 
     def append(self, data: bytes, *, now: float, sync: bool = True) -> int:
         """Write `data` (whole records) to the current segment; returns the offset it starts at."""
@@ -323,6 +329,17 @@ class SegmentAppender:
     def sync(self) -> None:
         if self._fd is not None:
             (getattr(os, "fdatasync", None) or os.fsync)(self._fd)
+
+    def take_for_sync(self) -> list[int]:
+        """Descriptors that cover everything appended so far, for the caller to sync and close.
+
+        A duplicate of the current segment's (so that a seal meanwhile cannot close it under the
+        caller), and those of segments sealed since the last call.
+        """
+        fds, self._retired = self._retired, []
+        if self._fd is not None:
+            fds.append(os.dup(self._fd))
+        return fds
 
     def _open_next(self, now: float) -> None:
         self._seq += 1
@@ -356,7 +373,10 @@ class SegmentAppender:
             os.rename(self.directory / name.file_name, self.directory / sealed.file_name)
             fsync_dir(self.directory)
         finally:
-            os.close(fd)
+            if self.deferred_sync:
+                self._retired.append(fd)
+            else:
+                os.close(fd)
 
 
 __all__ = [

@@ -65,12 +65,11 @@ def predict_handler(server: ModelServer, predict_token: TokenFile | None, parsin
         if store is not None and entity_id is not None:
             array = prepend(await store.get(entity_id), array)
         feeds = {model.inputs[0].name: array}
-        outputs = await server.infer(feeds, len(array), http=True)
+        outputs, request_id = await server.infer(feeds, len(array), http=True)
         predictions = format_rows(outputs, len(array))
         answer: dict[str, Any] = {"prediction": predictions[0]} if single else {"predictions": predictions}
         answer["model_version"] = settings.model_version
-        # The prediction log (--feedback-dir): queued for a background write, never waited for.
-        if server.prediction_log is not None and (request_id := server.prediction_log.record(feeds, outputs)):
+        if request_id is not None:  # in the prediction log (--feedback-dir)
             answer["request_id"] = request_id
         answer["latency_ms"] = round((time.perf_counter() - started) * 1000.0, 3)
         return json_answer(answer, headers=version_headers)

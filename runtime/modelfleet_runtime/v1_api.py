@@ -43,7 +43,8 @@ def predict_handler(server: ModelServer, predict_token: TokenFile | None, parsin
         )
         array = read(body) if len(body) < settings.large_body_bytes else await parsing.run(read, body)
         rows = len(array)
-        outputs = await server.infer({model.inputs[0].name: array}, rows, http=True)
+        # A V1 answer has no place for a request_id: not logged, as before.
+        outputs, _ = await server.infer({model.inputs[0].name: array}, rows, http=True, logged=False)
         return json_answer({"predictions": format_rows(outputs, rows)}, headers=version_headers)
 
     return predict

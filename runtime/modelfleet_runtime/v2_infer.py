@@ -93,9 +93,7 @@ async def infer(
         rows = rows_seen
         check_row_count(rows, server.settings.max_queue)
         feeds = {spec.name: by_name[spec.name].decode() for spec in model.inputs}
-    outputs = await server.infer(feeds, rows, http=http)
-    # The prediction log (--feedback-dir): queued for a background write, never waited for.
-    request_id = server.prediction_log.record(feeds, outputs) if server.prediction_log is not None else None
+    outputs, request_id = await server.infer(feeds, rows, http=http)
     return Inferred(outputs, request_id)
 
 

@@ -8,14 +8,18 @@ until the test releases it, and the tests wait on what the batcher shows
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from modelfleet_runtime.batching import Batcher
 from modelfleet_runtime.errors import InferenceFailed, QueueFull, Unavailable
+from modelfleet_runtime.prediction_log import PredictionLog, iter_predictions
 from tests.support.polling import wait_for
 
 Feeds = dict[str, np.ndarray]
@@ -216,3 +220,83 @@ async def test_a_lone_request_run_inline_fails_as_it_would_on_the_thread(caplog:
     batcher._run_batch = doubler
     assert float((await batcher.submit(rows(1, 1), 1, lone=True))["y"][0, 0]) == 2.0
     await batcher.close()
+
+
+def prediction_log(directory: Path) -> PredictionLog:
+    plog = PredictionLog(directory, pod="pod-a", writer="0123456789abcdef", model="m", model_version="1")
+    plog.start()
+    return plog
+
+
+async def test_every_answer_a_batch_hands_back_is_already_in_the_prediction_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The disk's sync hangs from the first one on: what the answers find in the log is what write(2)
+    # put in the page cache, which is what survives a crash of the process.
+    syncing, release = threading.Event(), threading.Event()
+    real_sync = getattr(os, "fdatasync", os.fsync)
+
+    def stuck_sync(fd: int) -> None:
+        syncing.set()
+        release.wait(30)
+        real_sync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", stuck_sync, raising=False)
+    plog = prediction_log(tmp_path)
+    model = HeldModel()
+    batcher = Batcher(model, max_batch_size=8, record=plog.record_many)
+    batcher.start()
+    model.release()
+    first = await batcher.submit_tagged(rows(0, 1), 1)
+    await wait_for(syncing.is_set, message="the sync thread to hang")
+    model.released.clear()
+    held = asyncio.ensure_future(batcher.submit_tagged(rows(1, 1), 1))
+    await wait_for(lambda: model.batches == [1, 1], message="the second batch to run")
+    # The next batch: four requests, one of them of a protocol that returns no request_id (V1).
+    rest = [asyncio.ensure_future(batcher.submit_tagged(rows(i * 10, 2), 2, logged=i != 3)) for i in range(1, 5)]
+    await wait_for(lambda: batcher.queued_rows == 8)
+    model.release()
+    answers = [first, *await asyncio.gather(held, *rest)]
+    logged = {p.request_id: p for p in iter_predictions(tmp_path)}
+    assert model.batches == [1, 1, 8] and plog.queued_bytes > 0  # written while the sync hangs
+    assert answers[4][1] is None
+    tagged = [answer for i, answer in enumerate(answers) if i != 4]
+    assert all(tag is not None for _, tag in tagged) and set(logged) == {tag for _, tag in tagged}
+    sent = [rows(0, 1), rows(1, 1)] + [rows(i * 10, 2) for i in (1, 2, 4)]
+    for inputs, (outputs, tag) in zip(sent, tagged, strict=True):
+        np.testing.assert_array_equal(logged[tag].inputs["x"], inputs["x"])  # type: ignore[index]
+        np.testing.assert_array_equal(logged[tag].outputs["y"], outputs["y"])  # type: ignore[index]
+    release.set()
+    await batcher.close()
+    plog.close()
+    assert plog.queued_bytes == 0
+
+
+async def test_a_failed_log_write_still_answers_the_batch_without_request_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    plog = prediction_log(tmp_path)
+    batcher = Batcher(doubler, max_batch_size=8, record=plog.record_many)
+    batcher.start()
+    assert (await batcher.submit_tagged(rows(0, 1), 1))[1] is not None  # the segment is open
+    real_write = os.write
+
+    def full_disk(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full_disk)
+    outputs, tag = await batcher.submit_tagged(rows(4, 2), 2)
+    np.testing.assert_array_equal(outputs["y"][:, 0], [8.0, 10.0])
+    assert tag is None and plog.dropped_error == 1 and "No space left on device" in caplog.text
+    monkeypatch.setattr(os, "write", real_write)
+
+    def broken_record(answered: list[tuple[Feeds, Feeds]]) -> list[str | None]:
+        raise RuntimeError("a bug in the log")
+
+    buggy = Batcher(doubler, max_batch_size=8, record=broken_record)
+    buggy.start()
+    outputs, tag = await buggy.submit_tagged(rows(1, 1), 1)
+    assert tag is None and float(outputs["y"][0, 0]) == 2.0 and "a bug in the log" in caplog.text
+    await buggy.close()
+    await batcher.close()
+    plog.close()

@@ -33,7 +33,7 @@ def runtime_env(model: Path, volume: Path, pod: str, **extra: str) -> dict[str, 
     }
 
 
-async def test_every_acknowledged_label_survives_kill_9_exactly_once_and_the_log_loses_only_its_tail(
+async def test_after_kill_9_every_acknowledged_label_is_stored_once_and_every_answered_prediction_is_logged(
     mlp_path: Path, tmp_path: Path
 ) -> None:
     volume = tmp_path / "volume"
@@ -102,21 +102,24 @@ async def test_every_acknowledged_label_survives_kill_9_exactly_once_and_the_log
     assert all(r.sample.features == [r.sample.label // 1000, r.sample.label % 1000, 0.5, 0.25] for r in joined.records)
     assert stats["corrupt_records"] == 0
     assert FeedbackVolume(volume).stats().open_segments == 0
-    # The prediction log: every logged prediction is one that was answered, with what was sent, and
-    # each process's log is a prefix of what it answered (a crash loses only the tail).
-    logged = list(iter_predictions(Layout(volume).predictions))
-    assert len({p.request_id for p in logged}) == len(logged)
-    assert all(p.inputs["x"][0].tolist() == sent[p.request_id] for p in logged)
+    # The prediction log: every request_id a client received is in it after the crash, with what was
+    # sent (the record reached the kernel before the answer left); it may also hold predictions whose
+    # answers the kill cut off, and holds no gaps: each process's log is a prefix of its seqs.
+    logged = {p.request_id: p for p in iter_predictions(Layout(volume).predictions)}
+    missing = set(sent) - set(logged)
+    assert not missing, f"{len(missing)} answered prediction(s) lost to kill -9, e.g. {sorted(missing)[:3]}"
+    assert all(p.inputs["x"][0].tolist() == sent[i] for i, p in logged.items() if i in sent)
     by_writer = collections.defaultdict(list)
-    for p in logged:
-        writer, seq = parse_request_id(p.request_id)  # type: ignore[misc]
+    for request_id in logged:
+        writer, seq = parse_request_id(request_id)  # type: ignore[misc]
         by_writer[writer].append(seq)
     assert len(by_writer) == 2
     for seqs in by_writer.values():
-        assert seqs == list(range(1, len(seqs) + 1))
-    survivor = max(by_writer, key=lambda w: len(by_writer[w]))
-    answered_by_survivor = [i for i in sent if i.startswith(survivor)]
-    assert len(by_writer[survivor]) == len(answered_by_survivor)  # stopped with SIGTERM: nothing lost
+        assert sorted(seqs) == list(range(1, len(seqs) + 1))
+    killed = parse_request_id(next(iter(sent)))[0]  # type: ignore[index]
+    survivor = next(w for w in by_writer if w != killed)
+    # Stopped with SIGTERM: it logged exactly what it answered.
+    assert len(by_writer[survivor]) == len([i for i in sent if i.startswith(survivor)])
 
 
 async def test_two_pods_on_one_volume_join_every_label_sent_to_the_other_across_restarts(tmp_path: Path) -> None:
