@@ -98,10 +98,10 @@ def stamp_infer(server: ModelServer) -> None:
     original = server.infer
     current: dict[str, Any] = {}
 
-    async def infer(feeds: Any, rows: int) -> Any:
+    async def infer(feeds: Any, rows: int, **options: Any) -> Any:
         marks = current.get("marks")
         submit = clock()
-        result = await original(feeds, rows)
+        result = await original(feeds, rows, **options)
         if marks is not None:
             marks["submit"], marks["resume"] = submit, clock()
         return result
