@@ -15,8 +15,8 @@ from typing import Any
 
 import kopf
 
-from modelfleet_operator import handlers
 from modelfleet_operator.config import OperatorConfig
+from modelfleet_operator.shell import handlers
 
 
 def build_registry(

@@ -31,7 +31,7 @@ from harness.cluster import DEPLOYMENTS, MV, Cluster
 from harness.kubelet import DeploymentController
 from harness.router import HTTPROUTES, Router
 from modelfleet_operator.config import OperatorConfig
-from modelfleet_operator.traffic import apportion
+from modelfleet_operator.core.traffic import apportion
 from modelfleet_runtime.demo import build_demo_model
 
 MODEL = "fraud"

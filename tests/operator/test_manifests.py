@@ -9,7 +9,7 @@ import kubernetes_validate
 import pytest
 
 from modelfleet_operator.config import OperatorConfig
-from modelfleet_operator.manifests import (
+from modelfleet_operator.core.manifests import (
     ImageNotAllowed,
     SpecRejected,
     UriSchemeNotAllowed,
@@ -20,7 +20,7 @@ from modelfleet_operator.manifests import (
     plan_model,
     render_manifests,
 )
-from modelfleet_operator.traffic import Scale
+from modelfleet_operator.core.traffic import Scale
 from modelfleet_runtime.settings import Settings, load_settings
 
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")

@@ -15,7 +15,7 @@ import yaml
 import modelfleet_operator
 from modelfleet_operator import cli
 from modelfleet_operator.config import OperatorConfig
-from modelfleet_operator.manifests import build_children, plan_model, render_manifests
+from modelfleet_operator.core.manifests import build_children, plan_model, render_manifests
 from modelfleet_operator.spec import crd_yaml
 
 

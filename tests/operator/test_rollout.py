@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
-from modelfleet_operator.rollout import (
+from modelfleet_operator.core.rollout import (
     INFERENCE_ENDPOINTS,
     Counts,
     MetricsError,

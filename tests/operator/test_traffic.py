@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modelfleet_operator.config import OperatorConfig
-from modelfleet_operator.traffic import (
+from modelfleet_operator.core.traffic import (
     Scale,
     TrafficSplit,
     VersionState,

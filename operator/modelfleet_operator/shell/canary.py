@@ -27,10 +27,10 @@ from typing import Any
 
 import aiohttp
 
-from modelfleet_operator import kube as k8s
-from modelfleet_operator import status
-from modelfleet_operator.kube import Kube
-from modelfleet_operator.rollout import Counts, MetricsError, evaluate_status, parse_metrics, sum_counts
+from modelfleet_operator.core import status
+from modelfleet_operator.core.rollout import Counts, MetricsError, evaluate_status, parse_metrics, sum_counts
+from modelfleet_operator.shell import kube as k8s
+from modelfleet_operator.shell.kube import Kube
 from modelfleet_operator.spec import Rollout
 
 METRICS_PATH = "/metrics"

@@ -20,8 +20,7 @@ from urllib.parse import urlsplit
 
 from modelfleet_operator import spec as crd
 from modelfleet_operator.config import OperatorConfig, image_allowed
-from modelfleet_operator.spec import ModelVersionSpec, SpecError, parse_spec
-from modelfleet_operator.traffic import (
+from modelfleet_operator.core.traffic import (
     SERVICE_PORT,
     Scale,
     TrafficSplit,
@@ -31,6 +30,7 @@ from modelfleet_operator.traffic import (
     plan_scales,
     scale_from_spec,
 )
+from modelfleet_operator.spec import ModelVersionSpec, SpecError, parse_spec
 
 LABEL_MODEL = f"{crd.GROUP}/model"
 LABEL_VERSION = f"{crd.GROUP}/version"

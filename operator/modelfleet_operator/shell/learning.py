@@ -37,13 +37,13 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from modelfleet_operator import kube as k8s
-from modelfleet_operator import manifests, retraining, status
 from modelfleet_operator import spec as crd
-from modelfleet_operator.kube import ApiError, Kube
+from modelfleet_operator.core import manifests, retraining, status
+from modelfleet_operator.shell import kube as k8s
+from modelfleet_operator.shell.kube import ApiError, Kube
 
 if TYPE_CHECKING:
-    from modelfleet_operator.handlers import Context
+    from modelfleet_operator.shell.handlers import Context
 
 # The same union as kopf.Logger, without importing kopf into the reconciling logic.
 Logger = logging.Logger | logging.LoggerAdapter[Any]

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from modelfleet_operator import spec as crd
 from modelfleet_operator.config import OperatorConfig
-from modelfleet_operator.manifests import (
+from modelfleet_operator.core.manifests import (
     FEEDBACK_DIR,
     LABEL_MODEL,
     LABEL_VERSION,

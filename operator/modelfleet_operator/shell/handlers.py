@@ -26,10 +26,11 @@ from typing import Any
 import aiohttp
 import kopf
 
-from modelfleet_operator import canary, learning, manifests, status
-from modelfleet_operator import kube as k8s
 from modelfleet_operator.config import OperatorConfig
-from modelfleet_operator.kube import ApiError, Kube
+from modelfleet_operator.core import manifests, status
+from modelfleet_operator.shell import canary, learning
+from modelfleet_operator.shell import kube as k8s
+from modelfleet_operator.shell.kube import ApiError, Kube
 
 FINALIZER = "serving.modelfleet.dev/finalizer"
 ANNOTATION_PREFIX = "serving.modelfleet.dev"
