@@ -35,6 +35,12 @@ _HELP = {
     "log-level": "debug, info, warning, error or critical",
     "log-format": "text or json",
     "default-resources": "JSON resources of runtime containers whose ModelVersion sets none",
+    "gateway-hostname-template": "hostname of a model's HTTPRoute: {model}, {namespace}, {domain} (gateway routing)",
+    "gateway-domain": "the {domain} of gateway-hostname-template",
+    "resync-seconds": "every model is reconciled at least this often, events or not (default 300)",
+    "scale-down-delay-seconds": "a version giving up traffic keeps its replicas this long after the takers are "
+    "Available (default 30)",
+    "retire-after-seconds": "gateway routing: a version at weight 0 stays warm this long, then Retired (default 600)",
 }
 
 
