@@ -30,6 +30,7 @@ an injected error changes nothing, as a real API server's error would not.
 from __future__ import annotations
 
 import asyncio
+import collections
 import copy
 import dataclasses
 import datetime
@@ -44,6 +45,8 @@ import jsonpatch
 import jsonpointer
 import kmock
 from kmock._internal import apps, enums, parsing, rendering
+
+from .selectors import LabelSelector, SelectorError, parse_field_selector, parse_label_selector
 
 HARNESS_USER_AGENT = "modelfleet-test-harness"
 
@@ -177,22 +180,64 @@ def _status_error(status: int, reason: str, message: str, retry_after: float | N
 
 
 def selector_matches(selector: str, labels: Mapping[str, str]) -> bool:
-    """Equality-based label selectors: `a=b`, `a==b`, `a!=b`, `a`, `!a`, comma-separated."""
-    for term in filter(None, (t.strip() for t in selector.split(","))):
-        if "!=" in term:
-            key, value = term.split("!=", 1)
-            if labels.get(key.strip()) == value.strip():
-                return False
-        elif "=" in term:
-            key, value = term.replace("==", "=").split("=", 1)
-            if labels.get(key.strip()) != value.strip():
-                return False
-        elif term.startswith("!"):
-            if term[1:].strip() in labels:
-                return False
-        elif term not in labels:
+    """Whether `labels` match a label selector string (equality- and set-based, see `selectors`)."""
+    return parse_label_selector(selector).matches(labels)
+
+
+# Watch events kept per resource for watches that resume from a resourceVersion (the API
+# server's watch cache); a resourceVersion older than the oldest kept answers 410 Expired.
+WATCH_LOG_EVENTS = 4096
+# Snapshots of paginated lists (limit/continue) kept at once; an evicted one answers 410.
+LIST_SNAPSHOTS = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """What a list or watch request selects: namespace, name, label and field selectors."""
+
+    namespace: str | None
+    name: str | None
+    labels: LabelSelector
+    fields: LabelSelector
+
+    @classmethod
+    def of(cls, request: rendering.Request) -> Selection:
+        try:
+            labels = parse_label_selector(request.params.get("labelSelector", ""))
+            fields = parse_field_selector(request.params.get("fieldSelector", ""))
+        except SelectorError as exc:
+            raise _status_error(400, "BadRequest", str(exc)) from None
+        return cls(request.namespace, request.name, labels, fields)
+
+    def matches(self, obj: Mapping[str, Any] | None) -> bool:
+        if obj is None:
             return False
-    return True
+        meta = obj.get("metadata") or {}
+        if self.namespace is not None and meta.get("namespace") != self.namespace:
+            return False
+        if self.name is not None and meta.get("name") != self.name:
+            return False
+        fields = {"metadata.name": meta.get("name", ""), "metadata.namespace": meta.get("namespace") or ""}
+        return self.fields.matches(fields) and self.labels.matches(meta.get("labels") or {})
+
+    def translate(self, event: Mapping[str, Any]) -> dict[str, Any] | None:
+        """A stored event as this watcher sees it (the API server's cacher): an object that
+        starts matching arrives as ADDED, one that stops matching as DELETED (its previous
+        content at the event's resourceVersion), others not at all."""
+        kind, obj, previous = event["type"], event["object"], event.get("previous")
+        now = kind != "DELETED" and self.matches(obj)
+        before = self.matches(previous) if kind != "DELETED" else self.matches(obj)
+        if kind == "DELETED":
+            return {"type": "DELETED", "object": obj} if before else None
+        if now and (before or kind == "ADDED"):
+            return {"type": kind, "object": obj}
+        if now:
+            return {"type": "ADDED", "object": obj}
+        if before and kind == "MODIFIED":
+            gone = copy.deepcopy(dict(previous or {}))
+            gone.setdefault("metadata", {})["resourceVersion"] = obj["metadata"]["resourceVersion"]
+            return {"type": "DELETED", "object": gone}
+        return None
 
 
 @dataclasses.dataclass
@@ -216,6 +261,13 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         self._watches: set[asyncio.Task[Any]] = set()
         # The same requests in full (path, body), index for index, for debugging a test.
         self.recorded_requests: list[rendering.Request] = []
+        # Per resource: recent watch events, and the newest resourceVersion no longer kept.
+        self._log: dict[kmock.resource, collections.deque[tuple[int, dict[str, Any]]]] = collections.defaultdict(
+            lambda: collections.deque(maxlen=WATCH_LOG_EVENTS)
+        )
+        self._log_floor: dict[kmock.resource, int] = collections.defaultdict(int)
+        self._snapshots: collections.OrderedDict[str, tuple[str, list[dict[str, Any]]]] = collections.OrderedDict()
+        self._snapshot_ids = itertools.count(1)
         self.register(*resource_types)
 
     # -- configuration -------------------------------------------------------------------------
@@ -328,6 +380,11 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             if is_resource and request.action == enums.action.LIST:
                 rt = self._resource_type(request)
                 return aiohttp.web.json_response(self._list(rt, request))
+            if is_resource and request.action == enums.action.WATCH:
+                # Refused before the stream opens, as the API server answers a bad watch with 400.
+                self._resource_type(request)
+                Selection.of(request)
+                _watch_start(request)
             if is_resource and request.action == enums.action.FETCH and request.subresource:
                 rt = self._resource_type(request)
                 obj = self._get(rt, request.namespace, request.name)
@@ -342,15 +399,18 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[Any]:
         """Snapshot and subscription under one lock, so no event falls between them.
 
-        kmock 0.8 subscribes only after replaying the current objects, and a write
-        in between is lost (kopf then patches with a stale resourceVersion forever).
-        With `resourceVersion`, only objects changed after it are replayed.
+        kmock 0.8 subscribes only after replaying the current objects, and a write in
+        between is lost (kopf then patches with a stale resourceVersion forever). Without a
+        resourceVersion (or with "0", or sendInitialEvents=true) the watch starts with
+        synthetic ADDED events of the selected objects; with one, it replays the events
+        after it from the watch log, or answers 410 Expired when they are no longer kept.
+        Label and field selectors filter as the API server's cacher does (see `Selection`).
         """
         yield b""  # send the headers: the stream is open even if nothing happens
         assert request.resource is not None
         rt = self._resource_type(request)
-        since = request.params.get("resourceVersion", "")
-        since_version = int(since) if since.isdigit() else 0
+        selection = Selection.of(request)
+        since = _watch_start(request)
         bus = self._buses[rt.key]
         handler = asyncio.current_task()
         monitor = None
@@ -359,32 +419,54 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             monitor = asyncio.create_task(self._cancel_on_disconnect(request, handler))
         async with self._lock:
             mark = await bus.mark()
-            events = []
-            for (res, ns, name), obj in list(self.objects.items()):
-                if res != rt.key or obj.deleted:
-                    continue
-                if request.namespace is not None and ns != request.namespace:
-                    continue
-                if request.name is not None and name != request.name:
-                    continue
-                raw = obj.raw
-                if int(raw.get("metadata", {}).get("resourceVersion", "0") or 0) > since_version:
-                    events.append({"type": "ADDED", "object": copy.deepcopy(raw)})
+            events = self._initial_events(rt, selection, request, since)
         try:
             for event in events:
                 yield event
+            if events and events[-1]["type"] == "ERROR":
+                return
             async for event in bus.stream(since=mark):
-                meta = event.get("object", {}).get("metadata", {})
-                if request.namespace is not None and meta.get("namespace") != request.namespace:
-                    continue
-                if request.name is not None and meta.get("name") != request.name:
-                    continue
-                yield event
+                seen = selection.translate(event)
+                if seen is not None:
+                    yield seen
         finally:
             if monitor is not None:
                 monitor.cancel()
             self._watches.discard(handler)
             await bus.unmark(mark)
+
+    def _initial_events(
+        self, rt: ResourceType, selection: Selection, request: rendering.Request, since: int | None
+    ) -> list[dict[str, Any]]:
+        if since is not None and request.params.get("sendInitialEvents") != "true":
+            if since < self._log_floor[rt.key]:
+                status = _status_body(410, "Expired", f"too old resource version: {since} ({self._log_floor[rt.key]})")
+                return [{"type": "ERROR", "object": status}]
+            replay = (selection.translate(event) for version, event in self._log[rt.key] if version > since)
+            return [event for event in replay if event is not None]
+        events: list[dict[str, Any]] = [
+            {"type": "ADDED", "object": copy.deepcopy(obj.raw)} for obj in self._selected(rt, selection)
+        ]
+        if request.params.get("sendInitialEvents") == "true":
+            bookmark = {
+                "apiVersion": rt.api_version,
+                "kind": rt.kind,
+                "metadata": {
+                    "resourceVersion": str(self._current_version()),
+                    "annotations": {"k8s.io/initial-events-end": "true"},
+                },
+            }
+            events.append({"type": "BOOKMARK", "object": bookmark})
+        return events
+
+    def _selected(self, rt: ResourceType, selection: Selection) -> list[Any]:
+        """The live objects a request selects, in the API server's order (namespace, name)."""
+        found = [
+            (ns or "", name, obj)
+            for (res, ns, name), obj in list(self.objects.items())
+            if res == rt.key and not obj.deleted and selection.matches(obj.raw)
+        ]
+        return [obj for _, _, obj in sorted(found, key=lambda item: (item[0], item[1]))]
 
     async def _cancel_on_disconnect(self, request: rendering.Request, handler: asyncio.Task[Any]) -> None:
         """End a watch whose client is gone (aiohttp does not cancel handlers on disconnect)."""
@@ -400,16 +482,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
 
     def _error_response(self, exc: kmock.KubernetesError, retry_after: float | None = None) -> aiohttp.web.Response:
         headers = {"Retry-After": str(int(retry_after))} if retry_after is not None else None
-        body = {
-            "apiVersion": "v1",
-            "kind": "Status",
-            "metadata": {},
-            "status": "Failure",
-            "code": exc.status,
-            "reason": exc.reason,
-            "message": exc.message,
-            "details": exc.details or {},
-        }
+        body = _status_body(exc.status, exc.reason or "", exc.message or "", exc.details)
         return aiohttp.web.json_response(body, status=exc.status, headers=headers)
 
     def _record(self, request: rendering.Request) -> None:
@@ -442,28 +515,50 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         return None
 
     def _list(self, rt: ResourceType, request: rendering.Request) -> dict[str, Any]:
-        label_selector = request.params.get("labelSelector", "")
-        field_selector = request.params.get("fieldSelector", "")
-        items = []
-        for (res, ns, name), obj in list(self.objects.items()):
-            if res != rt.key or obj.deleted:
-                continue
-            if request.namespace is not None and ns != request.namespace:
-                continue
-            raw = obj.raw
-            if label_selector and not selector_matches(label_selector, raw.get("metadata", {}).get("labels") or {}):
-                continue
-            if field_selector:
-                fields = {"metadata.name": name, "metadata.namespace": ns or ""}
-                if not selector_matches(field_selector, fields):
-                    continue
-            items.append(copy.deepcopy(raw))
-        return {
-            "apiVersion": rt.api_version,
-            "kind": f"{rt.kind}List",
-            "metadata": {"resourceVersion": str(self._current_version())},
-            "items": items,
-        }
+        """A list, paginated with `limit` and `continue` over one consistent snapshot (as from etcd)."""
+        selection = Selection.of(request)
+        token = request.params.get("continue", "")
+        limit_text = request.params.get("limit", "")
+        if limit_text and not limit_text.isdigit():
+            raise _status_error(400, "BadRequest", f"limit must be a non-negative integer, got {limit_text!r}")
+        limit = int(limit_text or 0)
+        if token:
+            version, items, offset = self._snapshot(token)
+        else:
+            version = str(self._current_version())
+            items = [copy.deepcopy(obj.raw) for obj in self._selected(rt, selection)]
+            offset = 0
+        metadata: dict[str, Any] = {"resourceVersion": version}
+        page = items[offset:]
+        if limit and len(page) > limit:
+            page = page[:limit]
+            snapshot_id = token.split(":")[0] if token else self._keep_snapshot(version, items)
+            metadata["continue"] = f"{snapshot_id}:{offset + limit}"
+            if not selection.labels.requirements and not selection.fields.requirements:
+                metadata["remainingItemCount"] = len(items) - offset - limit
+        return {"apiVersion": rt.api_version, "kind": f"{rt.kind}List", "metadata": metadata, "items": page}
+
+    def _keep_snapshot(self, version: str, items: list[dict[str, Any]]) -> str:
+        snapshot_id = f"emulated-{next(self._snapshot_ids)}"
+        self._snapshots[snapshot_id] = (version, items)
+        while len(self._snapshots) > LIST_SNAPSHOTS:
+            self._snapshots.popitem(last=False)
+        return snapshot_id
+
+    def _snapshot(self, token: str) -> tuple[str, list[dict[str, Any]], int]:
+        snapshot_id, _, offset = token.partition(":")
+        if not snapshot_id.startswith("emulated-") or not offset.isdigit():
+            raise _status_error(400, "BadRequest", f"continue key is not valid: {token!r}")
+        if snapshot_id not in self._snapshots:
+            raise _status_error(
+                410,
+                "Expired",
+                "The provided continue parameter is too old to display a consistent list result. "
+                "You can start a new list without the continue parameter.",
+            )
+        self._snapshots.move_to_end(snapshot_id)
+        version, items = self._snapshots[snapshot_id]
+        return version, items, int(offset)
 
     def _current_version(self) -> int:
         # itertools.count has no peek: keep the last issued version next to it.
@@ -473,8 +568,16 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         self._last_version = next(self._versions)
         return str(self._last_version)
 
-    async def _publish(self, rt: ResourceType, event_type: str, obj: Mapping[str, Any]) -> None:
-        await self._buses[rt.key].put({"type": event_type, "object": copy.deepcopy(dict(obj))})
+    async def _publish(
+        self, rt: ResourceType, event_type: str, obj: Mapping[str, Any], previous: Mapping[str, Any] | None = None
+    ) -> None:
+        """Log the event for resumed watches and stream it; `previous` is the object before (for selectors)."""
+        event = {"type": event_type, "object": copy.deepcopy(dict(obj)), "previous": previous}
+        log = self._log[rt.key]
+        if len(log) == log.maxlen:
+            self._log_floor[rt.key] = log[0][0]
+        log.append((int(obj["metadata"]["resourceVersion"]), event))
+        await self._buses[rt.key].put(event)
 
     async def _write(self, rt: ResourceType, request: rendering.Request) -> tuple[int, dict[str, Any]]:
         if request.action == enums.action.CREATE:
@@ -543,7 +646,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
             await self._remove(rt, namespace, request.name)
         else:
-            await self._publish(rt, "MODIFIED", new)
+            await self._publish(rt, "MODIFIED", new, previous=old)
         return 200, copy.deepcopy(new)
 
     async def _delete(self, rt: ResourceType, namespace: str | None, name: str | None) -> tuple[int, dict[str, Any]]:
@@ -554,10 +657,11 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         obj = copy.deepcopy(stored.raw)
         if obj["metadata"].get("finalizers"):
             if not obj["metadata"].get("deletionTimestamp"):
+                previous = copy.deepcopy(obj)
                 obj["metadata"]["deletionTimestamp"] = _now()
                 obj["metadata"]["resourceVersion"] = self._next_version()
                 stored.history.append(obj)
-                await self._publish(rt, "MODIFIED", obj)
+                await self._publish(rt, "MODIFIED", obj, previous=previous)
             return 200, obj
         await self._remove(rt, namespace, name)
         return 200, obj
@@ -588,7 +692,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 new["metadata"]["ownerReferences"] = remaining
                 new["metadata"]["resourceVersion"] = self._next_version()
                 stored.history.append(new)
-                await self._publish(rt, "MODIFIED", new)
+                await self._publish(rt, "MODIFIED", new, previous=obj)
             else:
                 await self._delete(rt, ns, name)
 
@@ -609,6 +713,29 @@ _REASONS = {
     503: "ServiceUnavailable",
     504: "Timeout",
 }
+
+
+def _status_body(status: int, reason: str, message: str, details: Any = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Status",
+        "metadata": {},
+        "status": "Failure",
+        "code": status,
+        "reason": reason,
+        "message": message,
+        "details": details or {},
+    }
+
+
+def _watch_start(request: rendering.Request) -> int | None:
+    """The resourceVersion a watch resumes after; None to start from the current state."""
+    since = request.params.get("resourceVersion", "")
+    if since in ("", "0"):
+        return None
+    if not since.isdigit():
+        raise _status_error(400, "BadRequest", f"invalid resource version {since!r}")
+    return int(since)
 
 
 def _verb_of(request: rendering.Request) -> str:
