@@ -41,11 +41,12 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 import aiohttp.web
-import jsonpatch
-import jsonpointer
 import kmock
 from kmock._internal import apps, enums, parsing, rendering
 
+from . import writes
+from .normalise import keep_allocated, normaliser
+from .schemas import Schema, builtin_schema, crd_schema
 from .selectors import LabelSelector, SelectorError, parse_field_selector, parse_label_selector
 
 HARNESS_USER_AGENT = "modelfleet-test-harness"
@@ -174,8 +175,14 @@ def _now() -> str:
     return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _status_error(status: int, reason: str, message: str, retry_after: float | None = None) -> kmock.KubernetesError:
-    details = {"retryAfterSeconds": int(retry_after)} if retry_after is not None else {}
+def _status_error(
+    status: int,
+    reason: str,
+    message: str,
+    retry_after: float | None = None,
+    details: Mapping[str, Any] | None = None,
+) -> kmock.KubernetesError:
+    details = {**(details or {}), **({"retryAfterSeconds": int(retry_after)} if retry_after is not None else {})}
     return kmock.KubernetesError(status=status, reason=reason, message=message, details=details)
 
 
@@ -268,6 +275,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         self._log_floor: dict[kmock.resource, int] = collections.defaultdict(int)
         self._snapshots: collections.OrderedDict[str, tuple[str, list[dict[str, Any]]]] = collections.OrderedDict()
         self._snapshot_ids = itertools.count(1)
+        self._schemas: dict[kmock.resource, Schema | None] = {}
         self.register(*resource_types)
 
     # -- configuration -------------------------------------------------------------------------
@@ -288,6 +296,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     def register_crd(self, crd: Mapping[str, Any]) -> list[ResourceType]:
         types = resource_types_from_crd(crd)
         self.register(*types)
+        for rt in types:
+            self._schemas[rt.key] = crd_schema(crd, rt.version)
         return types
 
     def type_of(self, group: str, version: str, plural: str) -> ResourceType:
@@ -370,8 +380,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
 
         is_resource = request.resource is not None and bool(request.resource.plural)
         try:
+            is_put = request.method == enums.method.PUT and request.name is not None
             if (is_resource and request.action == enums.action.CREATE) or (
-                is_resource and request.action in WRITE_ACTIONS and request.name is not None
+                is_resource and (request.action in WRITE_ACTIONS or is_put) and request.name is not None
             ):
                 rt = self._resource_type(request)
                 async with self._lock:
@@ -391,6 +402,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 if obj is None:
                     raise _status_error(404, "NotFound", f'{rt.plural} "{request.name}" not found')
                 return aiohttp.web.json_response(obj.raw)
+        except writes.WriteError as exc:
+            return self._error_response(_status_error(exc.status, exc.reason, exc.message, details=exc.details))
         except kmock.KubernetesError as exc:
             return self._error_response(exc)
         # Fetches, watches and discovery: kmock's own serving.
@@ -579,75 +592,101 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         log.append((int(obj["metadata"]["resourceVersion"]), event))
         await self._buses[rt.key].put(event)
 
-    async def _write(self, rt: ResourceType, request: rendering.Request) -> tuple[int, dict[str, Any]]:
-        if request.action == enums.action.CREATE:
-            return await self._create(rt, request.namespace, request.data)
-        if request.action == enums.action.UPDATE:
-            return await self._patch(rt, request)
-        return await self._delete(rt, request.namespace, request.name)
+    def kind_of(self, rt: ResourceType) -> writes.Kind:
+        """What the pure write functions need to know of a resource (its schema and normalisation)."""
+        custom = rt.key in self._schemas
+        schema = self._schemas[rt.key] if custom else builtin_schema(rt.api_version, rt.kind)
+        normalise, canonicalise = normaliser(rt.api_version, rt.kind, schema, builtin=not custom)
+        return writes.Kind(
+            api_version=rt.api_version,
+            kind=rt.kind,
+            plural=rt.plural,
+            group=rt.group,
+            namespaced=rt.namespaced,
+            has_status="status" in rt.subresources,
+            schema=schema,
+            normalise=normalise,
+            canonicalise=canonicalise,
+            carry=lambda old, new: keep_allocated(rt.kind, old, new),
+        )
 
-    async def _create(self, rt: ResourceType, namespace: str | None, data: Any) -> tuple[int, dict[str, Any]]:
-        if not isinstance(data, dict):
-            raise _status_error(400, "BadRequest", "the body of a create must be a JSON object")
-        obj = copy.deepcopy(data)
-        meta = obj.setdefault("metadata", {})
-        if not meta.get("name") and meta.get("generateName"):
-            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
-        if not meta.get("name"):
-            raise _status_error(422, "Invalid", f"{rt.kind}: metadata.name: Required value")
-        if rt.namespaced:
-            if namespace is None:
-                raise _status_error(400, "BadRequest", f"{rt.kind} is namespaced: POST to /namespaces/NS/{rt.plural}")
-            if meta.get("namespace", namespace) != namespace:
-                raise _status_error(400, "BadRequest", "the namespace of the object does not match the URL")
-            meta["namespace"] = namespace
-        else:
-            namespace = None
+    async def _write(self, rt: ResourceType, request: rendering.Request) -> tuple[int, dict[str, Any]]:
+        if request.params.get("dryRun"):
+            raise writes.WriteError(400, "BadRequest", "dryRun is not emulated: the emulator would really write")
+        if request.action == enums.action.CREATE:
+            return await self._create(rt, request)
+        if request.action == enums.action.DELETE:
+            return await self._delete(rt, request.namespace, request.name)
+        return await self._update(rt, request)
+
+    async def _create(self, rt: ResourceType, request: rendering.Request) -> tuple[int, dict[str, Any]]:
+        manager = writes.manager_of(request.params, request.headers.get("User-Agent", ""), options="CreateOptions")
+        obj = writes.create(
+            self.kind_of(rt), request.namespace if rt.namespaced else None, request.data, manager=manager, now=_now()
+        )
+        return 201, await self._store_new(rt, obj)
+
+    async def _store_new(self, rt: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
+        namespace = meta.get("namespace") if rt.namespaced else None
         if self._get(rt, namespace, meta["name"]) is not None:
-            raise _status_error(409, "AlreadyExists", f'{rt.plural}.{rt.group} "{meta["name"]}" already exists')
-        obj["apiVersion"] = rt.api_version
-        obj["kind"] = rt.kind
-        meta["uid"] = str(uuid.uuid4())
+            raise writes.WriteError(409, "AlreadyExists", f'{rt.plural}.{rt.group} "{meta["name"]}" already exists')
+        meta.setdefault("uid", str(uuid.uuid4()))
         meta["resourceVersion"] = self._next_version()
-        meta["generation"] = 1
-        meta["creationTimestamp"] = _now()
-        meta.pop("deletionTimestamp", None)
-        if "status" in rt.subresources:
-            obj.pop("status", None)
         key = (rt.key, namespace, meta["name"])
         if key in self.objects:
             self.objects[key].history.append(obj)
         else:
             self.objects[key] = obj
         await self._publish(rt, "ADDED", obj)
-        return 201, copy.deepcopy(obj)
+        return copy.deepcopy(obj)
 
-    async def _patch(self, rt: ResourceType, request: rendering.Request) -> tuple[int, dict[str, Any]]:
+    async def _update(self, rt: ResourceType, request: rendering.Request) -> tuple[int, dict[str, Any]]:
+        """PATCH (apply, merge, JSON) and PUT, on the main resource or /status."""
+        kind = self.kind_of(rt)
         namespace = request.namespace if rt.namespaced else None
-        stored = self._get(rt, namespace, request.name)
-        if stored is None:
-            raise _status_error(404, "NotFound", f'{rt.plural}.{rt.group} "{request.name}" not found')
-        if request.method != enums.method.PATCH:
-            raise _status_error(405, "MethodNotAllowed", "only PATCH is emulated for updates")
+        subresource = request.subresource or ""
         content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
-        old = copy.deepcopy(stored.raw)
-        new = _apply_patch(old, request.data, content_type)
-        new = _limit_to_subresource(rt, old, new, request.subresource or "")
-        _keep_server_fields(old, new)
-
-        if new == old:
+        if request.method == enums.method.PUT:
+            content_type = "application/json"
+        elif request.method != enums.method.PATCH:
+            raise writes.WriteError(405, "MethodNotAllowed", f"{request.method} is not a write the emulator knows")
+        force = writes.apply_options(request.params, content_type)
+        user_agent = request.headers.get("User-Agent", "")
+        manager = writes.manager_of(request.params, user_agent)
+        stored = self._get(rt, namespace, request.name)
+        old = copy.deepcopy(stored.raw) if stored is not None else None
+        now = _now()
+        if content_type == writes.APPLY_PATCH:
+            if not request.params.get("fieldManager"):
+                raise writes.WriteError(
+                    422,
+                    "Invalid",
+                    'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: is required for apply patch',
+                )
+            config = writes.apply_configuration(kind, request.name, request.data, request.text)
+            if old is None and subresource:
+                raise kind.not_found(request.name)
+            new = writes.apply(kind, old, config, subresource, namespace, manager=manager, force=force, now=now)
+            if old is None:
+                return 201, await self._store_new(rt, new)
+        elif old is None:
+            raise kind.not_found(request.name)
+        elif request.method == enums.method.PUT:
+            new = writes.replace(kind, old, request.data, subresource, manager=manager, now=now)
+        else:
+            new = writes.patch(kind, old, request.data, content_type, subresource, manager=manager, now=now)
+        assert old is not None and stored is not None
+        finished = writes.finish(old, new)
+        if finished is None:
             return 200, old  # a no-op: no new version, no event
-
-        if _without(new, "metadata", "status") != _without(old, "metadata", "status"):
-            new["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
-        new["metadata"]["resourceVersion"] = self._next_version()
-        stored.history.append(new)
-
-        if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
+        finished["metadata"]["resourceVersion"] = self._next_version()
+        stored.history.append(finished)
+        if finished["metadata"].get("deletionTimestamp") and not finished["metadata"].get("finalizers"):
             await self._remove(rt, namespace, request.name)
         else:
-            await self._publish(rt, "MODIFIED", new, previous=old)
-        return 200, copy.deepcopy(new)
+            await self._publish(rt, "MODIFIED", finished, previous=old)
+        return 200, copy.deepcopy(finished)
 
     async def _delete(self, rt: ResourceType, namespace: str | None, name: str | None) -> tuple[int, dict[str, Any]]:
         namespace = namespace if rt.namespaced else None
@@ -753,84 +792,6 @@ def _verb_of(request: rendering.Request) -> str:
     if method == enums.method.DELETE:
         return "delete" if request.name else "deletecollection"
     return str(method.value).lower()
-
-
-def _without(obj: Mapping[str, Any], *keys: str) -> dict[str, Any]:
-    return {k: v for k, v in obj.items() if k not in keys}
-
-
-def _merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = copy.deepcopy(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = _merge_patch(result.get(key), value)
-    return result
-
-
-def _apply_patch(old: dict[str, Any], patch: Any, content_type: str) -> dict[str, Any]:
-    """`old` with a JSON patch or a merge patch applied, refused like the API server refuses it."""
-    try:
-        if content_type == "application/json-patch+json":
-            if not isinstance(patch, list):
-                raise _status_error(400, "BadRequest", "a JSON patch must be a list")
-            return jsonpatch.apply_patch(copy.deepcopy(old), patch, in_place=False)
-        if content_type == "application/merge-patch+json":
-            if not isinstance(patch, dict):
-                raise _status_error(400, "BadRequest", "a merge patch must be an object")
-            wanted_version = (patch.get("metadata") or {}).get("resourceVersion")
-            if wanted_version and wanted_version != old["metadata"].get("resourceVersion"):
-                raise _status_error(
-                    409,
-                    "Conflict",
-                    "the object has been modified; please apply your changes to the latest version and try again",
-                )
-            return _merge_patch(old, patch)
-        raise _status_error(
-            415,
-            "UnsupportedMediaType",
-            f"the emulator supports merge-patch and json-patch only, got {content_type!r}",
-        )
-    except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
-        raise _status_error(422, "Invalid", f"the JSON patch does not apply: {exc}") from None
-
-
-def _limit_to_subresource(
-    rt: ResourceType, old: dict[str, Any], new: dict[str, Any], subresource: str
-) -> dict[str, Any]:
-    """A status patch changes only the status; a main-resource patch never does, when status is a subresource."""
-    if subresource == "status":
-        result = copy.deepcopy(old)
-        if "status" in new:
-            result["status"] = new["status"]
-        else:
-            result.pop("status", None)
-        return result
-    if subresource:
-        raise _status_error(404, "NotFound", f"subresource {subresource!r} is not emulated")
-    if "status" in rt.subresources:
-        if "status" in old:
-            new["status"] = old["status"]
-        else:
-            new.pop("status", None)
-    return new
-
-
-# Metadata the server owns: a patch cannot change it.
-_SERVER_FIELDS = ("uid", "creationTimestamp", "name", "namespace", "resourceVersion", "generation", "deletionTimestamp")
-
-
-def _keep_server_fields(old: dict[str, Any], new: dict[str, Any]) -> None:
-    for field in _SERVER_FIELDS:
-        if field in old["metadata"]:
-            new.setdefault("metadata", {})[field] = old["metadata"][field]
-        else:
-            new.setdefault("metadata", {}).pop(field, None)
-    new["apiVersion"], new["kind"] = old["apiVersion"], old["kind"]
 
 
 def dump_requests(requests: Iterable[ApiRequest]) -> str:
