@@ -108,6 +108,7 @@ BUILTIN_RESOURCES: tuple[ResourceType, ...] = (
     ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice"),
     ResourceType("coordination.k8s.io", "v1", "leases", "Lease"),
     ResourceType("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute", subresources=("status",)),
+    ResourceType("gateway.networking.k8s.io", "v1", "gateways", "Gateway", subresources=("status",)),
     ResourceType(
         "apiextensions.k8s.io",
         "v1",
