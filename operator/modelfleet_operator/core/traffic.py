@@ -1,51 +1,20 @@
-"""How a model's traffic is split across its versions, as pure functions.
+"""Traffic arithmetic, as pure functions: integer shares from weights, replicas from shares.
 
-Input: the versions of one model (desired weight, Ready or not, replica
-settings, the share each serves now). Output: the effective integer shares
-(summing to 100), the replicas of each version in service mode, and the
-HTTPRoute of gateway mode. The kopf handlers read the versions, call these and
-write the results; nothing here talks to the API.
+`apportion` turns desired weights into integer shares that sum to 100;
+`scale_at` gives the replicas (or autoscaler bounds) a version runs at a share
+in service mode, `ceil(replicas x share / 100)` (DESIGN.md section 2), and
+`needed` how many Available replicas that share needs. `transitions` moves a
+model from one split to another with them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-from modelfleet_operator.config import OperatorConfig
 
 HEADER_VERSION = "x-model-version"
 SERVICE_PORT = 80
-# Gateway API allows 16 rules per HTTPRoute: one per pinned version plus the weighted default.
-MAX_PINNED_VERSIONS = 15
-MAX_BACKENDS = 16
-
-
-@dataclass(frozen=True)
-class VersionState:
-    """What the traffic decision needs to know about one version of a model."""
-
-    name: str  # metadata.name: the Deployment and Service of the version
-    version: str  # spec.version: the value of the x-model-version header
-    weight: int  # spec.traffic, the desired share 0-100
-    ready: bool  # loaded, warmed up and not rolled back
-    replicas: int = 1  # spec.replicas
-    autoscaling: tuple[int, int] | None = None  # spec.autoscaling (minReplicas, maxReplicas)
-    serving: int = 0  # status.servingTraffic: the share it serves now
-
-
-@dataclass(frozen=True)
-class TrafficSplit:
-    """Effective shares by version name. `held` means nothing Ready wants traffic, so the
-    previous shares were kept (never route to nothing while something still works)."""
-
-    shares: Mapping[str, int]
-    held: bool = False
-
-    def share(self, name: str) -> int:
-        return self.shares.get(name, 0)
 
 
 @dataclass(frozen=True)
@@ -60,8 +29,27 @@ class Scale:
     autoscaling: tuple[int, int] | None = None
 
     @property
-    def desired(self) -> int:
+    def floor(self) -> int:
+        """The fewest replicas this scale keeps (the HPA's minReplicas when autoscaled)."""
         return self.autoscaling[0] if self.autoscaling else self.replicas
+
+    @property
+    def peak(self) -> int:
+        """The most replicas this scale allows (the HPA's maxReplicas when autoscaled)."""
+        return self.autoscaling[1] if self.autoscaling else self.replicas
+
+    desired = floor
+
+    def exceeds(self, other: Scale) -> bool:
+        """Whether going from this scale to `other` would take capacity away."""
+        return self.floor > other.floor or self.peak > other.peak
+
+    def union(self, other: Scale) -> Scale:
+        """At least the capacity of both: the larger floor and the larger peak."""
+        low, high = max(self.floor, other.floor), max(self.peak, other.peak)
+        if self.autoscaling is None and other.autoscaling is None:
+            return Scale(replicas=low)
+        return Scale(replicas=low, autoscaling=(max(low, 1), max(high, low, 1)))
 
 
 def scale_from_spec(replicas: int, autoscaling: tuple[int, int] | None) -> Scale:
@@ -69,6 +57,27 @@ def scale_from_spec(replicas: int, autoscaling: tuple[int, int] | None) -> Scale
     if autoscaling:
         return Scale(replicas=autoscaling[0], autoscaling=autoscaling)
     return Scale(replicas=replicas)
+
+
+def _scaled(count: int, share: int) -> int:
+    return math.ceil(count * share / 100)
+
+
+def scale_at(full: Scale, share: int) -> Scale:
+    """The replicas (or HPA bounds) of a version serving `share`% in service mode: 0 at 0,
+    ceil(replicas x share / 100) otherwise, the HPA bounds scaled the same way (at least 1)."""
+    if share <= 0:
+        return Scale(replicas=0)
+    if full.autoscaling:
+        low = max(1, _scaled(full.autoscaling[0], share))
+        high = max(low, _scaled(full.autoscaling[1], share))
+        return Scale(replicas=low, autoscaling=(low, high))
+    return Scale(replicas=_scaled(full.replicas, share))
+
+
+def needed(full: Scale, share: int) -> int:
+    """Available replicas a version with `full` replicas at 100% needs to carry `share`%."""
+    return scale_at(full, share).floor
 
 
 def apportion(weights: Mapping[str, int], total: int = 100) -> dict[str, int]:
@@ -97,139 +106,12 @@ def apportion(weights: Mapping[str, int], total: int = 100) -> dict[str, int]:
     return shares
 
 
-def effective_shares(versions: Iterable[VersionState]) -> TrafficSplit:
-    """Normalise the desired weights of the Ready versions to integer shares summing to 100.
-
-    A version that is not Ready gets 0. When no Ready version asks for traffic
-    (none is Ready, or every Ready one has weight 0) the current shares are kept:
-    `held` is True and the shares are the versions' `serving` values.
-    """
-    versions = list(versions)
-    wanting = {v.name: v.weight for v in versions if v.ready and v.weight > 0}
-    if not wanting:
-        return TrafficSplit(shares={v.name: v.serving for v in versions}, held=True)
-    shares = apportion(wanting)
-    return TrafficSplit(shares={v.name: shares.get(v.name, 0) for v in versions})
-
-
-def _scaled(count: int, share: int) -> int:
-    return math.ceil(count * share / 100)
-
-
-def service_mode_scales(versions: Iterable[VersionState], split: TrafficSplit) -> dict[str, Scale]:
-    """Replicas of each version in service mode, where the ready-pod ratio is the traffic split.
-
-    - share s > 0: ceil(replicas * s / 100), HPA bounds scaled the same way;
-    - share 0, weight 0: 0 replicas (the Deployment stays, so a rollback scales it up);
-    - share 0, weight > 0 (warming up, or waiting to take over): full replicas when
-      no other version serves, else 1 replica, so the serving versions keep all
-      the traffic until it is Ready.
-    """
-    versions = list(versions)
-    serving = {v.name for v in versions if split.share(v.name) > 0}
-    out: dict[str, Scale] = {}
-    for v in versions:
-        share = split.share(v.name)
-        if share > 0:
-            if v.autoscaling:
-                low = max(1, _scaled(v.autoscaling[0], share))
-                high = max(low, _scaled(v.autoscaling[1], share))
-                out[v.name] = Scale(replicas=low, autoscaling=(low, high))
-            else:
-                out[v.name] = Scale(replicas=_scaled(v.replicas, share))
-        elif v.weight == 0:
-            out[v.name] = Scale(replicas=0)
-        elif serving - {v.name}:
-            out[v.name] = Scale(replicas=1)
-        else:
-            out[v.name] = scale_from_spec(v.replicas, v.autoscaling)
-    return out
-
-
-def gateway_mode_scales(versions: Iterable[VersionState]) -> dict[str, Scale]:
-    """In gateway mode every version keeps its full replicas: the route splits exactly,
-    and a version at weight 0 stays warm so that a rollback is instant."""
-    return {v.name: scale_from_spec(v.replicas, v.autoscaling) for v in versions}
-
-
-def plan_scales(versions: Sequence[VersionState], split: TrafficSplit, config: OperatorConfig) -> dict[str, Scale]:
-    """The replicas of each version for the configured routing mode."""
-    if config.routing == "gateway":
-        return gateway_mode_scales(versions)
-    return service_mode_scales(versions, split)
-
-
-def build_httproute(
-    *,
-    model: str,
-    namespace: str,
-    versions: Sequence[VersionState],
-    split: TrafficSplit,
-    config: OperatorConfig,
-    labels: Mapping[str, str] | None = None,
-    owner_references: Sequence[Mapping[str, Any]] = (),
-) -> dict[str, Any]:
-    """The Gateway API HTTPRoute named after the model.
-
-    One rule per version matches the header `x-model-version: VERSION` and pins
-    it (more header matches take precedence over the default rule); the last rule
-    sends everything else to the versions with a positive share, weighted by it.
-    With more than 15 versions only the 15 with the largest shares are pinnable, and
-    at most 16 versions share the default rule (the Gateway API's limits).
-    """
-    gateway_namespace, gateway_name = config.gateway_ref
-    parent: dict[str, Any] = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": gateway_name}
-    if gateway_namespace and gateway_namespace != namespace:
-        parent["namespace"] = gateway_namespace
-
-    def backend(v: VersionState, weight: int) -> dict[str, Any]:
-        return {"group": "", "kind": "Service", "name": v.name, "port": SERVICE_PORT, "weight": weight}
-
-    ordered = sorted(versions, key=lambda v: (-split.share(v.name), v.name))
-    pinned = sorted(ordered[:MAX_PINNED_VERSIONS], key=lambda v: v.name)
-    rules: list[dict[str, Any]] = [
-        {
-            "matches": [
-                {
-                    "path": {"type": "PathPrefix", "value": "/"},
-                    "headers": [{"type": "Exact", "name": HEADER_VERSION, "value": v.version}],
-                }
-            ],
-            "backendRefs": [backend(v, 1)],
-        }
-        for v in pinned
-    ]
-    # Gateways normalise weights over the listed backends; past 16 the smallest shares are dropped.
-    serving = [v for v in ordered if split.share(v.name) > 0][:MAX_BACKENDS]
-    weighted = [backend(v, split.share(v.name)) for v in sorted(serving, key=lambda v: v.name)]
-    rules.append(
-        {
-            "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
-            "backendRefs": weighted,
-        }
-    )
-    metadata: dict[str, Any] = {"name": model, "namespace": namespace, "labels": dict(labels or {})}
-    if owner_references:
-        metadata["ownerReferences"] = [dict(o) for o in owner_references]
-    return {
-        "apiVersion": "gateway.networking.k8s.io/v1",
-        "kind": "HTTPRoute",
-        "metadata": metadata,
-        "spec": {"parentRefs": [parent], "rules": rules},
-    }
-
-
 __all__ = [
     "HEADER_VERSION",
     "SERVICE_PORT",
     "Scale",
-    "TrafficSplit",
-    "VersionState",
     "apportion",
-    "build_httproute",
-    "effective_shares",
-    "gateway_mode_scales",
-    "plan_scales",
+    "needed",
+    "scale_at",
     "scale_from_spec",
-    "service_mode_scales",
 ]

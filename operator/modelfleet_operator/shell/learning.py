@@ -1,29 +1,36 @@
-"""The online-learning loop's shell (DESIGN.md section 5): the API reads and writes around retraining.py.
+"""The online-learning loop's shell (DESIGN.md section 5): the reads and writes around `core.retraining`.
 
-`reconcile_learning` runs at the end of every reconciliation of a ModelVersion
-that has `spec.retraining` or was produced by a retraining Job:
+`LearningStep.run` is part of every reconcile of a model that has a version
+with `spec.retraining` or a version produced by a retraining Job. It reads the
+model's Jobs and their pods from the cache, and returns what the versions'
+statuses gain (`LearningResult`), which the reconciler writes with the rest of
+each status in one patch:
 
-- the retraining side: read the unconsumed sample count from ONE ready pod
-  (GET /v1/feedback/stats counts the whole feedback volume, so every replica
-  reports the same number), record a finished Job of this version once
-  (status.lastRetraining, an Event, and on success the child ModelVersion),
-  then let `retraining.should_retrain` decide whether to start the next Job;
-  only the model's `retraining_version` starts Jobs, one at a time per model;
-- the promotion side, for a child: `retraining.promotion` decides, and
-  promoting is patching the versions' spec.traffic.
+- the retraining side: the unconsumed sample count from ONE ready pod (every
+  replica counts the same shared volume; asked at most every
+  `SAMPLES_POLL_SECONDS`), a finished Job of this version recorded once
+  (status.lastRetraining, an Event, and on success the child ModelVersion), then
+  `retraining.should_retrain` on a fresh count decides whether to start the next
+  Job; only the model's `retraining_version` starts Jobs, one at a time per model;
+- the promotion side, for a child: `retraining.promotion` decides once the child
+  is Ready, has served its canary share and, with `spec.rollout`, passed its
+  canary analysis (`minAnalysisSeconds` with `minRequests`); promoting is setting
+  the versions' spec.traffic, and the model's reconcile moves the traffic over
+  like any change of weights: the child scales up and is Available before the
+  parent gives up its replicas.
 
-Every write is keyed by a name that the pure functions derive (the Job of
-attempt N, its child, the Event of a Job's outcome), so an operator restarted
-at any step finds what it already did (409) instead of doing it twice.
+Every write is keyed by a name the pure functions derive (the Job of attempt N,
+its child, the Event of a Job's outcome), so an operator restarted at any step
+finds what it already did (409) instead of doing it twice.
 
 The feedback token (DESIGN.md section 9): without `spec.retraining.tokenSecretRef`
 the runtime pods mount the Secret MODEL-feedback-token, which `ensure_feedback_token`
-creates with a random token before the Deployment needs it and never rewrites.
-The Secret has no owner on purpose: the token is the model's credential,
-held by the clients that send feedback, and must outlive every single version
-(a promotion retires the version that created it, and a retired version gets
-deleted). It carries the model's labels, so
-`kubectl delete secret -l serving.modelfleet.dev/model=MODEL` removes it with the model.
+creates with a random token before the Deployment needs it and never rewrites
+(a create that answers 409 means it is there; the operator does not read Secrets).
+The Secret has no owner on purpose: the token is the model's credential, held by
+the clients that send feedback, and must outlive every single version. It carries
+the model's labels, so `kubectl delete secret -l serving.modelfleet.dev/model=MODEL`
+removes it with the model.
 """
 
 from __future__ import annotations
@@ -31,32 +38,31 @@ from __future__ import annotations
 import base64
 import logging
 import secrets
-from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 import aiohttp
 
-from modelfleet_operator import spec as crd
+from modelfleet_operator.config import OperatorConfig
 from modelfleet_operator.core import manifests, retraining, status
+from modelfleet_operator.core import model as core_model
 from modelfleet_operator.shell import kube as k8s
-from modelfleet_operator.shell.kube import ApiError, Kube
+from modelfleet_operator.shell import pods as pod_http
+from modelfleet_operator.shell.cache import Cache
+from modelfleet_operator.shell.writer import Writer
+from modelfleet_operator.spec import GROUP, ModelVersionSpec
 
-if TYPE_CHECKING:
-    from modelfleet_operator.shell.handlers import Context
-
-# The same union as kopf.Logger, without importing kopf into the reconciling logic.
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
-STATS_PATH = "/v1/feedback/stats"
-STATS_TIMEOUT_SECONDS = 2.0
 TOKEN_BYTES = 32
 RETRAINING_TRIGGERED = "RetrainingTriggered"
 PROMOTED = "Promoted"
 COMPONENT = "modelfleet-operator"
-
-
-# --- small readers -------------------------------------------------------------------------
+# How often the unconsumed sample count of a retraining version is read from a pod.
+SAMPLES_POLL_SECONDS = 5.0
 
 
 def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -79,116 +85,27 @@ def _condition(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
     return next((c for c in _status(obj).get("conditions") or [] if c.get("type") == kind), None)
 
 
-def _pod_ready(pod: Mapping[str, Any]) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in _status(pod).get("conditions") or [])
+@dataclass
+class LearningResult:
+    """What the learning step adds to each version's status: keys, and conditions to merge."""
 
+    status: dict[str, dict[str, Any]] = field(default_factory=dict)
+    conditions: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    requeue_after: float | None = None
 
-def _pod_port(pod: Mapping[str, Any]) -> int:
-    for container in (pod.get("spec") or {}).get("containers") or []:
-        for port in container.get("ports") or []:
-            if port.get("name") == manifests.PORT_NAME:
-                return int(port["containerPort"])
-    return manifests.CONTAINER_PORT
+    def add(self, name: str, *, keys: Mapping[str, Any] | None = None, condition: dict[str, str] | None = None) -> None:
+        if keys:
+            self.status.setdefault(name, {}).update(keys)
+        if condition:
+            self.conditions.setdefault(name, []).append(condition)
 
-
-def _rfc3339(moment: datetime) -> str:
-    return retraining.rfc3339(moment)
-
-
-# --- the feedback token --------------------------------------------------------------------
-
-
-def token_secret(model: str, namespace: str, name: str) -> dict[str, Any]:
-    """The Secret the operator creates when spec.retraining names none: a fresh random token."""
-    token = secrets.token_urlsafe(TOKEN_BYTES)
-    labels = {**manifests.model_labels(model), "app.kubernetes.io/component": "feedback-token"}
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
-        "type": "Opaque",
-        "data": {"token": base64.b64encode(token.encode()).decode()},
-    }
-
-
-async def ensure_feedback_token(kube: Kube, mv: Mapping[str, Any], spec: crd.ModelVersionSpec, logger: Logger) -> None:
-    """Create MODEL-feedback-token when the version needs it and it is missing; never touch an existing one."""
-    if spec.retraining is None or spec.retraining.token_secret_ref is not None:
-        return  # no feedback endpoint, or the user's own Secret
-    namespace = manifests.namespace_of(mv)
-    name, _ = manifests.feedback_token_secret(spec)
-    if await kube.get(k8s.SECRETS, namespace, name) is not None:
-        return
-    try:
-        await kube.create(k8s.SECRETS, namespace, token_secret(spec.model, namespace, name))
-        logger.info(f"Created Secret {name} with a random feedback token for model {spec.model}")
-    except ApiError as exc:
-        if exc.status != 409:  # 409: another version of the model created it first
-            raise
-
-
-# --- reads ------------------------------------------------------------------------------------
-
-
-async def feedback_samples(kube: Kube, http: aiohttp.ClientSession, mv: Mapping[str, Any]) -> int | None:
-    """The unconsumed samples on the feedback volume, from the first ready pod that answers; None if none does."""
-    spec = mv["spec"]
-    wanted = manifests.selector_labels(spec["model"], str(spec["version"]))
-    pods = sorted(
-        (
-            p
-            for p in await kube.list(k8s.PODS, manifests.namespace_of(mv))
-            if all(_labels(p).get(k) == v for k, v in wanted.items())
-            and not _meta(p).get("deletionTimestamp")
-            and _pod_ready(p)
-            and _status(p).get("podIP")
-        ),
-        key=_name,
-    )
-    for pod in pods:
-        url = f"http://{_status(pod)['podIP']}:{_pod_port(pod)}{STATS_PATH}"
-        try:
-            async with http.get(url, timeout=aiohttp.ClientTimeout(total=STATS_TIMEOUT_SECONDS)) as response:
-                if response.status != 200:
-                    continue
-                body = await response.json(content_type=None)
-        except (TimeoutError, aiohttp.ClientError, ValueError):
-            continue
-        if isinstance(body, dict) and body.get("enabled") and isinstance(body.get("unconsumed"), int):
-            return max(int(body["unconsumed"]), 0)
-    return None
-
-
-async def model_jobs(kube: Kube, namespace: str, model: str) -> list[dict[str, Any]]:
-    """The model's retraining Jobs (labels are matched here: the operator uses no server-side selectors)."""
-    return [
-        j
-        for j in await kube.list(k8s.JOBS, namespace)
-        if _labels(j).get(manifests.LABEL_MODEL) == model
-        and _labels(j).get(retraining.LABEL_ROLE) == retraining.ROLE_RETRAINING
-    ]
-
-
-async def termination_message(kube: Kube, job: Mapping[str, Any]) -> str | None:
-    """The trainer container's termination message from the newest of the Job's pods that has one."""
-    uid = _meta(job).get("uid")
-    pods = [
-        p
-        for p in await kube.list(k8s.PODS, str(_meta(job).get("namespace")))
-        if any(ref.get("uid") == uid for ref in _meta(p).get("ownerReferences") or [])
-    ]
-    for pod in sorted(pods, key=lambda p: str(_meta(p).get("creationTimestamp") or ""), reverse=True):
-        for cs in _status(pod).get("containerStatuses") or []:
-            if cs.get("name") != retraining.CONTAINER_NAME:
-                continue
-            for state in (cs.get("state") or {}, cs.get("lastState") or {}):
-                message = (state.get("terminated") or {}).get("message")
-                if message:
-                    return str(message)
-    return None
-
-
-# --- writes ---------------------------------------------------------------------------------
+    def merged(self, name: str, new_status: Mapping[str, Any], generation: int) -> dict[str, Any]:
+        """`new_status` with this step's keys and conditions for version `name`."""
+        out = {**dict(new_status), **self.status.get(name, {})}
+        conditions = self.conditions.get(name)
+        if conditions:
+            out["conditions"] = status.merge_conditions(out.get("conditions"), conditions, generation, status.now())
+        return out
 
 
 def event(
@@ -197,14 +114,14 @@ def event(
     """A core/v1 Event about a ModelVersion. `key` makes its name: one Event per (object, key),
     so the same outcome reported again after a restart answers 409 instead of a second Event."""
     meta = _meta(obj)
-    stamp = _rfc3339(now)
+    stamp = retraining.rfc3339(now)
     return {
         "apiVersion": "v1",
         "kind": "Event",
         "metadata": {"name": f"{meta['name']}.{key}"[:253], "namespace": meta.get("namespace")},
         "involvedObject": {
-            "apiVersion": crd.API_VERSION,
-            "kind": crd.KIND,
+            "apiVersion": obj.get("apiVersion", "serving.modelfleet.dev/v1alpha1"),
+            "kind": obj.get("kind", "ModelVersion"),
             "name": meta["name"],
             "namespace": meta.get("namespace"),
             "uid": meta.get("uid"),
@@ -220,56 +137,21 @@ def event(
     }
 
 
-async def post_event(kube: Kube, ev: Mapping[str, Any]) -> None:
-    try:
-        await kube.create(k8s.EVENTS, str(ev["metadata"]["namespace"]), ev)
-    except ApiError as exc:
-        if exc.status != 409:
-            raise
-
-
-async def create_once(kube: Kube, kind: k8s.Kind, obj: Mapping[str, Any]) -> bool:
-    """Create `obj`; False when it already exists (made before a restart, or by a concurrent handler)."""
-    try:
-        await kube.create(kind, str(obj["metadata"]["namespace"]), obj)
-        return True
-    except ApiError as exc:
-        if exc.status == 409:
-            return False
-        raise
-
-
-async def write_status(kube: Kube, mv: Mapping[str, Any], build: Callable[[Mapping[str, Any]], dict[str, Any]]) -> None:
-    """Merge-patch the status keys `build(old status)` changes; checked again on a fresh read first."""
-    if not status.status_patch(_status(mv), build(_status(mv))):
-        return
-    namespace = manifests.namespace_of(mv)
-    stored = await kube.get(k8s.MODELVERSIONS, namespace, _name(mv))
-    if stored is None:
-        return
-    patch = status.status_patch(_status(stored), build(_status(stored)))
-    if patch:
-        await kube.merge_patch(k8s.MODELVERSIONS, namespace, _name(mv), {"status": patch}, subresource="status")
-
-
-def _with_condition(
-    old: Mapping[str, Any], generation: int, kind: str, ok: bool, reason: str, message: str
-) -> list[dict[str, Any]]:
-    """old's conditions with `kind` set, in their order: another writer's order stays, so the two
-    writers of the status never rewrite the list for its order alone."""
-    cond = {"type": kind, "status": "True" if ok else "False", "reason": reason, "message": message}
-    [merged, *_] = status.merge_conditions(old.get("conditions"), [cond], generation, status.now())
-    previous = [dict(c) for c in old.get("conditions") or []]
-    if not any(c.get("type") == kind for c in previous):
-        return [*previous, merged]
-    return [merged if c.get("type") == kind else c for c in previous]
-
-
-# --- the retraining side --------------------------------------------------------------------
+def token_secret(model: str, namespace: str, name: str) -> dict[str, Any]:
+    """The Secret the operator creates when spec.retraining names none: a fresh random token."""
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    labels = {**manifests.model_labels(model), "app.kubernetes.io/component": "feedback-token"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "type": "Opaque",
+        "data": {"token": base64.b64encode(token.encode()).decode()},
+    }
 
 
 def _trigger_samples(job: Mapping[str, Any]) -> int | None:
-    raw = (_meta(job).get("annotations") or {}).get(f"{crd.GROUP}/trigger-samples")
+    raw = (_meta(job).get("annotations") or {}).get(f"{GROUP}/trigger-samples")
     return int(raw) if raw and str(raw).isdigit() else None
 
 
@@ -280,252 +162,299 @@ def _recorded(last: Mapping[str, Any], job: str) -> bool:
     return last.get("result") == "Failed" or (last.get("result") == "Succeeded" and bool(last.get("producedVersion")))
 
 
-async def _record_finished(
-    ctx: Context,
-    mv: Mapping[str, Any],
-    own_jobs: Sequence[Mapping[str, Any]],
-    versions: Sequence[Mapping[str, Any]],
-    last: dict[str, Any],
-    logger: Logger,
-    events: list[dict[str, Any]],
-    now: datetime,
-) -> dict[str, Any]:
-    """The newest finished Job of this version, recorded once: its child on success, its reason on failure."""
-    numbered = [(retraining.attempt_of(_name(j)), j) for j in own_jobs]
-    attempts = [(a, j) for a, j in numbered if a is not None]
-    if not attempts:
-        return last
-    attempt, job = max(attempts, key=lambda item: item[0])
-    name = _name(job)
-    if attempt < (retraining.attempt_of(last.get("job")) or 0) or _recorded(last, name):
-        return last
-    outcome = retraining.job_outcome(job, await termination_message(ctx.kube, job))
-    if outcome.result == "Running":
-        return last
-    samples = (
-        outcome.metrics.samples
-        if outcome.metrics and outcome.metrics.samples is not None
-        else last.get("samples")
-        if last.get("job") == name
-        else _trigger_samples(job)
-    )
-    record: dict[str, Any] = {"job": name, "result": outcome.result, "message": outcome.message}
-    if last.get("job") == name and last.get("startTime"):
-        record["startTime"] = last["startTime"]
-    if outcome.completion_time:
-        record["completionTime"] = outcome.completion_time
-    if samples is not None:
-        record["samples"] = samples
-    if outcome.result == "Succeeded":
-        claim = str(mv["spec"]["retraining"]["feedbackClaim"])
-        child = retraining.build_child(mv, outcome, name, claim)
-        child_name = _name(child)
-        if not any(_name(v) == child_name for v in versions) and await create_once(ctx.kube, k8s.MODELVERSIONS, child):
-            logger.info(f"Retraining Job {name} succeeded; created ModelVersion {child_name}: {outcome.message}")
-        record["producedVersion"] = child_name
-        events.append(
-            event(
-                mv,
-                key=f"{name}.succeeded",
-                reason="RetrainingSucceeded",
-                now=now,
-                message=f"Job {name} produced ModelVersion {child_name}: {outcome.message}",
+def _termination_message(pods: Sequence[Mapping[str, Any]]) -> str | None:
+    """The trainer container's termination message from the newest of the Job's pods that has one."""
+    for pod in sorted(pods, key=lambda p: str(_meta(p).get("creationTimestamp") or ""), reverse=True):
+        for cs in _status(pod).get("containerStatuses") or []:
+            if cs.get("name") != retraining.CONTAINER_NAME:
+                continue
+            for state in (cs.get("state") or {}, cs.get("lastState") or {}):
+                message = (state.get("terminated") or {}).get("message")
+                if message:
+                    return str(message)
+    return None
+
+
+class LearningStep:
+    """The learning side of a model's reconcile; one per operator (it remembers when it polled)."""
+
+    def __init__(
+        self, cache: Cache, writer: Writer, http: aiohttp.ClientSession, config: OperatorConfig, logger: Logger
+    ) -> None:
+        self.cache = cache
+        self.writer = writer
+        self.http = http
+        self.config = config
+        self.logger = logger
+        self._polled: dict[tuple[str, str], float] = {}
+        self._tokens: set[tuple[str, str]] = set()
+
+    async def ensure_feedback_token(self, mv: Mapping[str, Any], spec: ModelVersionSpec) -> None:
+        """Create MODEL-feedback-token when the version needs it; never touch an existing one."""
+        if spec.retraining is None or spec.retraining.token_secret_ref is not None:
+            return  # no feedback endpoint, or the user's own Secret
+        namespace = manifests.namespace_of(mv)
+        name, _ = manifests.feedback_token_secret(spec)
+        if (namespace, name) in self._tokens:
+            return
+        if await self.writer.create_once(k8s.SECRETS, token_secret(spec.model, namespace, name)):
+            self.logger.info(f"Created Secret {name} with a random feedback token for model {spec.model}")
+        self._tokens.add((namespace, name))
+
+    async def run(
+        self, snapshot: core_model.ModelSnapshot, decision: core_model.ModelDecision, now: datetime
+    ) -> LearningResult:
+        result = LearningResult()
+        live = [v for v in snapshot.versions if not _meta(v).get("deletionTimestamp")]
+        if not any((v.get("spec") or {}).get("retraining") or retraining.LABEL_PARENT in _labels(v) for v in live):
+            return result
+        # The versions with the status this reconcile gives them (phase, servingTraffic).
+        versions = [{**v, "status": decision.versions[_name(v)].status} for v in live if _name(v) in decision.versions]
+        jobs = self.cache.jobs(snapshot.namespace, snapshot.model)
+        for mv in versions:
+            if (mv.get("spec") or {}).get("retraining") and _status(mv).get("phase") != status.FAILED:
+                await self._retrain(snapshot, mv, versions, jobs, result, now)
+        for mv in versions:
+            if retraining.LABEL_PARENT in _labels(mv):
+                await self._promote(mv, versions, decision.versions[_name(mv)].promotable, result, now)
+        return result
+
+    def _due(self, mv: Mapping[str, Any]) -> bool:
+        key = (manifests.namespace_of(mv), _name(mv))
+        moment = time.monotonic()
+        if moment - self._polled.get(key, float("-inf")) < SAMPLES_POLL_SECONDS:
+            return False
+        self._polled[key] = moment
+        return True
+
+    async def _samples(self, snapshot: core_model.ModelSnapshot, mv: Mapping[str, Any]) -> int | None:
+        version = str(mv["spec"]["version"])
+        pods = [p for p in snapshot.pods if _labels(p).get(manifests.LABEL_VERSION) == version]
+        return await pod_http.feedback_samples(self.http, pods)
+
+    async def _record_finished(
+        self,
+        snapshot: core_model.ModelSnapshot,
+        mv: Mapping[str, Any],
+        own_jobs: Sequence[Mapping[str, Any]],
+        last: dict[str, Any],
+        events: list[dict[str, Any]],
+        now: datetime,
+    ) -> dict[str, Any]:
+        """The newest finished Job of this version, recorded once: its child on success, its reason on failure."""
+        numbered = [(retraining.attempt_of(_name(j)), j) for j in own_jobs]
+        attempts = [(a, j) for a, j in numbered if a is not None]
+        if not attempts:
+            return last
+        attempt, job = max(attempts, key=lambda item: item[0])
+        name = _name(job)
+        if attempt < (retraining.attempt_of(last.get("job")) or 0) or _recorded(last, name):
+            return last
+        job_pods = self.cache.pods_owned_by(snapshot.namespace, snapshot.model, str(_meta(job).get("uid")))
+        outcome = retraining.job_outcome(job, _termination_message(job_pods))
+        if outcome.result == "Running":
+            return last
+        samples = (
+            outcome.metrics.samples
+            if outcome.metrics and outcome.metrics.samples is not None
+            else last.get("samples")
+            if last.get("job") == name
+            else _trigger_samples(job)
+        )
+        record: dict[str, Any] = {"job": name, "result": outcome.result, "message": outcome.message}
+        if last.get("job") == name and last.get("startTime"):
+            record["startTime"] = last["startTime"]
+        if outcome.completion_time:
+            record["completionTime"] = outcome.completion_time
+        if samples is not None:
+            record["samples"] = samples
+        if outcome.result == "Succeeded":
+            claim = str(mv["spec"]["retraining"]["feedbackClaim"])
+            child = retraining.build_child(mv, outcome, name, claim)
+            child_name = _name(child)
+            known = any(_name(v) == child_name for v in snapshot.versions)
+            if not known and await self.writer.create_once(k8s.MODELVERSIONS, child):
+                self.logger.info(
+                    f"Retraining Job {name} succeeded; created ModelVersion {child_name}: {outcome.message}"
+                )
+            record["producedVersion"] = child_name
+            message = f"Job {name} produced ModelVersion {child_name}: {outcome.message}"
+            events.append(event(mv, key=f"{name}.succeeded", reason="RetrainingSucceeded", now=now, message=message))
+        else:
+            self.logger.warning(f"Retraining Job {name} failed: {outcome.message}")
+            message = (
+                f"retraining Job {name} failed; {_name(mv)} keeps serving and the samples stay unconsumed: "
+                f"{outcome.message}"
             )
-        )
-    else:
-        logger.warning(f"Retraining Job {name} failed: {outcome.message}")
-        events.append(
-            event(
-                mv,
-                key=f"{name}.failed",
-                reason=outcome.reason,
-                warning=True,
-                now=now,
-                message=f"retraining Job {name} failed; {_name(mv)} keeps serving and the samples "
-                f"stay unconsumed: {outcome.message}",
+            events.append(
+                event(mv, key=f"{name}.failed", reason=outcome.reason, warning=True, now=now, message=message)
             )
+        return record
+
+    async def _retrain(
+        self,
+        snapshot: core_model.ModelSnapshot,
+        mv: Mapping[str, Any],
+        versions: Sequence[Mapping[str, Any]],
+        jobs: Sequence[Mapping[str, Any]],
+        result: LearningResult,
+        now: datetime,
+    ) -> None:
+        name = _name(mv)
+        mv["spec"]["retraining"]
+        own = [j for j in jobs if _labels(j).get(retraining.LABEL_PARENT) == name]
+        events: list[dict[str, Any]] = []
+        previous = dict(_status(mv).get("lastRetraining") or {})
+        last = await self._record_finished(snapshot, mv, own, previous, events, now)
+        ready = _status(mv).get("phase") == status.READY
+        if ready:
+            result.requeue_after = SAMPLES_POLL_SECONDS
+        # Jobs first: a Job that finishes between the two reads has already consumed its samples.
+        samples = await self._samples(snapshot, mv) if ready and self._due(mv) else None
+        decision = self._decision(mv, versions, jobs, own, last, samples, now)
+        if decision is not None:
+            triggered, reason, message = decision
+            if reason == "ThresholdReached":
+                attempt = retraining.next_attempt(last, own)
+                job = retraining.build_job(mv, self.config, samples=int(samples or 0), attempt=attempt, now=now)
+                job_name = _name(job)
+                if await self.writer.create_once(k8s.JOBS, job):
+                    self.logger.info(f"Created retraining Job {job_name}: {message}")
+                last = {
+                    "job": job_name,
+                    "result": "Running",
+                    "startTime": retraining.rfc3339(now),
+                    "samples": int(samples or 0),
+                }
+                message = f"{message}; started Job {job_name}"
+                started = f"started retraining Job {job_name}: {message}"
+                events.append(
+                    event(mv, key=f"{job_name}.started", reason="RetrainingStarted", now=now, message=started)
+                )
+            result.add(
+                name,
+                condition={
+                    "type": RETRAINING_TRIGGERED,
+                    "status": "True" if triggered else "False",
+                    "reason": reason,
+                    "message": message,
+                },
+            )
+        keys: dict[str, Any] = {}
+        if samples is not None:
+            keys["feedbackSamples"] = samples
+        if last and last != previous:
+            keys["lastRetraining"] = last
+        result.add(name, keys=keys)
+        for ev in events:
+            await self.writer.post_event(ev)
+
+    def _decision(
+        self,
+        mv: Mapping[str, Any],
+        versions: Sequence[Mapping[str, Any]],
+        jobs: Sequence[Mapping[str, Any]],
+        own: Sequence[Mapping[str, Any]],
+        last: Mapping[str, Any],
+        samples: int | None,
+        now: datetime,
+    ) -> tuple[bool, str, str] | None:
+        """(triggered, reason, message) of the RetrainingTriggered condition; None to leave it as it is.
+
+        A new Job is started only on a sample count read in this reconcile.
+        """
+        name = _name(mv)
+        model = str(mv["spec"]["model"])
+        active = retraining.active_jobs(jobs)
+        own_active = [j for j in active if _labels(j).get(retraining.LABEL_PARENT) == name]
+        if own_active:
+            return True, "JobRunning", f"retraining Job {_name(own_active[0])} is running"
+        if active:
+            return False, "JobRunning", "a retraining Job of this model is running"
+        retrainer = retraining.retraining_version(
+            versions, {_name(v): _status(v).get("phase") == status.READY for v in versions}
         )
-    return record
-
-
-async def _retrain(ctx: Context, mv: Mapping[str, Any], versions: Sequence[Mapping[str, Any]], logger: Logger) -> None:
-    name, namespace = _name(mv), manifests.namespace_of(mv)
-    spec = mv["spec"]
-    model, policy = str(spec["model"]), spec["retraining"]
-    now = datetime.now(tz=UTC)
-    # Jobs first: a Job that finishes between the two reads has already consumed its samples.
-    jobs = await model_jobs(ctx.kube, namespace, model)
-    samples = await feedback_samples(ctx.kube, ctx.http, mv)
-    own = [j for j in jobs if _labels(j).get(retraining.LABEL_PARENT) == name]
-    events: list[dict[str, Any]] = []
-    last = await _record_finished(
-        ctx, mv, own, versions, dict(_status(mv).get("lastRetraining") or {}), logger, events, now
-    )
-
-    active = retraining.active_jobs(jobs)
-    own_active = [j for j in active if _labels(j).get(retraining.LABEL_PARENT) == name]
-    retrainer = retraining.retraining_version(
-        versions, {_name(v): _status(v).get("phase") == status.READY for v in versions}
-    )
-    failures, last_failure = retraining.failure_streak(own)
-    if active:
-        decision = retraining.should_retrain(
-            samples=samples or 0,
-            min_samples=int(policy.get("minSamples", 1000)),
-            active_job=True,
-            last_failure_at=None,
-            failures=0,
-            now=now,
-        )
-    elif retrainer != name:
-        decision = retraining.Decision(
-            False,
-            "NotRetrainingVersion",
-            (
+        if retrainer != name:
+            text = (
                 f"{retrainer} retrains model {model}: its versions share the feedback volume, one retrains"
                 if retrainer
                 else f"{name} retrains once it is Ready"
-            ),
-        )
-    elif samples is None:
-        decision = retraining.Decision(False, "NoFeedbackCount", f"no ready pod answered GET {STATS_PATH}")
-    else:
+            )
+            return False, "NotRetrainingVersion", text
+        if samples is None:
+            return None
+        failures, last_failure = retraining.failure_streak(own)
         decision = retraining.should_retrain(
             samples=samples,
-            min_samples=int(policy.get("minSamples", 1000)),
+            min_samples=int(mv["spec"]["retraining"].get("minSamples", 1000)),
             active_job=False,
             last_failure_at=last_failure,
             failures=failures,
             now=now,
         )
+        return decision.retrain, decision.reason, decision.message
 
-    triggered, reason, message = False, decision.reason, decision.message
-    if decision.retrain:
-        attempt = retraining.next_attempt(last, own)
-        job = retraining.build_job(mv, ctx.config, samples=int(samples or 0), attempt=attempt, now=now)
-        job_name = _name(job)
-        if await create_once(ctx.kube, k8s.JOBS, job):
-            logger.info(f"Created retraining Job {job_name}: {decision.message}")
-        last = {"job": job_name, "result": "Running", "startTime": _rfc3339(now), "samples": int(samples or 0)}
-        triggered, message = True, f"{decision.message}; started Job {job_name}"
-        events.append(
-            event(
-                mv,
-                key=f"{job_name}.started",
-                reason="RetrainingStarted",
-                now=now,
-                message=f"started retraining Job {job_name}: {decision.message}",
+    async def _promote(
+        self,
+        child: Mapping[str, Any],
+        versions: Sequence[Mapping[str, Any]],
+        analysed: bool,
+        result: LearningResult,
+        now: datetime,
+    ) -> None:
+        name = _name(child)
+        parent_name = _labels(child)[retraining.LABEL_PARENT]
+        by_name = {_name(v): v for v in versions}
+        parent = by_name.get(parent_name)
+        done = _condition(child, PROMOTED)
+        if parent is None or (done is not None and done.get("status") == "True"):
+            return  # promoted once; a person's later change of the weights (a rollback) stands
+        child_status = _status(child)
+        ready = child_status.get("phase") == status.READY
+        rolled_back = core_model.rolled_back_for_spec(child)
+        canary_served = int(child_status.get("servingTraffic") or 0) > 0 or int(child["spec"].get("traffic", 0)) == 0
+        needs_analysis = child["spec"].get("rollout") is not None
+        if ready and not canary_served and not rolled_back:
+            decision = retraining.PromotionDecision(
+                False, "WaitingForCanary", f"{name} is Ready and waits for its canary share of the traffic", {}
             )
-        )
-    elif own_active:
-        triggered, message = True, f"retraining Job {_name(own_active[0])} is running"
-
-    generation = int(_meta(mv).get("generation") or 1)
-
-    def build(old: Mapping[str, Any]) -> dict[str, Any]:
-        new: dict[str, Any] = {
-            "conditions": _with_condition(old, generation, RETRAINING_TRIGGERED, triggered, reason, message)
-        }
-        if samples is not None:
-            new["feedbackSamples"] = samples
-        if last:
-            new["lastRetraining"] = last
-        return new
-
-    await write_status(ctx.kube, mv, build)
-    for ev in events:
-        await post_event(ctx.kube, ev)
-
-
-# --- the promotion side ---------------------------------------------------------------------
-
-
-def rolled_back(mv: Mapping[str, Any]) -> bool:
-    cond = _condition(mv, "RolledBack")
-    return cond is not None and cond.get("status") == "True"
-
-
-async def _promote(
-    ctx: Context, child: Mapping[str, Any], versions: Sequence[Mapping[str, Any]], logger: Logger
-) -> None:
-    name = _name(child)
-    parent_name = _labels(child)[retraining.LABEL_PARENT]
-    by_name = {_name(v): v for v in versions if not _meta(v).get("deletionTimestamp")}
-    parent = by_name.get(parent_name)
-    done = _condition(child, PROMOTED)
-    if parent is None or (done is not None and done.get("status") == "True"):
-        return  # promoted once; a person's later change of the weights (a rollback) stands
-    child_status = _status(child)
-    ready = child_status.get("phase") == status.READY
-    canary_served = int(child_status.get("servingTraffic") or 0) > 0 or int(child["spec"].get("traffic", 0)) == 0
-    if ready and not canary_served and not rolled_back(child):
-        decision = retraining.PromotionDecision(
-            False, "WaitingForCanary", f"{name} is Ready and waits for its canary share of the traffic", {}
-        )
-    else:
-        decision = retraining.promotion(
-            parent=parent_name,
-            child=name,
-            child_ready=ready,
-            metrics=retraining.metrics_of(child),
-            auto_promote=bool(((parent.get("spec") or {}).get("retraining") or {}).get("autoPromote")),
-            rolled_back=rolled_back(child),
-            others=[n for n in by_name if n not in (name, parent_name)],
-        )
-    if decision.promote:
-        for target, weight in sorted(decision.weights.items(), key=lambda item: item[0] != name):
-            obj = by_name.get(target)
-            if obj is not None and int((obj.get("spec") or {}).get("traffic", 100)) != weight:
-                await ctx.kube.merge_patch(
-                    k8s.MODELVERSIONS, manifests.namespace_of(obj), target, {"spec": {"traffic": weight}}
-                )
-        logger.info(f"Promoted {name}: {decision.message}")
-    generation = int(_meta(child).get("generation") or 1)
-    await write_status(
-        ctx.kube,
-        child,
-        lambda old: {
-            "conditions": _with_condition(
-                old, generation, PROMOTED, decision.promote, decision.reason, decision.message
+        elif ready and needs_analysis and not analysed and not rolled_back:
+            decision = retraining.PromotionDecision(
+                False,
+                "Analysing",
+                f"{name} serves its canary share; it is promoted after spec.rollout.minAnalysisSeconds with "
+                "minRequests requests within the error budget",
+                {},
             )
-        },
-    )
-    if decision.promote:
-        await post_event(
-            ctx.kube,
-            event(child, key="promoted", reason="Promoted", message=decision.message, now=datetime.now(tz=UTC)),
+        else:
+            decision = retraining.promotion(
+                parent=parent_name,
+                child=name,
+                child_ready=ready,
+                metrics=retraining.metrics_of(child),
+                auto_promote=bool(((parent.get("spec") or {}).get("retraining") or {}).get("autoPromote")),
+                rolled_back=rolled_back,
+                others=[n for n in by_name if n not in (name, parent_name)],
+            )
+        if decision.promote:
+            # The child first: its weight rises before the parent's falls, so no split wants nothing.
+            for target, weight in sorted(decision.weights.items(), key=lambda item: item[0] != name):
+                obj = by_name.get(target)
+                if obj is not None and int((obj.get("spec") or {}).get("traffic", 100)) != weight:
+                    await self.writer.patch_spec(obj, {"traffic": weight})
+            self.logger.info(f"Promoted {name}: {decision.message}")
+            await self.writer.post_event(
+                event(child, key="promoted", reason="Promoted", message=decision.message, now=now)
+            )
+        result.add(
+            name,
+            condition={
+                "type": PROMOTED,
+                "status": "True" if decision.promote else "False",
+                "reason": decision.reason,
+                "message": decision.message,
+            },
         )
 
 
-# --- entry point ----------------------------------------------------------------------------
-
-
-async def reconcile_learning(
-    ctx: Context, mv: Mapping[str, Any], versions: Sequence[Mapping[str, Any]], logger: Logger
-) -> None:
-    """The online-learning steps for one ModelVersion (see the module docstring); nothing for a version
-    that neither retrains nor was produced by retraining. `versions`: the model's ModelVersions."""
-    spec = mv.get("spec") or {}
-    is_child = retraining.LABEL_PARENT in _labels(mv)
-    if not spec.get("retraining") and not is_child:
-        return
-    stored = await ctx.kube.get(k8s.MODELVERSIONS, manifests.namespace_of(mv), _name(mv))
-    if stored is None or _meta(stored).get("deletionTimestamp"):
-        return
-    # The status handlers.reconcile just wrote, and the model's versions as they are now.
-    versions = [stored if _name(v) == _name(stored) else v for v in versions]
-    if not any(_name(v) == _name(stored) for v in versions):
-        versions.append(stored)
-    if spec.get("retraining"):
-        await _retrain(ctx, stored, versions, logger)
-    if is_child:
-        child = (
-            await ctx.kube.get(k8s.MODELVERSIONS, manifests.namespace_of(mv), _name(mv))
-            if spec.get("retraining")
-            else stored
-        )
-        if child is not None:
-            await _promote(ctx, child, versions, logger)
-
-
-__all__ = ["ensure_feedback_token", "feedback_samples", "reconcile_learning", "token_secret"]
+__all__ = ["LearningResult", "LearningStep", "token_secret"]

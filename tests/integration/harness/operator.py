@@ -17,16 +17,13 @@ from typing import Any
 from modelfleet_operator.config import OperatorConfig
 from modelfleet_operator.runner import operate
 
-# The production default is 10 s; tests want status to follow the children quickly.
-TEST_RESYNC_SECONDS = 0.5
-
 
 class InProcessOperator:
     """`start()`, `stop()` (graceful, like SIGTERM), `kill()` (abrupt, like SIGKILL), `restart()`."""
 
-    def __init__(self, config: OperatorConfig, *, resync_seconds: float = TEST_RESYNC_SECONDS) -> None:
+    def __init__(self, config: OperatorConfig) -> None:
+        # The operator's own resync (resync-seconds, 300 s by default): what passes is the event path.
         self.config = config
-        self.resync_seconds = resync_seconds
         self.starts = 0
         self.error: BaseException | None = None
         self._thread: threading.Thread | None = None
@@ -43,9 +40,7 @@ class InProcessOperator:
         loop = asyncio.new_event_loop()
         self._loop = loop
         try:
-            self._main = loop.create_task(
-                operate(self.config, stop_flag=self._stop, ready_flag=ready, resync_seconds=self.resync_seconds)
-            )
+            self._main = loop.create_task(operate(self.config, stop_flag=self._stop, ready_flag=ready))
             started.set()
             loop.run_until_complete(self._main)
         except BaseException as exc:  # any, even a cancellation: reported to the test through .error
