@@ -144,3 +144,82 @@ async def test_a_thousand_deployments_become_available(cluster: Cluster, workloa
         f"\n1000 Deployments: created in {created - started:.1f}s, all available {done - created:.1f}s later, "
         f"{workloads.writes} writes by the controller"
     )
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def condition(cluster: Cluster, name: str, kind: str) -> dict[str, Any] | None:
+    return next((c for c in status(cluster, name).get("conditions") or [] if c["type"] == kind), None)
+
+
+async def test_a_quota_that_forbids_more_pods_is_a_replica_failure(cluster: Cluster, api: RawApi) -> None:
+    quota = {"metadata": {"name": "pods"}, "spec": {"hard": {"pods": "1"}}}
+    await api.call("POST", path_of("", "v1", "resourcequotas", "ml"), quota)
+    async with SimulatedWorkloads(cluster.emulator) as workloads:
+        await api.call("POST", path_of(*DEPLOYMENTS, "ml"), deployment("fraud-v1", 2))
+        await wait_for(
+            lambda: condition(cluster, "fraud-v1", "ReplicaFailure"), timeout=10, message="a ReplicaFailure condition"
+        )
+        failure = condition(cluster, "fraud-v1", "ReplicaFailure")
+        assert failure["status"] == "True" and failure["reason"] == "FailedCreate"
+        assert "exceeded quota: pods" in failure["message"]
+        assert status(cluster, "fraud-v1")["readyReplicas"] == 1
+        assert condition(cluster, "fraud-v1", "Available")["status"] == "False"
+        # The quota grows: the controller's retry creates the pod and the failure goes.
+        await api.call(
+            "PATCH",
+            path_of("", "v1", "resourcequotas", "ml", "pods"),
+            {"spec": {"hard": {"pods": "5"}}},
+            content_type=MERGE,
+        )
+        await wait_for(
+            lambda: (
+                condition(cluster, "fraud-v1", "ReplicaFailure") is None
+                and status(cluster, "fraud-v1").get("readyReplicas") == 2
+            ),
+            timeout=10,
+            message="two ready pods and no failure",
+        )
+    assert not workloads.errors, workloads.errors
+
+
+async def test_a_deployment_that_does_not_progress_in_time_exceeds_its_deadline(cluster: Cluster, api: RawApi) -> None:
+    clock = Clock()
+    async with SimulatedWorkloads(cluster.emulator, clock=clock) as workloads:
+        workloads.hold("ml", "fraud-v1")
+        manifest = deployment("fraud-v1", 1)
+        manifest["spec"]["progressDeadlineSeconds"] = 60
+        await api.call("POST", path_of(*DEPLOYMENTS, "ml"), manifest)
+        await wait_for(lambda: condition(cluster, "fraud-v1", "Progressing"), timeout=10, message="Progressing")
+        assert condition(cluster, "fraud-v1", "Progressing")["reason"] == "ReplicaSetUpdated"
+        clock.now += 61
+        workloads.tick()
+        await wait_for(
+            lambda: condition(cluster, "fraud-v1", "Progressing")["status"] == "False", timeout=10, message="deadline"
+        )
+        progressing = condition(cluster, "fraud-v1", "Progressing")
+        assert progressing["reason"] == "ProgressDeadlineExceeded"
+        assert progressing["message"].endswith("has timed out progressing.")
+    assert not workloads.errors, workloads.errors
+
+
+async def test_an_image_that_cannot_be_pulled_leaves_its_pods_waiting(cluster: Cluster, api: RawApi) -> None:
+    async with SimulatedWorkloads(cluster.emulator, pullable=lambda image: image.startswith("runtime:")) as workloads:
+        await api.call("POST", path_of(*DEPLOYMENTS, "ml"), deployment("fraud-v1", 1, image="elsewhere.io/x:1"))
+
+        def waiting() -> str | None:
+            pods = cluster.list(("", "v1", "pods"))
+            statuses = [cs for p in pods for cs in (p.get("status") or {}).get("containerStatuses") or []]
+            return statuses[0]["state"].get("waiting", {}).get("reason") if statuses else None
+
+        await wait_for(lambda: waiting() == "ImagePullBackOff", timeout=10, message="ErrImagePull, then back-off")
+        [pod] = cluster.list(("", "v1", "pods"))
+        assert pod["status"]["containerStatuses"][0]["ready"] is False
+        assert status(cluster, "fraud-v1").get("readyReplicas") == 0
+    assert not workloads.errors, workloads.errors

@@ -53,12 +53,14 @@ import aiohttp.web
 import kmock
 from kmock._internal import apps, enums, parsing, rendering
 
-from . import writes
+from . import quota, writes
 from .normalise import keep_allocated, normaliser
 from .schemas import Schema, builtin_schema, crd_schema
 from .selectors import LabelSelector, SelectorError, parse_field_selector, parse_label_selector
 
 HARNESS_USER_AGENT = "modelfleet-test-harness"
+PODS = ("", "v1", "pods")
+RESOURCE_QUOTAS = ("", "v1", "resourcequotas")
 
 WRITE_ACTIONS = (enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE)
 
@@ -108,6 +110,7 @@ BUILTIN_RESOURCES: tuple[ResourceType, ...] = (
     ResourceType("", "v1", "events", "Event"),
     ResourceType("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", subresources=("status",)),
     ResourceType("", "v1", "serviceaccounts", "ServiceAccount"),
+    ResourceType("", "v1", "resourcequotas", "ResourceQuota", subresources=("status",)),
     ResourceType("events.k8s.io", "v1", "events", "Event"),
     ResourceType("apps", "v1", "deployments", "Deployment", subresources=("status", "scale")),
     ResourceType("apps", "v1", "replicasets", "ReplicaSet", subresources=("status", "scale")),
@@ -715,6 +718,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         namespace = meta.get("namespace") if rt.namespaced else None
         if self._get(rt, namespace, meta["name"]) is not None:
             raise writes.WriteError(409, "AlreadyExists", f'{rt.plural}.{rt.group} "{meta["name"]}" already exists')
+        if rt.key == _resource(*PODS) and namespace is not None:
+            quota.admit_pod(obj, self.peek_objects(*RESOURCE_QUOTAS, namespace), self.peek_objects(*PODS, namespace))
         meta.setdefault("uid", str(uuid.uuid4()))
         meta["resourceVersion"] = self._next_version()
         key = (rt.key, namespace, meta["name"])
@@ -725,7 +730,25 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         self._keys[rt.key][(namespace, meta["name"])] = None
         self._uids[meta["uid"]] = key
         await self._publish(rt, "ADDED", obj)
+        await self._count_quota(rt, namespace)
         return obj
+
+    async def _count_quota(self, rt: ResourceType, namespace: str | None) -> None:
+        """The quota controller: a ResourceQuota's status.hard and status.used follow the namespace's pods."""
+        if namespace is None or rt.key not in (_resource(*PODS), _resource(*RESOURCE_QUOTAS)):
+            return
+        quotas = self.peek_objects(*RESOURCE_QUOTAS, namespace)
+        pods = self.peek_objects(*PODS, namespace) if quotas else []
+        quota_type = self._types[RESOURCE_QUOTAS]
+        for stored_quota in quotas:
+            counted = quota.status(stored_quota, pods)
+            if stored_quota.get("status") == counted:
+                continue
+            stored = self._get(quota_type, namespace, stored_quota["metadata"]["name"])
+            new = {**copy.deepcopy(dict(stored_quota)), "status": counted}
+            new["metadata"]["resourceVersion"] = self._next_version()
+            stored.history.append(new)
+            await self._publish(quota_type, "MODIFIED", new, previous=stored_quota)
 
     async def _update(self, rt: ResourceType, request: rendering.Request) -> tuple[int, dict[str, Any]]:
         """PATCH (apply, merge, JSON) and PUT, on the main resource or /status."""
@@ -773,6 +796,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             await self._remove(rt, namespace, request.name)
         else:
             await self._publish(rt, "MODIFIED", finished, previous=old)
+            await self._count_quota(rt, namespace)
         return 200, finished
 
     async def _delete(self, rt: ResourceType, namespace: str | None, name: str | None) -> tuple[int, dict[str, Any]]:
@@ -798,6 +822,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         last["metadata"]["resourceVersion"] = self._next_version()
         stored.delete()
         await self._publish(rt, "DELETED", last)
+        await self._count_quota(rt, namespace)
         await self._collect_garbage(last["metadata"]["uid"])
 
     async def _collect_garbage(self, owner_uid: str) -> None:

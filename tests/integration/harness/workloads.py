@@ -19,6 +19,15 @@ objects) and writes through the emulator's write path without a socket
 (`ClusterEmulator.write_local`), so every change is a watch event the operator
 sees, at a cost that stays small next to the operator's. `hold(namespace, name)`
 keeps a Deployment's pods unready until `release`.
+
+What a real cluster says when pods do not run, it says too: a Pod the API server
+refuses (a ResourceQuota, `quota.py`) makes the Deployment's `ReplicaFailure`
+condition True with reason FailedCreate and the API server's message (retried each
+second); a Deployment that has not completed within `spec.progressDeadlineSeconds`
+of its last progress (on the injectable `clock`; `tick()` looks again) gets
+`Progressing` False with reason ProgressDeadlineExceeded; an image that `pullable`
+refuses leaves its pods unready with the container waiting in ErrImagePull, then
+ImagePullBackOff.
 """
 
 from __future__ import annotations
@@ -27,7 +36,8 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .emulator import ClusterEmulator
@@ -48,6 +58,8 @@ class SimulatedPod:
     template_hash: str
     address: str
     ready: bool | None = None  # None until its first status is written
+    waiting: str = ""  # the container's waiting reason last written (ErrImagePull, then ImagePullBackOff)
+    container: str = ""
 
 
 def _selector(match: Mapping[str, str]) -> LabelSelector:
@@ -57,12 +69,23 @@ def _selector(match: Mapping[str, str]) -> LabelSelector:
 class SimulatedWorkloads:
     """See the module docstring: `async with SimulatedWorkloads(emulator) as workloads: ...`."""
 
-    def __init__(self, emulator: ClusterEmulator) -> None:
+    def __init__(
+        self,
+        emulator: ClusterEmulator,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        pullable: Callable[[str], bool] = lambda image: True,
+    ) -> None:
         self.emulator = emulator
+        self.clock = clock
+        self.pullable = pullable
         self.pods: dict[tuple[str, str], list[SimulatedPod]] = {}  # (namespace, deployment) -> pods
         self.errors: list[BaseException] = []
         self.writes = 0
         self._held: set[tuple[str, str]] = set()
+        # When each Deployment last made progress (new template, a pod more ready), and why it cannot create pods.
+        self._progress: dict[tuple[str, str], tuple[str, int, float]] = {}
+        self._create_failure: dict[tuple[str, str], str] = {}
         self._dirty_deployments: set[tuple[str, str]] = set()
         self._dirty_services: set[tuple[str, str]] = set()
         self._wake = asyncio.Event()
@@ -104,6 +127,11 @@ class SimulatedWorkloads:
     def pods_of(self, namespace: str, deployment: str) -> list[SimulatedPod]:
         return list(self.pods.get((namespace, deployment), []))
 
+    def tick(self) -> None:
+        """Look at every Deployment again (after moving an injected clock past a progress deadline)."""
+        self._dirty_deployments.update(self.pods)
+        self._wake.set()
+
     def _mark_deployment(self, key: tuple[str, str]) -> None:
         self._dirty_deployments.add(key)
         self._wake.set()
@@ -136,7 +164,13 @@ class SimulatedWorkloads:
 
     async def _run(self) -> None:
         while True:
-            await self._wake.wait()
+            # Deployments still progressing, or failing to create pods, are looked at again each second
+            # (the Deployment controller's resync and the ReplicaSet controller's retries).
+            waiting = [k for k in self.pods if k in self._create_failure or not self._complete(k)]
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=1.0 if waiting else None)
+            except TimeoutError:
+                self._dirty_deployments.update(waiting)
             self._wake.clear()
             deployments, self._dirty_deployments = self._dirty_deployments, set()
             for key in sorted(deployments):
@@ -175,18 +209,28 @@ class SimulatedWorkloads:
         current_hash = template_hash(spec["template"])
         pods = self.pods.setdefault((namespace, name), [])
         current = [p for p in pods if p.template_hash == current_hash]
+        self._create_failure.pop((namespace, name), None)
         for _ in range(desired - len(current)):
             pod = SimulatedPod(f"{name}-{current_hash[:6]}-{next(self._counter)}", current_hash, next_address())
-            await self._create_pod(namespace, dep, pod)
+            pod.container = str((spec["template"]["spec"].get("containers") or [{}])[0].get("name", ""))
+            try:
+                await self._create_pod(namespace, dep, pod)
+            except WriteError as exc:
+                if exc.status != 403:
+                    raise
+                self._create_failure[(namespace, name)] = exc.message  # a quota or admission refused it
+                break
             pods.append(pod)
             current.append(pod)
         for pod in current[desired:]:
             await self._delete_pod(namespace, name, pod)
         current = current[:desired]
-        ready = (namespace, name) not in self._held
+        image = str((spec["template"]["spec"].get("containers") or [{}])[0].get("image", ""))
+        ready = (namespace, name) not in self._held and self.pullable(image)
         for pod in current:
-            if pod.ready != ready:
-                await self._pod_status(namespace, pod, ready)
+            waiting = "" if self.pullable(image) else ("ImagePullBackOff" if pod.waiting else "ErrImagePull")
+            if pod.ready != ready or pod.waiting != waiting:
+                await self._pod_status(namespace, pod, ready, image, waiting)
         if all(p.ready for p in current):
             for pod in [p for p in pods if p.template_hash != current_hash]:
                 await self._delete_pod(namespace, name, pod)
@@ -211,8 +255,25 @@ class SimulatedWorkloads:
         }
         await self._write("POST", PODS, namespace, None, manifest)
 
-    async def _pod_status(self, namespace: str, pod: SimulatedPod, ready: bool) -> None:
+    async def _pod_status(self, namespace: str, pod: SimulatedPod, ready: bool, image: str, waiting: str) -> None:
         flag = "True" if ready else "False"
+        messages = {
+            "ErrImagePull": f'failed to pull image "{image}": not found',
+            "ImagePullBackOff": f'Back-off pulling image "{image}"',
+        }
+        state: dict[str, Any] = (
+            {"waiting": {"reason": waiting, "message": messages[waiting]}}
+            if waiting
+            else {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
+        )
+        container = {
+            "name": pod.container,
+            "image": image,
+            "ready": ready,
+            "restartCount": 0,
+            "started": "running" in state,
+            "state": state,
+        }
         status = {
             "phase": "Running",
             "podIP": pod.address,
@@ -224,7 +285,9 @@ class SimulatedWorkloads:
                 {"type": "ContainersReady", "status": flag},
                 {"type": "Ready", "status": flag},
             ],
+            "containerStatuses": [container],
         }
+        pod.waiting = waiting
         await self._write(
             "PATCH",
             PODS,
@@ -243,12 +306,56 @@ class SimulatedWorkloads:
         with contextlib.suppress(WriteError):
             await self._write("DELETE", PODS, namespace, pod.name, None)
 
+    def _complete(self, key: tuple[str, str]) -> bool:
+        return key in self._progress and self._progress[key][3]
+
+    def _conditions(self, dep: Mapping[str, Any], desired: int, ready: int, updated: int) -> list[dict[str, Any]]:
+        """Available, Progressing (ProgressDeadlineExceeded past the deadline) and ReplicaFailure, as the controller
+        sets them; progress is a new template or one more ready pod."""
+        meta = dep["metadata"]
+        key = (meta["namespace"], meta["name"])
+        current_hash = template_hash(dep["spec"]["template"])
+        replica_set = f"{meta['name']}-{current_hash[:10]}"
+        total = len(self.pods.get(key, []))
+        available = ready >= desired
+        complete = available and updated == desired == total
+        last = self._progress.get(key)
+        since = last[2] if last is not None and last[:2] == (current_hash, ready) else self.clock()
+        self._progress[key] = (current_hash, ready, since, complete)
+        deadline = float(dep["spec"].get("progressDeadlineSeconds", 600))
+        if complete:
+            progressing = ("True", "NewReplicaSetAvailable", f'ReplicaSet "{replica_set}" has successfully progressed.')
+        elif self.clock() - since > deadline:
+            progressing = (
+                "False",
+                "ProgressDeadlineExceeded",
+                f'ReplicaSet "{replica_set}" has timed out progressing.',
+            )
+        else:
+            progressing = ("True", "ReplicaSetUpdated", f'ReplicaSet "{replica_set}" is progressing.')
+        conditions = [
+            {
+                "type": "Available",
+                "status": "True" if available else "False",
+                "reason": "MinimumReplicasAvailable" if available else "MinimumReplicasUnavailable",
+                "message": "Deployment has minimum availability."
+                if available
+                else "Deployment does not have minimum availability.",
+            },
+            dict(zip(("status", "reason", "message"), progressing, strict=True), type="Progressing"),
+        ]
+        failure = self._create_failure.get(key)
+        if failure is not None:
+            conditions.append(
+                {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": failure}
+            )
+        return conditions
+
     async def _deployment_status(self, namespace: str, dep: Mapping[str, Any], desired: int) -> None:
         pods = self.pods.get((namespace, dep["metadata"]["name"]), [])
         current_hash = template_hash(dep["spec"]["template"])
-        ready = sum(p.ready for p in pods)
+        ready = sum(bool(p.ready) for p in pods)
         updated = sum(p.template_hash == current_hash for p in pods)
-        available = ready >= desired
         status = {
             "observedGeneration": dep["metadata"].get("generation", 1),
             "replicas": len(pods),
@@ -256,18 +363,7 @@ class SimulatedWorkloads:
             "readyReplicas": ready,
             "availableReplicas": ready,
             "unavailableReplicas": max(desired - ready, 0),
-            "conditions": [
-                {
-                    "type": "Available",
-                    "status": "True" if available else "False",
-                    "reason": "MinimumReplicasAvailable" if available else "MinimumReplicasUnavailable",
-                },
-                {
-                    "type": "Progressing",
-                    "status": "True",
-                    "reason": "NewReplicaSetAvailable" if available and updated == len(pods) else "ReplicaSetUpdated",
-                },
-            ],
+            "conditions": self._conditions(dep, desired, ready, updated),
         }
         if {k: v for k, v in (dep.get("status") or {}).items() if k in status} == status:
             return
