@@ -53,7 +53,7 @@ import aiohttp.web
 import kmock
 from kmock._internal import apps, enums, parsing, rendering
 
-from . import quota, writes
+from . import podsecurity, quota, writes
 from .normalise import keep_allocated, normaliser
 from .schemas import Schema, builtin_schema, crd_schema
 from .selectors import LabelSelector, SelectorError, parse_field_selector, parse_label_selector
@@ -719,6 +719,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         if self._get(rt, namespace, meta["name"]) is not None:
             raise writes.WriteError(409, "AlreadyExists", f'{rt.plural}.{rt.group} "{meta["name"]}" already exists')
         if rt.key == _resource(*PODS) and namespace is not None:
+            podsecurity.admit_pod(obj, self.peek_object("", "v1", "namespaces", None, namespace))
             quota.admit_pod(obj, self.peek_objects(*RESOURCE_QUOTAS, namespace), self.peek_objects(*PODS, namespace))
         meta.setdefault("uid", str(uuid.uuid4()))
         meta["resourceVersion"] = self._next_version()
