@@ -292,3 +292,11 @@ async def test_put_replaces_the_object_and_records_its_manager(api: RawApi) -> N
     assert entry(body, "editor", "Update")["fieldsV1"] == {"f:spec": {"f:replicas": {}}}
     status, body = await api.call("PUT", WEB, replaced)  # the resourceVersion it carries is stale now
     assert status == 409
+
+
+async def test_reapplying_quantities_in_another_spelling_is_no_change(api: RawApi) -> None:
+    spelled = deployment(container={"resources": {"limits": {"cpu": 1, "memory": "1024Mi"}}})
+    _, first = await api.apply(WEB, spelled, "modelfleet")
+    assert container(first)["resources"]["limits"] == {"cpu": "1", "memory": "1Gi"}
+    _, again = await api.apply(WEB, spelled, "modelfleet")
+    assert again["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]

@@ -146,7 +146,7 @@ def leaves(obj: Any, schema: Schema | None, path: Path = ()) -> dict[Path, Any]:
 def _walk(value: Any, schema: Schema | None, path: Path, out: dict[Path, Any]) -> None:
     if isinstance(value, Mapping):
         if (schema is not None and schema.atomic_object) or not value:
-            out[path] = copy.deepcopy(value)
+            out[path] = value
             return
         for key, child in value.items():
             child_path = (*path, f"f:{key}")
@@ -157,7 +157,7 @@ def _walk(value: Any, schema: Schema | None, path: Path, out: dict[Path, Any]) -
     if isinstance(value, list):
         list_type = schema.list_type if schema is not None else "atomic"
         if list_type == "atomic" or not value:
-            out[path] = copy.deepcopy(value)
+            out[path] = value
             return
         items = schema.items() if schema is not None else None
         for item in value:
@@ -166,7 +166,7 @@ def _walk(value: Any, schema: Schema | None, path: Path, out: dict[Path, Any]) -
                 out[item_path] = PRESENT
                 _walk(item, items, item_path, out)
             else:
-                out[item_path] = copy.deepcopy(item)
+                out[item_path] = item
         return
     out[path] = value
 
@@ -295,13 +295,13 @@ def _remove(obj: dict[str, Any], path: Path, schema: Schema | None) -> None:
 # -- the two operations --------------------------------------------------------------------------
 
 
-def _body(obj: Mapping[str, Any] | None) -> dict[str, Any]:
+def _body(obj: Mapping[str, Any] | None, *, copied: bool = False) -> dict[str, Any]:
     """The object without its managedFields (they are not part of what is merged and compared)."""
     if obj is None:
         return {}
-    body = copy.deepcopy(dict(obj))
-    (body.get("metadata") or {}).pop("managedFields", None)
-    return body
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
+    body = {**obj, "metadata": meta}
+    return copy.deepcopy(body) if copied else body
 
 
 def _changes(old: Mapping[str, Any], new: Mapping[str, Any], schema: Schema | None) -> tuple[set[Path], set[Path]]:
@@ -328,7 +328,7 @@ def apply(
     managers = managers_of(live)
     identity = (manager, "Apply", subresource)
     base = _body(live)
-    merged = merge(base, config, schema)
+    merged = copy.deepcopy(merge(base, config, schema))  # removal below works in place
     applied = owned(field_set(config, schema), subresource, has_status)
     last = next((m.fields for m in managers if m.identity == identity), set())
     others = [m for m in managers if m.identity != identity]

@@ -1,39 +1,48 @@
 """An emulated Kubernetes API server for the integration tests.
 
-kmock's `KubernetesEmulator` stores objects and serves lists, watches and
-discovery, but (in kmock 0.8) it assigns no uid, resourceVersion, generation or
-creationTimestamp, answers create with 200, lists lack `kind`, and a failed
-JSON-patch `test` answers 500 — kopf then stalls on its first finalizer patch.
-`ClusterEmulator` takes over the writes with the API server's semantics that
-kopf and the operator rely on:
+kmock's `KubernetesEmulator` stores objects and serves discovery, but (in kmock
+0.8) it assigns no uid, resourceVersion, generation or creationTimestamp,
+answers create with 200, lists lack `kind`, a failed JSON-patch `test` answers
+500 and its watches lose writes. `ClusterEmulator` keeps kmock's storage,
+discovery and server, and owns the rest with the API server's semantics:
 
-- create: 201, metadata filled in, 409 AlreadyExists, `status` dropped when the
-  resource has a status subresource;
-- patch: merge-patch and JSON-patch (strategic-merge and apply are refused with
-  415, so operator code that depends on them fails here, not in production);
-  the status subresource changes only `status`, the main resource never does;
-  `generation` grows when anything outside metadata/status changes; a no-op
-  patch changes nothing (no new resourceVersion, no watch event);
-  a failed `test` or a bad path answers 422; a stale resourceVersion answers 409;
+- writes (`writes.py`, the pure core): create (201, metadata filled in, 409
+  AlreadyExists), server-side apply (`apply.py`: field managers, conflicts,
+  removal of fields no longer applied), merge and JSON patches, PUT; each
+  records its field manager in `metadata.managedFields`; strategic merge
+  answers 415; the status subresource changes only `status`; `generation`
+  grows when anything outside metadata/status changes; a no-op write changes
+  nothing (no new resourceVersion, no watch event); stale preconditions 409;
+- what the API server does to every object it stores (`normalise.py`):
+  defaults, canonical resource quantities, pruning of unknown fields, CRD
+  schema defaults;
 - delete: finalizers honoured (deletionTimestamp first), and garbage
   collection by ownerReferences (the kube-controller-manager's job in a real
   cluster) once an owner is really gone;
-- lists carry `kind`, `apiVersion` and a resourceVersion; equality label
-  selectors and `metadata.name` field selectors are honoured.
+- lists and watches (`Selection`): label selectors (equality- and set-based,
+  `selectors.py`) and field selectors on metadata.name/namespace; lists carry
+  `kind`, `apiVersion` and a resourceVersion, sorted by namespace and name,
+  paginated with limit/continue over one snapshot; a watch sees objects enter
+  and leave its selection, and one resumed from a resourceVersion replays the
+  events after it (410 Expired when they are no longer kept).
 
 Every request that does not come from the harness itself (its User-Agent) is
 recorded as an `ApiRequest` so that a test can compare what the operator did
 with the RBAC the Helm chart grants. Errors are injected with `inject_error`;
 an injected error changes nothing, as a real API server's error would not.
+The harness's own controllers may subscribe to events and write in-process
+(`subscribe`, `write_local`, `peek_object(s)`), through the same write path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import copy
 import dataclasses
 import datetime
+import functools
 import itertools
 import json
 import uuid
@@ -44,12 +53,14 @@ import aiohttp.web
 import kmock
 from kmock._internal import apps, enums, parsing, rendering
 
-from . import writes
+from . import podsecurity, quota, writes
 from .normalise import keep_allocated, normaliser
 from .schemas import Schema, builtin_schema, crd_schema
 from .selectors import LabelSelector, SelectorError, parse_field_selector, parse_label_selector
 
 HARNESS_USER_AGENT = "modelfleet-test-harness"
+PODS = ("", "v1", "pods")
+RESOURCE_QUOTAS = ("", "v1", "resourcequotas")
 
 WRITE_ACTIONS = (enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE)
 
@@ -99,6 +110,7 @@ BUILTIN_RESOURCES: tuple[ResourceType, ...] = (
     ResourceType("", "v1", "events", "Event"),
     ResourceType("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", subresources=("status",)),
     ResourceType("", "v1", "serviceaccounts", "ServiceAccount"),
+    ResourceType("", "v1", "resourcequotas", "ResourceQuota", subresources=("status",)),
     ResourceType("events.k8s.io", "v1", "events", "Event"),
     ResourceType("apps", "v1", "deployments", "Deployment", subresources=("status", "scale")),
     ResourceType("apps", "v1", "replicasets", "ReplicaSet", subresources=("status", "scale")),
@@ -170,6 +182,11 @@ def _parse_path(path: str) -> parsing.ParsedPath:
 
 
 parsing.parse_path = _parse_path
+
+
+@functools.cache
+def _resource(group: str, version: str, plural: str) -> kmock.resource:
+    return kmock.resource(group, version, plural)
 
 
 def _now() -> str:
@@ -277,6 +294,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         self._snapshots: collections.OrderedDict[str, tuple[str, list[dict[str, Any]]]] = collections.OrderedDict()
         self._snapshot_ids = itertools.count(1)
         self._schemas: dict[kmock.resource, Schema | None] = {}
+        # Every (namespace, name) ever created per resource, and object keys by uid: lookups without a scan.
+        self._keys: dict[kmock.resource, dict[tuple[str | None, str], None]] = collections.defaultdict(dict)
+        self._uids: dict[str, tuple[Any, str | None, str]] = {}
         self.register(*resource_types)
 
     # -- configuration -------------------------------------------------------------------------
@@ -343,20 +363,86 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     # -- state access for the harness (in-memory, no request) ------------------------------------
 
     def live_objects(self, group: str, version: str, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
-        key = kmock.resource(group, version, plural)
-        result = []
-        for (res, ns, _), obj in list(self.objects.items()):
-            if res == key and not obj.deleted and (namespace is None or ns == namespace):
-                result.append(copy.deepcopy(obj.raw))
-        return result
+        return [copy.deepcopy(obj) for obj in self.peek_objects(group, version, plural, namespace)]
 
     def live_object(
         self, group: str, version: str, plural: str, namespace: str | None, name: str
     ) -> dict[str, Any] | None:
-        key = (kmock.resource(group, version, plural), namespace, name)
+        obj = self.peek_object(group, version, plural, namespace, name)
+        return None if obj is None else copy.deepcopy(obj)
+
+    def peek_objects(
+        self, group: str, version: str, plural: str, namespace: str | None = None
+    ) -> list[Mapping[str, Any]]:
+        """The stored objects themselves, without copying: read them, never change them (the harness's hot paths)."""
+        resource = _resource(group, version, plural)
+        result = []
+        for ns, name in list(self._keys[resource]):
+            obj = self.objects[(resource, ns, name)]
+            if not obj.deleted and (namespace is None or ns == namespace):
+                result.append(obj.raw)
+        return result
+
+    def peek_object(
+        self, group: str, version: str, plural: str, namespace: str | None, name: str
+    ) -> Mapping[str, Any] | None:
+        """The stored object itself, without copying: read it, never change it."""
+        key = (_resource(group, version, plural), namespace, name)
         if key in self.objects and not self.objects[key].deleted:
-            return copy.deepcopy(self.objects[key].raw)
+            return self.objects[key].raw
         return None
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, group: str, version: str, plural: str) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        """Every watch event of a resource from now on, in-process (for the harness's own controllers).
+
+        `async with emulator.subscribe(...) as events: async for event in events: ...`; an event is
+        `{"type", "object", "previous"}` (previous: the object before a MODIFIED, or None).
+        """
+        bus = self._buses[kmock.resource(group, version, plural)]
+        async with self._lock:
+            mark = await bus.mark()
+        try:
+            yield bus.stream(since=mark)
+        finally:
+            await bus.unmark(mark)
+
+    async def write_local(
+        self,
+        method: str,
+        group: str,
+        version: str,
+        plural: str,
+        namespace: str | None,
+        name: str | None,
+        body: Any,
+        *,
+        subresource: str | None = None,
+        content_type: str = "application/json",
+        params: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """One write through the same code as an HTTP request, without the socket (for the harness's controllers).
+
+        It is the harness's (never recorded, never faulted) and raises `writes.WriteError` as the API answers.
+        """
+        rt = self._types[(group, version, plural)]
+        http_method = enums.method(method.upper())
+        parsed = parsing.ParsedPath(group, version, plural, namespace, name, subresource)
+        request = rendering.Request(
+            method=http_method,
+            params=dict(params or {}),
+            headers={"User-Agent": HARNESS_USER_AGENT, "Content-Type": content_type},
+            data=body,
+            text=json.dumps(body),
+            action=parsing.guess_k8s(parsed, http_method, dict(params or {})),
+            resource=rt.key,
+            namespace=namespace,
+            name=name,
+            subresource=subresource,
+        )
+        async with self._lock:
+            _, result = await self._write(rt, request)
+        return copy.deepcopy(result)
 
     # -- request handling ------------------------------------------------------------------------
 
@@ -475,10 +561,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
 
     def _selected(self, rt: ResourceType, selection: Selection) -> list[Any]:
         """The live objects a request selects, in the API server's order (namespace, name)."""
+        candidates = ((ns, name, self.objects[(rt.key, ns, name)]) for ns, name in list(self._keys[rt.key]))
         found = [
-            (ns or "", name, obj)
-            for (res, ns, name), obj in list(self.objects.items())
-            if res == rt.key and not obj.deleted and selection.matches(obj.raw)
+            (ns or "", name, obj) for ns, name, obj in candidates if not obj.deleted and selection.matches(obj.raw)
         ]
         return [obj for _, _, obj in sorted(found, key=lambda item: (item[0], item[1]))]
 
@@ -586,7 +671,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         self, rt: ResourceType, event_type: str, obj: Mapping[str, Any], previous: Mapping[str, Any] | None = None
     ) -> None:
         """Log the event for resumed watches and stream it; `previous` is the object before (for selectors)."""
-        event = {"type": event_type, "object": copy.deepcopy(dict(obj)), "previous": previous}
+        # Stored versions are never changed in place (a write appends a new one), so the event shares them.
+        event = {"type": event_type, "object": obj, "previous": previous}
         log = self._log[rt.key]
         if len(log) == log.maxlen:
             self._log_floor[rt.key] = log[0][0]
@@ -632,6 +718,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         namespace = meta.get("namespace") if rt.namespaced else None
         if self._get(rt, namespace, meta["name"]) is not None:
             raise writes.WriteError(409, "AlreadyExists", f'{rt.plural}.{rt.group} "{meta["name"]}" already exists')
+        if rt.key == _resource(*PODS) and namespace is not None:
+            podsecurity.admit_pod(obj, self.peek_object("", "v1", "namespaces", None, namespace))
+            quota.admit_pod(obj, self.peek_objects(*RESOURCE_QUOTAS, namespace), self.peek_objects(*PODS, namespace))
         meta.setdefault("uid", str(uuid.uuid4()))
         meta["resourceVersion"] = self._next_version()
         key = (rt.key, namespace, meta["name"])
@@ -639,8 +728,28 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             self.objects[key].history.append(obj)
         else:
             self.objects[key] = obj
+        self._keys[rt.key][(namespace, meta["name"])] = None
+        self._uids[meta["uid"]] = key
         await self._publish(rt, "ADDED", obj)
-        return copy.deepcopy(obj)
+        await self._count_quota(rt, namespace)
+        return obj
+
+    async def _count_quota(self, rt: ResourceType, namespace: str | None) -> None:
+        """The quota controller: a ResourceQuota's status.hard and status.used follow the namespace's pods."""
+        if namespace is None or rt.key not in (_resource(*PODS), _resource(*RESOURCE_QUOTAS)):
+            return
+        quotas = self.peek_objects(*RESOURCE_QUOTAS, namespace)
+        pods = self.peek_objects(*PODS, namespace) if quotas else []
+        quota_type = self._types[RESOURCE_QUOTAS]
+        for stored_quota in quotas:
+            counted = quota.status(stored_quota, pods)
+            if stored_quota.get("status") == counted:
+                continue
+            stored = self._get(quota_type, namespace, stored_quota["metadata"]["name"])
+            new = {**copy.deepcopy(dict(stored_quota)), "status": counted}
+            new["metadata"]["resourceVersion"] = self._next_version()
+            stored.history.append(new)
+            await self._publish(quota_type, "MODIFIED", new, previous=stored_quota)
 
     async def _update(self, rt: ResourceType, request: rendering.Request) -> tuple[int, dict[str, Any]]:
         """PATCH (apply, merge, JSON) and PUT, on the main resource or /status."""
@@ -656,7 +765,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         user_agent = request.headers.get("User-Agent", "")
         manager = writes.manager_of(request.params, user_agent)
         stored = self._get(rt, namespace, request.name)
-        old = copy.deepcopy(stored.raw) if stored is not None else None
+        # The stored version is never changed in place (writes.py builds a new object), so no copy is needed.
+        old = stored.raw if stored is not None else None
         now = _now()
         if content_type == writes.APPLY_PATCH:
             if not request.params.get("fieldManager"):
@@ -687,7 +797,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             await self._remove(rt, namespace, request.name)
         else:
             await self._publish(rt, "MODIFIED", finished, previous=old)
-        return 200, copy.deepcopy(finished)
+            await self._count_quota(rt, namespace)
+        return 200, finished
 
     async def _delete(self, rt: ResourceType, namespace: str | None, name: str | None) -> tuple[int, dict[str, Any]]:
         namespace = namespace if rt.namespaced else None
@@ -712,6 +823,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         last["metadata"]["resourceVersion"] = self._next_version()
         stored.delete()
         await self._publish(rt, "DELETED", last)
+        await self._count_quota(rt, namespace)
         await self._collect_garbage(last["metadata"]["uid"])
 
     async def _collect_garbage(self, owner_uid: str) -> None:
@@ -737,7 +849,10 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 await self._delete(rt, ns, name)
 
     def _uid_alive(self, uid: str | None) -> bool:
-        return any(not o.deleted and o.raw.get("metadata", {}).get("uid") == uid for o in self.objects.values())
+        key = self._uids.get(uid or "")
+        if key is None or key not in self.objects or self.objects[key].deleted:
+            return False
+        return bool(self.objects[key].raw.get("metadata", {}).get("uid") == uid)
 
 
 _REASONS = {

@@ -344,7 +344,8 @@ def normaliser(
     defaults = BUILTIN_DEFAULTS.get((api_version, kind))
 
     def canonical(obj: Obj) -> Obj:
-        result: Obj = canonicalise(copy.deepcopy(obj), schema, builtin=builtin)
+        # canonicalise builds new maps and lists wherever the schema reaches; the input is a fresh copy anyway.
+        result: Obj = canonicalise(obj, schema, builtin=builtin)
         return result
 
     def normalise(obj: Obj) -> Obj:

@@ -63,7 +63,7 @@ def ready_endpoints(
     cluster: ClusterEmulator, namespace: str, service_name: str, port: int | None = None
 ) -> list[tuple[str, int]]:
     """(address, port) of a Service's ready endpoints for its `port` (default: its first), as kube-proxy sees them."""
-    service = cluster.live_object(*SERVICES, namespace, service_name)
+    service = cluster.peek_object(*SERVICES, namespace, service_name)
     if service is None:
         raise NoRoute(500, f"backend Service {namespace}/{service_name} does not exist")
     service_ports = (service.get("spec") or {}).get("ports") or []
@@ -72,7 +72,7 @@ def ready_endpoints(
         raise NoRoute(500, f"Service {namespace}/{service_name} has no port {port}")
     port_name = service_port.get("name", "")
     endpoints = []
-    for eps in cluster.live_objects(*ENDPOINTSLICES, namespace):
+    for eps in cluster.peek_objects(*ENDPOINTSLICES, namespace):
         if ((eps.get("metadata") or {}).get("labels") or {}).get(SERVICE_NAME_LABEL) != service_name:
             continue
         target = next((p["port"] for p in eps.get("ports") or [] if p.get("name", "") == port_name), None)
@@ -145,10 +145,11 @@ class Router:
         """What the Gateway does with `request` (gateway mode)."""
         gateway = None
         if self.gateway is not None:
-            gateway = self.cluster.live_object(*GATEWAYS, self.gateway.namespace, self.gateway.name)
-        namespaces = {n["metadata"]["name"]: n for n in self.cluster.live_objects(*NAMESPACES)}
+            gateway = self.cluster.peek_object(*GATEWAYS, self.gateway.namespace, self.gateway.name)
+        # Read, never changed: the stored objects themselves, as they are at this request.
+        namespaces = {n["metadata"]["name"]: n for n in self.cluster.peek_objects(*NAMESPACES)}
         return decide(
-            self.cluster.live_objects(*HTTPROUTES),
+            self.cluster.peek_objects(*HTTPROUTES),
             request,
             gateway_ref=self.gateway,
             gateway=gateway,

@@ -34,6 +34,8 @@ class Schema:
     # Built-in definitions leave opaque objects (FieldsV1, RawExtension) without properties; a CRD's
     # structural schema prunes such an object to nothing unless it preserves unknown fields.
     builtin: bool = False
+    # Children resolved once (a schema is walked on every write).
+    _children: dict[str, Schema | None] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def _node(self, raw: Mapping[str, Any] | None) -> Schema | None:
         if raw is None:
@@ -41,17 +43,23 @@ class Schema:
         return resolve(raw, self.defs, builtin=self.builtin)
 
     def field(self, name: str) -> Schema | None:
-        properties = self.raw.get("properties") or {}
-        if name in properties:
-            return self._node(properties[name])
-        additional = self.raw.get("additionalProperties")
-        if isinstance(additional, Mapping):
-            return self._node(additional)
-        return None
+        key = "f:" + name
+        if key not in self._children:
+            properties = self.raw.get("properties") or {}
+            additional = self.raw.get("additionalProperties")
+            if name in properties:
+                self._children[key] = self._node(properties[name])
+            elif isinstance(additional, Mapping):
+                self._children[key] = self._node(additional)
+            else:
+                self._children[key] = None
+        return self._children[key]
 
     def items(self) -> Schema | None:
-        items = self.raw.get("items")
-        return self._node(items) if isinstance(items, Mapping) else None
+        if "items" not in self._children:
+            items = self.raw.get("items")
+            self._children["items"] = self._node(items) if isinstance(items, Mapping) else None
+        return self._children["items"]
 
     def knows(self, name: str) -> bool:
         """Whether `name` is a declared field (else a real server prunes it, unless unknowns are kept)."""
@@ -151,6 +159,7 @@ def _builtin_definitions() -> tuple[dict[str, Any], dict[tuple[str, str], str]]:
     return defs, by_kind
 
 
+@functools.cache
 def builtin_schema(api_version: str, kind: str) -> Schema | None:
     defs, by_kind = _builtin_definitions()
     name = by_kind.get((api_version, kind))

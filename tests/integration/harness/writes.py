@@ -109,7 +109,7 @@ def _check_precondition(old: Mapping[str, Any], body: Mapping[str, Any]) -> None
 def _restricted(kind: Kind, old: dict[str, Any] | None, new: dict[str, Any], subresource: str) -> dict[str, Any]:
     """A write to /status changes only the status; one to the main resource never does (status a subresource)."""
     if subresource == "status":
-        result = copy.deepcopy(old) if old is not None else {}
+        result = dict(old) if old is not None else {}
         if "status" in new:
             result["status"] = new["status"]
         else:
@@ -126,7 +126,8 @@ def _restricted(kind: Kind, old: dict[str, Any] | None, new: dict[str, Any], sub
 
 
 def _keep_server_fields(old: Mapping[str, Any], new: dict[str, Any]) -> None:
-    meta = new.setdefault("metadata", {})
+    # A fresh metadata dict: `new` may share the stored object's (a merge patch copies only what it changes).
+    new["metadata"] = meta = dict(new.get("metadata") or {})
     for field in SERVER_FIELDS:
         if field in old["metadata"]:
             meta[field] = old["metadata"][field]
@@ -140,10 +141,10 @@ def _without(obj: Mapping[str, Any], *keys: str) -> dict[str, Any]:
 
 
 def _without_times(obj: Mapping[str, Any]) -> dict[str, Any]:
-    body = copy.deepcopy(dict(obj))
-    for entry in (body.get("metadata") or {}).get("managedFields") or []:
-        entry.pop("time", None)
-    return body
+    """`obj` with managedFields compared without their timestamps (a shallow view, not a copy)."""
+    meta = dict(obj.get("metadata") or {})
+    meta["managedFields"] = [{k: v for k, v in e.items() if k != "time"} for e in meta.get("managedFields") or []]
+    return {**obj, "metadata": meta}
 
 
 def finish(old: Mapping[str, Any], new: dict[str, Any]) -> dict[str, Any] | None:
@@ -209,10 +210,10 @@ def _check_identity(kind: Kind, namespace: str | None, obj: dict[str, Any]) -> N
 
 
 def _merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch."""
+    """RFC 7386 JSON merge patch: a new value that shares what it does not change with `target`."""
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
-    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    result = dict(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
             result.pop(key, None)
@@ -254,7 +255,7 @@ def patch(
     now: str,
 ) -> dict[str, Any]:
     """The object after a merge or JSON patch (before `finish`)."""
-    new = _restricted(kind, old, _patched(copy.deepcopy(old), body, content_type), subresource)
+    new = _restricted(kind, old, _patched(old, body, content_type), subresource)
     return _updated(kind, old, new, subresource, manager=manager, now=now)
 
 
