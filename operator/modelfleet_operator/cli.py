@@ -33,6 +33,7 @@ _HELP = {
     "allowed-uri-schemes": "comma-separated model URI schemes a ModelVersion may use",
     "peering": "name of the kopf peering object shared by several operator replicas",
     "liveness-port": "port of the operator's liveness endpoint /healthz",
+    "metrics-port": "port of the operator's Prometheus /metrics (0: off)",
     "log-level": "debug, info, warning, error or critical",
     "log-format": "text or json",
     "default-resources": "JSON resources of runtime containers whose ModelVersion sets none",

@@ -88,6 +88,9 @@ class OperatorConfig:
     peering: str = ""
     # Port of kopf's liveness endpoint (http://0.0.0.0:PORT/healthz) for the Deployment's probe.
     liveness_port: int = 8081
+    # Port of the operator's Prometheus metrics (http://0.0.0.0:PORT/metrics); 0 (the default of
+    # the command, so two operators on one machine never collide) turns them off. The chart sets 8080.
+    metrics_port: int = 0
     log_level: str = "info"
     log_format: str = "text"
     # The periodic safety net: every model is reconciled from the cache this often, even when
@@ -183,6 +186,10 @@ def _process_problems(config: OperatorConfig) -> list[str]:
     problems: list[str] = []
     if not 0 < config.liveness_port < 65536:
         problems.append(f"liveness-port must be between 1 and 65535, got {config.liveness_port}")
+    if not 0 <= config.metrics_port < 65536:
+        problems.append(f"metrics-port must be between 0 (off) and 65535, got {config.metrics_port}")
+    if config.metrics_port and config.metrics_port == config.liveness_port:
+        problems.append(f"metrics-port and liveness-port must differ, both are {config.metrics_port}")
     if config.log_level not in LOG_LEVELS:
         problems.append(f"log-level must be one of {', '.join(LOG_LEVELS)}, got {config.log_level!r}")
     if config.log_format not in LOG_FORMATS:

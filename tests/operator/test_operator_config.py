@@ -51,6 +51,7 @@ def test_every_key_has_an_environment_variable() -> None:
         "MODELFLEET_OPERATOR_RESYNC_SECONDS": "120",
         "MODELFLEET_OPERATOR_SCALE_DOWN_DELAY_SECONDS": "5.5",
         "MODELFLEET_OPERATOR_RETIRE_AFTER_SECONDS": "0",
+        "MODELFLEET_OPERATOR_METRICS_PORT": "9090",
     }
     assert {k.removeprefix("MODELFLEET_OPERATOR_").lower().replace("_", "-") for k in environ} == set(CONFIG_KEYS)
     config = load_config({}, environ)
@@ -72,6 +73,7 @@ def test_every_key_has_an_environment_variable() -> None:
         resync_seconds=120.0,
         scale_down_delay_seconds=5.5,
         retire_after_seconds=0.0,
+        metrics_port=9090,
     )
     assert config.gateway_hostname("fraud", "ml") == "fraud.ml.models.internal"
 
@@ -127,6 +129,8 @@ def test_image_allow_list(image: str, allowed: tuple[str, ...], expected: bool) 
         ({"peering": "modelfleet", "standalone": "true"}, "either peering or standalone"),
         ({"replicas": "3"}, "unknown configuration key(s) replicas"),
         ({"resync-seconds": "0.5"}, "resync-seconds must be between 1 and 86400 seconds"),
+        ({"metrics-port": "70000"}, "metrics-port must be between 0 (off) and 65535"),
+        ({"metrics-port": "8081"}, "metrics-port and liveness-port must differ"),
         ({"resync-seconds": "often"}, "resync-seconds: expected a number of seconds"),
         ({"resync-seconds": "nan"}, "resync-seconds: expected a number of seconds"),
         ({"scale-down-delay-seconds": "-1"}, "scale-down-delay-seconds must be between 0 and 86400"),

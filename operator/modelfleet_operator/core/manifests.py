@@ -13,6 +13,8 @@ with `reason` and the message, which says what to change.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +26,7 @@ from modelfleet_operator.core.traffic import SERVICE_PORT, Scale, scale_from_spe
 from modelfleet_operator.spec import ModelVersionSpec, SpecError, parse_spec
 
 LABEL_MODEL = f"{crd.GROUP}/model"
+TEMPLATE_ANNOTATION = f"{crd.GROUP}/template"
 LABEL_VERSION = f"{crd.GROUP}/version"
 MANAGED_BY = "modelfleet-operator"
 PART_OF = "modelfleet"
@@ -411,12 +414,24 @@ def build_deployment(mv: Mapping[str, Any], config: OperatorConfig, scale: Scale
     }
     if scale.autoscaling is None:
         deployment_spec = {"replicas": scale.replicas, **deployment_spec}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": _metadata(name, namespace_of(mv), labels, [owner] if owner else []),
-        "spec": deployment_spec,
-    }
+    metadata = _metadata(name, namespace_of(mv), labels, [owner] if owner else [])
+    # Which spec the pods run, whatever their count: a rollout of a new spec is seen by it.
+    metadata["annotations"] = {TEMPLATE_ANNOTATION: template_hash(deployment_spec["template"])}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": deployment_spec}
+
+
+def template_hash(template: Mapping[str, Any]) -> str:
+    """A short, stable hash of a pod template."""
+    return hashlib.sha256(json.dumps(template, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def runs_current_spec(deployment: Mapping[str, Any] | None, mv: Mapping[str, Any], config: OperatorConfig) -> bool:
+    """Whether the live Deployment's template is the one the version's current spec builds."""
+    if deployment is None:
+        return False
+    annotations = (deployment.get("metadata") or {}).get("annotations") or {}
+    wanted = build_deployment(mv, config)["metadata"]["annotations"][TEMPLATE_ANNOTATION]
+    return bool(annotations.get(TEMPLATE_ANNOTATION) == wanted)
 
 
 def _service_spec(selector: Mapping[str, str]) -> dict[str, Any]:
@@ -535,9 +550,11 @@ __all__ = [
     "model_labels",
     "owner_reference",
     "retraining_parts",
+    "runs_current_spec",
     "runtime_env",
     "selector_labels",
     "source_parts",
+    "template_hash",
     "validated",
     "version_endpoint",
     "version_labels",

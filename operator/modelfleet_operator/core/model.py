@@ -246,6 +246,10 @@ class Version:
     def reports(self, observations: Observations) -> list[status.PodReport]:
         return [pod_report(p, observations.readiness) for p in self.pods]
 
+    def current(self, config: OperatorConfig) -> bool:
+        """Whether its Deployment runs the template of its current spec."""
+        return self.spec is not None and manifests.runs_current_spec(self.deployment, self.mv, config)
+
 
 def _controlled(obj: Mapping[str, Any] | None, mv: Mapping[str, Any]) -> Mapping[str, Any] | None:
     if obj is None or not ownership.controlled_by(obj, str(_meta(mv).get("uid") or "")):
@@ -475,12 +479,15 @@ def rollback_event(mv: Mapping[str, Any], message: str, moment: datetime.datetim
 # --- traffic ----------------------------------------------------------------------------------------
 
 
-def _can_serve(v: Version, observations: Observations) -> tuple[bool, bool]:
-    """(may take traffic, Ready at its current replicas) from the live Deployment and pods."""
+def _can_serve(v: Version, observations: Observations, config: OperatorConfig) -> tuple[bool, bool]:
+    """(may take traffic, Ready with its current spec at its current replicas), from the live
+    Deployment and pods."""
     live = v.live_scale()
     if v.deployment is None or live is None:
         return False, False
-    obs = status.observe(v.deployment, v.reports(observations), desired_replicas=live.floor)
+    obs = status.observe(
+        v.deployment, v.reports(observations), desired_replicas=live.floor, current_template=v.current(config)
+    )
     ready = obs.phase == status.READY
     serving = ready or (obs.phase == status.DEGRADED and obs.ready_replicas > 0)
     if (_status(v.mv).get("rollout") or {}).get("rolledBack"):
@@ -548,7 +555,7 @@ def decide(
     taking_part = [v for v in versions if v.takes_part]
     stable = stable_version(taking_part)
     judged = set(candidates(taking_part))
-    can_serve = {v.name: _can_serve(v, observations) for v in taking_part}
+    can_serve = {v.name: _can_serve(v, observations, config) for v in taking_part}
     verdicts: dict[str, Verdict] = {}
     for v in taking_part:
         others = [o for o in taking_part if o.name != v.name and can_serve[o.name][0] and o.spec and o.spec.traffic > 0]
@@ -625,7 +632,13 @@ def _version_decision(
         for kind, live in (("HorizontalPodAutoscaler", v.hpa), ("PodDisruptionBudget", v.pdb))
         if live is not None and kind not in built and not vplan.released
     ]
-    obs = status.observe(v.deployment, v.reports(observations), desired_replicas=scale.floor, retired=vplan.retired)
+    obs = status.observe(
+        v.deployment,
+        v.reports(observations),
+        desired_replicas=scale.floor,
+        retired=vplan.retired,
+        current_template=v.current(config),
+    )
     if verdict.rolled_back:
         obs = replace(obs, phase=status.DEGRADED, reason=ROLLED_BACK, message=verdict.message)
     traffic = traffic_condition(

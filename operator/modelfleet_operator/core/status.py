@@ -101,8 +101,10 @@ def observe(
     rejected: Exception | None = None,
     rejected_reason: str = "InvalidSpec",
     retired: bool = False,
+    current_template: bool = True,
 ) -> Observation:
-    """Decide the phase and its reason from the children."""
+    """Decide the phase and its reason from the children. `current_template`: the Deployment runs
+    the pod template of the version's current spec (False: it has not been updated yet)."""
     if rejected is not None:
         return Observation(FAILED, rejected_reason, str(rejected), 0, 0, desired_replicas)
     dep_status = (deployment or {}).get("status") or {}
@@ -111,10 +113,12 @@ def observe(
         return Observation(RETIRED, "Retired", RETIRED_MESSAGE, ready, replicas, 0)
     if deployment is None:
         return Observation(PENDING, "Creating", "creating the Deployment", 0, 0, desired_replicas)
-    return _observe_deployment(deployment, pods, desired_replicas)
+    return _observe_deployment(deployment, pods, desired_replicas, current_template)
 
 
-def _observe_deployment(deployment: Mapping[str, Any], pods: Sequence[PodReport], desired: int) -> Observation:
+def _observe_deployment(
+    deployment: Mapping[str, Any], pods: Sequence[PodReport], desired: int, current_template: bool
+) -> Observation:
     dep_status = deployment.get("status") or {}
     dep_meta = deployment.get("metadata") or {}
     ready = int(dep_status.get("readyReplicas") or 0)
@@ -122,7 +126,8 @@ def _observe_deployment(deployment: Mapping[str, Any], pods: Sequence[PodReport]
     updated = int(dep_status.get("updatedReplicas") or 0)
     # As `kubectl rollout status` judges it: the new template everywhere and no old pod left.
     rolled_out = (
-        int(dep_status.get("observedGeneration") or 0) >= int(dep_meta.get("generation") or 1)
+        current_template
+        and int(dep_status.get("observedGeneration") or 0) >= int(dep_meta.get("generation") or 1)
         and updated >= desired
         and replicas <= updated
     )

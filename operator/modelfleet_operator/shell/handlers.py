@@ -23,6 +23,7 @@ no request for a model that is as it should be.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from modelfleet_operator.core.manifests import MANAGED_BY
 from modelfleet_operator.shell import kube as k8s
 from modelfleet_operator.shell.cache import Cache, ModelKey
 from modelfleet_operator.shell.kube import Kind, Kube
+from modelfleet_operator.shell.metrics import OperatorMetrics
 from modelfleet_operator.shell.queue import WorkQueue
 from modelfleet_operator.shell.reconciler import ModelReconciler
 from modelfleet_operator.shell.writer import Writer
@@ -61,15 +63,18 @@ class Context:
     kube: Kube
     http: aiohttp.ClientSession
     cache: Cache = field(default_factory=Cache)
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     queue: WorkQueue[ModelKey] = field(init=False)
     writer: Writer = field(init=False)
     reconciler: ModelReconciler = field(init=False)
     cache_complete: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
-        self.writer = Writer(self.kube, self.cache, logger)
+        self.writer = Writer(self.kube, self.cache, logger, self.metrics)
         self.reconciler = ModelReconciler(self.config, self.cache, self.writer, self.http, logger)
         self.queue = WorkQueue(self.reconciler.reconcile, workers=RECONCILE_WORKERS)
+        self.metrics.watch_queue(self.queue.pending)
+        self.metrics.watch_cache({k.plural: functools.partial(self.cache.count, k) for k in watched(self.config)})
 
     async def resync(self) -> None:
         """Every resync-seconds, queue every model the cache knows; from the first event on (the cache

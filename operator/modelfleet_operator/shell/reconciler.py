@@ -69,13 +69,20 @@ class ModelReconciler:
 
     async def reconcile(self, key: ModelKey) -> float | None:
         """Reconcile one model; returns when to look again without an event (None: at the resync)."""
-        try:
-            return await self._reconcile(key)
-        except ApiError as exc:
-            if exc.transient:
-                delay = exc.retry_after if exc.retry_after is not None else None
-                raise RetryLater(f"the API server answered {exc}", delay) from None
-            raise
+        metrics = self.writer.metrics
+        outcome = "error"
+        with metrics.reconcile_seconds.time():
+            try:
+                again = await self._reconcile(key)
+                outcome = "ok"
+                return again
+            except ApiError as exc:
+                if exc.transient:
+                    outcome = "retry"
+                    raise RetryLater(f"the API server answered {exc}", exc.retry_after) from None
+                raise
+            finally:
+                metrics.reconciles.labels(outcome=outcome).inc()
 
     async def _reconcile(self, key: ModelKey) -> float | None:
         namespace, model = key

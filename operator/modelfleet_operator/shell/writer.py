@@ -23,6 +23,7 @@ from modelfleet_operator.core.model import FINALIZER
 from modelfleet_operator.shell import kube as k8s
 from modelfleet_operator.shell.cache import Cache
 from modelfleet_operator.shell.kube import ApiError, Kind, Kube
+from modelfleet_operator.shell.metrics import OperatorMetrics
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
@@ -39,12 +40,15 @@ def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 class Writer:
-    def __init__(self, kube: Kube, cache: Cache, logger: Logger) -> None:
+    def __init__(self, kube: Kube, cache: Cache, logger: Logger, metrics: OperatorMetrics) -> None:
         self.kube = kube
         self.cache = cache
         self.logger = logger
+        self.metrics = metrics
         self._creating: set[tuple[Kind, str, str]] = set()
-        self.writes = 0
+
+    def _wrote(self, kind: Kind, verb: str) -> None:
+        self.metrics.writes.labels(kind=kind.plural, verb=verb).inc()
 
     async def ensure(self, desired: Mapping[str, Any]) -> Outcome:
         kind = k8s.kind_of(desired)
@@ -63,7 +67,7 @@ class Writer:
             finally:
                 self._creating.discard(key)
         answer = await self.kube.apply(kind, namespace, desired, force=force)
-        self.writes += 1
+        self._wrote(kind, "apply")
         self.cache.observe(kind, answer)
         self.logger.info(f"Applied {desired['kind']} {namespace}/{name}")
         return Outcome.APPLIED
@@ -79,7 +83,7 @@ class Writer:
             self.logger.warning(f"{desired['kind']} {namespace}/{name} exists and is not the operator's: not touched")
             return Outcome.CONFLICT
         answer = await self.kube.apply(kind, namespace, desired, force=False)
-        self.writes += 1
+        self._wrote(kind, "apply")
         self.cache.observe(kind, answer)
         self.logger.info(f"Created {desired['kind']} {namespace}/{name}")
         return Outcome.APPLIED
@@ -88,7 +92,7 @@ class Writer:
         if self.cache.get(kind, namespace, name) is None:
             return
         await self.kube.delete(kind, namespace, name)
-        self.writes += 1
+        self._wrote(kind, "delete")
         self.logger.info(f"Deleted {kind.plural} {namespace}/{name}: no longer needed")
 
     async def write_status(self, mv: Mapping[str, Any], new: Mapping[str, Any]) -> None:
@@ -105,7 +109,7 @@ class Writer:
             if exc.status == 404:
                 return  # deleted meanwhile
             raise
-        self.writes += 1
+        self._wrote(k8s.MODELVERSIONS, "patch-status")
         self.cache.observe(k8s.MODELVERSIONS, answer)
 
     async def set_finalizer(self, mv: Mapping[str, Any], wanted: bool) -> None:
@@ -122,7 +126,7 @@ class Writer:
             if exc.status == 404:
                 return
             raise
-        self.writes += 1
+        self._wrote(k8s.MODELVERSIONS, "patch-finalizers")
         if answer.get("metadata", {}).get("deletionTimestamp") and not finalizers:
             self.cache.forget(k8s.MODELVERSIONS, answer)
         else:
@@ -134,7 +138,7 @@ class Writer:
         answer = await self.kube.merge_patch(
             k8s.MODELVERSIONS, str(meta["namespace"]), str(meta["name"]), {"spec": dict(spec_patch)}
         )
-        self.writes += 1
+        self._wrote(k8s.MODELVERSIONS, "patch-spec")
         self.cache.observe(k8s.MODELVERSIONS, answer)
 
     async def create_once(self, kind: Kind, obj: Mapping[str, Any]) -> bool:
@@ -145,7 +149,7 @@ class Writer:
             if exc.status == 409:
                 return False
             raise
-        self.writes += 1
+        self._wrote(kind, "create")
         if kind in (k8s.MODELVERSIONS, k8s.JOBS):
             self.cache.observe(kind, answer)
         return True
