@@ -15,8 +15,10 @@ and `MODELFLEET_HOST` set to it. Readiness is the manifest's readinessProbe
 `DeploymentController` plays the Deployment and ReplicaSet controllers and the
 kubelet together: it starts pods for the template of each Deployment, keeps old
 pods serving until the new template's pods are ready (a rolling update), stops
-pods of scaled-down or deleted Deployments (SIGTERM, then SIGKILL after the
-grace period), restarts crashed containers with back-off and records the
+pods of scaled-down or deleted Deployments as a kubelet terminates them (the pod
+turns unready at once, so the EndpointSlice and the Deployment's counts drop it;
+then the preStop sleep, capped at MAX_PRESTOP_SECONDS; then SIGTERM, and SIGKILL
+after the grace period), restarts crashed containers with back-off and records the
 termination message, writes Pod objects (status.podIP, Ready condition,
 containerStatuses) and the Deployment's status (replicas, updatedReplicas,
 readyReplicas, availableReplicas, observedGeneration, conditions Available and
@@ -64,6 +66,8 @@ POLL_SECONDS = 0.1
 PROBE_TIMEOUT_SECONDS = 1.0
 # Grace periods in the manifests are for production; tests do not wait that long for a drain.
 MAX_GRACE_SECONDS = 10.0
+# Nor the manifests' preStop sleep: long enough for the EndpointSlice (which follows within POLL_SECONDS).
+MAX_PRESTOP_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 5.0
 LOG_TAIL_BYTES = 2048
 
@@ -116,6 +120,7 @@ class PodProcess:
     last_termination: dict[str, Any] | None = None
     next_start: float = 0.0
     stopping: bool = False
+    probe_failures: int = 0
     log_path: Path | None = None
     readiness_body: Any = None
     _mounts: dict[str, Path] = field(default_factory=dict)
@@ -307,6 +312,17 @@ class PodProcess:
         except (TimeoutError, aiohttp.ClientError):
             return False
 
+    async def follow_readiness(self, http: aiohttp.ClientSession) -> None:
+        """Probe, and change `ready` as a kubelet does: ready on a success, unready only after the
+        probe's failureThreshold (default 3) failures in a row."""
+        if await self.probe(http):
+            self.ready, self.probe_failures = True, 0
+            return
+        self.probe_failures += 1
+        threshold = int((self.container.get("readinessProbe") or {}).get("failureThreshold", 3))
+        if self.probe_failures >= threshold:
+            self.ready = False
+
     async def stop(self) -> None:
         self.stopping = True
         process = self.process
@@ -383,6 +399,7 @@ class DeploymentController:
         self._counter = itertools.count()
         self._task: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
+        self._terminating: set[asyncio.Task[None]] = set()
         self.errors: list[BaseException] = []
 
     async def __aenter__(self) -> DeploymentController:
@@ -395,6 +412,7 @@ class DeploymentController:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await asyncio.gather(*self._terminating, return_exceptions=True)
         await asyncio.gather(*(pod.stop() for pod in self.pods.values()), return_exceptions=True)
         if self._http is not None:
             await self._http.close()
@@ -487,7 +505,7 @@ class DeploymentController:
                 pod.ready = False
                 pod.next_start = loop.time() + min(2**pod.restarts * 0.5, MAX_BACKOFF_SECONDS)
             else:
-                pod.ready = await pod.probe(self._http)
+                await pod.follow_readiness(self._http)
             await self._write_pod_status(pod)
 
         # A rolling update: old pods serve until every new one is ready.
@@ -546,10 +564,28 @@ class DeploymentController:
         self._written_pod_status[key] = comparable
 
     async def _remove(self, key: tuple[str, str]) -> None:
+        """Terminate a pod as a kubelet does, without holding up the other pods and Deployments."""
         pod = self.pods.pop(key)
-        await pod.stop()
-        await self.client.delete("", "v1", "pods", pod.namespace, pod.name)
-        self._written_pod_status.pop(key, None)
+        task = asyncio.create_task(self._terminate(pod), name=f"terminate {pod.name}")
+        self._terminating.add(task)
+        task.add_done_callback(self._terminating.discard)
+
+    async def _terminate(self, pod: PodProcess) -> None:
+        """The pod stops being ready first (its endpoints go, its Deployment stops counting it), its
+        preStop sleep runs (capped), then SIGTERM and the grace period; then the Pod object goes."""
+        pod.ready, pod.stopping = False, True
+        try:
+            with contextlib.suppress(ApiError):
+                await self._write_pod_status(pod)
+            prestop = ((pod.container.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}
+            await asyncio.sleep(min(float(prestop.get("seconds", 0)), MAX_PRESTOP_SECONDS))
+            await pod.stop()
+            with contextlib.suppress(ApiError):
+                await self.client.delete("", "v1", "pods", pod.namespace, pod.name)
+        except Exception as exc:  # keep playing the cluster; the tests see the errors
+            self.errors.append(exc)
+        finally:
+            self._written_pod_status.pop((pod.namespace, pod.name), None)
 
 
 class EndpointSliceController:
