@@ -20,6 +20,12 @@ from modelfleet_operator.config import OperatorConfig
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture
+def operator_config() -> OperatorConfig:
+    # A version that hands its traffic over keeps its pods this long; the resync stays the default.
+    return OperatorConfig(namespaces=("ml",), standalone=True, log_level="debug", scale_down_delay_seconds=2)
+
+
 def minimal_example(model: ModelFile) -> dict:
     """examples/minimal.yaml, with its source pointing at the demo model on this machine."""
     manifest = yaml.safe_load((ROOT / "examples" / "minimal.yaml").read_text())

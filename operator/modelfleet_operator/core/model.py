@@ -47,6 +47,9 @@ COMPONENT = "modelfleet-operator"
 ANALYSIS_INTERVAL_SECONDS = 5.0
 # How often pods that are not ready are asked for their runtime's reason (loading, failed).
 POD_POLL_SECONDS = 2.0
+# How soon to look again when a taker's pods are Ready but its EndpointSlices do not list them yet
+# (the operator does not watch EndpointSlices).
+ENDPOINTS_POLL_SECONDS = 0.5
 # A version being deleted waits at most this long for the others to take its traffic.
 HANDOVER_TIMEOUT_SECONDS = 600.0
 
@@ -83,10 +86,13 @@ class Observations:
     `readiness`: the runtime's (state, reason) by pod name, for pods that are not ready.
     `counts`: inference requests and errors by version name, summed over every ready pod
     (absent when a pod did not answer, or when the analysis was not due).
+    `endpoints`: ready endpoints of the version's own Service, by version name, for the versions
+    about to take a share (`takers`): what the Gateway and kube-proxy can send to.
     """
 
     readiness: Mapping[str, tuple[str | None, str | None]] = field(default_factory=dict)
     counts: Mapping[str, Counts] = field(default_factory=dict)
+    endpoints: Mapping[str, int] = field(default_factory=dict)
 
 
 # --- outputs -----------------------------------------------------------------------------------
@@ -379,6 +385,25 @@ def analysis_targets(snapshot: ModelSnapshot, config: OperatorConfig) -> list[st
     return sorted({*judged, stable} if judged and stable else set(judged))
 
 
+def takers(snapshot: ModelSnapshot, config: OperatorConfig, now: datetime.datetime) -> list[str]:
+    """The versions whose Deployments say they could take a larger share now: the shell confirms
+    them against their Service's ready endpoints (`Observations.endpoints`) before the switch."""
+    versions = [v for v in versions_of(snapshot, config) if v.takes_part]
+    inputs = [_traffic_input(v, _can_serve(v, Observations(), config)[0], rolled_back_for_spec(v.mv)) for v in versions]
+    plan = plan_transition(
+        inputs,
+        mode="gateway" if config.routing == "gateway" else "service",
+        now=now,
+        scale_down_delay=config.scale_down_delay_seconds,
+        retire_after=config.retire_after_seconds,
+    )
+    return sorted(
+        i.name
+        for i in inputs
+        if plan.versions[i.name].target > i.serving and i.available >= needed(i.full, plan.versions[i.name].target)
+    )
+
+
 @dataclass(frozen=True)
 class Verdict:
     """The canary analysis of one version: rolled back or not, and what to write about it."""
@@ -495,8 +520,16 @@ def _can_serve(v: Version, observations: Observations, config: OperatorConfig) -
     return serving and not v.deleting, ready
 
 
-def _traffic_input(v: Version, eligible: bool, rolled_back: bool) -> VersionTraffic:
+def _traffic_input(
+    v: Version, eligible: bool, rolled_back: bool, endpoints: Mapping[str, int] | None = None
+) -> VersionTraffic:
+    """The transition planner's view of a version. Its Available replicas count only as far as its
+    Service's ready endpoints reach, when the shell looked them up (a taker's pods may be Ready a
+    moment before the EndpointSlice lists them, and the traffic goes where the endpoints are)."""
     assert v.spec is not None
+    available = v.available()
+    if endpoints is not None and v.name in endpoints:
+        available = min(available, endpoints[v.name])
     return VersionTraffic(
         name=v.name,
         weight=v.spec.traffic,
@@ -504,7 +537,7 @@ def _traffic_input(v: Version, eligible: bool, rolled_back: bool) -> VersionTraf
         eligible=eligible and not rolled_back,
         serving=v.serving,
         live=v.live_scale(),
-        available=v.available(),
+        available=available,
         scale_down_at=parse_time(_status(v.mv).get("scaleDownAt")),
         rolled_back=rolled_back,
         deleting=v.deleting,
@@ -569,7 +602,10 @@ def decide(
             now=now,
         )
     plan = plan_transition(
-        [_traffic_input(v, can_serve[v.name][0], verdicts[v.name].rolled_back) for v in taking_part],
+        [
+            _traffic_input(v, can_serve[v.name][0], verdicts[v.name].rolled_back, observations.endpoints)
+            for v in taking_part
+        ],
         mode="gateway" if config.routing == "gateway" else "service",
         now=now,
         scale_down_delay=config.scale_down_delay_seconds,
@@ -586,7 +622,7 @@ def decide(
         model=snapshot.model,
         versions=decisions,
         shared=shared,
-        requeue_after=_requeue_after(versions, plan, judged, now),
+        requeue_after=_requeue_after(versions, plan, judged, now, _endpoints_lag(taking_part, observations)),
         stable=stable,
         candidates=tuple(sorted(judged)),
     )
@@ -733,11 +769,21 @@ def _with_finalizers(
     return out
 
 
+def _endpoints_lag(versions: Sequence[Version], observations: Observations) -> bool:
+    """Whether a taker's Service lists fewer ready endpoints than its Deployment has Available pods."""
+    return any(v.name in observations.endpoints and observations.endpoints[v.name] < v.available() for v in versions)
+
+
 def _requeue_after(
-    versions: Sequence[Version], plan: TransitionPlan, judged: set[str], now: datetime.datetime
+    versions: Sequence[Version],
+    plan: TransitionPlan,
+    judged: set[str],
+    now: datetime.datetime,
+    endpoints_lag: bool = False,
 ) -> float | None:
-    """When to look at the model again without an event: a hold that ends, a due analysis, pods loading."""
-    waits: list[float] = []
+    """When to look at the model again without an event: a hold that ends, a due analysis, pods loading,
+    endpoints that trail the pods."""
+    waits: list[float] = [ENDPOINTS_POLL_SECONDS] if endpoints_lag else []
     deadline = plan.next_deadline()
     if deadline is not None:
         waits.append((deadline - now).total_seconds())
@@ -818,6 +864,7 @@ __all__ = [
     "render_manifests",
     "rolled_back_for_spec",
     "stable_version",
+    "takers",
     "traffic_condition",
     "versions_of",
 ]

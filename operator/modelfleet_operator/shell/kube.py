@@ -63,6 +63,7 @@ HTTPROUTES = Kind("gateway.networking.k8s.io", "v1", "httproutes")
 JOBS = Kind("batch", "v1", "jobs")
 SECRETS = Kind("", "v1", "secrets")
 EVENTS = Kind("", "v1", "events")
+ENDPOINTSLICES = Kind("discovery.k8s.io", "v1", "endpointslices")
 
 _BY_MANIFEST: dict[tuple[str, str], Kind] = {
     ("apps/v1", "Deployment"): DEPLOYMENTS,
@@ -281,6 +282,7 @@ def _api_error(status: int, body: Any, headers: Any) -> ApiError:
 
 __all__ = [
     "DEPLOYMENTS",
+    "ENDPOINTSLICES",
     "EVENTS",
     "FIELD_MANAGER",
     "HPAS",

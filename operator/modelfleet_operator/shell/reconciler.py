@@ -91,7 +91,7 @@ class ModelReconciler:
             self._analysed.pop(key, None)
             return None  # the model is gone; the garbage collector removes what it owned
         now = datetime.now(UTC)
-        observations = await self._observe(key, snapshot)
+        observations = await self._observe(key, snapshot, now)
         decision = core_model.decide(snapshot, observations, self.config, now)
         learned = await self.learning.run(snapshot, decision, now)
         retry = await self._write(snapshot, decision, learned)
@@ -100,8 +100,14 @@ class ModelReconciler:
         waits = [w for w in (decision.requeue_after, learned.requeue_after) if w is not None]
         return min(waits) if waits else None
 
-    async def _observe(self, key: ModelKey, snapshot: core_model.ModelSnapshot) -> core_model.Observations:
+    async def _observe(
+        self, key: ModelKey, snapshot: core_model.ModelSnapshot, now: datetime
+    ) -> core_model.Observations:
         readiness = await pod_http.readiness_of(self.http, snapshot.pods)
+        endpoints = {
+            name: await self._ready_endpoints(snapshot.namespace, name)
+            for name in core_model.takers(snapshot, self.config, now)
+        }
         counts: dict[str, Counts] = {}
         targets = core_model.analysis_targets(snapshot, self.config)
         moment = time.monotonic()
@@ -115,7 +121,20 @@ class ModelReconciler:
                     self.logger.debug(f"Canary analysis of model {key} skipped: a ready pod of {name} did not answer")
                     break
                 counts[name] = found
-        return core_model.Observations(readiness=readiness, counts=counts)
+        return core_model.Observations(readiness=readiness, counts=counts, endpoints=endpoints)
+
+    async def _ready_endpoints(self, namespace: str, service: str) -> int:
+        """Ready endpoints of one Service, from its EndpointSlices (one labelled LIST, only while a
+        version is about to take a share)."""
+        slices = await self.writer.kube.list(
+            k8s.ENDPOINTSLICES, namespace, label_selector=f"kubernetes.io/service-name={service}"
+        )
+        return sum(
+            len(endpoint.get("addresses") or [])
+            for eps in slices
+            for endpoint in eps.get("endpoints") or []
+            if (endpoint.get("conditions") or {}).get("ready") is not False
+        )
 
     async def _write(
         self, snapshot: core_model.ModelSnapshot, decision: core_model.ModelDecision, learned: LearningResult
