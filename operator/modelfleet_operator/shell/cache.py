@@ -13,7 +13,8 @@ The operator's own writes go in as soon as the API server answers
 state; an older watch event arriving after that is ignored (resourceVersions
 of one object only grow, and the API servers the operator meets write them as
 numbers). Objects another party owns are not watched; a GET that found one
-before a create is remembered (`remember_foreign`) for `FOREIGN_TTL_SECONDS`.
+before a create is remembered (`remember_foreign`) and looked at again every
+`FOREIGN_TTL_SECONDS` by the reconciles of the model that wants the name.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from modelfleet_operator.shell import kube as k8s
 from modelfleet_operator.shell.kube import Kind
 
 ModelKey = tuple[str, str]  # (namespace, model)
-# How long a foreign object found by a GET stands in for what the watch cannot see.
-FOREIGN_TTL_SECONDS = 60.0
+# How often a foreign object found by a GET is looked at again (the watch cannot see it go).
+FOREIGN_TTL_SECONDS = 30.0
 
 
 def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -89,6 +90,25 @@ class Cache:
         key = (kind, str(meta.get("namespace") or ""), str(meta["name"]))
         self._foreign[key] = (time.monotonic() + FOREIGN_TTL_SECONDS, copy.deepcopy(dict(obj)))
 
+    def forget_foreign(self, kind: Kind, namespace: str, name: str) -> None:
+        self._foreign.pop((kind, namespace, name), None)
+
+    def foreign_names(
+        self, namespace: str, names: Iterable[str], *, stale_only: bool = False
+    ) -> list[tuple[Kind, str]]:
+        """The remembered foreign objects among `names` (only those due for a new look, with `stale_only`)."""
+        wanted = set(names)
+        moment = time.monotonic()
+        return [
+            (kind, name)
+            for (kind, ns, name), (expires, _) in self._foreign.items()
+            if ns == namespace and name in wanted and (not stale_only or expires <= moment)
+        ]
+
+    def names_of(self, namespace: str, model: str) -> list[str]:
+        """The object names a model's reconcile looks up: its versions' names and the model's."""
+        return [*(str(_meta(v)["name"]) for v in self.of_model(k8s.MODELVERSIONS, namespace, model)), model]
+
     def _model_label(self, kind: Kind, obj: Mapping[str, Any]) -> str | None:
         if kind == k8s.MODELVERSIONS:
             return str((obj.get("spec") or {}).get("model") or "") or None
@@ -119,9 +139,7 @@ class Cache:
         if found is not None:
             return found
         foreign = self._foreign.get((kind, namespace, name))
-        if foreign is not None and foreign[0] > time.monotonic():
-            return foreign[1]
-        return None
+        return foreign[1] if foreign is not None else None
 
     def of_model(self, kind: Kind, namespace: str, model: str) -> list[dict[str, Any]]:
         names = self._by_model[kind].get((namespace, model), set())

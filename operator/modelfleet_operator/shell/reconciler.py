@@ -37,13 +37,15 @@ from modelfleet_operator.core import model as core_model
 from modelfleet_operator.core.rollout import Counts
 from modelfleet_operator.shell import kube as k8s
 from modelfleet_operator.shell import pods as pod_http
-from modelfleet_operator.shell.cache import Cache, ModelKey
+from modelfleet_operator.shell.cache import FOREIGN_TTL_SECONDS, Cache, ModelKey
 from modelfleet_operator.shell.kube import ApiError
 from modelfleet_operator.shell.learning import LearningResult, LearningStep
 from modelfleet_operator.shell.queue import RetryLater
 from modelfleet_operator.shell.writer import Outcome, Writer
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
+# How soon a model is decided again after a write found a name taken (or being created by another model).
+AGAIN_SECONDS = 0.1
 KINDS_BY_NAME = {
     "HorizontalPodAutoscaler": k8s.HPAS,
     "PodDisruptionBudget": k8s.PDBS,
@@ -86,6 +88,7 @@ class ModelReconciler:
 
     async def _reconcile(self, key: ModelKey) -> float | None:
         namespace, model = key
+        await self._look_again_at_foreign(namespace, model)
         snapshot = self.cache.snapshot(namespace, model)
         if not snapshot.versions:
             self._analysed.pop(key, None)
@@ -94,11 +97,21 @@ class ModelReconciler:
         observations = await self._observe(key, snapshot, now)
         decision = core_model.decide(snapshot, observations, self.config, now)
         learned = await self.learning.run(snapshot, decision, now)
-        retry = await self._write(snapshot, decision, learned)
-        if retry:
-            return 0.0
+        if await self._write(snapshot, decision, learned):
+            return AGAIN_SECONDS
         waits = [w for w in (decision.requeue_after, learned.requeue_after) if w is not None]
+        if self.cache.foreign_names(namespace, self.cache.names_of(namespace, model)):
+            waits.append(FOREIGN_TTL_SECONDS)  # nothing tells the operator when such an object goes
         return min(waits) if waits else None
+
+    async def _look_again_at_foreign(self, namespace: str, model: str) -> None:
+        """GET the foreign objects this model's names collide with, once they are due for a new look."""
+        for kind, name in self.cache.foreign_names(namespace, self.cache.names_of(namespace, model), stale_only=True):
+            found = await self.writer.kube.get(kind, namespace, name)
+            if found is None:
+                self.cache.forget_foreign(kind, namespace, name)
+            else:
+                self.cache.remember_foreign(kind, found)
 
     async def _observe(
         self, key: ModelKey, snapshot: core_model.ModelSnapshot, now: datetime
@@ -140,17 +153,17 @@ class ModelReconciler:
         self, snapshot: core_model.ModelSnapshot, decision: core_model.ModelDecision, learned: LearningResult
     ) -> bool:
         """Every write of the decision; True when a name conflict was found and the model must be decided again."""
-        again = False
         by_name = {str(v["metadata"]["name"]): v for v in snapshot.versions}
         for name, version in decision.versions.items():
             mv = by_name[name]
             if version.children:
                 await self.learning.ensure_feedback_token(mv, manifests.version_spec(mv))
-        for manifest in decision.shared:
-            again |= await self._ensure(manifest)
+        # A name found taken stops the writes: the next decision fails the version, before any of its
+        # other objects exist.
+        for manifest in [*decision.shared, *(c for v in decision.versions.values() for c in v.children)]:
+            if await self._ensure(manifest):
+                return True
         for version in decision.versions.values():
-            for manifest in version.children:
-                again |= await self._ensure(manifest)
             for kind, name in version.remove:
                 await self.writer.remove(KINDS_BY_NAME[kind], snapshot.namespace, name)
         for name, version in decision.versions.items():
@@ -166,7 +179,7 @@ class ModelReconciler:
             current = self.cache.get(k8s.MODELVERSIONS, snapshot.namespace, name)
             if current is not None:
                 await self.writer.set_finalizer(current, version.finalizer)
-        return again
+        return False
 
     async def _ensure(self, manifest: Mapping[str, Any]) -> bool:
         outcome = await self.writer.ensure(manifest)
