@@ -168,7 +168,10 @@ class SimulatedWorkloads:
             # (the Deployment controller's resync and the ReplicaSet controller's retries).
             waiting = [k for k in self.pods if k in self._create_failure or not self._complete(k)]
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=1.0 if waiting else None)
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that comes as
+                # the wait ends, and __aexit__ then waits for this loop forever.
+                async with asyncio.timeout(1.0 if waiting else None):
+                    await self._wake.wait()
             except TimeoutError:
                 self._dirty_deployments.update(waiting)
             self._wake.clear()
