@@ -208,15 +208,21 @@ class LearningStep:
         live = [v for v in snapshot.versions if not _meta(v).get("deletionTimestamp")]
         if not any((v.get("spec") or {}).get("retraining") or retraining.LABEL_PARENT in _labels(v) for v in live):
             return result
-        # The versions with the status this reconcile gives them (phase, servingTraffic).
-        versions = [{**v, "status": decision.versions[_name(v)].status} for v in live if _name(v) in decision.versions]
+        # The versions with the status this reconcile gives them (phase, servingTraffic), over what is stored.
+        versions = [
+            {**v, "status": {**_status(v), **decision.versions[_name(v)].status}}
+            for v in live
+            if _name(v) in decision.versions
+        ]
         jobs = self.cache.jobs(snapshot.namespace, snapshot.model)
         for mv in versions:
             if (mv.get("spec") or {}).get("retraining") and _status(mv).get("phase") != status.FAILED:
                 await self._retrain(snapshot, mv, versions, jobs, result, now)
+        stored = {_name(v): v for v in live}
         for mv in versions:
             if retraining.LABEL_PARENT in _labels(mv):
-                await self._promote(mv, versions, decision.versions[_name(mv)].promotable, result, now)
+                served = int(_status(stored[_name(mv)]).get("servingTraffic") or 0) > 0
+                await self._promote(mv, versions, served, decision.versions[_name(mv)].promotable, result, now)
         return result
 
     def _due(self, mv: Mapping[str, Any]) -> bool:
@@ -398,10 +404,13 @@ class LearningStep:
         self,
         child: Mapping[str, Any],
         versions: Sequence[Mapping[str, Any]],
+        served: bool,
         analysed: bool,
         result: LearningResult,
         now: datetime,
     ) -> None:
+        """`served`: the child's stored status already shows its canary share (a reconcile before this
+        one gave it traffic); `analysed`: its canary analysis passed (with spec.rollout)."""
         name = _name(child)
         parent_name = _labels(child)[retraining.LABEL_PARENT]
         by_name = {_name(v): v for v in versions}
@@ -412,7 +421,7 @@ class LearningStep:
         child_status = _status(child)
         ready = child_status.get("phase") == status.READY
         rolled_back = core_model.rolled_back_for_spec(child)
-        canary_served = int(child_status.get("servingTraffic") or 0) > 0 or int(child["spec"].get("traffic", 0)) == 0
+        canary_served = served or int(child["spec"].get("traffic", 0)) == 0
         needs_analysis = child["spec"].get("rollout") is not None
         if ready and not canary_served and not rolled_back:
             decision = retraining.PromotionDecision(
