@@ -483,11 +483,15 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 self._resource_type(request)
                 Selection.of(request)
                 _watch_start(request)
-            if is_resource and request.action == enums.action.FETCH and request.subresource:
+            if is_resource and request.action == enums.action.FETCH:
                 rt = self._resource_type(request)
-                obj = self._get(rt, request.namespace, request.name)
+                obj = self._get(rt, request.namespace if rt.namespaced else None, request.name)
                 if obj is None:
-                    raise _status_error(404, "NotFound", f'{rt.plural} "{request.name}" not found')
+                    group = f".{rt.group}" if rt.group else ""
+                    details = {"name": request.name, "group": rt.group, "kind": rt.plural}
+                    raise _status_error(
+                        404, "NotFound", f'{rt.plural}{group} "{request.name}" not found', details=details
+                    )
                 return aiohttp.web.json_response(obj.raw)
         except writes.WriteError as exc:
             return self._error_response(_status_error(exc.status, exc.reason, exc.message, details=exc.details))
@@ -544,9 +548,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 return [{"type": "ERROR", "object": status}]
             replay = (selection.translate(event) for version, event in self._log[rt.key] if version > since)
             return [event for event in replay if event is not None]
-        events: list[dict[str, Any]] = [
-            {"type": "ADDED", "object": copy.deepcopy(obj.raw)} for obj in self._selected(rt, selection)
-        ]
+        events: list[dict[str, Any]] = [{"type": "ADDED", "object": obj.raw} for obj in self._selected(rt, selection)]
         if request.params.get("sendInitialEvents") == "true":
             bookmark = {
                 "apiVersion": rt.api_version,
@@ -625,7 +627,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             version, items, offset = self._snapshot(token)
         else:
             version = str(self._current_version())
-            items = [copy.deepcopy(obj.raw) for obj in self._selected(rt, selection)]
+            # Stored versions are never changed in place: the list (and its snapshot) shares them.
+            items = [obj.raw for obj in self._selected(rt, selection)]
             offset = 0
         metadata: dict[str, Any] = {"resourceVersion": version}
         page = items[offset:]
