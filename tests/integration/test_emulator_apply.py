@@ -30,6 +30,10 @@ MV = ("serving.modelfleet.dev", "v1alpha1", "modelversions")
 async def api(cluster: Cluster) -> AsyncIterator[RawApi]:
     async with RawApi(cluster.url, user_agent="test-client/1.0") as raw:
         yield raw
+    # A client of its own User-Agent is recorded like the operator; these requests are not the operator's
+    # and must not reach the RBAC replay of the chart.
+    cluster.emulator.recorded.clear()
+    cluster.emulator.recorded_requests.clear()
 
 
 def deployment(**spec: Any) -> dict[str, Any]:
