@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from onnx_models import build_mlp
+from tests.support.onnx_models import build_mlp
 
 
 @pytest.fixture

@@ -19,10 +19,10 @@ from .errors import RuntimeProblem
 from .feedback_api import FeedbackService, build_feedback_router
 from .http_io import json_response, read_token
 from .metrics import MetricsMiddleware, RuntimeMetrics
-from .serving import ModelServer
+from .model_server import ModelServer
 from .settings import Settings
-from .v1 import build_v1_router
-from .v2 import build_v2_router
+from .simple_api import build_simple_router
+from .v2_api import build_v2_router
 
 log = logging.getLogger("modelfleet.app")
 
@@ -46,7 +46,7 @@ def create_app(settings: Settings, server: ModelServer | None = None) -> FastAPI
     # The routes go straight onto the app: this FastAPI matches an included router's routes twice
     # per request (about a tenth of a small prediction's event-loop time, see bench/README.md).
     for router in (
-        build_v1_router(server, predict_token),
+        build_simple_router(server, predict_token),
         build_v2_router(server, predict_token),
         build_feedback_router(server, feedback),
     ):

@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings({k: v for k, v in vars(args).items() if k != "command"})
     except SettingsError as exc:
         parser.error(str(exc))
-    from .server import serve
+    from .runner import serve
 
     return serve(settings)
 

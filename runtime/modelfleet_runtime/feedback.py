@@ -50,13 +50,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .durable import TMP_PREFIX, atomic_write, fsync_dir
+
 log = logging.getLogger("modelfleet.feedback")
 
 OPEN_SUFFIX = ".open.jsonl"
 SEALED_SUFFIX = ".jsonl"
 MANIFEST = "consumed.json"
 CONSUMED_DIR = "consumed"
-_TMP_PREFIX = ".tmp-"
 _CRC_HEAD = b',"crc32":"'
 _CRC_TAIL = b'"}\n'
 # ,"crc32":"xxxxxxxx"}\n
@@ -183,21 +184,13 @@ def _pod_name() -> str:
 
 
 def segment_id(name: str) -> str | None:
-    if name.startswith((".", _TMP_PREFIX)):
+    if name.startswith((".", TMP_PREFIX)):
         return None
     if name.endswith(OPEN_SUFFIX):
         return name[: -len(OPEN_SUFFIX)]
     if name.endswith(SEALED_SUFFIX):
         return name[: -len(SEALED_SUFFIX)]
     return None
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _try_lock(fd: int) -> bool:
@@ -219,7 +212,7 @@ def seal_abandoned(directory: Path, *, skip_prefix: str | None = None) -> list[s
     """
     sealed = []
     for entry in sorted(os.scandir(directory), key=lambda e: e.name):
-        if not entry.name.endswith(OPEN_SUFFIX) or entry.name.startswith(_TMP_PREFIX):
+        if not entry.name.endswith(OPEN_SUFFIX) or entry.name.startswith(TMP_PREFIX):
             continue
         if skip_prefix is not None and entry.name.startswith(skip_prefix):
             continue
@@ -236,7 +229,7 @@ def seal_abandoned(directory: Path, *, skip_prefix: str | None = None) -> list[s
         finally:
             os.close(fd)
     if sealed:
-        _fsync_dir(directory)
+        fsync_dir(directory)
         log.info("sealed %d segment(s) left open by writers that are gone: %s", len(sealed), ", ".join(sealed))
     return sealed
 
@@ -277,6 +270,11 @@ class FeedbackWriter:
     def segment(self) -> str | None:
         """The id of the segment this writer appends to now."""
         return self._segment
+
+    @property
+    def waiting(self) -> int:
+        """Appends waiting for the next group commit (the current one, if any, not counted)."""
+        return len(self._pending)
 
     async def append(self, samples: Sequence[Sample]) -> None:
         """Return once every sample is written and fsync'd; raise FeedbackWriteError otherwise."""
@@ -341,7 +339,7 @@ class FeedbackWriter:
     def _open_next(self) -> None:
         self._seq += 1
         sid = f"{self.pod}_{self._start}_{self._seq:06d}"
-        tmp = self.directory / f"{_TMP_PREFIX}{sid}"
+        tmp = self.directory / f"{TMP_PREFIX}{sid}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         try:
             # Locked before it gets its visible name, so no one ever sees it open and unlocked.
@@ -351,7 +349,7 @@ class FeedbackWriter:
                     self.directory,
                 )
             os.rename(tmp, self.directory / (sid + OPEN_SUFFIX))
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
@@ -366,7 +364,7 @@ class FeedbackWriter:
             return
         try:
             os.rename(self.directory / (sid + OPEN_SUFFIX), self.directory / (sid + SEALED_SUFFIX))
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         finally:
             os.close(fd)
 
@@ -555,7 +553,7 @@ class FeedbackVolume:
             updated: dict[str, Any] = {"segments": dict(sorted(offsets.items())), "updated": time.time()}
             if run is not None or "last_run" in manifest:
                 updated["last_run"] = dict(run) if run is not None else manifest["last_run"]
-            _atomic_write(self.directory / MANIFEST, json.dumps(updated, indent=1).encode())
+            atomic_write(self.directory / MANIFEST, json.dumps(updated, indent=1).encode())
             with self._lock:
                 self._archive(offsets)
 
@@ -574,28 +572,12 @@ class FeedbackVolume:
                 os.rename(path, target / path.name)
                 moved = True
         if moved:
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
 
     def seal_abandoned(self) -> list[str]:
         if not self.directory.is_dir():
             return []
         return seal_abandoned(self.directory)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file, fsync, rename, fsync the folder."""
-    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{os.getpid()}.{secrets.token_hex(3)}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
 
 
 __all__ = [

@@ -16,13 +16,14 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.responses import Response
 
 from .errors import InvalidInput, InvalidValue, NotFound, PayloadTooLarge, Unavailable
 from .feedback import FeedbackVolume, FeedbackWriteError, FeedbackWriter, Sample
 from .http_io import json_response, read_json_object, read_token, require_bearer
 from .inputs import check_entity_widths, payload_rows, rows_to_array
+from .model_server import ModelServer
 
 log = logging.getLogger("modelfleet.feedback")
 
@@ -33,7 +34,7 @@ _MAX_LABEL_WIDTH = 4096
 class FeedbackService:
     """The pod's writer, the volume's counter and their metrics; HTTP-free."""
 
-    def __init__(self, directory: str, segment_bytes: int, registry: Any) -> None:
+    def __init__(self, directory: str, segment_bytes: int, registry: CollectorRegistry) -> None:
         self.samples_total = Counter(
             "modelfleet_feedback_samples_total", "labelled samples durably appended by this pod", registry=registry
         )
@@ -163,20 +164,20 @@ def _labels(payload: dict[str, Any], rows: int) -> list[Any]:
     raise InvalidInput("missing 'label': send the true value for these features")
 
 
-async def _rows(runtime: Any, payload: dict[str, Any]) -> np.ndarray:
+async def _rows(runtime: ModelServer, payload: dict[str, Any]) -> np.ndarray:
     """The feedback rows as the model's input, validated like a prediction."""
     settings = runtime.settings
     if "request_id" in payload:
         request_id = payload["request_id"]
         if not isinstance(request_id, str) or not request_id:
             raise InvalidInput("request_id must be a non-empty string")
-        rows = runtime.recent_inputs.get(request_id)
-        if rows is None:
+        kept = runtime.recent_inputs.get(request_id)
+        if kept is None:
             raise NotFound(
                 f"unknown or expired request_id {request_id!r}: inputs of a prediction are kept for "
                 f"{settings.request_retention_seconds:g}s; send 'features' instead"
             )
-        return np.asarray(rows)
+        return np.asarray(kept)
     model = runtime.model
     if model is None:
         raise Unavailable("the model is still loading; retry shortly", retry_after=1)
@@ -201,11 +202,12 @@ async def _rows(runtime: Any, payload: dict[str, Any]) -> np.ndarray:
     if prefix is not None:
         check_entity_widths(rows, prefix, width)
         own_width = width - prefix.shape[-1]
-    return rows_to_array(rows, own_width, model.input_dtype, prefix=prefix)
+    # A model with an input width has exactly one (2-D) input.
+    return rows_to_array(rows, own_width, model.inputs[0].dtype, prefix=prefix)
 
 
-def build_feedback_router(runtime: Any, service: FeedbackService) -> APIRouter:
-    """The feedback endpoints for `runtime` (settings, model, recent_inputs, features) over `service`.
+def build_feedback_router(runtime: ModelServer, service: FeedbackService) -> APIRouter:
+    """The feedback endpoints for `runtime` over `service`.
 
     The caller owns `service`: await its `aclose()` on shutdown.
     """

@@ -19,6 +19,9 @@ from starlette.routing import Route
 from .errors import InvalidInput, PayloadTooLarge, Unauthorized
 
 JSON = "application/json"
+# The response header naming the model version that answered (and, in gateway routing, the
+# request header that pins a version).
+VERSION_HEADER = "x-model-version"
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -2,7 +2,10 @@
 
     async def test_something(cluster, kubelet, operator, demo_model):
         await cluster.apply(model_version("fraud-v1", "fraud", "1", demo_model.uri))
-        await wait_for(lambda: phase(cluster, "fraud-v1") == "Ready", timeout=60)
+        await wait_for_phase(cluster, "fraud-v1", "Ready")
+
+(`model_version`, `phase`, `condition`, `wait_for_phase`: tests/integration/model_versions.py;
+`wait_for`: tests/support/polling.py.)
 
 - `cluster` (harness.cluster.Cluster): the emulated API server with the CRDs of
   crds/ registered, namespace `ml`, KUBECONFIG pointing at it;
@@ -20,7 +23,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import subprocess
@@ -32,26 +34,14 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.client import wait_for
-from harness.cluster import MV, Cluster, running_cluster
-from harness.emulator import ApiRequest, dump_requests
-from harness.jobs import JobController
-from harness.kubelet import DeploymentController, EndpointSliceController
-from harness.operator import InProcessOperator
 from modelfleet_operator.config import OperatorConfig
-
-ROOT = Path(__file__).resolve().parents[2]
-CRD_DIR = ROOT / "crds"
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelFile:
-    path: Path
-    sha256: str
-
-    @property
-    def uri(self) -> str:
-        return self.path.as_uri()
+from tests.integration.harness.cluster import Cluster, running_cluster
+from tests.integration.harness.emulator import ApiRequest, dump_requests
+from tests.integration.harness.jobs import JobController
+from tests.integration.harness.kubelet import DeploymentController, EndpointSliceController
+from tests.integration.harness.operator import InProcessOperator
+from tests.integration.model_versions import ModelFile
+from tests.support.paths import CRDS
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +58,7 @@ def api_requests(request: pytest.FixtureRequest) -> Iterator[set[ApiRequest]]:
 
 @pytest.fixture(scope="session")
 def crds() -> list[dict[str, Any]]:
-    return [doc for path in sorted(CRD_DIR.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return [doc for path in sorted(CRDS.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
 @pytest.fixture
@@ -122,36 +112,3 @@ def demo_model(tmp_path_factory: pytest.TempPathFactory) -> ModelFile:
     runtime = Path(sys.executable).with_name("modelfleet-runtime")
     subprocess.run([str(runtime), "demo-model", "--out", str(path)], check=True, capture_output=True, timeout=120)
     return ModelFile(path=path, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
-
-
-# -- small helpers the scenarios share --------------------------------------------------------
-
-
-def model_version(name: str, model: str, version: str, uri: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "serving.modelfleet.dev/v1alpha1",
-        "kind": "ModelVersion",
-        "metadata": {"name": name},
-        "spec": {"model": model, "version": version, "source": {"uri": uri}, **spec},
-    }
-
-
-def phase(cluster: Cluster, name: str) -> str | None:
-    mv = cluster.get(MV, name)
-    return ((mv or {}).get("status") or {}).get("phase")
-
-
-def condition(cluster: Cluster, name: str, kind: str) -> dict[str, Any] | None:
-    mv = cluster.get(MV, name) or {}
-    return next((c for c in (mv.get("status") or {}).get("conditions") or [] if c.get("type") == kind), None)
-
-
-async def wait_for_phase(cluster: Cluster, name: str, wanted: str, timeout: float = 90.0) -> dict[str, Any]:
-    await wait_for(
-        lambda: phase(cluster, name) == wanted,
-        timeout=timeout,
-        message=lambda: f"{name} phase {wanted}; status now {(cluster.get(MV, name) or {}).get('status')}",
-    )
-    mv = cluster.get(MV, name)
-    assert mv is not None
-    return mv

@@ -11,18 +11,17 @@ import onnxruntime
 import pytest
 import yaml
 
-from conftest import ModelFile, condition, model_version, phase, wait_for_phase
-from harness.client import wait_for
-from harness.cluster import DEPLOYMENTS, MV, PDBS, PODS, SERVICES, Cluster
-from harness.kubelet import DeploymentController
 from modelfleet_operator.config import OperatorConfig
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.integration.harness.cluster import DEPLOYMENTS, MV, PDBS, PODS, SERVICES, Cluster
+from tests.integration.harness.kubelet import DeploymentController
+from tests.integration.model_versions import ModelFile, condition, model_version, phase, wait_for_phase
+from tests.support.paths import EXAMPLES
+from tests.support.polling import wait_for
 
 
 def minimal_example(model: ModelFile) -> dict:
     """examples/minimal.yaml, with its source pointing at the demo model on this machine."""
-    manifest = yaml.safe_load((ROOT / "examples" / "minimal.yaml").read_text())
+    manifest = yaml.safe_load((EXAMPLES / "minimal.yaml").read_text())
     manifest = copy.deepcopy(manifest)
     manifest["spec"]["source"] = {"uri": model.uri, "sha256": model.sha256}
     return manifest

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from conftest import ModelFile, model_version, wait_for_phase
-from harness.client import wait_for
-from harness.cluster import DEPLOYMENTS, MV, SERVICES, Cluster
-from harness.kubelet import DeploymentController
-from harness.operator import InProcessOperator
+from tests.integration.harness.cluster import DEPLOYMENTS, MV, SERVICES, Cluster
+from tests.integration.harness.kubelet import DeploymentController
+from tests.integration.harness.operator import InProcessOperator
+from tests.integration.model_versions import ModelFile, model_version, wait_for_phase
+from tests.support.polling import wait_for
 
 WRITES = ("create", "patch", "update", "delete")
 

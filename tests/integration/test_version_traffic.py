@@ -25,14 +25,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import ModelFile, condition, model_version, wait_for_phase
-from harness.client import wait_for
-from harness.cluster import DEPLOYMENTS, MV, Cluster
-from harness.kubelet import DeploymentController
-from harness.router import HTTPROUTES, Router
 from modelfleet_operator.config import OperatorConfig
 from modelfleet_operator.traffic import apportion
 from modelfleet_runtime.demo import build_demo_model
+from tests.integration.harness.cluster import DEPLOYMENTS, MV, Cluster
+from tests.integration.harness.kubelet import DeploymentController
+from tests.integration.harness.router import HTTPROUTES, Router
+from tests.integration.model_versions import ModelFile, condition, model_version, wait_for_phase
+from tests.support.polling import wait_for
 
 MODEL = "fraud"
 FEATURES = [0.1, -0.2, 0.3, 0.4, -0.5, 0.6, 0.7, -0.8]

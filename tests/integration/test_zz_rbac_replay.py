@@ -9,20 +9,17 @@ gateway routing: the rules of both modes, scoped as a namespaced install scopes 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import ModelFile, model_version, wait_for_phase
-from harness.client import wait_for
-from harness.cluster import HPAS, PDBS, Cluster
-from harness.emulator import ApiRequest
-from harness.kubelet import DeploymentController
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "chart"))
-from chart_render import helm_path, render_chart
-from rbac import check_requests, grants
+from tests.chart.chart_render import helm_path, render_chart
+from tests.chart.rbac import check_requests, grants
+from tests.integration.harness.cluster import HPAS, PDBS, Cluster
+from tests.integration.harness.emulator import ApiRequest
+from tests.integration.harness.kubelet import DeploymentController
+from tests.integration.model_versions import ModelFile, model_version, wait_for_phase
+from tests.support.polling import wait_for
 
 VALUES = {
     "watchNamespaces": ["ml"],

@@ -11,8 +11,11 @@ import jsonschema
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-GATEWAY_SCHEMAS = REPO / ".." / "shared" / "schemas" / "gateway-api-v1.6.1"
+from tests.support.paths import CRDS, REPO, SCHEMAS
+
+# A pinned copy inside the repository (tests/schemas/README.md says where it comes from).
+GATEWAY_API_VERSION = "v1.6.1"
+GATEWAY_SCHEMAS = SCHEMAS / f"gateway-api-{GATEWAY_API_VERSION}"
 
 
 def openapi_to_jsonschema(node: Any) -> Any:
@@ -60,7 +63,7 @@ def repo() -> Path:
 
 @pytest.fixture(scope="session")
 def crd_file() -> dict[str, Any]:
-    return yaml.safe_load((REPO / "crds" / "modelversion.yaml").read_text())
+    return yaml.safe_load((CRDS / "modelversion.yaml").read_text())
 
 
 @pytest.fixture(scope="session")
@@ -71,6 +74,8 @@ def mv_validator(crd_file: dict[str, Any]) -> jsonschema.Validator:
 @pytest.fixture(scope="session")
 def httproute_validator() -> jsonschema.Validator:
     crd = yaml.safe_load((GATEWAY_SCHEMAS / "gateway.networking.k8s.io_httproutes.yaml").read_text())
+    bundle = crd["metadata"]["annotations"]["gateway.networking.k8s.io/bundle-version"]
+    assert bundle == GATEWAY_API_VERSION, f"{GATEWAY_SCHEMAS} holds Gateway API {bundle}, not {GATEWAY_API_VERSION}"
     return crd_validator(crd, "v1")
 
 

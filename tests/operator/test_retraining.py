@@ -50,7 +50,8 @@ from modelfleet_operator.retraining import (
     retraining_version,
     should_retrain,
 )
-from modelfleet_runtime import sources, training
+from modelfleet_runtime import sources
+from modelfleet_runtime.training import job as trainer
 
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
 CONFIG = OperatorConfig()
@@ -150,7 +151,7 @@ def test_job_hands_the_trainer_its_contract_through_the_environment(
     assert container["image"] == CONFIG.runtime_image
     for name, value in _env(container).items():
         monkeypatch.setenv(name, value)
-    args = training._parser().parse_args([])
+    args = trainer._parser().parse_args([])
     assert args.base_model == SOURCES["https"]["uri"]
     assert args.base_sha256 == SHA
     assert args.samples == FEEDBACK_DIR
@@ -434,7 +435,7 @@ def test_a_job_without_a_finished_condition_is_running() -> None:
 
 
 def test_success_carries_the_trainers_evaluation() -> None:
-    message = json.dumps(training.summary(_trainer_metrics()))
+    message = json.dumps(trainer.summary(_trainer_metrics()))
     outcome = job_outcome(_finished_job("fraud-v2-retrain-1", "Complete", NOW), message)
     assert outcome.result == "Succeeded" and outcome.reason == "Trained"
     assert outcome.metrics == Metrics(

@@ -12,9 +12,10 @@ import onnxruntime as ort
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from live_server import live_server, wait_for
 from modelfleet_runtime.settings import Settings
-from onnx_models import build_two_output
+from tests.support.live_server import live_server
+from tests.support.onnx_models import build_two_output
+from tests.support.polling import wait_for
 
 
 def settings_for(path: Path, **overrides: object) -> Settings:

@@ -12,17 +12,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from modelfleet_runtime import training
 from modelfleet_runtime.feedback import FeedbackVolume, FeedbackWriter, Sample
-from onnx_models import build_mlp
-
-
-def save(graph: onnx.GraphProto, path: Path) -> Path:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+from modelfleet_runtime.training import job, task
+from modelfleet_runtime.training.graph import Network
+from tests.support.onnx_models import build_mlp, save_model
 
 
 def logistic_model(path: Path, w: np.ndarray, b: float) -> Path:
@@ -36,7 +29,7 @@ def logistic_model(path: Path, w: np.ndarray, b: float) -> Path:
             numpy_helper.from_array(np.array([b], np.float32), "b"),
         ],
     )
-    return save(graph, path)
+    return save_model(graph, path)
 
 
 def linear_model(path: Path, w: np.ndarray, b: float) -> Path:
@@ -50,7 +43,7 @@ def linear_model(path: Path, w: np.ndarray, b: float) -> Path:
             numpy_helper.from_array(np.array([b], np.float32), "b"),
         ],
     )
-    return save(graph, path)
+    return save_model(graph, path)
 
 
 def predict(path: Path, x: np.ndarray) -> np.ndarray:
@@ -66,7 +59,7 @@ async def put(volume_dir: Path, x: np.ndarray, labels: list) -> None:
 
 def run_trainer(base: Path, samples: Path, output: Path, *extra: str) -> tuple[int, dict]:
     log = output.parent / f"{output.name}-termination-log"
-    code = training.cli_main(
+    code = job.cli_main(
         [
             "--base-model",
             str(base),
@@ -170,7 +163,7 @@ async def test_linear_regression_child_has_lower_mae_and_env_variables_configure
     monkeypatch.setenv("MODELFLEET_BASE_MODEL", parent.as_uri())
     monkeypatch.setenv("MODELFLEET_SAMPLES_DIR", str(tmp_path / "volume"))
     monkeypatch.setenv("MODELFLEET_OUTPUT_DIR", str(tmp_path / "out"))
-    assert training.cli_main(["--termination-log", "", "--epochs", "60", "--learning-rate", "0.05"]) == 0
+    assert job.cli_main(["--termination-log", "", "--epochs", "60", "--learning-rate", "0.05"]) == 0
     child = tmp_path / "out" / "model.onnx"
     x_test = rng.normal(size=(1000, 4))
     truth = x_test @ W_B + B_B
@@ -195,7 +188,7 @@ async def test_a_graph_with_an_unsupported_operator_fails_naming_it_and_consumes
             numpy_helper.from_array(np.zeros(1, np.float32), "b"),
         ],
     )
-    base = save(graph, tmp_path / "tanh.onnx")
+    base = save_model(graph, tmp_path / "tanh.onnx")
     x = np.random.default_rng(3).normal(size=(50, 4))
     await put(tmp_path / "volume", x, [0.5] * 50)
     code, result = run_trainer(base, tmp_path / "volume", tmp_path / "out")
@@ -288,16 +281,16 @@ def test_backpropagation_matches_finite_differences_for_every_supported_operator
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
         [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()],
     )
-    net = training.Network(onnx.load(str(save(graph, tmp_path / "all.onnx"))))
+    net = Network(onnx.load(str(save_model(graph, tmp_path / "all.onnx"))))
     assert net.task == "multiclass"
     x, y = rng.normal(size=(8, 4)), np.eye(3)[rng.integers(0, 3, 8)]
     params = net.params()
 
     def loss(p: dict) -> float:
-        return training.loss_and_head_grad(net.task, net.forward(p, x)[net.head], y)[0]
+        return task.loss_and_head_grad(net.task, net.forward(p, x)[net.head], y)[0]
 
     values = net.forward(params, x)
-    head_grad = training.loss_and_head_grad(net.task, values[net.head], y)[1]
+    head_grad = task.loss_and_head_grad(net.task, values[net.head], y)[1]
     grads = net.gradients(params, values, head_grad)
     for name, value in params.items():
         numeric = np.zeros_like(value)

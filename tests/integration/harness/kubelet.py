@@ -42,14 +42,16 @@ import json
 import os
 import random
 import shutil
-import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import aiohttp
+
+from tests.support.polling import PollingController
+from tests.support.processes import ChildProcess
 
 from .client import ApiError, ClusterClient
 from .emulator import ClusterEmulator, _now
@@ -60,12 +62,10 @@ _ADDRESSES = (
     str(ipaddress.IPv4Address("127.0.0.2") + i) for i in itertools.count(random.SystemRandom().randrange(1 << 23))
 )
 DEFAULT_ENTRYPOINT = ["modelfleet-runtime"]
-POLL_SECONDS = 0.1
 PROBE_TIMEOUT_SECONDS = 1.0
 # Grace periods in the manifests are for production; tests do not wait that long for a drain.
 MAX_GRACE_SECONDS = 10.0
 MAX_BACKOFF_SECONDS = 5.0
-LOG_TAIL_BYTES = 2048
 
 
 def next_address() -> str:
@@ -110,13 +110,12 @@ class PodProcess:
     address: str
     volumes: Volumes
     cluster: ClusterEmulator
-    process: asyncio.subprocess.Process | None = None
+    process: ChildProcess | None = None
     ready: bool = False
     restarts: int = 0
     last_termination: dict[str, Any] | None = None
     next_start: float = 0.0
     stopping: bool = False
-    log_path: Path | None = None
     readiness_body: Any = None
     _mounts: dict[str, Path] = field(default_factory=dict)
 
@@ -267,34 +266,21 @@ class PodProcess:
 
     async def start(self) -> None:
         argv, env = self.command_line()
-        self.log_path = self.volumes.pod(self.namespace, self.name) / "container.log"
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
-        try:
-            self.process = await asyncio.create_subprocess_exec(
-                *argv,
-                env=env,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-                stdin=asyncio.subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        finally:
-            log.close()
+        process = ChildProcess(argv, env, self.volumes.pod(self.namespace, self.name) / "container.log")
+        await process.start()
+        self.process = process
         self.ready = False
 
     def exited(self) -> int | None:
         return None if self.process is None else self.process.returncode
 
     def log_tail(self) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return ""
-        data = self.log_path.read_bytes()[-LOG_TAIL_BYTES:]
-        return data.decode(errors="replace").strip()
+        return "" if self.process is None else self.process.log_tail()
 
     async def probe(self, http: aiohttp.ClientSession) -> bool:
         """The readinessProbe of the manifest, on this pod's address."""
         probe = self.container.get("readinessProbe")
-        if self.process is None or self.process.returncode is not None:
+        if self.process is None or not self.process.running:
             return False
         if not probe or "httpGet" not in probe:
             return True
@@ -308,19 +294,12 @@ class PodProcess:
             return False
 
     async def stop(self) -> None:
+        """SIGTERM, then SIGKILL to the pod's processes after its grace period (capped for tests)."""
         self.stopping = True
-        process = self.process
-        if process is None or process.returncode is not None:
-            return
-        grace = min(float(self.template["spec"].get("terminationGracePeriodSeconds", 30)), MAX_GRACE_SECONDS)
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), timeout=grace)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
+        if self.process is not None and self.process.running:
+            await self.process.stop(
+                min(float(self.template["spec"].get("terminationGracePeriodSeconds", 30)), MAX_GRACE_SECONDS)
+            )
 
     # -- the Pod object -------------------------------------------------------------------------
 
@@ -338,79 +317,88 @@ class PodProcess:
         }
 
     def pod_status(self) -> dict[str, Any]:
-        running = self.process is not None and self.process.returncode is None
+        running = self.process is not None and self.process.running
         state: dict[str, Any] = (
             {"running": {"startedAt": _now()}}
             if running
             else {"waiting": {"reason": "CrashLoopBackOff" if self.restarts else "ContainerCreating"}}
         )
-        container_status: dict[str, Any] = {
-            "name": self.container["name"],
-            "image": self.container.get("image", ""),
-            "ready": self.ready,
-            "restartCount": self.restarts,
-            "started": running,
-            "state": state,
-        }
+        container_status = self.container_status(ready=self.ready, started=running, state=state)
         if self.last_termination:
             container_status["lastState"] = {"terminated": self.last_termination}
-        ready = "True" if self.ready else "False"
+        return self.status_of_phase("Running" if running else "Pending", container_status)
+
+    def container_status(self, *, ready: bool, started: bool, state: dict[str, Any]) -> dict[str, Any]:
         return {
-            "phase": "Running" if running else "Pending",
+            "name": self.container["name"],
+            "image": self.container.get("image", ""),
+            "ready": ready,
+            "restartCount": self.restarts,
+            "started": started,
+            "state": state,
+        }
+
+    def status_of_phase(
+        self, phase: str, container_status: dict[str, Any], not_ready_reason: str | None = None
+    ) -> dict[str, Any]:
+        """The Pod's status: its address, the four conditions, the one container's status."""
+        ready = {"status": "True" if container_status["ready"] else "False"}
+        if not_ready_reason and not container_status["ready"]:
+            ready["reason"] = not_ready_reason
+        return {
+            "phase": phase,
             "podIP": self.address,
             "podIPs": [{"ip": self.address}],
             "hostIP": "127.0.0.1",
             "conditions": [
                 {"type": "PodScheduled", "status": "True"},
                 {"type": "Initialized", "status": "True"},
-                {"type": "ContainersReady", "status": ready},
-                {"type": "Ready", "status": ready},
+                {"type": "ContainersReady", **ready},
+                {"type": "Ready", **ready},
             ],
             "containerStatuses": [container_status],
         }
 
 
-class DeploymentController:
-    """Deployments → running pods → Pod objects and Deployment status (see the module docstring)."""
+P = TypeVar("P", bound=PodProcess)
+
+
+class PodController(PollingController, Generic[P]):
+    """A controller whose pods run as processes; they all stop when it ends."""
 
     def __init__(self, cluster: ClusterEmulator, client: ClusterClient, volumes: Volumes) -> None:
+        super().__init__()
         self.cluster = cluster
         self.client = client
         self.volumes = volumes
-        self.pods: dict[tuple[str, str], PodProcess] = {}  # (namespace, pod name)
+        self.pods: dict[tuple[str, str], P] = {}  # (namespace, pod name)
+        self._counter = itertools.count()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(pod.stop() for pod in self.pods.values()), return_exceptions=True)
+
+
+class DeploymentController(PodController[PodProcess]):
+    """Deployments → running pods → Pod objects and Deployment status (see the module docstring)."""
+
+    task_name = "test kubelet"
+
+    def __init__(self, cluster: ClusterEmulator, client: ClusterClient, volumes: Volumes) -> None:
+        super().__init__(cluster, client, volumes)
         self._written_status: dict[tuple[str, str], Any] = {}
         self._written_pod_status: dict[tuple[str, str], Any] = {}
-        self._counter = itertools.count()
-        self._task: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
-        self.errors: list[BaseException] = []
 
-    async def __aenter__(self) -> DeploymentController:
+    async def open(self) -> None:
         self._http = aiohttp.ClientSession()
-        self._task = asyncio.create_task(self._loop(), name="test kubelet")
-        return self
 
-    async def __aexit__(self, *exc: Any) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await asyncio.gather(*(pod.stop() for pod in self.pods.values()), return_exceptions=True)
+    async def close(self) -> None:
+        await super().close()
         if self._http is not None:
             await self._http.close()
 
     def pods_of(self, namespace: str, deployment: str) -> list[PodProcess]:
         return [p for (ns, _), p in self.pods.items() if ns == namespace and p.owner["name"] == deployment]
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.sync()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # keep playing the cluster; the tests see the errors
-                self.errors.append(exc)
-            await asyncio.sleep(POLL_SECONDS)
 
     async def sync(self) -> None:
         deployments = {
@@ -475,7 +463,7 @@ class DeploymentController:
                     }
                     pod.restarts += 1
                     pod.next_start = loop.time() + min(2**pod.restarts * 0.5, MAX_BACKOFF_SECONDS)
-            elif pod.process is not None and pod.process.returncode is not None and not pod.stopping:
+            elif pod.process is not None and not pod.process.running and not pod.stopping:
                 pod.last_termination = {
                     "exitCode": pod.process.returncode,
                     "reason": "Error" if pod.process.returncode else "Completed",
@@ -519,18 +507,12 @@ class DeploymentController:
                 },
             ],
         }
-        if (
+        changed = (
             self._written_status.get((namespace, name)) != status
             or (dep.get("status") or {}).get("observedGeneration") != status["observedGeneration"]
-        ):
-            try:
-                await self.client.merge_patch(
-                    "apps", "v1", "deployments", namespace, name, {"status": status}, subresource="status"
-                )
-                self._written_status[(namespace, name)] = status
-            except ApiError as exc:
-                if exc.status != 404:
-                    raise
+        )
+        if changed and await self.client.write_status("apps", "v1", "deployments", namespace, name, status):
+            self._written_status[(namespace, name)] = status
 
     async def _write_pod_status(self, pod: PodProcess) -> None:
         key = (pod.namespace, pod.name)
@@ -540,10 +522,8 @@ class DeploymentController:
         ) + json.dumps([{k: v for k, v in cs.items() if k != "state"} for cs in status["containerStatuses"]])
         if self._written_pod_status.get(key) == comparable:
             return
-        await self.client.merge_patch(
-            "", "v1", "pods", pod.namespace, pod.name, {"status": status}, subresource="status"
-        )
-        self._written_pod_status[key] = comparable
+        if await self.client.write_status("", "v1", "pods", pod.namespace, pod.name, status):
+            self._written_pod_status[key] = comparable
 
     async def _remove(self, key: tuple[str, str]) -> None:
         pod = self.pods.pop(key)
@@ -552,34 +532,15 @@ class DeploymentController:
         self._written_pod_status.pop(key, None)
 
 
-class EndpointSliceController:
+class EndpointSliceController(PollingController):
     """One EndpointSlice per Service with a selector, listing the selected pods and their readiness."""
 
+    task_name = "endpointslice controller"
+
     def __init__(self, cluster: ClusterEmulator, client: ClusterClient) -> None:
+        super().__init__()
         self.cluster = cluster
         self.client = client
-        self._task: asyncio.Task[None] | None = None
-        self.errors: list[BaseException] = []
-
-    async def __aenter__(self) -> EndpointSliceController:
-        self._task = asyncio.create_task(self._loop(), name="endpointslice controller")
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.sync()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.errors.append(exc)
-            await asyncio.sleep(POLL_SECONDS)
 
     async def sync(self) -> None:
         pods = self.cluster.live_objects("", "v1", "pods")
@@ -662,4 +623,4 @@ def _port_by_name(pod: Mapping[str, Any], port_name: str) -> int:
     return 0
 
 
-__all__ = ["DeploymentController", "EndpointSliceController", "PodProcess", "Volumes", "next_address"]
+__all__ = ["DeploymentController", "EndpointSliceController", "PodController", "PodProcess", "Volumes", "next_address"]

@@ -1,4 +1,6 @@
-"""The seed's REST contract: POST /predict, GET /health, GET /stats, GET /metrics.
+"""The seed's simple REST contract: POST /predict, GET /health, GET /stats, GET /metrics.
+
+Not KServe's V1 protocol (that is `/v1/models/...`); the Open Inference Protocol is v2_api.py.
 
 `{"features": [...]}` answers `{"prediction": P, ...}`; `{"instances": [[...], ...]}`
 answers `{"predictions": [P, ...]}` in request order. P is a number when the
@@ -19,11 +21,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from .errors import InvalidInput
-from .http_io import PlainRoute, json_response, read_json_object_and_body, require_bearer
+from .http_io import VERSION_HEADER, PlainRoute, json_response, read_json_object_and_body, require_bearer
 from .inputs import check_entity_widths, only_numbers, payload_rows, rows_to_array
-from .serving import ModelServer
-
-VERSION_HEADER = "x-model-version"
+from .model_server import ModelServer
 
 
 def format_rows(outputs: dict[str, np.ndarray], rows: int) -> list[Any]:
@@ -43,7 +43,7 @@ async def _entity_features(server: ModelServer, entity_id: Any) -> np.ndarray:
     return await server.features.get(entity_id)
 
 
-def build_v1_router(server: ModelServer, predict_token: str | None) -> APIRouter:
+def build_simple_router(server: ModelServer, predict_token: str | None) -> APIRouter:
     router = APIRouter()
     settings = server.settings
     version_headers = {VERSION_HEADER: settings.model_version}

@@ -20,11 +20,10 @@ from starlette.responses import Response
 
 from . import __version__
 from .errors import InvalidInput, InvalidValue, PayloadTooLarge
-from .http_io import PlainRoute, json_response, read_body, require_bearer
+from .http_io import VERSION_HEADER, PlainRoute, json_response, read_body, require_bearer
 from .model import OnnxModel, TensorSpec
-from .serving import ModelServer
-from .v1 import VERSION_HEADER
-from .v2_models import InferenceRequest, ModelMetadata, RequestInput, ServerMetadata, TensorMetadata
+from .model_server import ModelServer
+from .v2_messages import InferenceRequest, ModelMetadata, RequestInput, ServerMetadata, TensorMetadata
 
 _NUMPY_OF = {
     "FP32": np.float32,

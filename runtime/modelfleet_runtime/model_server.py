@@ -1,6 +1,6 @@
 """The model server's core: load, warm up, batch, drain; one instance per process.
 
-Both protocol modules (v1.py, v2.py) call `ModelServer.infer`; neither knows
+Both protocol modules (simple_api.py, v2_api.py) call `ModelServer.infer`; neither knows
 about loading or batching. State moves loading -> ready (or failed) -> draining.
 """
 
@@ -159,7 +159,7 @@ class ModelServer:
         self.begin_drain()
         if self.batcher is not None:
             await self.batcher.close(self.settings.drain_timeout_seconds)
-        if self.features is not None and hasattr(self.features, "close"):
+        if self.features is not None:
             await self.features.close()
 
     # -- requests ------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ written as JSON to the Job's termination message file.
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import json
 import logging
@@ -28,325 +27,26 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
-from .feedback import FeedbackVolume, Record, _atomic_write
+from ..durable import atomic_write
+from ..feedback import FeedbackVolume
+from ..sources import fetch_model, sha256_of
+from .errors import NotEnoughSamples, TrainingError
+from .graph import Network
+from .task import Dataset, build_dataset, evaluate, train
 
 log = logging.getLogger("modelfleet.training")
 
-SUPPORTED_OPS = ("Gemm", "MatMul", "Add", "Relu", "Sigmoid", "Softmax")
 MODEL_FILE = "model.onnx"
 METRICS_FILE = "metrics.json"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 _TERMINATION_LIMIT = 4096  # what Kubernetes keeps of a termination message
-_EPS = 1e-7
-
-
-class TrainingError(Exception):
-    """Training cannot produce a model; `reason` is a CamelCase word for the operator's status."""
-
-    reason = "TrainingFailed"
-
-
-class UnsupportedModel(TrainingError):
-    reason = "UnsupportedModel"
-
-
-class NotEnoughSamples(TrainingError):
-    reason = "NotEnoughSamples"
-
-
-# -- the graph as numpy ---------------------------------------------------------------------------
-
-
-def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-
-
-def _unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Sum `grad` down to `shape`, undoing numpy broadcasting."""
-    while grad.ndim > len(shape):
-        grad = grad.sum(axis=0)
-    for axis, size in enumerate(shape):
-        if size == 1 and grad.shape[axis] != 1:
-            grad = grad.sum(axis=axis, keepdims=True)
-    return grad
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    p: np.ndarray = e / e.sum(axis=-1, keepdims=True)
-    return p
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    y: np.ndarray = 0.5 * (1.0 + np.tanh(0.5 * z))  # stable for large |z|
-    return y
-
-
-class Network:
-    """A trainable view of an ONNX graph: forward, backward, and writing the weights back."""
-
-    def __init__(self, model: onnx.ModelProto) -> None:
-        graph = model.graph
-        unsupported = sorted(
-            {
-                n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
-                for n in graph.node
-                if n.op_type not in SUPPORTED_OPS or n.domain not in ("", "ai.onnx")
-            }
-        )
-        if unsupported:
-            raise UnsupportedModel(
-                f"cannot train this graph: unsupported operator{'s' if len(unsupported) > 1 else ''} "
-                f"{', '.join(unsupported)}; the built-in trainer supports {', '.join(SUPPORTED_OPS)} "
-                "(use a custom trainer image for other models)"
-            )
-        self.model = model
-        self.nodes = list(graph.node)
-        self.initial = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-        self.trainable = [name for name, a in self.initial.items() if a.dtype.kind == "f"]
-        inputs = [i for i in graph.input if i.name not in self.initial]
-        if len(inputs) != 1 or len(graph.output) != 1:
-            raise UnsupportedModel(
-                f"the built-in trainer needs one input and one output; this graph has "
-                f"{len(inputs)} input(s) and {len(graph.output)} output(s)"
-            )
-        self.input_name = inputs[0].name
-        self.output_name = graph.output[0].name
-        dims = inputs[0].type.tensor_type.shape.dim
-        self.input_width = dims[1].dim_value if len(dims) == 2 and dims[1].HasField("dim_value") else None
-        producers = [n for n in self.nodes if self.output_name in n.output]
-        if not producers:
-            raise UnsupportedModel(f"no node produces the output {self.output_name!r}")
-        final = producers[0]
-        self.task = {"Sigmoid": "binary", "Softmax": "multiclass"}.get(final.op_type, "regression")
-        # For classifiers the loss gradient is taken at the activation's input (stable, exact).
-        self.head = final.input[0] if self.task != "regression" else self.output_name
-        for node in self.nodes:
-            attrs = _attrs(node)
-            if node.op_type == "Softmax" and attrs.get("axis", -1) not in (-1, 1):
-                raise UnsupportedModel(f"Softmax over axis {attrs['axis']} is not supported (only the last axis)")
-
-    def params(self) -> dict[str, np.ndarray]:
-        return {name: self.initial[name].astype(np.float64) for name in self.trainable}
-
-    def forward(self, params: Mapping[str, np.ndarray], x: np.ndarray) -> dict[str, np.ndarray]:
-        values: dict[str, np.ndarray] = {**self.initial, **params, self.input_name: x}
-        for node in self.nodes:
-            # Every supported operator takes one or two inputs, and Gemm an optional third (C).
-            ins = [values[name] for name in node.input[:2]]
-            op, attrs = node.op_type, _attrs(node)
-            if op == "Gemm":
-                a = ins[0].T if attrs.get("transA", 0) else ins[0]
-                b = ins[1].T if attrs.get("transB", 0) else ins[1]
-                y = attrs.get("alpha", 1.0) * (a @ b)
-                if len(node.input) > 2 and node.input[2]:
-                    y = y + attrs.get("beta", 1.0) * values[node.input[2]]
-            elif op == "MatMul":
-                if ins[0].ndim != 2 or ins[1].ndim != 2:
-                    raise UnsupportedModel(f"MatMul {node.name or node.output[0]!r} is not 2-D x 2-D")
-                y = ins[0] @ ins[1]
-            elif op == "Add":
-                y = ins[0] + ins[1]
-            elif op == "Relu":
-                y = np.maximum(ins[0], 0.0)
-            elif op == "Sigmoid":
-                y = _sigmoid(ins[0])
-            else:  # Softmax
-                y = _softmax(ins[0])
-            values[node.output[0]] = y
-        return values
-
-    def gradients(
-        self, params: Mapping[str, np.ndarray], values: Mapping[str, np.ndarray], head_grad: np.ndarray
-    ) -> dict[str, np.ndarray]:
-        """Backpropagate d(loss)/d(head) to every trainable initializer."""
-        grads: dict[str, np.ndarray] = {self.head: head_grad}
-        started = False
-        for node in reversed(self.nodes):
-            out = node.output[0]
-            if not started:
-                if out != self.head:
-                    continue
-                started = True
-            g = grads.pop(out, None)
-            if g is None:
-                continue
-            for name, grad in _input_gradients(node, values, g):
-                if name == self.input_name or (name in self.initial and name not in params):
-                    continue
-                grads[name] = grads[name] + grad if name in grads else grad
-        return {name: grads.get(name, np.zeros_like(p)) for name, p in params.items()}
-
-    def with_weights(self, params: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> onnx.ModelProto:
-        """The same graph with `params` as its initializers (in their original dtypes)."""
-        child = copy.deepcopy(self.model)
-        for init in child.graph.initializer:
-            if init.name in params:
-                init.CopyFrom(
-                    numpy_helper.from_array(params[init.name].astype(self.initial[init.name].dtype), init.name)
-                )
-        for key, value in metadata.items():
-            entry = next((p for p in child.metadata_props if p.key == key), None) or child.metadata_props.add()
-            entry.key, entry.value = key, value
-        return child
-
-
-def _input_gradients(
-    node: onnx.NodeProto, values: Mapping[str, np.ndarray], g: np.ndarray
-) -> list[tuple[str, np.ndarray]]:
-    """d(loss)/d(input) for each input of `node`, given `g` = d(loss)/d(its output)."""
-    ins, out = list(node.input), node.output[0]
-    op, attrs = node.op_type, _attrs(node)
-    if op == "Gemm":
-        alpha = attrs.get("alpha", 1.0)
-        ta, tb = attrs.get("transA", 0), attrs.get("transB", 0)
-        a = values[ins[0]].T if ta else values[ins[0]]
-        b = values[ins[1]].T if tb else values[ins[1]]
-        ga, gb = alpha * g @ b.T, alpha * a.T @ g
-        contributions = [(ins[0], ga.T if ta else ga), (ins[1], gb.T if tb else gb)]
-        if len(ins) > 2 and ins[2]:
-            contributions.append((ins[2], _unbroadcast(attrs.get("beta", 1.0) * g, values[ins[2]].shape)))
-        return contributions
-    if op == "MatMul":
-        return [(ins[0], g @ values[ins[1]].T), (ins[1], values[ins[0]].T @ g)]
-    if op == "Add":
-        return [(ins[0], _unbroadcast(g, values[ins[0]].shape)), (ins[1], _unbroadcast(g, values[ins[1]].shape))]
-    if op == "Relu":
-        return [(ins[0], g * (values[ins[0]] > 0))]
-    y = values[out]
-    if op == "Sigmoid":
-        return [(ins[0], g * y * (1.0 - y))]
-    # Softmax
-    return [(ins[0], y * (g - (g * y).sum(axis=-1, keepdims=True)))]
-
-
-# -- the task: labels, loss, metric ---------------------------------------------------------------
-
-
-@dataclass
-class Dataset:
-    x: np.ndarray
-    y: np.ndarray  # (rows, outputs): 0/1 or probabilities, one-hot classes, or regression targets
-    skipped: int = 0
-    reasons: dict[str, int] = field(default_factory=dict)
-
-
-def _output_width(net: Network, width: int) -> int:
-    probe = net.forward(net.params(), np.zeros((1, width)))[net.output_name]
-    return int(probe.reshape(1, -1).shape[1])
-
-
-def build_dataset(net: Network, records: Sequence[Record]) -> Dataset:
-    """Rows and targets for the task; samples that do not fit the model are skipped and counted."""
-    widths = [len(r.sample.features) for r in records]
-    width = net.input_width or (max(set(widths), key=widths.count) if widths else 0)
-    outputs = _output_width(net, width) if width else 0
-    xs: list[Sequence[float]] = []
-    ys: list[list[float]] = []
-    reasons: dict[str, int] = {}
-
-    def skip(reason: str) -> None:
-        reasons[reason] = reasons.get(reason, 0) + 1
-
-    for record in records:
-        features, label = record.sample.features, record.sample.label
-        if len(features) != width:
-            skip(f"expected {width} features, got {len(features)}")
-            continue
-        target = _target(net.task, label, outputs)
-        if isinstance(target, str):
-            skip(target)
-            continue
-        xs.append(features)
-        ys.append(target)
-    x = np.asarray(xs, dtype=np.float64).reshape(len(xs), width)
-    y = np.asarray(ys, dtype=np.float64).reshape(len(ys), outputs)
-    return Dataset(x, y, sum(reasons.values()), reasons)
-
-
-def _target(task: str, label: Any, outputs: int) -> list[float] | str:
-    """The label as a target row, or a string saying why it does not fit."""
-    values = label if isinstance(label, list) else [label]
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in values):
-        return "label is not numeric"
-    if task == "multiclass" and not isinstance(label, list):
-        if float(label) != int(label) or not 0 <= int(label) < outputs:
-            return f"label is not a class index in [0, {outputs})"
-        onehot = [0.0] * outputs
-        onehot[int(label)] = 1.0
-        return onehot
-    if len(values) != outputs:
-        return f"label has {len(values)} value(s); the model has {outputs} output(s)"
-    if task != "regression" and not all(0.0 <= v <= 1.0 for v in values):
-        return "classification label outside [0, 1]"
-    return [float(v) for v in values]
-
-
-def loss_and_head_grad(task: str, head: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-    """The mean loss and its gradient at the head (logits for classifiers, outputs for regression)."""
-    n = max(len(y), 1)
-    head = head.reshape(y.shape)
-    if task == "binary":
-        loss = float(np.mean(np.sum(np.logaddexp(0.0, head) - y * head, axis=1)))
-        return loss, (_sigmoid(head) - y) / n
-    if task == "multiclass":
-        shifted = head - head.max(axis=1, keepdims=True)
-        log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        return float(-np.mean(np.sum(y * log_p, axis=1))), (np.exp(log_p) - y) / n
-    diff = head - y
-    return float(np.mean(diff**2)), 2.0 * diff / diff.size
-
-
-def evaluate(net: Network, params: Mapping[str, np.ndarray], data: Dataset) -> dict[str, float]:
-    """Loss and the task metric (accuracy or MAE) of `params` as served (in the model's dtypes)."""
-    served = {k: v.astype(net.initial[k].dtype).astype(np.float64) for k, v in params.items()}
-    x = data.x.astype(np.float32).astype(np.float64)
-    values = net.forward(served, x)
-    loss, _ = loss_and_head_grad(net.task, values[net.head], data.y)
-    out = values[net.output_name].reshape(data.y.shape)
-    if net.task == "binary":
-        return {"loss": loss, "accuracy": float(np.mean((out >= 0.5) == (data.y >= 0.5)))}
-    if net.task == "multiclass":
-        return {"loss": loss, "accuracy": float(np.mean(out.argmax(axis=1) == data.y.argmax(axis=1)))}
-    return {"loss": loss, "mae": float(np.mean(np.abs(out - data.y)))}
-
-
-def train(
-    net: Network, data: Dataset, *, epochs: int, learning_rate: float, batch_size: int, seed: int
-) -> dict[str, np.ndarray]:
-    """Adam from the parent's weights; returns the child's weights."""
-    params = net.params()
-    m = {k: np.zeros_like(v) for k, v in params.items()}
-    v2 = {k: np.zeros_like(v) for k, v in params.items()}
-    beta1, beta2, step = 0.9, 0.999, 0
-    rng = np.random.default_rng(seed)
-    rows = len(data.x)
-    size = rows if batch_size <= 0 else min(batch_size, rows)
-    for _ in range(epochs):
-        order = rng.permutation(rows)
-        for start in range(0, rows, size):
-            idx = order[start : start + size]
-            values = net.forward(params, data.x[idx])
-            _, head_grad = loss_and_head_grad(net.task, values[net.head], data.y[idx])
-            grads = net.gradients(params, values, head_grad.reshape(values[net.head].shape))
-            step += 1
-            for k, g in grads.items():
-                m[k] = beta1 * m[k] + (1 - beta1) * g
-                v2[k] = beta2 * v2[k] + (1 - beta2) * g * g
-                m_hat, v_hat = m[k] / (1 - beta1**step), v2[k] / (1 - beta2**step)
-                params[k] = params[k] - learning_rate * m_hat / (np.sqrt(v_hat) + 1e-8)
-    return params
-
-
-# -- the Job --------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -366,17 +66,7 @@ class Options:
     model_root: str = "/mnt/models"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _resolve_base(options: Options) -> Path:
-    from .sources import fetch_model  # no onnxruntime import; keeps `train` usable without the server
-
     try:
         return fetch_model(
             options.base_model,
@@ -407,7 +97,7 @@ def _previous_result(options: Options, volume: FeedbackVolume) -> dict[str, Any]
     metrics = json.loads(metrics_path.read_bytes())
     if metrics.get("run_id") != options.run_id or metrics["model"]["sha256"] != last.get("sha256"):
         return None
-    return metrics if _sha256(model_path) == last.get("sha256") else None
+    return metrics if sha256_of(model_path) == last.get("sha256") else None
 
 
 def _check_served(child_path: Path, net: Network, params: Mapping[str, np.ndarray], x: np.ndarray) -> None:
@@ -488,7 +178,7 @@ def run(options: Options) -> dict[str, Any]:
     child_sha = hashlib.sha256(child_bytes).hexdigest()
     options.output.mkdir(parents=True, exist_ok=True)
     model_path = options.output / MODEL_FILE
-    _atomic_write(model_path, child_bytes)
+    atomic_write(model_path, child_bytes)
     _check_served(model_path, net, params, data.x)
     metrics: dict[str, Any] = {
         "task": {"binary": "binary_classification", "multiclass": "multiclass_classification"}.get(
@@ -520,7 +210,7 @@ def run(options: Options) -> dict[str, Any]:
         "started": started,
         "finished": time.time(),
     }
-    _atomic_write(options.output / METRICS_FILE, json.dumps(metrics, indent=2).encode())
+    atomic_write(options.output / METRICS_FILE, json.dumps(metrics, indent=2).encode())
     # Only now: a run that dies before this line has consumed nothing.
     volume.commit(
         FeedbackVolume.positions(records),
@@ -701,4 +391,4 @@ def cli_main(argv: Sequence[str]) -> int:
     return 0
 
 
-__all__ = ["Network", "NotEnoughSamples", "Options", "TrainingError", "UnsupportedModel", "cli_main", "run"]
+__all__ = ["Options", "cli_main", "run", "summary", "write_termination_message"]
