@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.cluster import Cluster
-from harness.rawapi import APPLY, JSON_PATCH, MERGE, STRATEGIC, RawApi, path_of
+from tests.integration.harness.cluster import Cluster
+from tests.integration.harness.rawapi import APPLY, JSON_PATCH, MERGE, STRATEGIC, RawApi, path_of
 
 DEPLOYMENTS = ("apps", "v1", "deployments")
 SERVICES = ("", "v1", "services")

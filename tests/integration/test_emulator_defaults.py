@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from harness.cluster import Cluster
-from harness.quantities import QuantityError, canonical
-from harness.rawapi import MERGE, RawApi, path_of
+from tests.integration.harness.cluster import Cluster
+from tests.integration.harness.quantities import QuantityError, canonical
+from tests.integration.harness.rawapi import MERGE, RawApi, path_of
 
 DEPLOYMENTS = ("apps", "v1", "deployments")
 
