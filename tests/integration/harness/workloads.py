@@ -236,7 +236,7 @@ class SimulatedWorkloads:
         if all(p.ready for p in current):
             for pod in [p for p in pods if p.template_hash != current_hash]:
                 await self._delete_pod(namespace, name, pod)
-        await self._deployment_status(namespace, dep, desired)
+        await self._deployment_status(namespace, dep)
 
     async def _create_pod(self, namespace: str, dep: Mapping[str, Any], pod: SimulatedPod) -> None:
         template = dep["spec"]["template"]
@@ -311,7 +311,7 @@ class SimulatedWorkloads:
     def _complete(self, key: tuple[str, str]) -> bool:
         return key in self._complete_keys
 
-    async def _deployment_status(self, namespace: str, dep: Mapping[str, Any], desired: int) -> None:
+    async def _deployment_status(self, namespace: str, dep: Mapping[str, Any]) -> None:
         key = (namespace, dep["metadata"]["name"])
         pods = self.pods.get(key, [])
         current_hash = template_hash(dep["spec"]["template"])
