@@ -17,17 +17,16 @@
   `restart()`, `stop()`;
 - `operator_config`: the OperatorConfig the operator runs with (override it in a module);
 - `demo_model`: the runtime's demo model written by `modelfleet-runtime demo-model`;
-- `api_requests` (session): every request the operators made, as `ApiRequest`s;
-  written to $MODELFLEET_API_REQUESTS_FILE (default .pytest_cache/modelfleet/api-requests.json).
+- `api_requests` (session, from tests/support/rbac_replay.py): every request the operators
+  made, as `ApiRequest`s, replayed against the chart's RBAC when the session ends.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -36,24 +35,12 @@ import yaml
 
 from modelfleet_operator.config import OperatorConfig
 from tests.integration.harness.cluster import Cluster, running_cluster
-from tests.integration.harness.emulator import ApiRequest, dump_requests
+from tests.integration.harness.emulator import ApiRequest
 from tests.integration.harness.jobs import JobController
 from tests.integration.harness.kubelet import DeploymentController, EndpointSliceController
 from tests.integration.harness.operator import InProcessOperator
 from tests.integration.model_versions import ModelFile
 from tests.support.paths import CRDS
-
-
-@pytest.fixture(scope="session")
-def api_requests(request: pytest.FixtureRequest) -> Iterator[set[ApiRequest]]:
-    recorded: set[ApiRequest] = set()
-    yield recorded
-    if not recorded:
-        return
-    default = Path(request.config.rootpath) / ".pytest_cache" / "modelfleet" / "api-requests.json"
-    target = Path(os.environ.get("MODELFLEET_API_REQUESTS_FILE", default))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(dump_requests(recorded))
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from modelfleet_operator.config import OperatorConfig
-from tests.integration.harness.cluster import DEPLOYMENTS, MV, PDBS, PODS, SERVICES, Cluster
+from tests.integration.harness.cluster import DEPLOYMENTS, HPAS, MV, PDBS, PODS, SERVICES, Cluster
 from tests.integration.harness.kubelet import DeploymentController
 from tests.integration.model_versions import ModelFile, condition, model_version, phase, wait_for_phase
 from tests.support.paths import EXAMPLES
@@ -212,3 +212,22 @@ async def test_the_shared_service_stays_while_any_version_lives(
     assert shared is not None
     assert {r["uid"] for r in shared["metadata"]["ownerReferences"]} == {cluster.get(MV, "fraud-v2")["metadata"]["uid"]}
     assert phase(cluster, "fraud-v2") == "Ready"
+
+
+async def test_autoscaler_and_disruption_budget_come_and_go_with_the_spec(
+    cluster: Cluster,
+    kubelet: DeploymentController,
+    operator,
+    demo_model: ModelFile,
+) -> None:
+    autoscaled = {"replicas": 2, "autoscaling": {"minReplicas": 2, "maxReplicas": 4, "targetCPUUtilization": 60}}
+    # No HPA controller runs here, so the version stays below minReplicas: only the children matter.
+    mv = await cluster.apply(model_version("fraud-v1", "fraud", "1", demo_model.uri, **autoscaled))
+    await wait_for(lambda: cluster.owned_by(HPAS, mv) and cluster.owned_by(PDBS, mv), timeout=60)
+    [hpa] = cluster.owned_by(HPAS, mv)
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 4)
+
+    # A merge patch with null removes autoscaling; one replica needs no disruption budget.
+    await cluster.patch_spec("fraud-v1", {"autoscaling": None, "replicas": 1})
+    await wait_for(lambda: not cluster.owned_by(HPAS, mv) and not cluster.owned_by(PDBS, mv), timeout=60)
+    await wait_for_phase(cluster, "fraud-v1", "Ready")

@@ -13,7 +13,7 @@ import collections
 import contextlib
 import itertools
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -243,11 +243,10 @@ async def backends(cluster: Cluster) -> AsyncIterator[Backends]:
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def clock(monkeypatch: pytest.MonkeyPatch) -> None:
     """Creation timestamps a second apart, so that "the oldest route" is well defined in one test."""
     ticks = (f"2026-01-01T00:00:{second:02d}Z" for second in itertools.count())
     monkeypatch.setattr("tests.integration.harness.emulator._now", lambda: next(ticks))
-    yield
 
 
 async def send(router: Router, path: str, host: str = "", **headers: str) -> tuple[int, Any]:

@@ -86,8 +86,12 @@ class Load:
             except aiohttp.ClientError:
                 self.answers.append(Answer(599, None))
 
-    async def collect(self, count: int, timeout: float = 60.0) -> list[Answer]:
-        """The next `count` answers (requests sent from now on)."""
+    async def collect(self, count: int, timeout: float = 300.0) -> list[Answer]:
+        """The next `count` answers (requests sent from now on).
+
+        The deadline only ends a hung test: on two cores shared with another test worker the
+        router and the pods may answer under a thousand requests a minute.
+        """
         start = len(self.answers) + self.workers  # those in flight were sent before now
         await wait_for(
             lambda: len(self.answers) >= start + count,
@@ -282,7 +286,7 @@ class TestGatewayRouting:
             assert rolled_back["status"] == "True" and rolled_back["reason"] == "ErrorRateExceeded"
             assert condition(cluster, "fraud-v2", "Ready")["reason"] == "RolledBack"
             assert condition(cluster, "fraud-v2", "TrafficAssigned")["reason"] == "RolledBack"
-            await wait_for_split(cluster, {"fraud-v1": 100, "fraud-v2": 0}, timeout=10)
+            await wait_for_split(cluster, {"fraud-v1": 100, "fraud-v2": 0})
             [event] = [e for e in cluster.list(EVENTS) if e["involvedObject"]["name"] == "fraud-v2"]
             assert event["type"] == "Warning" and event["reason"] == "RolledBack"
             assert "error rate" in event["message"]

@@ -97,7 +97,7 @@ def test_apportion_stays_within_one_point_of_the_exact_share(weights: dict[str, 
 
 
 @pytest.mark.parametrize(
-    "weights, expected",
+    ("weights", "expected"),
     [
         ({"a": 90, "b": 10}, {"a": 90, "b": 10}),
         ({"a": 100, "b": 10}, {"a": 91, "b": 9}),

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from modelfleet_runtime.errors import ModelLoadError
 from modelfleet_runtime.settings import Settings, SettingsError, parse_serve_args
@@ -148,22 +149,32 @@ async def test_sigterm_answers_every_request_in_flight_then_exits_zero(tmp_path:
     }
     async with RuntimeProcess(env, tmp_path) as runtime:
 
-        async def in_flight() -> float:
-            text = (await runtime.client.get("/metrics")).text
-            line = next(m for m in text.splitlines() if m.startswith("modelfleet_requests_in_flight "))
-            return float(line.split()[1]) - 1  # the /metrics request itself counts as one
+        async def predictions() -> tuple[float, float]:
+            """(in flight, answered) /predict requests, from the server's own metrics."""
+            families = text_string_to_metric_families((await runtime.client.get("/metrics")).text)
+            samples = [s for family in families for s in family.samples]
+            # The /metrics request itself is in flight too.
+            in_flight = next(s.value for s in samples if s.name == "modelfleet_requests_in_flight") - 1
+            answered = sum(
+                s.value
+                for s in samples
+                if s.name == "modelfleet_requests_total" and s.labels.get("endpoint") == "/predict"
+            )
+            return in_flight, answered
+
+        async def all_received() -> tuple[float, float] | None:
+            counts = await predictions()
+            return counts if sum(counts) >= 40 else None
 
         rng = np.random.default_rng(0)
         body = orjson.dumps({"instances": rng.standard_normal((32, 8)).astype(np.float32).tolist()})
         port = runtime.listener.getsockname()[1]
         connections = [await _send_raw(port, body) for _ in range(40)]
-        await wait_for(lambda: _at_least(in_flight(), 40), timeout=30, interval=0.005)
+        # Every request has reached the server (a loaded machine may answer the first few already).
+        in_flight, _ = await wait_for(all_received, timeout=60, interval=0.005)
         runtime.child.send_signal(signal.SIGTERM)
         answers = await asyncio.gather(*(_read_response(r, w) for r, w in connections))
+        assert in_flight > 0, "every request was answered before SIGTERM: nothing was drained"
         assert [status for status, _ in answers] == [200] * 40
         assert all(len(payload["predictions"]) == 32 for _, payload in answers)
         assert await asyncio.wait_for(runtime.wait(), 30) == 0
-
-
-async def _at_least(value: asyncio.Future, bound: float) -> bool:
-    return await value >= bound

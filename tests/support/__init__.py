@@ -6,5 +6,6 @@
 - live_server: the app under uvicorn in the test's own event loop;
 - redis_server: `RedisServer`, a real Valkey/Redis on 127.0.0.1 (tests and benchmarks);
 - onnx_models: small real ONNX models built with onnx.helper;
-- paths: where the repository's parts are.
+- paths: where the repository's parts are;
+- rbac_replay: the pytest plugin that checks the chart's RBAC against the operator's requests.
 """

@@ -10,13 +10,15 @@ every mountPath in env and args rewritten to its folder (a folder above mount
 paths, such as MODELFLEET_MODEL_ROOT, to a per-pod tree of links to them). Every pod gets its own
 loopback address (127.0.0.2, 127.0.0.3, ...) with the port from the manifest,
 and `MODELFLEET_HOST` set to it. Readiness is the manifest's readinessProbe
-(httpGet path and port) polled on that address.
+(httpGet path and port) on that address: probed at every sync until the pod is
+ready, then every periodSeconds, lost after failureThreshold failures in a row.
 
 `DeploymentController` plays the Deployment and ReplicaSet controllers and the
 kubelet together: it starts pods for the template of each Deployment, keeps old
 pods serving until the new template's pods are ready (a rolling update), stops
-pods of scaled-down or deleted Deployments (SIGTERM, then SIGKILL after the
-grace period), restarts crashed containers with back-off and records the
+pods of scaled-down or deleted Deployments as a kubelet does (not ready at once,
+so their endpoints leave the Services; the preStop sleep; SIGTERM; SIGKILL after
+the grace period), restarts crashed containers with back-off and records the
 termination message, writes Pod objects (status.podIP, Ready condition,
 containerStatuses) and the Deployment's status (`deployments.py`: replicas,
 updatedReplicas, readyReplicas, availableReplicas, observedGeneration, conditions
@@ -77,7 +79,7 @@ _ADDRESSES = (
     str(ipaddress.IPv4Address("127.0.0.2") + i) for i in itertools.count(random.SystemRandom().randrange(1 << 23))
 )
 DEFAULT_ENTRYPOINT = ["modelfleet-runtime"]
-PROBE_TIMEOUT_SECONDS = 1.0
+PROBE_TIMEOUT_SECONDS = 1.0  # a probe's timeoutSeconds when the manifest gives none (Kubernetes' default)
 # Grace periods in the manifests are for production; tests do not wait that long for a drain.
 MAX_GRACE_SECONDS = 10.0
 MAX_BACKOFF_SECONDS = 5.0
@@ -135,6 +137,8 @@ class PodProcess:
     cluster: ClusterEmulator
     process: ChildProcess | None = None
     ready: bool = False
+    probe_failures: int = 0  # failed readiness probes in a row
+    next_probe: float = 0.0  # when a ready pod is probed again (event-loop time)
     restarts: int = 0
     last_termination: dict[str, Any] | None = None
     next_start: float = 0.0
@@ -302,8 +306,28 @@ class PodProcess:
     def log_tail(self) -> str:
         return "" if self.process is None else self.process.log_tail()
 
-    async def probe(self, http: aiohttp.ClientSession) -> bool:
-        """The readinessProbe of the manifest, on this pod's address."""
+    async def readiness(self, http: aiohttp.ClientSession, now: float) -> bool:
+        """Readiness as a kubelet keeps it, from the manifest's readinessProbe.
+
+        A pod that is not ready is probed at every sync (a test need not wait a period for a
+        start); a ready one every `periodSeconds`, and it turns not ready only after
+        `failureThreshold` failed probes in a row, each allowed `timeoutSeconds`.
+        """
+        if self.process is None or not self.process.running:
+            self.probe_failures = 0
+            return False
+        if self.ready and now < self.next_probe:
+            return True
+        spec = self.container.get("readinessProbe") or {}
+        self.next_probe = now + float(spec.get("periodSeconds", 10))
+        if await self.probe(http, float(spec.get("timeoutSeconds", PROBE_TIMEOUT_SECONDS))):
+            self.probe_failures = 0
+            return True
+        self.probe_failures += 1
+        return self.ready and self.probe_failures < int(spec.get("failureThreshold", 3))
+
+    async def probe(self, http: aiohttp.ClientSession, timeout: float = PROBE_TIMEOUT_SECONDS) -> bool:
+        """One readinessProbe of the manifest, on this pod's address."""
         probe = self.container.get("readinessProbe")
         if self.process is None or not self.process.running:
             return False
@@ -312,11 +336,16 @@ class PodProcess:
         get = probe["httpGet"]
         url = f"http://{self.address}:{self.port(get.get('port'))}{get.get('path', '/')}"
         try:
-            async with http.get(url, timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_SECONDS)) as response:
+            async with http.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
                 self.readiness_body = await response.text()
                 return 200 <= response.status < 400
         except (TimeoutError, aiohttp.ClientError):
             return False
+
+    def prestop_seconds(self) -> float:
+        """The container's preStop sleep (`lifecycle.preStop.sleep.seconds`), capped like the grace period."""
+        sleep = ((self.container.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}
+        return min(float(sleep.get("seconds", 0)), MAX_GRACE_SECONDS)
 
     async def stop(self) -> None:
         """SIGTERM, then SIGKILL to the pod's processes after its grace period (capped for tests)."""
@@ -434,11 +463,18 @@ class DeploymentController(PodController[PodProcess]):
         self._progress: dict[tuple[str, str], Progress] = {}
         # Why pods of a Deployment cannot be created (the API server's refusal), and when to try again.
         self._create_failure: dict[tuple[str, str], tuple[str, float]] = {}
+        # Pods on their way out: not ready, in their preStop sleep or their drain.
+        self.terminating: dict[tuple[str, str], PodProcess] = {}
+        self._terminations: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
         self._http = aiohttp.ClientSession()
 
     async def close(self) -> None:
+        for task in self._terminations:
+            task.cancel()
+        await asyncio.gather(*self._terminations, return_exceptions=True)
+        await asyncio.gather(*(pod.stop() for pod in self.terminating.values()), return_exceptions=True)
         await super().close()
         if self._http is not None:
             await self._http.close()
@@ -513,7 +549,7 @@ class DeploymentController(PodController[PodProcess]):
                 pod.backoff = min(2**pod.restarts * 0.5, MAX_BACKOFF_SECONDS)
                 pod.next_start = loop.time() + pod.backoff
             else:
-                pod.ready = await pod.probe(self._http)
+                pod.ready = await pod.readiness(self._http, loop.time())
             await self._write_pod_status(pod)
 
         # A rolling update: old pods serve until every new one is ready.
@@ -610,10 +646,30 @@ class DeploymentController(PodController[PodProcess]):
             self._written_pod_status[key] = comparable
 
     async def _remove(self, key: tuple[str, str]) -> None:
+        """Terminate a pod as a kubelet does: not ready at once (its endpoint leaves the Services),
+        then the container's preStop sleep, then SIGTERM and the drain; the Pod object goes last.
+
+        The controller goes on meanwhile; a terminating pod no longer counts for its Deployment.
+        """
         pod = self.pods.pop(key)
-        await pod.stop()
-        await self.client.delete("", "v1", "pods", pod.namespace, pod.name)
-        self._written_pod_status.pop(key, None)
+        self.terminating[key] = pod
+        pod.ready = False
+        await self._write_pod_status(pod)
+        task = asyncio.create_task(self._terminate(key, pod), name=f"terminate pod {pod.name}")
+        self._terminations.add(task)
+        task.add_done_callback(self._terminations.discard)
+
+    async def _terminate(self, key: tuple[str, str], pod: PodProcess) -> None:
+        try:
+            if pod.process is not None and pod.process.running:
+                await asyncio.sleep(pod.prestop_seconds())  # the container's own preStop hook
+            await pod.stop()
+            await self.client.delete("", "v1", "pods", pod.namespace, pod.name)
+        except Exception as exc:  # the test fails with it, like any controller error
+            self.errors.append(exc)
+        finally:
+            self.terminating.pop(key, None)
+            self._written_pod_status.pop(key, None)
 
 
 class EndpointSliceController(PollingController):
