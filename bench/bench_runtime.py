@@ -1,7 +1,7 @@
 """ModelFleet's server vs. a naive unbatched FastAPI server vs. the HTTP-stack ceiling vs. raw onnxruntime.
 
-    .venv/bin/python bench/bench_runtime.py            # about 2.5 minutes
-    .venv/bin/python bench/bench_runtime.py --quick    # about 45 seconds
+    .venv/bin/python -m bench.bench_runtime            # about 2.5 minutes (from the repository root)
+    .venv/bin/python -m bench.bench_runtime --quick    # about 45 seconds
 
 1. Builds two MLPs with onnx.helper (bench/models.py) and, at the start of
    every round, measures raw `session.run` rows/s at batch 1/8/32/64 for
@@ -15,7 +15,7 @@
    at 1 and 64 connections, in rounds; each round runs every server once per
    scenario, in a rotating order, so drift and noise from other work on the
    machine hit all of them alike. Medians over rounds are reported.
-4. Entity lookups (issue 7): starts a Valkey server on 127.0.0.1 (bench/valkey_server.py,
+4. Entity lookups (issue 7): starts a Valkey server on 127.0.0.1 (tests/support/redis_server.py,
    persistence off), fills 10,000 entity hashes of 8 fields and serves the tabular
    model (8 entity fields + 24 request features = 32) from two more ModelFleet
    servers with `--feature-store`: one with the default cache (entity-hit: requests
@@ -50,11 +50,11 @@ from typing import Any
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from bench.entities import fill_entities
+from bench.models import input_width, write_models
+from tests.support.redis_server import RedisServer, find_server_binary
 
-from models import input_width, write_models  # noqa: E402
-from valkey_server import ValkeyServer, fill_entities, find_server_binary  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 BATCHES = (1, 8, 32, 64)
 # (intra-op threads, spinning): onnxruntime settings tried for the raw limit.
@@ -381,8 +381,9 @@ def select_scenarios(args: argparse.Namespace) -> list[Scenario]:
     return scenarios
 
 
-def start_valkey() -> ValkeyServer:
-    valkey = ValkeyServer().start()
+def start_valkey() -> RedisServer:
+    valkey = RedisServer()
+    valkey.start()
     fill_entities(valkey.url, ENTITY_PREFIX, ENTITY_FIELDS, ENTITIES)
     print(
         f"valkey {valkey.binary} on 127.0.0.1:{valkey.port}: {ENTITIES:,} entities of {len(ENTITY_FIELDS)} fields",
@@ -391,7 +392,7 @@ def start_valkey() -> ValkeyServer:
     return valkey
 
 
-def sizing_flags(rows: int, mode: str, valkey: ValkeyServer | None) -> list[str]:
+def sizing_flags(rows: int, mode: str, valkey: RedisServer | None) -> list[str]:
     """The serve flags of a ModelFleet server for requests of `rows` rows, or for entity mode `mode`."""
     if not mode:
         # 64-row requests: batches of 64 rows, and a queue that holds 64 connections' worth of them.
@@ -417,7 +418,7 @@ def start_model_servers(
     work: Path,
     args: argparse.Namespace,
     variants: dict[str, str],
-    valkey: ValkeyServer | None,
+    valkey: RedisServer | None,
 ) -> None:
     """Per model a naive server, and per (model, rows, entity mode) a ModelFleet server and one per variant.
 
@@ -482,7 +483,7 @@ def measure(
     cell: Cell,
     s: Scenario,
     bodies: dict[tuple[str, Any], Path],
-    valkey: ValkeyServer | None,
+    valkey: RedisServer | None,
     seconds: int,
     spread: np.random.Generator,
 ) -> None:
@@ -547,7 +548,7 @@ def main() -> int:
 
     servers: dict[tuple[str, str, int, str], Server] = {}
     ceiling: Server | None = None
-    valkey: ValkeyServer | None = None
+    valkey: RedisServer | None = None
     try:
         ceiling = Server("ceiling", [sys.executable, str(HERE / "ceiling_server.py")], "/health", work, "ceiling")
         if entity_scenarios:
@@ -568,7 +569,7 @@ def main() -> int:
         for server in [*servers.values(), *([ceiling] if ceiling is not None else [])]:
             server.stop()
         if valkey is not None:
-            valkey.stop()
+            valkey.close()
 
     raw = raw_ort.medians()
     print_raw(raw)

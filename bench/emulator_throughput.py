@@ -1,7 +1,7 @@
 """How many requests per second the emulated API server serves, so that a benchmark can say how much
 of its time is the emulator's own (issue 10's bench/operator_scale.py runs the operator against it).
 
-    .venv/bin/python bench/emulator_throughput.py [--objects 1000] [--seconds 5] [--concurrency 8]
+    .venv/bin/python -m bench.emulator_throughput [--objects 1000] [--seconds 5] [--concurrency 8]
 
 It starts the emulator (tests/integration/harness) on 127.0.0.1, fills one namespace with
 `--objects` Deployments, and for each kind of request sends as many as it can from
@@ -16,20 +16,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-# The harness lives with the integration tests (tests/support will hold it once issue 15 lands).
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
+import kmock
 
-import kmock  # noqa: E402
-
-from harness.emulator import ClusterEmulator  # noqa: E402
-from harness.rawapi import APPLY, MERGE, RawApi, path_of  # noqa: E402
+from tests.integration.harness.emulator import ClusterEmulator
+from tests.integration.harness.rawapi import APPLY, MERGE, RawApi, path_of
 
 DEPLOYMENTS = ("apps", "v1", "deployments")
 

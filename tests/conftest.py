@@ -1,4 +1,4 @@
-"""Fixtures shared by every suite: small real ONNX models built with onnx.helper."""
+"""Fixtures shared by every suite (small real ONNX models), and the session-wide RBAC replay."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from onnx_models import build_mlp
+from tests.support.onnx_models import build_mlp
+
+# The chart's RBAC is checked against the operator's recorded requests when the session ends.
+pytest_plugins = ["tests.support.rbac_replay"]
 
 
 @pytest.fixture

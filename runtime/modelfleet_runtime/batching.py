@@ -9,7 +9,8 @@ may not come, so a lone request on an idle server runs at once; under load the
 rows that arrive while one batch runs form the next one, so batches grow with
 the load by themselves. `max_latency_ms` is the bound on how long a row may
 wait for its batch to form while the model is free; this policy keeps that
-wait near zero, and `BatchRecord.formation_wait` records it for every batch.
+wait near zero, and `BatchRecord.formation_wait` records it for every batch
+(`rows_left` shows that a batch with room took every row that was waiting).
 
 The model runs on one dedicated thread, which also forms the next batch the
 moment a run ends: the event loop only queues rows and hands out results, so a
@@ -61,6 +62,8 @@ class BatchRecord:
     model_free_since: float
     dispatched: float
     finished: float
+    # Rows still queued when this batch was taken: a batch with room left takes them all.
+    rows_left: int = 0
 
     @property
     def formation_wait(self) -> float:
@@ -105,6 +108,11 @@ class Batcher:
     def busy(self) -> bool:
         return self._running
 
+    @property
+    def closing(self) -> bool:
+        """True once close() began: new work is refused."""
+        return self._closing
+
     async def submit(self, feeds: Feeds, rows: int) -> Feeds:
         """Queue `rows` rows and return this caller's rows of every output."""
         if self._closing:
@@ -143,6 +151,7 @@ class Batcher:
                 if not parts:
                     self._running = False
                     break
+                rows_left = self.queued_rows
             dispatched = self._clock()
             delivered = self._run(parts)
             finished = self._clock()
@@ -153,6 +162,7 @@ class Batcher:
                 model_free_since=self._model_free_since,
                 dispatched=dispatched,
                 finished=finished,
+                rows_left=rows_left,
             )
             self._model_free_since = finished
             waits = [dispatched - p.enqueued for p, start, _ in parts if start == 0]

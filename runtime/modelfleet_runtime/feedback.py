@@ -271,6 +271,11 @@ class FeedbackWriter:
         """The id of the segment this writer appends to now."""
         return self._segment
 
+    @property
+    def waiting(self) -> int:
+        """Appends waiting for the next group commit (the current one, if any, not counted)."""
+        return len(self._pending)
+
     async def append(self, samples: Sequence[Sample]) -> None:
         """Return once every sample is written and fsync'd; raise FeedbackWriteError otherwise."""
         data = b"".join(encode_line(s) for s in samples)

@@ -40,6 +40,9 @@ def serve(settings: Settings) -> int:
         app,
         host=settings.host,
         port=settings.port,
+        # A socket handed over by the parent (--listen-fd) wins over host and port; it stays
+        # listening across restarts of this process, so connections wait instead of being refused.
+        fd=settings.listen_fd if settings.listen_fd >= 0 else None,
         log_level=settings.log_level,
         access_log=False,
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_seconds)),

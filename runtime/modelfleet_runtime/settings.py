@@ -30,6 +30,8 @@ class Settings:
     demo: bool = False
     host: str = "0.0.0.0"
     port: int = 8080
+    # An inherited, already listening socket to serve on instead of binding host:port (-1: bind).
+    listen_fd: int = -1
     max_batch_size: int = 32
     max_latency_ms: float = 100.0
     max_queue: int = 1024
@@ -69,6 +71,8 @@ class Settings:
             problems.append(f"max-queue must be at least 1, got {self.max_queue}")
         if self.warmup_iterations < 0:
             problems.append(f"warmup-iterations must not be negative, got {self.warmup_iterations}")
+        if self.listen_fd < -1:
+            problems.append(f"listen-fd must be a file descriptor (0 or more), or -1 to bind, got {self.listen_fd}")
         if not 0 < self.port < 65536:
             problems.append(f"port must be between 1 and 65535, got {self.port}")
         if self.max_body_bytes < 1024:
@@ -89,6 +93,8 @@ _FLAG_HELP: dict[str, str] = {
     "demo": "serve the built-in demo model",
     "host": "address to listen on",
     "port": "port to listen on",
+    "listen_fd": "serve on this inherited listening socket instead of binding --host/--port "
+    "(socket activation, a supervisor holding the port; -1: bind)",
     "max_batch_size": "largest number of rows merged into one session.run",
     "max_latency_ms": "longest a request may wait for its batch to form",
     "max_queue": "rows that may wait; beyond it requests get 503 with Retry-After",

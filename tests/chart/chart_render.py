@@ -8,8 +8,8 @@ from typing import Any
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CHART = REPO_ROOT / "charts" / "modelfleet"
+from tests.support.paths import CHART, REPO
+
 RELEASE = "modelfleet"
 NAMESPACE = "modelfleet"
 
@@ -42,7 +42,7 @@ def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 def helm_path() -> str:
     """A helm v3 binary from scripts/get-helm.sh; raises RuntimeError if it cannot give one."""
-    script = REPO_ROOT / "scripts" / "get-helm.sh"
+    script = REPO / "scripts" / "get-helm.sh"
     proc = subprocess.run([str(script)], capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"scripts/get-helm.sh failed ({proc.returncode}):\n{proc.stderr}")

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from chart_render import helm_path, render_chart
+from tests.chart.chart_render import helm_path, render_chart
 
 Renderer = Callable[..., list[dict[str, Any]]]
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from chart_render import CHART, REPO_ROOT
+from tests.support.paths import CHART, REPO
 
 
 def test_chart_crds_are_the_top_level_crds_byte_for_byte() -> None:
-    sources = sorted((REPO_ROOT / "crds").glob("*.yaml"))
+    sources = sorted((REPO / "crds").glob("*.yaml"))
     assert [s.name for s in sources if s.name == "modelversion.yaml"] == ["modelversion.yaml"], (
         "crds/modelversion.yaml is missing"
     )
@@ -20,6 +20,6 @@ def test_chart_crds_are_the_top_level_crds_byte_for_byte() -> None:
 
 def test_chart_crds_are_only_the_top_level_ones_and_kopfs_peering() -> None:
     """No chart-only CRD can drift unnoticed: each one comes from crds/ or is kopf's peering."""
-    top_level = {s.name for s in (REPO_ROOT / "crds").glob("*.yaml")}
+    top_level = {s.name for s in (REPO / "crds").glob("*.yaml")}
     chart = {c.name for c in (CHART / "crds").glob("*.yaml")}
     assert chart - top_level == {"kopf-peering.yaml"}

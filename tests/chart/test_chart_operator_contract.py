@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from chart_render import VALUE_SETS, env_of, operator_container
 from modelfleet_operator import cli
 from modelfleet_operator.config import CONFIG_KEYS, env_name, load_config
 from modelfleet_operator.runner import peering
+from tests.chart.chart_render import VALUE_SETS, env_of, operator_container
 
 KNOWN_VARIABLES = {env_name(key) for key in CONFIG_KEYS}
 

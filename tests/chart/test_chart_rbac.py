@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from chart_render import VALUE_SETS, find
-from rbac import check_requests, grants, request_from_http
+from tests.chart.chart_render import VALUE_SETS, find
+from tests.chart.rbac import check_requests, grants, request_from_http
 
 # Children are watched, looked up once by name before they are first made, written by server-side apply.
 APPLIED = {"get", "list", "watch", "patch"}

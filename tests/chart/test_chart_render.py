@@ -10,7 +10,8 @@ import jsonschema
 import kubernetes_validate
 import pytest
 
-from chart_render import CHART, VALUE_SETS, env_of, find, operator_container, run_helm, write_values
+from tests.chart.chart_render import VALUE_SETS, env_of, find, operator_container, run_helm, write_values
+from tests.support.paths import CHART
 
 KUBERNETES_VERSIONS = ["1.30.0", "1.37.0"]
 

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from chart_render import CHART, REPO_ROOT, run_helm, write_values
+from tests.chart.chart_render import run_helm, write_values
+from tests.support.paths import CHART, REPO
 
 BAD_VALUES: dict[str, dict[str, Any]] = {
     "unknown top-level key": {"replicaCount": 2},
@@ -94,7 +95,7 @@ def test_values_yaml_documents_every_value() -> None:
 
 
 def test_chart_app_version_is_the_package_version() -> None:
-    package = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
+    package = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert chart["appVersion"] == package
     assert chart["version"] == package

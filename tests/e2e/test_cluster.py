@@ -12,13 +12,14 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pytest
+
+from tests.support.polling import wait_until
 
 KUBECONFIG = os.environ.get("MODELFLEET_E2E_KUBECONFIG", "")
 NAMESPACE = os.environ.get("MODELFLEET_E2E_NAMESPACE", "modelfleet-e2e")
@@ -26,19 +27,6 @@ GROUP, VERSION, PLURAL = "serving.modelfleet.dev", "v1alpha1", "modelversions"
 READY_TIMEOUT = float(os.environ.get("MODELFLEET_E2E_TIMEOUT", "300"))
 
 pytestmark = pytest.mark.skipif(not KUBECONFIG, reason="set MODELFLEET_E2E_KUBECONFIG to run against a cluster")
-
-T = TypeVar("T")
-
-
-def wait_for(condition: Callable[[], T], timeout: float, message: str) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {timeout:.0f}s: {message}")
-        time.sleep(1)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +94,9 @@ def test_a_version_serves_like_onnxruntime_and_goes_with_its_deletion(api: Any, 
 
     path, sha256 = demo_model
     apply_version(api, "e2e-v1", sha256)
-    wait_for(lambda: status_of(api, "e2e-v1").get("phase") == "Ready", READY_TIMEOUT, "e2e-v1 Ready")
+    wait_until(
+        lambda: status_of(api, "e2e-v1").get("phase") == "Ready", READY_TIMEOUT, interval=1, message="e2e-v1 Ready"
+    )
     assert status_of(api, "e2e-v1")["readyReplicas"] == 1
 
     features = [0.1, -0.2, 0.3, 0.4, -0.5, 0.6, 0.7, -0.8]
@@ -121,11 +111,18 @@ def test_a_version_serves_like_onnxruntime_and_goes_with_its_deletion(api: Any, 
 
     kubernetes.client.CustomObjectsApi(api).delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, "e2e-v1")
     apps = kubernetes.client.AppsV1Api(api)
-    wait_for(lambda: not apps.list_namespaced_deployment(NAMESPACE).items, 120, "the Deployment garbage-collected")
+    wait_until(
+        lambda: not apps.list_namespaced_deployment(NAMESPACE).items,
+        120,
+        interval=1,
+        message="the Deployment garbage-collected",
+    )
 
 
 def test_a_sha256_mismatch_fails_with_the_runtimes_reason(api: Any, demo_model: tuple[Path, str]) -> None:
     apply_version(api, "e2e-v2", "0" * 64)
-    wait_for(lambda: status_of(api, "e2e-v2").get("phase") == "Failed", READY_TIMEOUT, "e2e-v2 Failed")
+    wait_until(
+        lambda: status_of(api, "e2e-v2").get("phase") == "Failed", READY_TIMEOUT, interval=1, message="e2e-v2 Failed"
+    )
     loaded = next(c for c in status_of(api, "e2e-v2")["conditions"] if c["type"] == "ModelLoaded")
     assert loaded["reason"] == "ModelLoadFailed" and "sha256" in loaded["message"].lower()

@@ -2,7 +2,10 @@
 
     async def test_something(cluster, kubelet, operator, demo_model):
         await cluster.apply(model_version("fraud-v1", "fraud", "1", demo_model.uri))
-        await wait_for(lambda: phase(cluster, "fraud-v1") == "Ready", timeout=60)
+        await wait_for_phase(cluster, "fraud-v1", "Ready")
+
+(`model_version`, `phase`, `condition`, `wait_for_phase`: tests/integration/model_versions.py;
+`wait_for`: tests/support/polling.py.)
 
 - `cluster` (harness.cluster.Cluster): the emulated API server with the CRDs of
   crds/ registered, namespace `ml`, KUBECONFIG pointing at it;
@@ -14,61 +17,35 @@
   `restart()`, `stop()`;
 - `operator_config`: the OperatorConfig the operator runs with (override it in a module);
 - `demo_model`: the runtime's demo model written by `modelfleet-runtime demo-model`;
-- `api_requests` (session): every request the operators made, as `ApiRequest`s;
-  written to $MODELFLEET_API_REQUESTS_FILE (default .pytest_cache/modelfleet/api-requests.json).
+- `api_requests` (session, from tests/support/rbac_replay.py): every request the operators
+  made, as `ApiRequest`s, replayed against the chart's RBAC when the session ends.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from harness.client import wait_for
-from harness.cluster import MV, Cluster, running_cluster
-from harness.emulator import ApiRequest, dump_requests
-from harness.jobs import JobController
-from harness.kubelet import DeploymentController, EndpointSliceController
-from harness.operator import InProcessOperator
 from modelfleet_operator.config import OperatorConfig
-
-ROOT = Path(__file__).resolve().parents[2]
-CRD_DIR = ROOT / "crds"
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelFile:
-    path: Path
-    sha256: str
-
-    @property
-    def uri(self) -> str:
-        return self.path.as_uri()
-
-
-@pytest.fixture(scope="session")
-def api_requests(request: pytest.FixtureRequest) -> Iterator[set[ApiRequest]]:
-    recorded: set[ApiRequest] = set()
-    yield recorded
-    if not recorded:
-        return
-    default = Path(request.config.rootpath) / ".pytest_cache" / "modelfleet" / "api-requests.json"
-    target = Path(os.environ.get("MODELFLEET_API_REQUESTS_FILE", default))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(dump_requests(recorded))
+from tests.integration.harness.cluster import Cluster, running_cluster
+from tests.integration.harness.emulator import ApiRequest
+from tests.integration.harness.jobs import JobController
+from tests.integration.harness.kubelet import DeploymentController, EndpointSliceController
+from tests.integration.harness.operator import InProcessOperator
+from tests.integration.model_versions import ModelFile
+from tests.support.paths import CRDS
 
 
 @pytest.fixture(scope="session")
 def crds() -> list[dict[str, Any]]:
-    return [doc for path in sorted(CRD_DIR.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return [doc for path in sorted(CRDS.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
 @pytest.fixture
@@ -122,36 +99,3 @@ def demo_model(tmp_path_factory: pytest.TempPathFactory) -> ModelFile:
     runtime = Path(sys.executable).with_name("modelfleet-runtime")
     subprocess.run([str(runtime), "demo-model", "--out", str(path)], check=True, capture_output=True, timeout=120)
     return ModelFile(path=path, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
-
-
-# -- small helpers the scenarios share --------------------------------------------------------
-
-
-def model_version(name: str, model: str, version: str, uri: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "serving.modelfleet.dev/v1alpha1",
-        "kind": "ModelVersion",
-        "metadata": {"name": name},
-        "spec": {"model": model, "version": version, "source": {"uri": uri}, **spec},
-    }
-
-
-def phase(cluster: Cluster, name: str) -> str | None:
-    mv = cluster.get(MV, name)
-    return ((mv or {}).get("status") or {}).get("phase")
-
-
-def condition(cluster: Cluster, name: str, kind: str) -> dict[str, Any] | None:
-    mv = cluster.get(MV, name) or {}
-    return next((c for c in (mv.get("status") or {}).get("conditions") or [] if c.get("type") == kind), None)
-
-
-async def wait_for_phase(cluster: Cluster, name: str, wanted: str, timeout: float = 90.0) -> dict[str, Any]:
-    await wait_for(
-        lambda: phase(cluster, name) == wanted,
-        timeout=timeout,
-        message=lambda: f"{name} phase {wanted}; status now {(cluster.get(MV, name) or {}).get('status')}",
-    )
-    mv = cluster.get(MV, name)
-    assert mv is not None
-    return mv

@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 
-from conftest import ModelFile, condition, model_version, wait_for_phase
-from harness.client import wait_for
-from harness.cluster import MV, Cluster
-from harness.kubelet import DeploymentController
-from harness.router import Router
 from modelfleet_operator.config import OperatorConfig
-from steady_load import POISON, Load, failing_model
+from tests.integration.harness.cluster import MV, Cluster
+from tests.integration.harness.kubelet import DeploymentController
+from tests.integration.harness.router import Router
+from tests.integration.model_versions import ModelFile, condition, model_version, wait_for_phase
+from tests.integration.steady_load import POISON, Load, failing_model
+from tests.support.polling import wait_for
 
 MODEL = "fraud"
 HOST = "fraud-ml.example.com"

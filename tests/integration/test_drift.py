@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from conftest import ModelFile, condition, model_version, wait_for_phase
-from harness.client import wait_for
-from harness.cluster import DEPLOYMENTS, MV, SERVICES, Cluster
-from harness.kubelet import DeploymentController
-from harness.operator import InProcessOperator
 from modelfleet_operator.config import OperatorConfig
-from steady_load import operator_metric
+from tests.integration.harness.cluster import DEPLOYMENTS, MV, SERVICES, Cluster
+from tests.integration.harness.kubelet import DeploymentController
+from tests.integration.harness.operator import InProcessOperator
+from tests.integration.model_versions import ModelFile, condition, model_version, wait_for_phase
+from tests.integration.steady_load import operator_metric
+from tests.support.polling import wait_for
 
 WRITES = ("create", "patch", "update", "delete")
 RECONCILES = "modelfleet_operator_reconciles_total"

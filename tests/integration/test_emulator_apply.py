@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.cluster import Cluster
-from harness.rawapi import APPLY, JSON_PATCH, MERGE, STRATEGIC, RawApi, path_of
+from tests.integration.harness.cluster import Cluster
+from tests.integration.harness.rawapi import APPLY, JSON_PATCH, MERGE, STRATEGIC, RawApi, path_of
 
 DEPLOYMENTS = ("apps", "v1", "deployments")
 SERVICES = ("", "v1", "services")
@@ -30,6 +30,10 @@ MV = ("serving.modelfleet.dev", "v1alpha1", "modelversions")
 async def api(cluster: Cluster) -> AsyncIterator[RawApi]:
     async with RawApi(cluster.url, user_agent="test-client/1.0") as raw:
         yield raw
+    # A client of its own User-Agent is recorded like the operator; these requests are not the operator's
+    # and must not reach the RBAC replay of the chart.
+    cluster.emulator.recorded.clear()
+    cluster.emulator.recorded_requests.clear()
 
 
 def deployment(**spec: Any) -> dict[str, Any]:

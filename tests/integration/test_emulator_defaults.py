@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from harness.cluster import Cluster
-from harness.quantities import QuantityError, canonical
-from harness.rawapi import MERGE, RawApi, path_of
+from tests.integration.harness.cluster import Cluster
+from tests.integration.harness.quantities import QuantityError, canonical
+from tests.integration.harness.rawapi import MERGE, RawApi, path_of
 
 DEPLOYMENTS = ("apps", "v1", "deployments")
 
@@ -25,6 +25,10 @@ DEPLOYMENTS = ("apps", "v1", "deployments")
 async def api(cluster: Cluster) -> AsyncIterator[RawApi]:
     async with RawApi(cluster.url, user_agent="kubectl/v1.30.0") as raw:
         yield raw
+    # A client of its own User-Agent is recorded like the operator; these requests are not the operator's
+    # and must not reach the RBAC replay of the chart.
+    cluster.emulator.recorded.clear()
+    cluster.emulator.recorded_requests.clear()
 
 
 async def create(api: RawApi, resource: tuple[str, str, str], obj: dict[str, Any]) -> dict[str, Any]:
@@ -245,3 +249,16 @@ async def test_a_namespace_gets_its_name_label_and_finalizer(api: RawApi) -> Non
     assert status == 201, body
     assert body["metadata"]["labels"] == {"kubernetes.io/metadata.name": "team-a"}
     assert body["spec"] == {"finalizers": ["kubernetes"]} and body["status"] == {"phase": "Active"}
+
+
+async def test_quantities_are_canonical_wherever_the_schema_says_quantity(api: RawApi) -> None:
+    quota = {"metadata": {"name": "q"}, "spec": {"hard": {"requests.cpu": "1000m", "requests.memory": "1024Mi"}}}
+    stored = await create(api, ("", "v1", "resourcequotas"), quota)
+    assert stored["spec"]["hard"] == {"requests.cpu": "1", "requests.memory": "1Gi"}
+    pvc = {
+        "metadata": {"name": "feedback"},
+        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "2048Mi"}}},
+    }
+    stored = await create(api, ("", "v1", "persistentvolumeclaims"), pvc)
+    assert stored["spec"]["resources"]["requests"] == {"storage": "2Gi"}
+    assert stored["spec"]["volumeMode"] == "Filesystem"

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from conftest import ModelFile, model_version, wait_for_phase
-from harness.cluster import Cluster
-from harness.kubelet import DeploymentController
-from harness.rawapi import MERGE, RawApi, path_of
+from tests.integration.harness.cluster import Cluster
+from tests.integration.harness.kubelet import DeploymentController
+from tests.integration.harness.rawapi import MERGE, RawApi, path_of
+from tests.integration.model_versions import ModelFile, model_version, wait_for_phase
 
 PODS = ("", "v1", "pods")
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from harness.cluster import Cluster
-from harness.rawapi import MERGE, RawApi, path_of
+from tests.integration.harness.cluster import Cluster
+from tests.integration.harness.rawapi import MERGE, RawApi, path_of
 
 PODS = ("", "v1", "pods")
 QUOTAS = ("", "v1", "resourcequotas")

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from harness.cluster import Cluster
-from harness.rawapi import MERGE, RawApi, path_of
-from harness.selectors import SelectorError, parse_label_selector
+from tests.integration.harness.cluster import Cluster
+from tests.integration.harness.rawapi import MERGE, RawApi, path_of
+from tests.integration.harness.selectors import SelectorError, parse_label_selector
 
 CONFIGMAPS = ("", "v1", "configmaps")
 
@@ -172,7 +172,7 @@ async def test_a_watch_from_a_resource_version_no_longer_kept_answers_410_expire
     api: RawApi, cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cluster.emulator._log.clear()
-    monkeypatch.setattr("harness.emulator.WATCH_LOG_EVENTS", 2)
+    monkeypatch.setattr("tests.integration.harness.emulator.WATCH_LOG_EVENTS", 2)
     first = await make(api, "a", {})
     for name in "bcd":
         await make(api, name, {})

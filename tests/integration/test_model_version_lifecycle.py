@@ -11,13 +11,12 @@ import onnxruntime
 import pytest
 import yaml
 
-from conftest import ModelFile, condition, model_version, phase, wait_for_phase
-from harness.client import wait_for
-from harness.cluster import DEPLOYMENTS, MV, PDBS, PODS, SERVICES, Cluster
-from harness.kubelet import DeploymentController
 from modelfleet_operator.config import OperatorConfig
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.integration.harness.cluster import DEPLOYMENTS, HPAS, MV, PDBS, PODS, SERVICES, Cluster
+from tests.integration.harness.kubelet import DeploymentController
+from tests.integration.model_versions import ModelFile, condition, model_version, phase, wait_for_phase
+from tests.support.paths import EXAMPLES
+from tests.support.polling import wait_for
 
 
 @pytest.fixture
@@ -28,7 +27,7 @@ def operator_config() -> OperatorConfig:
 
 def minimal_example(model: ModelFile) -> dict:
     """examples/minimal.yaml, with its source pointing at the demo model on this machine."""
-    manifest = yaml.safe_load((ROOT / "examples" / "minimal.yaml").read_text())
+    manifest = yaml.safe_load((EXAMPLES / "minimal.yaml").read_text())
     manifest = copy.deepcopy(manifest)
     manifest["spec"]["source"] = {"uri": model.uri, "sha256": model.sha256}
     return manifest
@@ -219,3 +218,22 @@ async def test_the_shared_service_stays_while_any_version_lives(
     assert shared is not None
     assert {r["uid"] for r in shared["metadata"]["ownerReferences"]} == {cluster.get(MV, "fraud-v2")["metadata"]["uid"]}
     assert phase(cluster, "fraud-v2") == "Ready"
+
+
+async def test_autoscaler_and_disruption_budget_come_and_go_with_the_spec(
+    cluster: Cluster,
+    kubelet: DeploymentController,
+    operator,
+    demo_model: ModelFile,
+) -> None:
+    autoscaled = {"replicas": 2, "autoscaling": {"minReplicas": 2, "maxReplicas": 4, "targetCPUUtilization": 60}}
+    # No HPA controller runs here, so the version stays below minReplicas: only the children matter.
+    mv = await cluster.apply(model_version("fraud-v1", "fraud", "1", demo_model.uri, **autoscaled))
+    await wait_for(lambda: cluster.owned_by(HPAS, mv) and cluster.owned_by(PDBS, mv), timeout=60)
+    [hpa] = cluster.owned_by(HPAS, mv)
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 4)
+
+    # A merge patch with null removes autoscaling; one replica needs no disruption budget.
+    await cluster.patch_spec("fraud-v1", {"autoscaling": None, "replicas": 1})
+    await wait_for(lambda: not cluster.owned_by(HPAS, mv) and not cluster.owned_by(PDBS, mv), timeout=60)
+    await wait_for_phase(cluster, "fraud-v1", "Ready")

@@ -25,14 +25,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import ModelFile, condition, model_version, phase, wait_for_phase
-from harness.client import wait_for
-from harness.cluster import MV, PODS, Cluster
-from harness.jobs import JobController
-from harness.kubelet import DeploymentController
-from harness.operator import InProcessOperator
 from modelfleet_operator.config import OperatorConfig
-from steady_load import operator_metric
+from tests.integration.harness.cluster import MV, PODS, Cluster
+from tests.integration.harness.jobs import JobController
+from tests.integration.harness.kubelet import DeploymentController
+from tests.integration.harness.operator import InProcessOperator
+from tests.integration.model_versions import ModelFile, condition, model_version, phase, wait_for_phase
+from tests.integration.steady_load import operator_metric
+from tests.support.polling import wait_for
 
 JOBS = ("batch", "v1", "jobs")
 SECRETS = ("", "v1", "secrets")

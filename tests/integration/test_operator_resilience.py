@@ -10,14 +10,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from conftest import ModelFile, model_version, wait_for_phase
-from harness.client import wait_for
-from harness.cluster import DEPLOYMENTS, MV, SERVICES, Cluster
-from harness.kubelet import DeploymentController
-from harness.operator import InProcessOperator
-from harness.router import Router
 from modelfleet_operator.config import OperatorConfig
-from steady_load import CapacitySampler, Load
+from tests.integration.harness.cluster import DEPLOYMENTS, MV, SERVICES, Cluster
+from tests.integration.harness.kubelet import DeploymentController
+from tests.integration.harness.operator import InProcessOperator
+from tests.integration.harness.router import Router
+from tests.integration.model_versions import ModelFile, model_version, wait_for_phase
+from tests.integration.steady_load import CapacitySampler, Load
+from tests.support.polling import wait_for
 
 FINALIZER = "serving.modelfleet.dev/finalizer"
 

@@ -13,17 +13,17 @@ import collections
 import contextlib
 import itertools
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import aiohttp.web
 import pytest
 
-from harness.cluster import Cluster
-from harness.gateway import GatewayRef, HttpRequest, NoRoute, decide, hostname_matches
-from harness.rawapi import RawApi, path_of
-from harness.router import Gateway, Router
+from tests.integration.harness.cluster import Cluster
+from tests.integration.harness.gateway import GatewayRef, HttpRequest, NoRoute, decide, hostname_matches
+from tests.integration.harness.rawapi import RawApi, path_of
+from tests.integration.harness.router import Gateway, Router
 
 ROUTES = ("gateway.networking.k8s.io", "v1", "httproutes")
 
@@ -243,11 +243,10 @@ async def backends(cluster: Cluster) -> AsyncIterator[Backends]:
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def clock(monkeypatch: pytest.MonkeyPatch) -> None:
     """Creation timestamps a second apart, so that "the oldest route" is well defined in one test."""
     ticks = (f"2026-01-01T00:00:{second:02d}Z" for second in itertools.count())
-    monkeypatch.setattr("harness.emulator._now", lambda: next(ticks))
-    yield
+    monkeypatch.setattr("tests.integration.harness.emulator._now", lambda: next(ticks))
 
 
 async def send(router: Router, path: str, host: str = "", **headers: str) -> tuple[int, Any]:

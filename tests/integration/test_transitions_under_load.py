@@ -20,13 +20,13 @@ from typing import Any
 
 import pytest
 
-from conftest import ModelFile, condition, model_version, wait_for_phase
-from harness.client import wait_for
-from harness.cluster import DEPLOYMENTS, MV, Cluster
-from harness.kubelet import DeploymentController
-from harness.router import Router
 from modelfleet_operator.config import OperatorConfig
-from steady_load import CapacitySampler, Load, applied_split, route_weights
+from tests.integration.harness.cluster import DEPLOYMENTS, MV, Cluster
+from tests.integration.harness.kubelet import DeploymentController
+from tests.integration.harness.router import Router
+from tests.integration.model_versions import ModelFile, condition, model_version, wait_for_phase
+from tests.integration.steady_load import CapacitySampler, Load, applied_split, route_weights
+from tests.support.polling import wait_for
 
 MODEL = "fraud"
 HOST = "fraud-ml.example.com"

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from conftest import condition, model_version, wait_for_phase
-from harness.client import wait_for
-from harness.cluster import DEPLOYMENTS, MV, SERVICES, Cluster
-from harness.workloads import SimulatedWorkloads
 from modelfleet_operator.config import OperatorConfig
+from tests.integration.harness.cluster import DEPLOYMENTS, MV, SERVICES, Cluster
+from tests.integration.harness.workloads import SimulatedWorkloads
+from tests.integration.model_versions import condition, model_version, wait_for_phase
+from tests.support.polling import wait_for
 
 URI = "https://models.example.com/fraud/1/model.onnx"
 IMAGE = "ghcr.io/modelfleet/runtime"

@@ -19,14 +19,22 @@ from typing import Any
 import aiohttp
 import pytest
 
-from conftest import ModelFile, condition, model_version, wait_for_phase
-from harness.client import wait_for
-from harness.cluster import DEPLOYMENTS, MV, Cluster
-from harness.kubelet import DeploymentController
-from harness.router import Router
 from modelfleet_operator.config import OperatorConfig
 from modelfleet_operator.core.traffic import apportion
-from steady_load import FEATURES, MAX_REQUESTS, POISON, Load, assert_split, failing_model, route_weights
+from tests.integration.harness.cluster import DEPLOYMENTS, MV, Cluster
+from tests.integration.harness.kubelet import DeploymentController
+from tests.integration.harness.router import Router
+from tests.integration.model_versions import ModelFile, condition, model_version, wait_for_phase
+from tests.integration.steady_load import (
+    FEATURES,
+    MAX_REQUESTS,
+    POISON,
+    Load,
+    assert_split,
+    failing_model,
+    route_weights,
+)
+from tests.support.polling import wait_for
 
 MODEL = "fraud"
 HOST = "fraud-ml.example.com"  # the default gateway-hostname-template, {model}-{namespace}.{domain}

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from harness.client import wait_for
-from harness.cluster import Cluster
-from harness.rawapi import MERGE, RawApi, path_of
-from harness.workloads import SimulatedWorkloads
+from tests.integration.harness.cluster import Cluster
+from tests.integration.harness.rawapi import MERGE, RawApi, path_of
+from tests.integration.harness.workloads import SimulatedWorkloads
+from tests.support.polling import wait_for
 
 DEPLOYMENTS = ("apps", "v1", "deployments")
 SERVICES = ("", "v1", "services")

@@ -11,10 +11,11 @@ import jsonschema
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import CRDS, REPO, SCHEMAS
+
 # A pinned copy inside the repository (tests/schemas/README.md says where it comes from).
 GATEWAY_API_VERSION = "v1.6.1"
-GATEWAY_SCHEMAS = REPO / "tests" / "schemas" / f"gateway-api-{GATEWAY_API_VERSION}"
+GATEWAY_SCHEMAS = SCHEMAS / f"gateway-api-{GATEWAY_API_VERSION}"
 
 
 def openapi_to_jsonschema(node: Any) -> Any:
@@ -62,7 +63,7 @@ def repo() -> Path:
 
 @pytest.fixture(scope="session")
 def crd_file() -> dict[str, Any]:
-    return yaml.safe_load((REPO / "crds" / "modelversion.yaml").read_text())
+    return yaml.safe_load((CRDS / "modelversion.yaml").read_text())
 
 
 @pytest.fixture(scope="session")

@@ -213,7 +213,7 @@ def test_schema_and_spec_model_reject_invalid_specs(case: str, mv_validator: jso
     if case == "unknown phase":
         doc["status"] = {"phase": "Running"}
         assert list(mv_validator.iter_errors(doc))
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="Input should be 'Pending'"):
             crd.ModelVersionStatus.model_validate(doc["status"])
         return
     assert list(mv_validator.iter_errors(doc)), f"the CRD schema accepted: {case}"
@@ -222,7 +222,7 @@ def test_schema_and_spec_model_reject_invalid_specs(case: str, mv_validator: jso
 
 
 @pytest.mark.parametrize(
-    "spec, message",
+    ("spec", "message"),
     [
         ({"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}, "minReplicas must not exceed maxReplicas"),
         ({"retraining": {"feedbackClaim": "fb", "command": ["python", "-c", "print()"]}}, "command needs image"),

@@ -19,7 +19,7 @@ MakeMV = Callable[..., dict[str, Any]]
 
 
 @pytest.mark.parametrize(
-    "a, b",
+    ("a", "b"),
     [
         (1, "1"),
         ("1024Mi", "1Gi"),
@@ -34,7 +34,7 @@ def test_quantities_the_api_server_rewrites_are_the_same_quantity(a: Any, b: Any
     assert same_quantity(a, b)
 
 
-@pytest.mark.parametrize("a, b", [("1", "2"), ("1Gi", "1G"), ("500m", "0.6"), ("abc", "abc"), (True, 1)])
+@pytest.mark.parametrize(("a", "b"), [("1", "2"), ("1Gi", "1G"), ("500m", "0.6"), ("abc", "abc"), (True, 1)])
 def test_different_quantities_and_non_quantities_differ(a: Any, b: Any) -> None:
     assert not same_quantity(a, b)
 

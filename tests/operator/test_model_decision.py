@@ -342,7 +342,7 @@ def test_pods_that_cannot_run_fail_the_version_with_the_kubelets_reason_and_mess
 
 
 @pytest.mark.parametrize(
-    "cond, reason",
+    ("cond", "reason"),
     [
         (
             {

@@ -92,7 +92,7 @@ def test_the_allowed_images_follow_the_configured_runtime_image() -> None:
 
 
 @pytest.mark.parametrize(
-    "image, allowed, expected",
+    ("image", "allowed", "expected"),
     [
         ("ghcr.io/modelfleet/runtime:0.2.0", ("ghcr.io/modelfleet/runtime",), True),
         ("ghcr.io/modelfleet/runtime@sha256:" + "a" * 64, ("ghcr.io/modelfleet/runtime",), True),
@@ -111,7 +111,7 @@ def test_image_allow_list(image: str, allowed: tuple[str, ...], expected: bool) 
 
 
 @pytest.mark.parametrize(
-    "args, message",
+    ("args", "message"),
     [
         ({"routing": "mesh"}, "routing must be one of service, gateway"),
         ({"routing": "gateway"}, "routing gateway needs gateway"),

@@ -345,7 +345,7 @@ def test_names_read_like_the_parent() -> None:
     assert child_name("fraud-v2", 3) == "fraud-v2-r3"
     assert child_version("2", 3) == "2.r3"
     assert attempt_of("someone-elses-job") is None
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="attempt must be 1 or more, got 0"):
         job_name("fraud-v2", 0)
 
 

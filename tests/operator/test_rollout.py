@@ -65,7 +65,7 @@ def test_counts_come_from_the_inference_endpoints_of_real_runtime_metrics() -> N
 
 
 @pytest.mark.parametrize(
-    "code, counts", [("500", True), ("502", True), ("504", True), ("503", False), ("499", False), ("404", False)]
+    ("code", "counts"), [("500", True), ("502", True), ("504", True), ("503", False), ("499", False), ("404", False)]
 )
 def test_only_server_errors_the_version_caused_count(code: str, counts: bool) -> None:
     assert is_version_error(code) is counts

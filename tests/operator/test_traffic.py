@@ -34,7 +34,7 @@ def test_shares_do_not_depend_on_the_order_of_versions(weights: dict[str, int], 
 
 
 @pytest.mark.parametrize(
-    "weights, expected",
+    ("weights", "expected"),
     [
         ({"a": 90, "b": 10}, {"a": 90, "b": 10}),
         ({"a": 100, "b": 10}, {"a": 91, "b": 9}),

@@ -1,23 +1,54 @@
-"""The batcher alone: its policy, splitting, isolation of failures and shutdown."""
+"""The batcher alone: its policy, splitting, isolation of failures and shutdown.
+
+The model runs on the batcher's own thread; a `HeldModel` keeps a batch running
+until the test releases it, and the tests wait on what the batcher shows
+(`busy`, `queued_rows`, the batches the model saw) rather than on the scheduler.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 
 from modelfleet_runtime.batching import Batcher
 from modelfleet_runtime.errors import InferenceFailed, QueueFull, Unavailable
+from tests.support.polling import wait_for
+
+Feeds = dict[str, np.ndarray]
 
 
-def doubler(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def doubler(feeds: Feeds) -> Feeds:
     return {"y": feeds["x"] * 2}
 
 
-def rows(start: int, count: int) -> dict[str, np.ndarray]:
+def rows(start: int, count: int) -> Feeds:
     return {"x": np.arange(start, start + count, dtype=np.float32).reshape(count, 1)}
+
+
+class HeldModel:
+    """A model run that records the rows of each batch, then waits until the test releases it."""
+
+    def __init__(self, run: Callable[[Feeds], Feeds] = doubler) -> None:
+        self.run = run
+        self.batches: list[int] = []  # rows per batch, in the order the model saw them
+        self.released = threading.Event()
+
+    def __call__(self, feeds: Feeds) -> Feeds:
+        self.batches.append(len(feeds["x"]))
+        self.released.wait(10)
+        return self.run(feeds)
+
+    def release(self) -> None:
+        self.released.set()
+
+
+async def running_alone(batcher: Batcher) -> None:
+    """Until the model runs a batch and nothing else is queued."""
+    await wait_for(lambda: batcher.busy and batcher.queued_rows == 0, message="the first batch to run")
 
 
 async def test_a_request_larger_than_the_batch_is_split_and_reassembled_in_order() -> None:
@@ -30,102 +61,92 @@ async def test_a_request_larger_than_the_batch_is_split_and_reassembled_in_order
 
 
 async def test_mixed_single_and_multi_row_requests_each_get_their_own_rows() -> None:
-    gate = threading.Event()
-
-    def gated(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        gate.wait(10)
-        return doubler(feeds)
-
-    batcher = Batcher(gated, max_batch_size=5)
+    model = HeldModel()
+    batcher = Batcher(model, max_batch_size=5)
     batcher.start()
     sizes = [1, 3, 1, 7, 2, 1, 4]
     starts = np.cumsum([0, *sizes[:-1]]) * 100
     tasks = [asyncio.ensure_future(batcher.submit(rows(int(s), n), n)) for s, n in zip(starts, sizes, strict=True)]
-    await asyncio.sleep(0)  # let every submit enqueue while the first batch is held
-    gate.set()
+    # Every request is queued while the first batch is held.
+    await wait_for(lambda: model.batches and batcher.queued_rows + model.batches[0] == sum(sizes))
+    model.release()
     results = await asyncio.gather(*tasks)
     for s, n, out in zip(starts, sizes, results, strict=True):
         np.testing.assert_array_equal(out["y"][:, 0], (np.arange(n) + s) * 2)
     assert all(r.rows <= 5 for r in batcher.history)
+    assert sum(r.rows for r in batcher.history) == sum(sizes)
     assert any(r.requests > 1 for r in batcher.history)
     await batcher.close()
 
 
 async def test_one_failing_request_does_not_fail_its_neighbours() -> None:
-    gate = threading.Event()
-
-    def picky(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        gate.wait(10)
+    def picky(feeds: Feeds) -> Feeds:
         if (feeds["x"] < 0).any():
             raise ValueError("negative input")
         return doubler(feeds)
 
-    batcher = Batcher(picky, max_batch_size=16)
+    model = HeldModel(picky)
+    batcher = Batcher(model, max_batch_size=16)
     batcher.start()
     blocker = asyncio.ensure_future(batcher.submit(rows(0, 1), 1))
-    await asyncio.sleep(0)
+    await running_alone(batcher)
     good = [asyncio.ensure_future(batcher.submit(rows(i, 1), 1)) for i in range(1, 5)]
     bad = asyncio.ensure_future(batcher.submit({"x": np.array([[-1.0]], dtype=np.float32)}, 1))
-    gate.set()
+    await wait_for(lambda: batcher.queued_rows == 5)  # all five will form one batch
+    model.release()
     assert (await blocker)["y"][0, 0] == 0
     assert [float((await g)["y"][0, 0]) for g in good] == [2.0, 4.0, 6.0, 8.0]
     with pytest.raises(InferenceFailed, match="negative input"):
         await bad
+    # The batch of five failed; each of its requests was then run alone.
+    assert model.batches == [1, 5, 1, 1, 1, 1, 1]
     await batcher.close()
 
 
 async def test_queue_bound_refuses_rows_beyond_it() -> None:
-    gate = threading.Event()
-    batcher = Batcher(lambda f: (gate.wait(10), doubler(f))[1], max_batch_size=2, max_queue=3)
+    model = HeldModel()
+    batcher = Batcher(model, max_batch_size=2, max_queue=3)
     batcher.start()
     running = asyncio.ensure_future(batcher.submit(rows(0, 2), 2))
-    while not batcher.busy or batcher.queued_rows:
-        await asyncio.sleep(0.001)
+    await running_alone(batcher)
     queued = asyncio.ensure_future(batcher.submit(rows(0, 3), 3))
-    await asyncio.sleep(0)
+    await wait_for(lambda: batcher.queued_rows == 3)
     with pytest.raises(QueueFull, match="3 rows waiting, the limit is 3"):
         await batcher.submit(rows(0, 1), 1)
-    gate.set()
+    model.release()
     await running
     await queued
     await batcher.close()
 
 
 async def test_close_finishes_queued_work_then_refuses_new_work() -> None:
-    gate = threading.Event()
-    batcher = Batcher(lambda f: (gate.wait(10), doubler(f))[1], max_batch_size=2)
+    model = HeldModel()
+    batcher = Batcher(model, max_batch_size=2)
     batcher.start()
     pending = [asyncio.ensure_future(batcher.submit(rows(i, 1), 1)) for i in range(5)]
-    await asyncio.sleep(0)
+    await wait_for(lambda: model.batches and batcher.queued_rows + model.batches[0] == 5)
     closing = asyncio.ensure_future(batcher.close(timeout=10))
-    await asyncio.sleep(0)
+    await wait_for(lambda: batcher.closing)
     with pytest.raises(Unavailable):
         await batcher.submit(rows(0, 1), 1)
-    gate.set()
+    model.release()
     await closing
     assert [float((await p)["y"][0, 0]) for p in pending] == [0.0, 2.0, 4.0, 6.0, 8.0]
 
 
 async def test_a_caller_that_went_away_does_not_cost_a_model_run() -> None:
-    gate = threading.Event()
-    seen: list[int] = []
-
-    def record(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        gate.wait(10)
-        seen.append(len(feeds["x"]))
-        return doubler(feeds)
-
-    batcher = Batcher(record, max_batch_size=8)
+    model = HeldModel()
+    batcher = Batcher(model, max_batch_size=8)
     batcher.start()
     first = asyncio.ensure_future(batcher.submit(rows(0, 1), 1))
-    await asyncio.sleep(0)
+    await running_alone(batcher)
     abandoned = asyncio.ensure_future(batcher.submit(rows(0, 5), 5))
     kept = asyncio.ensure_future(batcher.submit(rows(0, 2), 2))
-    await asyncio.sleep(0)
+    await wait_for(lambda: batcher.queued_rows == 7)
     abandoned.cancel()
-    gate.set()
+    model.release()
     await first
     await kept
-    assert seen == [1, 2]
+    assert model.batches == [1, 2]
     assert batcher.queued_rows == 0
     await batcher.close()

@@ -16,7 +16,8 @@ import redis.asyncio as aioredis
 from modelfleet_runtime.errors import InvalidInput, InvalidValue, NotFound, Unavailable
 from modelfleet_runtime.features import FeatureStore
 from modelfleet_runtime.settings import Settings, SettingsError
-from redis_server import RedisServer
+from tests.support.polling import wait_for
+from tests.support.redis_server import RedisServer
 
 FIELDS = ("age", "score", "clicks")
 PREFIX = "user:"
@@ -68,15 +69,6 @@ def hmget_calls(client: redis.Redis) -> int:
 
 def sample(store: FeatureStore, name: str) -> float:
     return store.registry.get_sample_value(name) or 0.0
-
-
-async def until(condition: Callable[[], bool], ticks: int = 10000) -> None:
-    """Yield to the event loop until `condition` holds (a bounded number of ticks, no timed sleeps)."""
-    for _ in range(ticks):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition not reached")
 
 
 @pytest.fixture
@@ -209,9 +201,9 @@ async def test_a_miss_already_in_flight_is_shared_not_fetched_again(private_redi
     os.kill(private_redis_server.pid, signal.SIGSTOP)
     try:
         first = asyncio.ensure_future(store.get("u1"))
-        await until(lambda: sample(store, "modelfleet_feature_store_round_trips_total") == 1)
+        await wait_for(lambda: sample(store, "modelfleet_feature_store_round_trips_total") == 1)
         second = asyncio.ensure_future(store.get("u1"))
-        await until(lambda: sample(store, "modelfleet_feature_cache_misses_total") == 2)
+        await wait_for(lambda: sample(store, "modelfleet_feature_cache_misses_total") == 2)
     finally:
         os.kill(private_redis_server.pid, signal.SIGCONT)
 
@@ -368,7 +360,7 @@ async def test_close_fails_lookups_in_flight(private_redis_server: RedisServer, 
     os.kill(private_redis_server.pid, signal.SIGSTOP)
     try:
         pending = asyncio.ensure_future(store.get("u1"))
-        await until(lambda: sample(store, "modelfleet_feature_store_round_trips_total") == 1)
+        await wait_for(lambda: sample(store, "modelfleet_feature_store_round_trips_total") == 1)
         await store.close()
         with pytest.raises(Unavailable, match="'u1'"):
             await pending

@@ -21,6 +21,7 @@ from modelfleet_runtime.feedback import (
     decode_line,
     encode_line,
 )
+from tests.support.polling import wait_for
 
 
 def sample(i: int, label: float = 1.0) -> Sample:
@@ -80,7 +81,7 @@ async def test_concurrent_appends_share_one_write_and_fsync(tmp_path: Path, monk
     assert await asyncio.to_thread(entered.wait, 10)
     # While the first group is in fsync, twenty more appends arrive: they form the next group.
     rest = [asyncio.create_task(writer.append([sample(i)])) for i in range(1, 21)]
-    await asyncio.sleep(0)
+    await wait_for(lambda: writer.waiting == 20)
     assert not any(t.done() for t in rest)
     release.set()
     await asyncio.gather(first, *rest)

@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
-import signal
-import socket
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,29 +11,12 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from fastapi import FastAPI
 
 from modelfleet_runtime.app import create_app
 from modelfleet_runtime.feedback import OPEN_SUFFIX, FeedbackVolume
 from modelfleet_runtime.model_server import ModelServer
 from modelfleet_runtime.settings import Settings
-
-
-def create_feedback_app(settings: Settings, server: ModelServer | None = None) -> FastAPI:
-    """The runtime's app, which mounts the feedback endpoints itself."""
-    return create_app(settings, server or ModelServer(settings))
-
-
-# Run in a child process: serves create_feedback_app on a listening socket inherited from the test.
-SERVE_ON_FD = """
-import os, sys, uvicorn
-sys.path.insert(0, os.environ["TEST_DIR"])
-from modelfleet_runtime.settings import load_settings
-from test_feedback_api import create_feedback_app
-settings = load_settings()
-uvicorn.Server(uvicorn.Config(create_feedback_app(settings), fd=int(os.environ["TEST_FD"]), lifespan="on",
-                              log_level="warning", access_log=False)).run()
-"""
+from tests.support.runtime_process import RuntimeProcess, listening_socket
 
 
 def settings_for(model: Path, volume: Path | None, **overrides: Any) -> Settings:
@@ -72,7 +50,7 @@ async def served(mlp_path: Path, tmp_path: Path) -> AsyncIterator[tuple[httpx.As
     volume = tmp_path / "volume"
     server = ModelServer(settings_for(mlp_path, volume))
     server.features = Entities({"u1": [10.0, 20.0]})
-    app = create_feedback_app(server.settings, server)
+    app = create_app(server.settings, server)
     await server.start()
     await server.wait_loaded()
     transport = httpx.ASGITransport(app=app)
@@ -155,7 +133,7 @@ async def test_nan_is_refused(served: Any) -> None:
 
 async def test_feedback_without_a_volume_answers_503_and_stats_say_disabled(mlp_path: Path) -> None:
     server = ModelServer(settings_for(mlp_path, None))
-    transport = httpx.ASGITransport(app=create_feedback_app(server.settings, server))
+    transport = httpx.ASGITransport(app=create_app(server.settings, server))
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         r = await client.post("/feedback", json={"features": [1, 2, 3, 4], "label": 1})
         assert r.status_code == 503 and "feedback is not enabled" in r.json()["error"]
@@ -168,7 +146,7 @@ async def test_with_a_token_file_feedback_without_the_bearer_token_is_refused_an
     (tmp_path / "token").write_text("s3cret-token\n")
     volume = tmp_path / "volume"
     server = ModelServer(settings_for(mlp_path, volume, feedback_token_file=str(tmp_path / "token")))
-    app = create_feedback_app(server.settings, server)
+    app = create_app(server.settings, server)
     await server.start()
     await server.wait_loaded()
     body = {"features": [1, 2, 3, 4], "label": 1}
@@ -183,49 +161,30 @@ async def test_with_a_token_file_feedback_without_the_bearer_token_is_refused_an
     assert stored(volume) == [([1, 2, 3, 4], 1)]
 
 
-def start_server(listener: socket.socket, settings: Settings, tmp_path: Path) -> subprocess.Popen[bytes]:
-    env = dict(
-        os.environ,
-        TEST_DIR=str(Path(__file__).parent),
-        TEST_FD=str(listener.fileno()),
-        HOSTNAME="fraud-3-x1",
-        MODELFLEET_MODEL=settings.model,
-        MODELFLEET_FEEDBACK_DIR=settings.feedback_dir,
-        MODELFLEET_MODEL_VERSION="3",
-        MODELFLEET_WARMUP_ITERATIONS="1",
-        MODELFLEET_CACHE_DIR=str(tmp_path),
-    )
-    return subprocess.Popen([sys.executable, "-c", SERVE_ON_FD], env=env, pass_fds=[listener.fileno()])
-
-
-async def wait_ready(client: httpx.AsyncClient, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        assert process.poll() is None, "the server exited"
-        try:
-            if (await client.get("/v2/health/ready", timeout=5)).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        assert asyncio.get_running_loop().time() < deadline, "the server did not become ready"
-        await asyncio.sleep(0.05)
+def process_env(settings: Settings) -> dict[str, str]:
+    return {
+        "HOSTNAME": "fraud-3-x1",
+        "MODELFLEET_MODEL": settings.model,
+        "MODELFLEET_FEEDBACK_DIR": settings.feedback_dir,
+        "MODELFLEET_MODEL_VERSION": "3",
+        "MODELFLEET_WARMUP_ITERATIONS": "1",
+    }
 
 
 async def test_every_acknowledged_sample_survives_kill_9_exactly_once(mlp_path: Path, tmp_path: Path) -> None:
     volume = tmp_path / "volume"
     settings = settings_for(mlp_path, volume)
-    listener = socket.create_server(("127.0.0.1", 0), backlog=512)
-    listener.set_inheritable(True)
-    port = listener.getsockname()[1]
+    listener = listening_socket()
     clients, per_client, kill_after = 16, 25, 150
     acked: list[tuple[int, int]] = []
     failed: list[tuple[int, int]] = []
-    first = start_server(listener, settings, tmp_path)
-    second: subprocess.Popen[bytes] | None = None
+    first = RuntimeProcess(process_env(settings), tmp_path, listener=listener, name="first")
+    second = RuntimeProcess(process_env(settings), tmp_path, listener=listener, name="second")
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=60) as client:
-            await wait_ready(client, first)
+        await first.start()
+        await first.wait_ready()
+        async with httpx.AsyncClient(base_url=first.url, limits=limits, timeout=60) as client:
             killed = asyncio.Event()
 
             async def send(c: int) -> None:
@@ -245,20 +204,18 @@ async def test_every_acknowledged_sample_survives_kill_9_exactly_once(mlp_path: 
 
             senders = [asyncio.create_task(send(c)) for c in range(clients)]
             await killed.wait()
-            await asyncio.to_thread(first.wait)
+            await first.wait()
             # A torn record, as if the write of a group had been cut short.
             [open_segment] = [p for p in volume.iterdir() if p.name.endswith(OPEN_SUFFIX)]
             with open(open_segment, "ab") as f:
                 f.write(b'{"features":[99,99,0.5,0.2')
             # Requests sent meanwhile wait in the listening socket's backlog for the restarted server.
-            second = start_server(listener, settings, tmp_path)
+            await second.start()
             await asyncio.gather(*senders)
             stats = (await client.get("/v1/feedback/stats")).json()
     finally:
-        for process in (first, second):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                await asyncio.to_thread(process.wait, 30)
+        await first.stop()
+        await second.stop()
         listener.close()
 
     assert len(acked) + len(failed) == clients * per_client

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from live_server import live_server
 from modelfleet_runtime.settings import Settings
-from onnx_models import build_mlp
-from redis_server import RedisServer
+from tests.support.live_server import live_server
+from tests.support.onnx_models import build_mlp
+from tests.support.redis_server import RedisServer
 
 
 def _session_output(path: Path, rows: np.ndarray) -> np.ndarray:

@@ -7,7 +7,6 @@ import contextlib
 import functools
 import hashlib
 import http.server
-import os
 import signal
 import subprocess
 import sys
@@ -15,16 +14,18 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from live_server import live_server, wait_for
 from modelfleet_runtime.errors import ModelLoadError
 from modelfleet_runtime.settings import Settings, SettingsError, parse_serve_args
 from modelfleet_runtime.sources import fetch_model, resolve_local
-from onnx_models import build_mlp, free_port
+from tests.support.live_server import live_server
+from tests.support.onnx_models import build_mlp
+from tests.support.polling import wait_for
+from tests.support.runtime_process import RuntimeProcess
 
 RUNTIME = [sys.executable, "-m", "modelfleet_runtime.cli"]
 
@@ -48,6 +49,7 @@ def test_a_flag_wins_over_its_environment_variable() -> None:
         (["--model", "m.onnx", "--max-batch-size", "0"], "max-batch-size must be at least 1"),
         (["--model", "m.onnx", "--port", "many"], "port: cannot read 'many' as int"),
         (["--model", "m.onnx", "--sha256", "abc"], "sha256 must be 64 hexadecimal characters"),
+        (["--model", "m.onnx", "--listen-fd", "-2"], "listen-fd must be a file descriptor"),
         ([], "no model: pass --model URI"),
     ],
 )
@@ -139,47 +141,40 @@ async def _read_response(reader: asyncio.StreamReader, writer: asyncio.StreamWri
 async def test_sigterm_answers_every_request_in_flight_then_exits_zero(tmp_path: Path) -> None:
     # Heavy rows with small bodies: the requests arrive much faster than the model gets through them.
     model = build_mlp(tmp_path / "heavy.onnx", (8, 3072, 3072, 1))
-    port = free_port()
     env = {
-        **os.environ,
         "MODELFLEET_MODEL": str(model),
-        "MODELFLEET_PORT": str(port),
-        "MODELFLEET_HOST": "127.0.0.1",
         "MODELFLEET_WARMUP_ITERATIONS": "1",
         "MODELFLEET_MAX_BATCH_SIZE": "1",
         "MODELFLEET_MAX_QUEUE": "100000",
-        "MODELFLEET_LOG_LEVEL": "warning",
     }
-    process = subprocess.Popen([*RUNTIME, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+    async with RuntimeProcess(env, tmp_path) as runtime:
 
-            async def ready() -> bool:
-                try:
-                    return (await client.get("/v2/health/ready")).status_code == 200
-                except httpx.TransportError:
-                    return False
+        async def predictions() -> tuple[float, float]:
+            """(in flight, answered) /predict requests, from the server's own metrics."""
+            families = text_string_to_metric_families((await runtime.client.get("/metrics")).text)
+            samples = [s for family in families for s in family.samples]
+            # The /metrics request itself is in flight too.
+            in_flight = next(s.value for s in samples if s.name == "modelfleet_requests_in_flight") - 1
+            answered = sum(
+                s.value
+                for s in samples
+                if s.name == "modelfleet_requests_total" and s.labels.get("endpoint") == "/predict"
+            )
+            return in_flight, answered
 
-            async def in_flight() -> float:
-                text = (await client.get("/metrics")).text
-                line = next(m for m in text.splitlines() if m.startswith("modelfleet_requests_in_flight "))
-                return float(line.split()[1]) - 1  # the /metrics request itself counts as one
+        async def all_received() -> tuple[float, float] | None:
+            counts = await predictions()
+            return counts if sum(counts) >= 40 else None
 
-            await wait_for(ready, timeout=60)
-            rng = np.random.default_rng(0)
-            body = orjson.dumps({"instances": rng.standard_normal((32, 8)).astype(np.float32).tolist()})
-            connections = [await _send_raw(port, body) for _ in range(40)]
-            await wait_for(lambda: _at_least(in_flight(), 40), timeout=30, interval=0.005)
-            process.send_signal(signal.SIGTERM)
+        rng = np.random.default_rng(0)
+        body = orjson.dumps({"instances": rng.standard_normal((32, 8)).astype(np.float32).tolist()})
+        port = runtime.listener.getsockname()[1]
+        connections = [await _send_raw(port, body) for _ in range(40)]
+        # Every request has reached the server (a loaded machine may answer the first few already).
+        in_flight, _ = await wait_for(all_received, timeout=60, interval=0.005)
+        runtime.child.send_signal(signal.SIGTERM)
         answers = await asyncio.gather(*(_read_response(r, w) for r, w in connections))
+        assert in_flight > 0, "every request was answered before SIGTERM: nothing was drained"
         assert [status for status, _ in answers] == [200] * 40
         assert all(len(payload["predictions"]) == 32 for _, payload in answers)
-        assert await asyncio.to_thread(process.wait, 30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
-async def _at_least(value: asyncio.Future, bound: float) -> bool:
-    return await value >= bound
+        assert await asyncio.wait_for(runtime.wait(), 30) == 0

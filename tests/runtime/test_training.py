@@ -15,15 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from modelfleet_runtime.feedback import FeedbackVolume, FeedbackWriter, Sample
 from modelfleet_runtime.training import job, task
 from modelfleet_runtime.training.graph import Network
-from onnx_models import build_mlp
-
-
-def save(graph: onnx.GraphProto, path: Path) -> Path:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+from tests.support.onnx_models import build_mlp, save_model
 
 
 def logistic_model(path: Path, w: np.ndarray, b: float) -> Path:
@@ -37,7 +29,7 @@ def logistic_model(path: Path, w: np.ndarray, b: float) -> Path:
             numpy_helper.from_array(np.array([b], np.float32), "b"),
         ],
     )
-    return save(graph, path)
+    return save_model(graph, path)
 
 
 def linear_model(path: Path, w: np.ndarray, b: float) -> Path:
@@ -51,7 +43,7 @@ def linear_model(path: Path, w: np.ndarray, b: float) -> Path:
             numpy_helper.from_array(np.array([b], np.float32), "b"),
         ],
     )
-    return save(graph, path)
+    return save_model(graph, path)
 
 
 def predict(path: Path, x: np.ndarray) -> np.ndarray:
@@ -196,7 +188,7 @@ async def test_a_graph_with_an_unsupported_operator_fails_naming_it_and_consumes
             numpy_helper.from_array(np.zeros(1, np.float32), "b"),
         ],
     )
-    base = save(graph, tmp_path / "tanh.onnx")
+    base = save_model(graph, tmp_path / "tanh.onnx")
     x = np.random.default_rng(3).normal(size=(50, 4))
     await put(tmp_path / "volume", x, [0.5] * 50)
     code, result = run_trainer(base, tmp_path / "volume", tmp_path / "out")
@@ -289,7 +281,7 @@ def test_backpropagation_matches_finite_differences_for_every_supported_operator
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
         [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()],
     )
-    net = Network(onnx.load(str(save(graph, tmp_path / "all.onnx"))))
+    net = Network(onnx.load(str(save_model(graph, tmp_path / "all.onnx"))))
     assert net.task == "multiclass"
     x, y = rng.normal(size=(8, 4)), np.eye(3)[rng.integers(0, 3, 8)]
     params = net.params()

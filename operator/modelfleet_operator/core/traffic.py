@@ -85,8 +85,11 @@ def apportion(weights: Mapping[str, int], total: int = 100) -> dict[str, int]:
 
     Deterministic and independent of the order of `weights`: ties in the
     remainder go to the larger weight, then to the name that sorts first.
-    Every positive weight gets at least 1 when there are enough units, taken from
-    the largest share, so a Ready version that asks for traffic always serves some.
+    Every positive weight gets at least 1 when there are enough units, so a Ready
+    version that asks for traffic always serves some. Each such unit comes from the
+    share furthest above its exact quota (then the larger share, then the name sorting
+    last), so no share moves more than about a point from its quota even when
+    several small versions need one.
     """
     weight_sum = sum(weights.values())
     if weight_sum <= 0:
@@ -99,8 +102,11 @@ def apportion(weights: Mapping[str, int], total: int = 100) -> dict[str, int]:
     starved = sorted(n for n, w in weights.items() if w > 0 and shares[n] == 0)
     if len([w for w in weights.values() if w > 0]) <= total:
         for name in starved:
-            # the largest share gives; among equals the name sorting last, which got no tie-break unit
-            donor = max(shares, key=lambda n: (shares[n], n))
+            # Surplus over the exact quota, times weight_sum to stay in integers; a share of 1 keeps it.
+            donor = max(
+                (n for n in shares if shares[n] > 1),
+                key=lambda n: (shares[n] * weight_sum - weights[n] * total, shares[n], n),
+            )
             shares[donor] -= 1
             shares[name] += 1
     return shares

@@ -261,9 +261,16 @@ def merge(live: Any, config: Any, schema: Schema | None) -> Any:
 
 
 def remove_paths(obj: dict[str, Any], paths: Iterable[Path], schema: Schema | None) -> None:
-    """Remove each path's value (and what is below it) in place; a map or list emptied by it goes too."""
-    for path in sorted(paths, key=len, reverse=True):
+    """Remove each path's value (and what is below it) in place; a map or list emptied by it goes too.
+
+    Outermost first: an item goes whole, before a removal of its key fields could make it unfindable.
+    """
+    for path in sorted(paths, key=len):
         _remove(obj, path, schema)
+
+
+def _owned_below(path: Path, owned_paths: set[Path]) -> bool:
+    return any(other[: len(path)] == path and other != path for other in owned_paths)
 
 
 def _remove(obj: dict[str, Any], path: Path, schema: Schema | None) -> None:
@@ -333,7 +340,10 @@ def apply(
     last = next((m.fields for m in managers if m.identity == identity), set())
     others = [m for m in managers if m.identity != identity]
     kept_by_others = set().union(*(m.fields for m in others))
-    remove_paths(merged, last - applied - kept_by_others, schema)
+    # What this manager applied before and no longer sends, unless someone still owns it or something below it.
+    still_owned = applied | kept_by_others
+    dropped = {p for p in last - still_owned if not _owned_below(p, still_owned)}
+    remove_paths(merged, dropped, schema)
 
     changed, removed = _changes(base, merged, schema)
     conflicts = [(m, p) for m in others for p in sorted(m.fields & changed)]

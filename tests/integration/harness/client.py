@@ -1,4 +1,4 @@
-"""The harness's own API client, and waiting on conditions with deadlines.
+"""The harness's own API client.
 
 The test kubelet, the controllers and the tests (acting as a user with kubectl)
 talk to the emulated API server over HTTP like any other client, so every
@@ -8,16 +8,12 @@ as the harness, so their requests are not counted as the operator's.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
 import aiohttp
 
 from .emulator import HARNESS_USER_AGENT
-
-T = TypeVar("T")
 
 
 class ApiError(Exception):
@@ -110,6 +106,18 @@ class ClusterClient:
             content_type="application/merge-patch+json",
         )
 
+    async def write_status(
+        self, group: str, version: str, plural: str, namespace: str | None, name: str, status: Mapping[str, Any]
+    ) -> bool:
+        """Merge `status` into the object's status subresource; False when the object is gone (404)."""
+        try:
+            await self.merge_patch(group, version, plural, namespace, name, {"status": dict(status)}, "status")
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
     async def json_patch(
         self,
         group: str,
@@ -135,29 +143,3 @@ class ClusterClient:
             if exc.status == 404:
                 return False
             raise
-
-
-class DeadlineExceeded(AssertionError):
-    pass
-
-
-async def wait_for(
-    condition: Callable[[], T | Awaitable[T]],
-    *,
-    timeout: float = 30.0,
-    interval: float = 0.05,
-    message: str | Callable[[], str] = "condition",
-) -> T:
-    """Poll `condition` until it returns something truthy; fail with `message` past the deadline."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = condition()
-        if asyncio.iscoroutine(last) or isinstance(last, asyncio.Future):
-            last = await last
-        if last:
-            return last  # type: ignore[return-value]
-        if time.monotonic() > deadline:
-            text = message() if callable(message) else message
-            raise DeadlineExceeded(f"not reached within {timeout:.0f}s: {text}")
-        await asyncio.sleep(interval)

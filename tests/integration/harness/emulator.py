@@ -51,6 +51,7 @@ from typing import Any
 
 import aiohttp.web
 import kmock
+import orjson
 from kmock._internal import apps, enums, parsing, rendering
 
 from . import podsecurity, quota, writes
@@ -184,6 +185,13 @@ def _parse_path(path: str) -> parsing.ParsedPath:
 parsing.parse_path = _parse_path
 
 
+def _json_response(body: Any, *, status: int = 200, headers: Mapping[str, str] | None = None) -> aiohttp.web.Response:
+    """A JSON answer serialised with orjson (lists of a thousand objects are megabytes)."""
+    return aiohttp.web.Response(
+        body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
+    )
+
+
 @functools.cache
 def _resource(group: str, version: str, plural: str) -> kmock.resource:
     return kmock.resource(group, version, plural)
@@ -295,7 +303,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         self._snapshot_ids = itertools.count(1)
         self._schemas: dict[kmock.resource, Schema | None] = {}
         # Every (namespace, name) ever created per resource, and object keys by uid: lookups without a scan.
-        self._keys: dict[kmock.resource, dict[tuple[str | None, str], None]] = collections.defaultdict(dict)
+        # (kmock's own lookups parse the key and check protocols on every access: ~50 us each.)
+        self._keys: dict[kmock.resource, dict[tuple[str | None, str], Any]] = collections.defaultdict(dict)
         self._uids: dict[str, tuple[Any, str | None, str]] = {}
         self.register(*resource_types)
 
@@ -377,8 +386,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         """The stored objects themselves, without copying: read them, never change them (the harness's hot paths)."""
         resource = _resource(group, version, plural)
         result = []
-        for ns, name in list(self._keys[resource]):
-            obj = self.objects[(resource, ns, name)]
+        for (ns, _), obj in list(self._keys[resource].items()):
             if not obj.deleted and (namespace is None or ns == namespace):
                 result.append(obj.raw)
         return result
@@ -387,9 +395,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         self, group: str, version: str, plural: str, namespace: str | None, name: str
     ) -> Mapping[str, Any] | None:
         """The stored object itself, without copying: read it, never change it."""
-        key = (_resource(group, version, plural), namespace, name)
-        if key in self.objects and not self.objects[key].deleted:
-            return self.objects[key].raw
+        obj = self._keys[_resource(group, version, plural)].get((namespace, name))
+        if obj is not None and not obj.deleted:
+            return obj.raw  # type: ignore[no-any-return]
         return None
 
     @contextlib.asynccontextmanager
@@ -474,21 +482,25 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 rt = self._resource_type(request)
                 async with self._lock:
                     status, body = await self._write(rt, request)
-                return aiohttp.web.json_response(body, status=status)
+                return _json_response(body, status=status)
             if is_resource and request.action == enums.action.LIST:
                 rt = self._resource_type(request)
-                return aiohttp.web.json_response(self._list(rt, request))
+                return _json_response(self._list(rt, request))
             if is_resource and request.action == enums.action.WATCH:
                 # Refused before the stream opens, as the API server answers a bad watch with 400.
                 self._resource_type(request)
                 Selection.of(request)
                 _watch_start(request)
-            if is_resource and request.action == enums.action.FETCH and request.subresource:
+            if is_resource and request.action == enums.action.FETCH:
                 rt = self._resource_type(request)
-                obj = self._get(rt, request.namespace, request.name)
+                obj = self._get(rt, request.namespace if rt.namespaced else None, request.name)
                 if obj is None:
-                    raise _status_error(404, "NotFound", f'{rt.plural} "{request.name}" not found')
-                return aiohttp.web.json_response(obj.raw)
+                    group = f".{rt.group}" if rt.group else ""
+                    details = {"name": request.name, "group": rt.group, "kind": rt.plural}
+                    raise _status_error(
+                        404, "NotFound", f'{rt.plural}{group} "{request.name}" not found', details=details
+                    )
+                return _json_response(obj.raw)
         except writes.WriteError as exc:
             return self._error_response(_status_error(exc.status, exc.reason, exc.message, details=exc.details))
         except kmock.KubernetesError as exc:
@@ -544,9 +556,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 return [{"type": "ERROR", "object": status}]
             replay = (selection.translate(event) for version, event in self._log[rt.key] if version > since)
             return [event for event in replay if event is not None]
-        events: list[dict[str, Any]] = [
-            {"type": "ADDED", "object": copy.deepcopy(obj.raw)} for obj in self._selected(rt, selection)
-        ]
+        events: list[dict[str, Any]] = [{"type": "ADDED", "object": obj.raw} for obj in self._selected(rt, selection)]
         if request.params.get("sendInitialEvents") == "true":
             bookmark = {
                 "apiVersion": rt.api_version,
@@ -561,7 +571,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
 
     def _selected(self, rt: ResourceType, selection: Selection) -> list[Any]:
         """The live objects a request selects, in the API server's order (namespace, name)."""
-        candidates = ((ns, name, self.objects[(rt.key, ns, name)]) for ns, name in list(self._keys[rt.key]))
+        candidates = ((ns, name, obj) for (ns, name), obj in list(self._keys[rt.key].items()))
         found = [
             (ns or "", name, obj) for ns, name, obj in candidates if not obj.deleted and selection.matches(obj.raw)
         ]
@@ -582,7 +592,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     def _error_response(self, exc: kmock.KubernetesError, retry_after: float | None = None) -> aiohttp.web.Response:
         headers = {"Retry-After": str(int(retry_after))} if retry_after is not None else None
         body = _status_body(exc.status, exc.reason or "", exc.message or "", exc.details)
-        return aiohttp.web.json_response(body, status=exc.status, headers=headers)
+        return _json_response(body, status=exc.status, headers=headers)
 
     def _record(self, request: rendering.Request) -> None:
         if request.resource is None:
@@ -608,9 +618,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         return self._types[key]
 
     def _get(self, rt: ResourceType, namespace: str | None, name: str | None) -> Any:
-        key = (rt.key, namespace if rt.namespaced else None, name)
-        if key in self.objects and not self.objects[key].deleted:
-            return self.objects[key]
+        obj = self._keys[rt.key].get((namespace if rt.namespaced else None, name))
+        if obj is not None and not obj.deleted:
+            return obj
         return None
 
     def _list(self, rt: ResourceType, request: rendering.Request) -> dict[str, Any]:
@@ -625,7 +635,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             version, items, offset = self._snapshot(token)
         else:
             version = str(self._current_version())
-            items = [copy.deepcopy(obj.raw) for obj in self._selected(rt, selection)]
+            # Stored versions are never changed in place: the list (and its snapshot) shares them.
+            items = [obj.raw for obj in self._selected(rt, selection)]
             offset = 0
         metadata: dict[str, Any] = {"resourceVersion": version}
         page = items[offset:]
@@ -728,7 +739,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             self.objects[key].history.append(obj)
         else:
             self.objects[key] = obj
-        self._keys[rt.key][(namespace, meta["name"])] = None
+        self._keys[rt.key][(namespace, meta["name"])] = self.objects[key]
         self._uids[meta["uid"]] = key
         await self._publish(rt, "ADDED", obj)
         await self._count_quota(rt, namespace)

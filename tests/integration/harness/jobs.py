@@ -23,18 +23,15 @@ no `activeDeadlineSeconds` and no TTL after finishing.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
-import itertools
 import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .client import ApiError, ClusterClient
+from .client import ClusterClient
 from .emulator import ClusterEmulator, _now
-from .kubelet import POLL_SECONDS, PodProcess, Volumes, next_address
+from .kubelet import PodController, PodProcess, Volumes, next_address
 
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 TERMINATION_LIMIT = 4096  # what the kubelet keeps of a termination message
@@ -82,28 +79,8 @@ class JobPod(PodProcess):
         if self.terminated is None:
             return super().pod_status()
         succeeded = self.terminated["exitCode"] == 0
-        return {
-            "phase": "Succeeded" if succeeded else "Failed",
-            "podIP": self.address,
-            "podIPs": [{"ip": self.address}],
-            "hostIP": "127.0.0.1",
-            "conditions": [
-                {"type": "PodScheduled", "status": "True"},
-                {"type": "Initialized", "status": "True"},
-                {"type": "ContainersReady", "status": "False", "reason": "PodCompleted"},
-                {"type": "Ready", "status": "False", "reason": "PodCompleted"},
-            ],
-            "containerStatuses": [
-                {
-                    "name": self.container["name"],
-                    "image": self.container.get("image", ""),
-                    "ready": False,
-                    "restartCount": 0,
-                    "started": False,
-                    "state": {"terminated": dict(self.terminated)},
-                }
-            ],
-        }
+        container = self.container_status(ready=False, started=False, state={"terminated": dict(self.terminated)})
+        return self.status_of_phase("Succeeded" if succeeded else "Failed", container, "PodCompleted")
 
 
 def _condition(job: Mapping[str, Any], kind: str) -> bool:
@@ -130,43 +107,18 @@ def fails_job(job: Mapping[str, Any], container: str, exit_code: int) -> bool:
     return False
 
 
-class JobController:
+class JobController(PodController[JobPod]):
     """batch/v1 Jobs → trainer processes → Pod objects and Job status (see the module docstring)."""
 
+    task_name = "test job controller"
+
     def __init__(self, cluster: ClusterEmulator, client: ClusterClient, volumes: Volumes) -> None:
-        self.cluster = cluster
-        self.client = client
-        self.volumes = volumes
-        self.pods: dict[tuple[str, str], JobPod] = {}
+        super().__init__(cluster, client, volumes)
         self.hold = False
-        self.errors: list[BaseException] = []
         self._written: dict[tuple[str, str], str] = {}
-        self._counter = itertools.count()
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> JobController:
-        self._task = asyncio.create_task(self._loop(), name="test job controller")
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await asyncio.gather(*(pod.stop() for pod in self.pods.values()), return_exceptions=True)
 
     def pods_of(self, namespace: str, job: str) -> list[JobPod]:
         return [p for p in self.pods.values() if p.namespace == namespace and p.job == job]
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.sync()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # keep playing the cluster; the tests see the errors
-                self.errors.append(exc)
-            await asyncio.sleep(POLL_SECONDS)
 
     async def sync(self) -> None:
         jobs = {
@@ -234,14 +186,8 @@ class JobController:
         comparable = json.dumps({k: v for k, v in status.items() if k != "startTime"}, sort_keys=True)
         if self._written.get((namespace, name)) == comparable:
             return
-        try:
-            await self.client.merge_patch(
-                "batch", "v1", "jobs", namespace, name, {"status": status}, subresource="status"
-            )
+        if await self.client.write_status("batch", "v1", "jobs", namespace, name, status):
             self._written[(namespace, name)] = comparable
-        except ApiError as exc:
-            if exc.status != 404:
-                raise
 
     def _failed_reason(self, job: Mapping[str, Any], done: list[JobPod], failed: int) -> str | None:
         for pod in done:
@@ -296,10 +242,7 @@ class JobController:
         return pod
 
     async def _write_pod_status(self, pod: JobPod) -> None:
-        with contextlib.suppress(ApiError):
-            await self.client.merge_patch(
-                "", "v1", "pods", pod.namespace, pod.name, {"status": pod.pod_status()}, subresource="status"
-            )
+        await self.client.write_status("", "v1", "pods", pod.namespace, pod.name, pod.pod_status())
 
 
 __all__ = ["JobController", "JobPod", "fails_job", "finished"]

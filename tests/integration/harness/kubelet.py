@@ -10,20 +10,32 @@ every mountPath in env and args rewritten to its folder (a folder above mount
 paths, such as MODELFLEET_MODEL_ROOT, to a per-pod tree of links to them). Every pod gets its own
 loopback address (127.0.0.2, 127.0.0.3, ...) with the port from the manifest,
 and `MODELFLEET_HOST` set to it. Readiness is the manifest's readinessProbe
-(httpGet path and port) polled on that address.
+(httpGet path and port) on that address: probed at every sync until the pod is
+ready, then every periodSeconds, lost after failureThreshold failures in a row.
 
 `DeploymentController` plays the Deployment and ReplicaSet controllers and the
 kubelet together: it starts pods for the template of each Deployment, keeps old
 pods serving until the new template's pods are ready (a rolling update), stops
-pods of scaled-down or deleted Deployments as a kubelet terminates them (the pod
-turns unready at once, so the EndpointSlice and the Deployment's counts drop it;
-then the preStop sleep, capped at MAX_PRESTOP_SECONDS; then SIGTERM, and SIGKILL
-after the grace period), restarts crashed containers with back-off and records the
+pods of scaled-down or deleted Deployments as a kubelet does (not ready at once,
+so their endpoints leave the Services; the preStop sleep; SIGTERM; SIGKILL after
+the grace period), restarts crashed containers with back-off and records the
 termination message, writes Pod objects (status.podIP, Ready condition,
-containerStatuses) and the Deployment's status (replicas, updatedReplicas,
-readyReplicas, availableReplicas, observedGeneration, conditions Available and
-Progressing). `EndpointSliceController` writes one EndpointSlice per Service
-with the addresses of the selected pods.
+containerStatuses) and the Deployment's status (`deployments.py`: replicas,
+updatedReplicas, readyReplicas, availableReplicas, observedGeneration, conditions
+Available and Progressing). `EndpointSliceController` writes one EndpointSlice per
+Service with the addresses of the selected pods.
+
+It says why pods do not run as a real kubelet and Deployment controller do: an
+image the harness cannot pull (any repository but the runtime's,
+`runtime_image_pullable`; `pullable=` overrides) leaves the container waiting in
+ErrImagePull, then ImagePullBackOff, and starts nothing; a process that keeps
+exiting waits in CrashLoopBackOff ("back-off Ns restarting failed container=...")
+with restartCount and lastState.terminated (exit code, reason, log tail); a pod the
+API server refuses (a ResourceQuota, Pod Security admission) makes the Deployment's
+ReplicaFailure condition True with reason FailedCreate and the API server's message,
+retried each second; and a rollout not complete within spec.progressDeadlineSeconds
+of its last progress (on `clock=`, the real monotonic clock by default) gets
+Progressing False with reason ProgressDeadlineExceeded.
 
 Simplifications, on purpose: pods are owned by their Deployment directly (no
 ReplicaSet objects); liveness and startup probes are not run; only the first
@@ -44,16 +56,21 @@ import json
 import os
 import random
 import shutil
-import signal
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import aiohttp
 
+from modelfleet_operator.config import DEFAULT_RUNTIME_IMAGE, image_repository
+from tests.support.polling import PollingController
+from tests.support.processes import ChildProcess
+
 from .client import ApiError, ClusterClient
+from .deployments import Progress, deployment_status
 from .emulator import ClusterEmulator, _now
 
 # Loopback addresses are never reused within a test session, so a port in TIME_WAIT never collides;
@@ -62,14 +79,18 @@ _ADDRESSES = (
     str(ipaddress.IPv4Address("127.0.0.2") + i) for i in itertools.count(random.SystemRandom().randrange(1 << 23))
 )
 DEFAULT_ENTRYPOINT = ["modelfleet-runtime"]
-POLL_SECONDS = 0.1
-PROBE_TIMEOUT_SECONDS = 1.0
+PROBE_TIMEOUT_SECONDS = 1.0  # a probe's timeoutSeconds when the manifest gives none (Kubernetes' default)
 # Grace periods in the manifests are for production; tests do not wait that long for a drain.
 MAX_GRACE_SECONDS = 10.0
-# Nor the manifests' preStop sleep: long enough for the EndpointSlice (which follows within POLL_SECONDS).
-MAX_PRESTOP_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 5.0
-LOG_TAIL_BYTES = 2048
+
+
+# The one image the test kubelet can "pull": the runtime it runs from this virtualenv.
+RUNTIME_REPOSITORY = image_repository(DEFAULT_RUNTIME_IMAGE)
+
+
+def runtime_image_pullable(image: str) -> bool:
+    return image_repository(image) == RUNTIME_REPOSITORY
 
 
 def next_address() -> str:
@@ -114,15 +135,17 @@ class PodProcess:
     address: str
     volumes: Volumes
     cluster: ClusterEmulator
-    process: asyncio.subprocess.Process | None = None
+    process: ChildProcess | None = None
     ready: bool = False
+    probe_failures: int = 0  # failed readiness probes in a row
+    next_probe: float = 0.0  # when a ready pod is probed again (event-loop time)
     restarts: int = 0
     last_termination: dict[str, Any] | None = None
     next_start: float = 0.0
     stopping: bool = False
-    probe_failures: int = 0
-    log_path: Path | None = None
     readiness_body: Any = None
+    backoff: float = 0.0  # seconds until the next start after a crash
+    image_pull: tuple[str, str] | None = None  # (waiting reason, message) while the image cannot be pulled
     _mounts: dict[str, Path] = field(default_factory=dict)
 
     @property
@@ -272,71 +295,65 @@ class PodProcess:
 
     async def start(self) -> None:
         argv, env = self.command_line()
-        self.log_path = self.volumes.pod(self.namespace, self.name) / "container.log"
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
-        try:
-            self.process = await asyncio.create_subprocess_exec(
-                *argv,
-                env=env,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-                stdin=asyncio.subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        finally:
-            log.close()
+        process = ChildProcess(argv, env, self.volumes.pod(self.namespace, self.name) / "container.log")
+        await process.start()
+        self.process = process
         self.ready = False
 
     def exited(self) -> int | None:
         return None if self.process is None else self.process.returncode
 
     def log_tail(self) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return ""
-        data = self.log_path.read_bytes()[-LOG_TAIL_BYTES:]
-        return data.decode(errors="replace").strip()
+        return "" if self.process is None else self.process.log_tail()
 
-    async def probe(self, http: aiohttp.ClientSession) -> bool:
-        """The readinessProbe of the manifest, on this pod's address."""
+    async def readiness(self, http: aiohttp.ClientSession, now: float) -> bool:
+        """Readiness as a kubelet keeps it, from the manifest's readinessProbe.
+
+        A pod that is not ready is probed at every sync (a test need not wait a period for a
+        start); a ready one every `periodSeconds`, and it turns not ready only after
+        `failureThreshold` failed probes in a row, each allowed `timeoutSeconds`.
+        """
+        if self.process is None or not self.process.running:
+            self.probe_failures = 0
+            return False
+        if self.ready and now < self.next_probe:
+            return True
+        spec = self.container.get("readinessProbe") or {}
+        self.next_probe = now + float(spec.get("periodSeconds", 10))
+        if await self.probe(http, float(spec.get("timeoutSeconds", PROBE_TIMEOUT_SECONDS))):
+            self.probe_failures = 0
+            return True
+        self.probe_failures += 1
+        return self.ready and self.probe_failures < int(spec.get("failureThreshold", 3))
+
+    async def probe(self, http: aiohttp.ClientSession, timeout: float = PROBE_TIMEOUT_SECONDS) -> bool:
+        """One readinessProbe of the manifest, on this pod's address."""
         probe = self.container.get("readinessProbe")
-        if self.process is None or self.process.returncode is not None:
+        if self.process is None or not self.process.running:
             return False
         if not probe or "httpGet" not in probe:
             return True
         get = probe["httpGet"]
         url = f"http://{self.address}:{self.port(get.get('port'))}{get.get('path', '/')}"
         try:
-            async with http.get(url, timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_SECONDS)) as response:
+            async with http.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
                 self.readiness_body = await response.text()
                 return 200 <= response.status < 400
         except (TimeoutError, aiohttp.ClientError):
             return False
 
-    async def follow_readiness(self, http: aiohttp.ClientSession) -> None:
-        """Probe, and change `ready` as a kubelet does: ready on a success, unready only after the
-        probe's failureThreshold (default 3) failures in a row."""
-        if await self.probe(http):
-            self.ready, self.probe_failures = True, 0
-            return
-        self.probe_failures += 1
-        threshold = int((self.container.get("readinessProbe") or {}).get("failureThreshold", 3))
-        if self.probe_failures >= threshold:
-            self.ready = False
+    def prestop_seconds(self) -> float:
+        """The container's preStop sleep (`lifecycle.preStop.sleep.seconds`), capped like the grace period."""
+        sleep = ((self.container.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}
+        return min(float(sleep.get("seconds", 0)), MAX_GRACE_SECONDS)
 
     async def stop(self) -> None:
+        """SIGTERM, then SIGKILL to the pod's processes after its grace period (capped for tests)."""
         self.stopping = True
-        process = self.process
-        if process is None or process.returncode is not None:
-            return
-        grace = min(float(self.template["spec"].get("terminationGracePeriodSeconds", 30)), MAX_GRACE_SECONDS)
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), timeout=grace)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
+        if self.process is not None and self.process.running:
+            await self.process.stop(
+                min(float(self.template["spec"].get("terminationGracePeriodSeconds", 30)), MAX_GRACE_SECONDS)
+            )
 
     # -- the Pod object -------------------------------------------------------------------------
 
@@ -354,81 +371,116 @@ class PodProcess:
         }
 
     def pod_status(self) -> dict[str, Any]:
-        running = self.process is not None and self.process.returncode is None
-        state: dict[str, Any] = (
-            {"running": {"startedAt": _now()}}
-            if running
-            else {"waiting": {"reason": "CrashLoopBackOff" if self.restarts else "ContainerCreating"}}
-        )
-        container_status: dict[str, Any] = {
-            "name": self.container["name"],
-            "image": self.container.get("image", ""),
-            "ready": self.ready,
-            "restartCount": self.restarts,
-            "started": running,
-            "state": state,
-        }
+        running = self.process is not None and self.process.running
+        state: dict[str, Any]
+        if running:
+            state = {"running": {"startedAt": _now()}}
+        elif self.image_pull is not None:
+            state = {"waiting": {"reason": self.image_pull[0], "message": self.image_pull[1]}}
+        elif self.restarts:
+            message = (
+                f"back-off {self.backoff:g}s restarting failed container={self.container['name']} "
+                f"pod={self.name}_{self.namespace}"
+            )
+            state = {"waiting": {"reason": "CrashLoopBackOff", "message": message}}
+        else:
+            state = {"waiting": {"reason": "ContainerCreating"}}
+        container_status = self.container_status(ready=self.ready, started=running, state=state)
         if self.last_termination:
             container_status["lastState"] = {"terminated": self.last_termination}
-        ready = "True" if self.ready else "False"
+        return self.status_of_phase("Running" if running else "Pending", container_status)
+
+    def container_status(self, *, ready: bool, started: bool, state: dict[str, Any]) -> dict[str, Any]:
         return {
-            "phase": "Running" if running else "Pending",
+            "name": self.container["name"],
+            "image": self.container.get("image", ""),
+            "ready": ready,
+            "restartCount": self.restarts,
+            "started": started,
+            "state": state,
+        }
+
+    def status_of_phase(
+        self, phase: str, container_status: dict[str, Any], not_ready_reason: str | None = None
+    ) -> dict[str, Any]:
+        """The Pod's status: its address, the four conditions, the one container's status."""
+        ready = {"status": "True" if container_status["ready"] else "False"}
+        if not_ready_reason and not container_status["ready"]:
+            ready["reason"] = not_ready_reason
+        return {
+            "phase": phase,
             "podIP": self.address,
             "podIPs": [{"ip": self.address}],
             "hostIP": "127.0.0.1",
             "conditions": [
                 {"type": "PodScheduled", "status": "True"},
                 {"type": "Initialized", "status": "True"},
-                {"type": "ContainersReady", "status": ready},
-                {"type": "Ready", "status": ready},
+                {"type": "ContainersReady", **ready},
+                {"type": "Ready", **ready},
             ],
             "containerStatuses": [container_status],
         }
 
 
-class DeploymentController:
-    """Deployments → running pods → Pod objects and Deployment status (see the module docstring)."""
+P = TypeVar("P", bound=PodProcess)
+
+
+class PodController(PollingController, Generic[P]):
+    """A controller whose pods run as processes; they all stop when it ends."""
 
     def __init__(self, cluster: ClusterEmulator, client: ClusterClient, volumes: Volumes) -> None:
+        super().__init__()
         self.cluster = cluster
         self.client = client
         self.volumes = volumes
-        self.pods: dict[tuple[str, str], PodProcess] = {}  # (namespace, pod name)
+        self.pods: dict[tuple[str, str], P] = {}  # (namespace, pod name)
+        self._counter = itertools.count()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(pod.stop() for pod in self.pods.values()), return_exceptions=True)
+
+
+class DeploymentController(PodController[PodProcess]):
+    """Deployments → running pods → Pod objects and Deployment status (see the module docstring)."""
+
+    task_name = "test kubelet"
+
+    def __init__(
+        self,
+        cluster: ClusterEmulator,
+        client: ClusterClient,
+        volumes: Volumes,
+        *,
+        pullable: Callable[[str], bool] = runtime_image_pullable,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(cluster, client, volumes)
+        self.pullable = pullable
+        self.clock = clock
         self._written_status: dict[tuple[str, str], Any] = {}
         self._written_pod_status: dict[tuple[str, str], Any] = {}
-        self._counter = itertools.count()
-        self._task: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
-        self._terminating: set[asyncio.Task[None]] = set()
-        self.errors: list[BaseException] = []
+        self._progress: dict[tuple[str, str], Progress] = {}
+        # Why pods of a Deployment cannot be created (the API server's refusal), and when to try again.
+        self._create_failure: dict[tuple[str, str], tuple[str, float]] = {}
+        # Pods on their way out: not ready, in their preStop sleep or their drain.
+        self.terminating: dict[tuple[str, str], PodProcess] = {}
+        self._terminations: set[asyncio.Task[None]] = set()
 
-    async def __aenter__(self) -> DeploymentController:
+    async def open(self) -> None:
         self._http = aiohttp.ClientSession()
-        self._task = asyncio.create_task(self._loop(), name="test kubelet")
-        return self
 
-    async def __aexit__(self, *exc: Any) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await asyncio.gather(*self._terminating, return_exceptions=True)
-        await asyncio.gather(*(pod.stop() for pod in self.pods.values()), return_exceptions=True)
+    async def close(self) -> None:
+        for task in self._terminations:
+            task.cancel()
+        await asyncio.gather(*self._terminations, return_exceptions=True)
+        await asyncio.gather(*(pod.stop() for pod in self.terminating.values()), return_exceptions=True)
+        await super().close()
         if self._http is not None:
             await self._http.close()
 
     def pods_of(self, namespace: str, deployment: str) -> list[PodProcess]:
         return [p for (ns, _), p in self.pods.items() if ns == namespace and p.owner["name"] == deployment]
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.sync()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # keep playing the cluster; the tests see the errors
-                self.errors.append(exc)
-            await asyncio.sleep(POLL_SECONDS)
 
     async def sync(self) -> None:
         deployments = {
@@ -461,26 +513,16 @@ class DeploymentController:
         current = [p for p in mine if p.template_hash == current_hash]
         old = [p for p in mine if p.template_hash != current_hash]
 
-        for _ in range(desired - len(current)):
-            pod = PodProcess(
-                namespace=namespace,
-                name=f"{name}-{current_hash[:6]}-{next(self._counter)}",
-                owner=owner,
-                template=template,
-                template_hash=current_hash,
-                address=next_address(),
-                volumes=self.volumes,
-                cluster=self.cluster,
-            )
-            self.pods[(namespace, pod.name)] = pod
-            await self.client.create("", "v1", "pods", namespace, pod.manifest())
-            current.append(pod)
+        await self._create_pods(namespace, name, owner, template, current_hash, current, desired)
         for pod in sorted(current, key=lambda p: p.name)[desired:] if len(current) > desired else []:
             await self._remove((namespace, pod.name))
             current.remove(pod)
 
         loop = asyncio.get_running_loop()
         for pod in current + old:
+            if not self.pullable(str(pod.container.get("image", ""))):
+                await self._cannot_pull(pod)
+                continue
             if pod.process is None and loop.time() >= pod.next_start:
                 try:
                     await pod.start()
@@ -492,8 +534,9 @@ class DeploymentController:
                         "finishedAt": _now(),
                     }
                     pod.restarts += 1
-                    pod.next_start = loop.time() + min(2**pod.restarts * 0.5, MAX_BACKOFF_SECONDS)
-            elif pod.process is not None and pod.process.returncode is not None and not pod.stopping:
+                    pod.backoff = min(2**pod.restarts * 0.5, MAX_BACKOFF_SECONDS)
+                    pod.next_start = loop.time() + pod.backoff
+            elif pod.process is not None and not pod.process.running and not pod.stopping:
                 pod.last_termination = {
                     "exitCode": pod.process.returncode,
                     "reason": "Error" if pod.process.returncode else "Completed",
@@ -503,9 +546,10 @@ class DeploymentController:
                 pod.restarts += 1
                 pod.process = None
                 pod.ready = False
-                pod.next_start = loop.time() + min(2**pod.restarts * 0.5, MAX_BACKOFF_SECONDS)
+                pod.backoff = min(2**pod.restarts * 0.5, MAX_BACKOFF_SECONDS)
+                pod.next_start = loop.time() + pod.backoff
             else:
-                await pod.follow_readiness(self._http)
+                pod.ready = await pod.readiness(self._http, loop.time())
             await self._write_pod_status(pod)
 
         # A rolling update: old pods serve until every new one is ready.
@@ -515,107 +559,128 @@ class DeploymentController:
             old = []
 
         everyone = current + old
-        ready = len([p for p in everyone if p.ready])
-        available = ready >= desired
-        status = {
-            "observedGeneration": dep["metadata"].get("generation", 1),
-            "replicas": len(everyone),
-            "updatedReplicas": len(current),
-            "readyReplicas": ready,
-            "availableReplicas": ready,
-            "unavailableReplicas": max(desired - ready, 0),
-            "conditions": [
-                {
-                    "type": "Available",
-                    "status": "True" if available else "False",
-                    "reason": "MinimumReplicasAvailable" if available else "MinimumReplicasUnavailable",
-                },
-                {
-                    "type": "Progressing",
-                    "status": "True",
-                    "reason": "NewReplicaSetAvailable" if available and not old else "ReplicaSetUpdated",
-                },
-            ],
-        }
-        if (
+        key = (namespace, name)
+        failure = self._create_failure.get(key)
+        status, self._progress[key], _ = deployment_status(
+            dep,
+            template_hash=current_hash,
+            total=len(everyone),
+            updated=len(current),
+            ready=len([p for p in everyone if p.ready]),
+            now=self.clock(),
+            progress=self._progress.get(key),
+            create_failure=failure[0] if failure else None,
+        )
+        changed = (
             self._written_status.get((namespace, name)) != status
             or (dep.get("status") or {}).get("observedGeneration") != status["observedGeneration"]
-        ):
+        )
+        if changed and await self.client.write_status("apps", "v1", "deployments", namespace, name, status):
+            self._written_status[(namespace, name)] = status
+
+    async def _create_pods(
+        self,
+        namespace: str,
+        name: str,
+        owner: Mapping[str, Any],
+        template: Mapping[str, Any],
+        current_hash: str,
+        current: list[PodProcess],
+        desired: int,
+    ) -> None:
+        """Pods up to `desired`; a refusal (quota, Pod Security) becomes the ReplicaFailure, retried each second."""
+        key = (namespace, name)
+        failure = self._create_failure.get(key)
+        if failure is not None and self.clock() < failure[1]:
+            return
+        self._create_failure.pop(key, None)
+        for _ in range(desired - len(current)):
+            pod = PodProcess(
+                namespace=namespace,
+                name=f"{name}-{current_hash[:6]}-{next(self._counter)}",
+                owner=owner,
+                template=template,
+                template_hash=current_hash,
+                address=next_address(),
+                volumes=self.volumes,
+                cluster=self.cluster,
+            )
             try:
-                await self.client.merge_patch(
-                    "apps", "v1", "deployments", namespace, name, {"status": status}, subresource="status"
-                )
-                self._written_status[(namespace, name)] = status
+                await self.client.create("", "v1", "pods", namespace, pod.manifest())
             except ApiError as exc:
-                if exc.status != 404:
+                if exc.status != 403:
                     raise
+                self._create_failure[key] = (str((exc.body or {}).get("message", exc.body)), self.clock() + 1.0)
+                return
+            self.pods[(namespace, pod.name)] = pod
+            current.append(pod)
+
+    async def _cannot_pull(self, pod: PodProcess) -> None:
+        """The image is not one the harness can run: ErrImagePull, then ImagePullBackOff; never ready."""
+        image = str(pod.container.get("image", ""))
+        if pod.image_pull is None:
+            pod.image_pull = (
+                "ErrImagePull",
+                f'failed to pull image "{image}": the test kubelet has only {RUNTIME_REPOSITORY}',
+            )
+        else:
+            pod.image_pull = ("ImagePullBackOff", f'Back-off pulling image "{image}"')
+        pod.ready = False
+        await self._write_pod_status(pod)
 
     async def _write_pod_status(self, pod: PodProcess) -> None:
         key = (pod.namespace, pod.name)
         status = pod.pod_status()
+        # Everything but the start time: a new waiting reason or a restart is news for the operator.
+        states = [
+            {k: v for k, v in cs.items() if k != "state"}
+            | {"state": {s: dict(v, startedAt=None) for s, v in cs["state"].items()}}
+            for cs in status["containerStatuses"]
+        ]
         comparable = json.dumps(
             {k: v for k, v in status.items() if k != "containerStatuses"}, sort_keys=True
-        ) + json.dumps([{k: v for k, v in cs.items() if k != "state"} for cs in status["containerStatuses"]])
+        ) + json.dumps(states, sort_keys=True)
         if self._written_pod_status.get(key) == comparable:
             return
-        await self.client.merge_patch(
-            "", "v1", "pods", pod.namespace, pod.name, {"status": status}, subresource="status"
-        )
-        self._written_pod_status[key] = comparable
+        if await self.client.write_status("", "v1", "pods", pod.namespace, pod.name, status):
+            self._written_pod_status[key] = comparable
 
     async def _remove(self, key: tuple[str, str]) -> None:
-        """Terminate a pod as a kubelet does, without holding up the other pods and Deployments."""
-        pod = self.pods.pop(key)
-        task = asyncio.create_task(self._terminate(pod), name=f"terminate {pod.name}")
-        self._terminating.add(task)
-        task.add_done_callback(self._terminating.discard)
+        """Terminate a pod as a kubelet does: not ready at once (its endpoint leaves the Services),
+        then the container's preStop sleep, then SIGTERM and the drain; the Pod object goes last.
 
-    async def _terminate(self, pod: PodProcess) -> None:
-        """The pod stops being ready first (its endpoints go, its Deployment stops counting it), its
-        preStop sleep runs (capped), then SIGTERM and the grace period; then the Pod object goes."""
-        pod.ready, pod.stopping = False, True
+        The controller goes on meanwhile; a terminating pod no longer counts for its Deployment.
+        """
+        pod = self.pods.pop(key)
+        self.terminating[key] = pod
+        pod.ready = False
+        await self._write_pod_status(pod)
+        task = asyncio.create_task(self._terminate(key, pod), name=f"terminate pod {pod.name}")
+        self._terminations.add(task)
+        task.add_done_callback(self._terminations.discard)
+
+    async def _terminate(self, key: tuple[str, str], pod: PodProcess) -> None:
         try:
-            with contextlib.suppress(ApiError):
-                await self._write_pod_status(pod)
-            prestop = ((pod.container.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}
-            await asyncio.sleep(min(float(prestop.get("seconds", 0)), MAX_PRESTOP_SECONDS))
+            if pod.process is not None and pod.process.running:
+                await asyncio.sleep(pod.prestop_seconds())  # the container's own preStop hook
             await pod.stop()
-            with contextlib.suppress(ApiError):
-                await self.client.delete("", "v1", "pods", pod.namespace, pod.name)
-        except Exception as exc:  # keep playing the cluster; the tests see the errors
+            await self.client.delete("", "v1", "pods", pod.namespace, pod.name)
+        except Exception as exc:  # the test fails with it, like any controller error
             self.errors.append(exc)
         finally:
-            self._written_pod_status.pop((pod.namespace, pod.name), None)
+            self.terminating.pop(key, None)
+            self._written_pod_status.pop(key, None)
 
 
-class EndpointSliceController:
+class EndpointSliceController(PollingController):
     """One EndpointSlice per Service with a selector, listing the selected pods and their readiness."""
 
+    task_name = "endpointslice controller"
+
     def __init__(self, cluster: ClusterEmulator, client: ClusterClient) -> None:
+        super().__init__()
         self.cluster = cluster
         self.client = client
-        self._task: asyncio.Task[None] | None = None
-        self.errors: list[BaseException] = []
-
-    async def __aenter__(self) -> EndpointSliceController:
-        self._task = asyncio.create_task(self._loop(), name="endpointslice controller")
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.sync()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.errors.append(exc)
-            await asyncio.sleep(POLL_SECONDS)
 
     async def sync(self) -> None:
         pods = self.cluster.live_objects("", "v1", "pods")
@@ -698,4 +763,4 @@ def _port_by_name(pod: Mapping[str, Any], port_name: str) -> int:
     return 0
 
 
-__all__ = ["DeploymentController", "EndpointSliceController", "PodProcess", "Volumes", "next_address"]
+__all__ = ["DeploymentController", "EndpointSliceController", "PodController", "PodProcess", "Volumes", "next_address"]

@@ -5,29 +5,44 @@ recommends for embedding: when kopf stops it cancels every task created in its
 loop after it started, which in the test's loop would include the test itself,
 the emulator's streams and the test kubelet. The operator reaches the emulated
 API server over TCP like any client, so the separation costs nothing.
+
+A kill must look like a dead process to the API server: every connection drops
+and nothing of the operator runs again. The loop is built on a selector and a
+default executor this class owns (both public asyncio API), so the kill finds
+the loop's TCP sockets in the selector and shuts them down, and drops the
+executor without waiting for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import selectors
+import socket
 import threading
-import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from modelfleet_operator.config import OperatorConfig
 from modelfleet_operator.runner import operate
+from tests.support.polling import wait_for
 
 
 class InProcessOperator:
     """`start()`, `stop()` (graceful, like SIGTERM), `kill()` (abrupt, like SIGKILL), `restart()`."""
 
-    def __init__(self, config: OperatorConfig) -> None:
-        # The operator's own resync (resync-seconds, 300 s by default): what passes is the event path.
+    def __init__(self, config: OperatorConfig, *, resync_seconds: float | None = None) -> None:
+        # None: the operator's own default resync, so that what passes is the event path (issue 10); the
+        # tests used 0.5 s, which hid every change the operator only noticed on its next tick.
         self.config = config
+        self.resync_seconds = resync_seconds
         self.starts = 0
         self.error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._selector: selectors.BaseSelector | None = None
+        self._executor: ThreadPoolExecutor | None = None
         self._main: asyncio.Task[None] | None = None
         self._stop = threading.Event()
         self._killed = False
@@ -37,10 +52,14 @@ class InProcessOperator:
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self, ready: threading.Event, started: threading.Event) -> None:
-        loop = asyncio.new_event_loop()
+        self._selector = selectors.DefaultSelector()
+        loop = asyncio.SelectorEventLoop(self._selector)
+        self._executor = ThreadPoolExecutor(thread_name_prefix="modelfleet-operator-executor")
+        loop.set_default_executor(self._executor)
         self._loop = loop
         try:
-            self._main = loop.create_task(operate(self.config, stop_flag=self._stop, ready_flag=ready))
+            resync = {} if self.resync_seconds is None else {"resync_seconds": self.resync_seconds}
+            self._main = loop.create_task(operate(self.config, stop_flag=self._stop, ready_flag=ready, **resync))
             started.set()
             loop.run_until_complete(self._main)
         except BaseException as exc:  # any, even a cancellation: reported to the test through .error
@@ -50,9 +69,7 @@ class InProcessOperator:
             started.set()
             if self._killed:
                 # Never run the loop again: what was pending is dropped mid-flight.
-                executor = getattr(loop, "_default_executor", None)
-                if executor is not None:
-                    executor.shutdown(wait=False)
+                self._executor.shutdown(wait=False, cancel_futures=True)
             else:
                 loop.run_until_complete(loop.shutdown_asyncgens())
                 loop.run_until_complete(loop.shutdown_default_executor())
@@ -60,11 +77,10 @@ class InProcessOperator:
 
     def _abort(self) -> None:
         """In the operator's loop: drop every connection, as a dead process's would close, and stop."""
-        assert self._loop is not None
-        transports = getattr(self._loop, "_transports", {})  # the selector loop's open sockets
-        for transport in list(transports.values()):
-            if transport is not None and not transport.is_closing():
-                transport.abort()
+        assert self._loop is not None and self._selector is not None
+        # Every open connection is registered for reading.
+        for key in list(self._selector.get_map().values()):
+            _shut_down_tcp(key.fd)
         self._loop.stop()
 
     async def start(self, timeout: float = 30.0) -> None:
@@ -79,13 +95,14 @@ class InProcessOperator:
         )
         self.starts += 1
         self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not ready.is_set():
-            if not self._thread.is_alive():
+        thread = self._thread
+
+        def started_or_stopped() -> bool:
+            if not thread.is_alive():
                 raise RuntimeError(f"the operator stopped while starting: {self.error!r}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the operator did not become ready within {timeout}s")
-            await asyncio.sleep(0.05)
+            return ready.is_set()
+
+        await wait_for(started_or_stopped, timeout, message="the operator to become ready")
 
     async def _join(self, timeout: float) -> None:
         thread, self._thread = self._thread, None
@@ -123,3 +140,20 @@ class InProcessOperator:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.stop()
+
+
+def _shut_down_tcp(fd: int) -> None:
+    """End the TCP connection behind `fd` (a FIN to the peer); other descriptors are left alone.
+
+    It works on a duplicate: the connection ends for every descriptor of it, while the
+    loop's own descriptor stays open for the socket object that owns it to close.
+    """
+    duplicate = os.dup(fd)
+    try:
+        sock = socket.socket(fileno=duplicate)
+    except OSError:  # not a socket (the loop's wake-up pipe may be one end of a pipe)
+        os.close(duplicate)
+        return
+    with sock, contextlib.suppress(OSError):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+            sock.shutdown(socket.SHUT_RDWR)

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
+import orjson
 
 from .emulator import HARNESS_USER_AGENT
 
@@ -74,11 +75,11 @@ class RawApi:
         async with self._session.request(
             method, self.base_url + path, data=data, headers=headers, params=params
         ) as response:
-            text = await response.text()
+            raw = await response.read()
             try:
-                return response.status, json.loads(text) if text else None
-            except ValueError:
-                return response.status, text
+                return response.status, orjson.loads(raw) if raw else None
+            except orjson.JSONDecodeError:
+                return response.status, raw.decode(errors="replace")
 
     async def apply(
         self, path: str, body: Any, manager: str, *, force: bool = False, subresource_params: Mapping[str, str] = {}

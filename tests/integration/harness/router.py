@@ -111,7 +111,10 @@ class Router:
         self.url = ""
 
     async def __aenter__(self) -> Router:
-        self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        # Idle connections are dropped before the runtime's own keep-alive timeout (uvicorn's 5 s)
+        # closes them, as a gateway's upstream idle timeout is set: reusing one the pod is closing
+        # answered 502 under load.
+        self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=2))
         app = aiohttp.web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = aiohttp.web.AppRunner(app, access_log=None)

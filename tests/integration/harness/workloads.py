@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .deployments import Progress, deployment_status
 from .emulator import ClusterEmulator
 from .kubelet import next_address, template_hash
 from .selectors import LabelSelector, Requirement
@@ -84,7 +85,8 @@ class SimulatedWorkloads:
         self.writes = 0
         self._held: set[tuple[str, str]] = set()
         # When each Deployment last made progress (new template, a pod more ready), and why it cannot create pods.
-        self._progress: dict[tuple[str, str], tuple[str, int, float]] = {}
+        self._progress: dict[tuple[str, str], Progress] = {}
+        self._complete_keys: set[tuple[str, str]] = set()
         self._create_failure: dict[tuple[str, str], str] = {}
         self._dirty_deployments: set[tuple[str, str]] = set()
         self._dirty_services: set[tuple[str, str]] = set()
@@ -237,7 +239,7 @@ class SimulatedWorkloads:
         if all(p.ready for p in current):
             for pod in [p for p in pods if p.template_hash != current_hash]:
                 await self._delete_pod(namespace, name, pod)
-        await self._deployment_status(namespace, dep, desired)
+        await self._deployment_status(namespace, dep)
 
     async def _create_pod(self, namespace: str, dep: Mapping[str, Any], pod: SimulatedPod) -> None:
         template = dep["spec"]["template"]
@@ -310,64 +312,26 @@ class SimulatedWorkloads:
             await self._write("DELETE", PODS, namespace, pod.name, None)
 
     def _complete(self, key: tuple[str, str]) -> bool:
-        return key in self._progress and self._progress[key][3]
+        return key in self._complete_keys
 
-    def _conditions(self, dep: Mapping[str, Any], desired: int, ready: int, updated: int) -> list[dict[str, Any]]:
-        """Available, Progressing (ProgressDeadlineExceeded past the deadline) and ReplicaFailure, as the controller
-        sets them; progress is a new template or one more ready pod."""
-        meta = dep["metadata"]
-        key = (meta["namespace"], meta["name"])
+    async def _deployment_status(self, namespace: str, dep: Mapping[str, Any]) -> None:
+        key = (namespace, dep["metadata"]["name"])
+        pods = self.pods.get(key, [])
         current_hash = template_hash(dep["spec"]["template"])
-        replica_set = f"{meta['name']}-{current_hash[:10]}"
-        total = len(self.pods.get(key, []))
-        available = ready >= desired
-        complete = available and updated == desired == total
-        last = self._progress.get(key)
-        since = last[2] if last is not None and last[:2] == (current_hash, ready) else self.clock()
-        self._progress[key] = (current_hash, ready, since, complete)
-        deadline = float(dep["spec"].get("progressDeadlineSeconds", 600))
+        status, self._progress[key], complete = deployment_status(
+            dep,
+            template_hash=current_hash,
+            total=len(pods),
+            updated=sum(p.template_hash == current_hash for p in pods),
+            ready=sum(bool(p.ready) for p in pods),
+            now=self.clock(),
+            progress=self._progress.get(key),
+            create_failure=self._create_failure.get(key),
+        )
         if complete:
-            progressing = ("True", "NewReplicaSetAvailable", f'ReplicaSet "{replica_set}" has successfully progressed.')
-        elif self.clock() - since > deadline:
-            progressing = (
-                "False",
-                "ProgressDeadlineExceeded",
-                f'ReplicaSet "{replica_set}" has timed out progressing.',
-            )
+            self._complete_keys.add(key)
         else:
-            progressing = ("True", "ReplicaSetUpdated", f'ReplicaSet "{replica_set}" is progressing.')
-        conditions = [
-            {
-                "type": "Available",
-                "status": "True" if available else "False",
-                "reason": "MinimumReplicasAvailable" if available else "MinimumReplicasUnavailable",
-                "message": "Deployment has minimum availability."
-                if available
-                else "Deployment does not have minimum availability.",
-            },
-            dict(zip(("status", "reason", "message"), progressing, strict=True), type="Progressing"),
-        ]
-        failure = self._create_failure.get(key)
-        if failure is not None:
-            conditions.append(
-                {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": failure}
-            )
-        return conditions
-
-    async def _deployment_status(self, namespace: str, dep: Mapping[str, Any], desired: int) -> None:
-        pods = self.pods.get((namespace, dep["metadata"]["name"]), [])
-        current_hash = template_hash(dep["spec"]["template"])
-        ready = sum(bool(p.ready) for p in pods)
-        updated = sum(p.template_hash == current_hash for p in pods)
-        status = {
-            "observedGeneration": dep["metadata"].get("generation", 1),
-            "replicas": len(pods),
-            "updatedReplicas": updated,
-            "readyReplicas": ready,
-            "availableReplicas": ready,
-            "unavailableReplicas": max(desired - ready, 0),
-            "conditions": self._conditions(dep, desired, ready, updated),
-        }
+            self._complete_keys.discard(key)
         if {k: v for k, v in (dep.get("status") or {}).items() if k in status} == status:
             return
         await self._write(

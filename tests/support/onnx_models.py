@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
-def _save(graph: onnx.GraphProto, path: Path) -> Path:
+def save_model(graph: onnx.GraphProto, path: Path) -> Path:
+    """`graph` as a checked opset-17 model at `path`."""
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -51,7 +51,7 @@ def build_mlp(
         [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", sizes[-1]])],
         inits,
     )
-    return _save(graph, path)
+    return save_model(graph, path)
 
 
 def build_two_output(path: Path, width: int = 3) -> Path:
@@ -71,10 +71,4 @@ def build_two_output(path: Path, width: int = 3) -> Path:
         ],
         [two, axes],
     )
-    return _save(graph, path)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return save_model(graph, path)

@@ -1,0 +1,1 @@
+"""Benchmarks (see bench/README.md); run them from the repository root as `python -m bench.NAME`."""

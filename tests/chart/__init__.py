@@ -1,0 +1,1 @@
+"""The Helm chart: rendering, values, RBAC, the operator contract."""

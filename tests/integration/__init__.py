@@ -1,0 +1,1 @@
+"""The real operator against an emulated API server (see docs/testing.md)."""

@@ -1,0 +1,1 @@
+"""The operator's pure core: CRD schema, manifests, traffic, rollout, retraining, configuration."""

@@ -1,0 +1,1 @@
+"""The runtime: batching, protocols, features, feedback, the trainer, the process."""
