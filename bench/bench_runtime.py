@@ -424,7 +424,9 @@ def start_model_servers(
 
     Each server goes into `servers` as soon as it is started, so that the caller stops it whatever happens next.
     """
+    # No gRPC: several servers run side by side, and each would take the default gRPC port 8081.
     runtime = [str(Path(sys.executable).with_name("modelfleet-runtime")), "serve", "--log-level", "warning"]
+    runtime += ["--grpc-port", "0"]
     threads = ["--intra-op-threads", str(args.intra_op_threads)] if args.intra_op_threads else []
     for model in sorted({s.model for s in scenarios}):
         servers[("naive", model, 1, "")] = Server(

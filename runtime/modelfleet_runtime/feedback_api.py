@@ -223,10 +223,10 @@ def build_feedback_router(runtime: ModelServer, service: FeedbackService) -> API
     @router.post("/feedback")
     async def feedback(request: Request) -> Response:
         if not service.enabled:
-            raise Unavailable(
+            # Permanent for this server, so 404 (a 503 would tell clients to retry).
+            raise NotFound(
                 "feedback is not enabled on this server: start it with --feedback-dir "
-                "(spec.retraining in the ModelVersion)",
-                retry_after=None,
+                "(spec.retraining in the ModelVersion)"
             )
         require_bearer(request, token)
         payload = await read_json_object(request, settings.max_body_bytes)

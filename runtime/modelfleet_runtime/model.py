@@ -7,6 +7,7 @@ shapes, and warms itself up at the batch sizes the batcher will use.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,8 @@ _ORT_TYPES: dict[str, tuple[np.dtype, str]] = {
     "tensor(uint32)": (np.dtype(np.uint32), "UINT32"),
     "tensor(uint64)": (np.dtype(np.uint64), "UINT64"),
     "tensor(bool)": (np.dtype(np.bool_), "BOOL"),
+    # onnxruntime takes and gives string tensors as object arrays of str.
+    "tensor(string)": (np.dtype(object), "BYTES"),
 }
 
 
@@ -98,9 +101,9 @@ class OnnxModel:
 
     @property
     def input_width(self) -> int | None:
-        """Features per row for the common single 2-D input; None for other shapes."""
+        """Features per row for the common single 2-D numeric input; None for other shapes and strings."""
         spec = self.single_input
-        if spec is None or len(spec.shape) != 2:
+        if spec is None or len(spec.shape) != 2 or spec.dtype.kind == "O":
             return None
         return spec.shape[1]
 
@@ -124,6 +127,10 @@ class OnnxModel:
                 feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
             elif spec.dtype.kind == "b":
                 feeds[spec.name] = rng.integers(0, 2, shape).astype(bool)
+            elif spec.dtype.kind == "O":
+                feeds[spec.name] = np.array([f"warmup {i}" for i in range(math.prod(shape))], dtype=object).reshape(
+                    shape
+                )
             else:
                 feeds[spec.name] = rng.integers(0, 2, shape).astype(spec.dtype)
         return feeds

@@ -11,6 +11,7 @@ import enum
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +55,7 @@ class ModelServer:
         self.features: FeatureStore | None = None  # set when settings.feature_store is
         self.model_path: Path | None = None
         self._load_task: asyncio.Task[None] | None = None
+        self._drain_listeners: list[Callable[[], None]] = []
         self.metrics.info.labels(settings.name, settings.model_version).set(1)
 
     @property
@@ -148,12 +150,20 @@ class ModelServer:
         self.metrics.observe_batch(record, waits)
         self.metrics.queue_depth.set(self.batcher.queued_rows if self.batcher else 0)
 
+    def on_drain(self, listener: Callable[[], None]) -> None:
+        """Call `listener` when the drain begins (from a signal handler: it must only schedule work)."""
+        self._drain_listeners.append(listener)
+
     def begin_drain(self) -> None:
         """Readiness turns false at once; requests already accepted still finish."""
-        if self.state is not State.DRAINING:
+        first = self.state is not State.DRAINING
+        if first:
             log.info("draining: readiness is now false")
         self.state, self.reason = State.DRAINING, "shutting down"
         self.metrics.ready.set(0)
+        if first:
+            for listener in self._drain_listeners:
+                listener()
 
     async def stop(self) -> None:
         self.begin_drain()

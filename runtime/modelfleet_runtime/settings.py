@@ -30,6 +30,8 @@ class Settings:
     demo: bool = False
     host: str = "0.0.0.0"
     port: int = 8080
+    # Open Inference Protocol gRPC on host:grpc_port; 0 turns it off.
+    grpc_port: int = 8081
     # An inherited, already listening socket to serve on instead of binding host:port (-1: bind).
     listen_fd: int = -1
     max_batch_size: int = 32
@@ -75,6 +77,8 @@ class Settings:
             problems.append(f"listen-fd must be a file descriptor (0 or more), or -1 to bind, got {self.listen_fd}")
         if not 0 < self.port < 65536:
             problems.append(f"port must be between 1 and 65535, got {self.port}")
+        if not 0 <= self.grpc_port < 65536:
+            problems.append(f"grpc-port must be between 1 and 65535, or 0 for no gRPC, got {self.grpc_port}")
         if self.max_body_bytes < 1024:
             problems.append(f"max-body-bytes must be at least 1024, got {self.max_body_bytes}")
         if self.sha256 and (len(self.sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in self.sha256)):
@@ -93,6 +97,7 @@ _FLAG_HELP: dict[str, str] = {
     "demo": "serve the built-in demo model",
     "host": "address to listen on",
     "port": "port to listen on",
+    "grpc_port": "port of the Open Inference Protocol gRPC service (0: no gRPC)",
     "listen_fd": "serve on this inherited listening socket instead of binding --host/--port "
     "(socket activation, a supervisor holding the port; -1: bind)",
     "max_batch_size": "largest number of rows merged into one session.run",

@@ -1,141 +1,200 @@
-"""Open Inference Protocol (KServe V2) REST endpoints over the same ModelServer.
+"""Open Inference Protocol (KServe V2) REST endpoints, with Triton's binary tensor extension.
 
 Health: /v2/health/live, /v2/health/ready (the model's real state, 503 with the
 reason until it is loaded and warmed up). Model: /v2/models/{name}[/versions/{v}]
 metadata, ready and infer. A name or version this server does not serve is a
 404 that names what it does serve.
+
+Infer takes JSON, or the binary extension: a JSON header of
+`Inference-Header-Content-Length` bytes followed by each binary input's
+`parameters.binary_data_size` bytes, in input order (a header length of 0: the
+whole body is the only input, as Triton's raw binary request). Outputs are JSON,
+or binary after the JSON header when `binary_data` (per output) or
+`binary_data_output` (all) asks. Bodies may be gzip or deflate (Content-Encoding);
+answers are compressed when Accept-Encoding asks and they are large enough.
 """
 
 from __future__ import annotations
 
-import math
+import functools
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import orjson
 from fastapi import APIRouter, Request
-from pydantic import ValidationError
 from starlette.responses import Response
 
 from . import __version__
-from .errors import InvalidInput, InvalidValue, PayloadTooLarge
-from .http_io import VERSION_HEADER, PlainRoute, json_response, read_body, require_bearer
-from .model import OnnxModel, TensorSpec
+from .api_schema import error_responses, request_body
+from .content_coding import COMPRESS_MIN_BYTES, accepted_coding, decode_body, encode_body
+from .errors import InvalidInput
+from .http_io import JSON, VERSION_HEADER, PlainRoute, json_response, parse_json, read_body, require_bearer
+from .model import OnnxModel
 from .model_server import ModelServer
-from .v2_messages import InferenceRequest, ModelMetadata, RequestInput, ServerMetadata, TensorMetadata
+from .tensor_codec import decode_binary, decode_json, encode_binary, json_data
+from .v2_infer import InputTensor, datatypes, entity_ids_of, infer, output_names
+from .v2_messages import (
+    InferenceRequest,
+    InferenceResponse,
+    ModelMetadata,
+    ParsedInput,
+    ParsedRequest,
+    ServerMetadata,
+    TensorMetadata,
+    parse_request,
+)
 
-_NUMPY_OF = {
-    "FP32": np.float32,
-    "FP64": np.float64,
-    "FP16": np.float16,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "UINT64": np.uint64,
-    "BOOL": np.bool_,
-}
+HEADER_LENGTH = "inference-header-content-length"
+BINARY = "application/octet-stream"
+EXTENSIONS = ["binary_tensor_data"]
 
 
-def _tensor(spec: TensorSpec, given: RequestInput, rows: int | None) -> np.ndarray:
-    if given.datatype != spec.datatype:
-        raise InvalidInput(f"input {spec.name!r}: datatype {given.datatype!r} given, the model takes {spec.datatype!r}")
-    shape = given.shape
-    if (
-        len(shape) != len(spec.shape)
-        or any(d is not None and d != g for d, g in zip(spec.shape, shape, strict=True))
-        or any(g < 0 for g in shape)
-    ):
-        expected = [-1 if d is None else d for d in spec.shape]
-        raise InvalidInput(f"input {spec.name!r}: shape {shape} given, the model takes {expected}")
-    if rows is not None and shape[0] != rows:
-        raise InvalidInput(f"input {spec.name!r} has {shape[0]} rows; the other inputs have {rows}")
+# -- request ---------------------------------------------------------------------------------
+
+
+def _split(body: bytes, declared: str | None) -> tuple[bytes, memoryview]:
+    """The JSON header and the binary tensor data after it."""
+    if declared is None:
+        return body, memoryview(b"")
     try:
-        array = np.asarray(given.data)
-    except (ValueError, TypeError):
-        raise InvalidInput(
-            f"input {spec.name!r}: data is ragged; send it flat (row-major) or as nested lists"
-        ) from None
-    if array.size != math.prod(shape):
-        raise InvalidInput(f"input {spec.name!r}: shape {shape} needs {math.prod(shape)} values, data has {array.size}")
-    if array.dtype.kind not in "biuf" or (array.dtype.kind == "b") != (spec.dtype.kind == "b"):
-        raise InvalidValue(f"input {spec.name!r}: data must be {spec.datatype} values")
-    with np.errstate(over="ignore", invalid="ignore"):
-        converted = array.astype(spec.dtype, copy=False).reshape(shape)
-    if spec.dtype.kind == "f" and not np.isfinite(converted).all():
-        raise InvalidValue(f"input {spec.name!r}: data holds a value that is not a finite {spec.datatype} number")
-    return converted
+        length = int(declared)
+    except ValueError:
+        raise InvalidInput(f"Inference-Header-Content-Length is not a number: {declared!r}") from None
+    if not 0 <= length <= len(body):
+        raise InvalidInput(f"Inference-Header-Content-Length is {length}, but the body has {len(body)} bytes")
+    return body[:length], memoryview(body)[length:]
 
 
-def _parse_request(body: bytes) -> InferenceRequest:
+def _parse(header: bytes) -> Any:
     try:
-        return InferenceRequest.model_validate_json(body)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
-        raise InvalidInput(f"not an Open Inference Protocol request: {problems}") from None
+        return parse_json(header)
+    except InvalidInput as exc:
+        if "content after document" in exc.message or "trailing" in exc.message:
+            raise InvalidInput(
+                f"{exc.message}: binary tensor data after the JSON needs the Inference-Header-Content-Length "
+                "header (the JSON's length in bytes)"
+            ) from None
+        raise
 
 
-def _entity_ids(message: InferenceRequest, model: OnnxModel) -> Any:
-    """`parameters.entity_ids` (or one `entity_id`) as sent, None when the request names no entity."""
-    params = message.parameters or {}
-    entity_ids = params.get("entity_ids") or ([params["entity_id"]] if "entity_id" in params else None)
-    if entity_ids is not None and model.input_width is None:
-        raise InvalidInput("entity_id needs a model with one 2-D feature input")
-    return entity_ids
+_T, _F = ord("t"), ord("f")
 
 
-def _check_input_names(model: OnnxModel, given: Mapping[str, RequestInput]) -> None:
-    """The request sends exactly the model's inputs, by name."""
-    specs = {s.name for s in model.inputs}
-    missing, unknown = sorted(specs - given.keys()), sorted(given.keys() - specs)
-    if unknown or missing:
-        problems = ([f"unknown inputs {unknown}"] if unknown else []) + (
-            [f"missing inputs {missing}"] if missing else []
-        )
-        raise InvalidInput(f"{'; '.join(problems)}; the model takes {[s.name for s in model.inputs]}")
+def _letters_t_f(text: bytes) -> int:
+    octets = np.frombuffer(text, dtype=np.uint8)
+    return int(np.count_nonzero(octets == _T) + np.count_nonzero(octets == _F))
 
 
-async def _feeds(
-    server: ModelServer, model: OnnxModel, given: Mapping[str, RequestInput], entity_ids: Any
-) -> tuple[dict[str, np.ndarray], int]:
-    """The model's feeds and their common number of rows."""
-    feeds: dict[str, np.ndarray] = {}
-    rows: int | None = None
-    for spec in model.inputs:
-        if entity_ids is not None:
-            feeds[spec.name] = await _with_entities(server, spec, given[spec.name], entity_ids)
+def _data_may_hold_bools(header: bytes, payload: dict[str, Any]) -> bool:
+    """False when no JSON true/false can be among the inputs' data, which NumPy would read as 1/0.
+
+    Numbers and lists never hold a "t" or an "f", and without a backslash in the body every
+    string is written as orjson writes it: when the body holds no more of those letters than
+    the request without its data, none is in the data. Two vectorised counts over the bytes
+    instead of a type check of every value.
+    """
+    if b"\\" in header:
+        return True
+    inputs = [{**i, "data": []} if "data" in i else i for i in payload["inputs"]]
+    skeleton = orjson.dumps({**payload, "inputs": inputs})
+    return _letters_t_f(header) != _letters_t_f(skeleton)
+
+
+def _tensors(message: ParsedRequest, binary: memoryview, may_hold_bools: bool) -> list[InputTensor]:
+    tensors, offset = [], 0
+    for given in message.inputs:
+        decode: Any
+        if given.binary_size is not None:
+            if offset + given.binary_size > len(binary):
+                raise InvalidInput(
+                    f"input {given.name!r}: binary_data_size {given.binary_size} runs past the end of the "
+                    f"{len(binary)} bytes of binary data after the JSON header"
+                )
+            raw = binary[offset : offset + given.binary_size]
+            offset += given.binary_size
+            decode = functools.partial(decode_binary, given.name, given.datatype, given.shape, raw)
         else:
-            feeds[spec.name] = _tensor(spec, given[spec.name], rows)
-        rows = feeds[spec.name].shape[0]
-    assert rows is not None  # a model has at least one input
-    return feeds, rows
+            decode = functools.partial(
+                decode_json, given.name, given.datatype, given.shape, given.data, may_hold_bools=may_hold_bools
+            )
+        tensors.append(InputTensor(given.name, given.datatype, given.shape, decode))
+    if offset != len(binary):
+        raise InvalidInput(
+            f"{len(binary)} bytes of binary data follow the JSON header, but the inputs' "
+            f"binary_data_size add up to {offset}"
+        )
+    return tensors
 
 
-def _output_names(message: InferenceRequest, model: OnnxModel) -> list[str]:
-    """The outputs the request asks for, in its order; all of the model's when it names none."""
-    wanted = [o.name for o in message.outputs] if message.outputs else None
-    if not wanted:
-        return model.output_names
-    unknown = sorted(set(wanted) - set(model.output_names))
-    if unknown:
-        raise InvalidInput(f"outputs {unknown} unknown; the model has {model.output_names}")
-    return wanted
+def _raw_request(model: OnnxModel, body: memoryview) -> tuple[ParsedRequest, list[InputTensor]]:
+    """Triton's raw binary request: the whole body is the one input, of one row for a batched model."""
+    spec = model.single_input
+    if spec is None:
+        raise InvalidInput("a raw binary request (Inference-Header-Content-Length: 0) needs a model with one input")
+    if spec.datatype == "BYTES":
+        shape: tuple[int, ...] = (1,) * len(spec.shape)
+    else:
+        per_row = int(np.prod([d for d in spec.row_shape if d is not None], dtype=np.int64))
+        rows, left = divmod(len(body), per_row * spec.dtype.itemsize)
+        if left or not rows:
+            raise InvalidInput(
+                f"a raw binary request of {len(body)} bytes is not a whole number of rows of input {spec.name!r} "
+                f"({per_row} {spec.datatype} values each)"
+            )
+        shape = (rows, *(d for d in spec.row_shape if d is not None))
+    decode = functools.partial(decode_binary, spec.name, spec.datatype, shape, body)
+    message = ParsedRequest(None, {}, [ParsedInput(spec.name, spec.datatype, shape, {}, None, len(body))], None, True)
+    return message, [InputTensor(spec.name, spec.datatype, shape, decode)]
 
 
-def _output_tensors(model: OnnxModel, outputs: Mapping[str, np.ndarray], names: list[str]) -> list[dict[str, Any]]:
-    by_spec = {o.name: o for o in model.outputs}
-    return [
-        {"name": n, "datatype": by_spec[n].datatype, "shape": list(outputs[n].shape), "data": outputs[n].ravel()}
-        for n in names
-    ]
+# -- answer ----------------------------------------------------------------------------------
+
+
+def _encode_answer(
+    message: ParsedRequest,
+    head: dict[str, Any],
+    outputs: dict[str, np.ndarray],
+    names: list[str],
+    types: dict[str, str],
+) -> tuple[bytes, int | None]:
+    """The answer's bytes and, when binary outputs follow the JSON, the JSON's length."""
+    tensors, buffers = [], []
+    for name in names:
+        array, datatype = outputs[name], types[name]
+        tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if message.wants_binary(name):
+            raw = encode_binary(array, datatype)
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            buffers.append(raw)
+        else:
+            tensor["data"] = json_data(array, datatype)
+        tensors.append(tensor)
+    head["outputs"] = tensors
+    header = orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not buffers:
+        return header, None
+    return b"".join([header, *buffers]), len(header)
+
+
+async def _respond(request: Request, body: bytes, header_length: int | None, headers: dict[str, str]) -> Response:
+    headers = dict(headers)
+    if header_length is not None:
+        headers["Inference-Header-Content-Length"] = str(header_length)
+    if len(body) >= COMPRESS_MIN_BYTES:
+        headers["Vary"] = "Accept-Encoding"
+        coding = accepted_coding(request.headers.get("accept-encoding"))
+        if coding is not None:
+            body = await encode_body(body, coding)
+            headers["Content-Encoding"] = coding
+    return Response(body, headers=headers, media_type=BINARY if header_length is not None else JSON)
+
+
+# -- routes ----------------------------------------------------------------------------------
 
 
 def build_v2_router(server: ModelServer, predict_token: str | None) -> APIRouter:
-    router = APIRouter(prefix="/v2")
+    router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2)"])
     _add_server_routes(router, server)
     _add_model_routes(router, server)
     _add_infer_routes(router, server, predict_token)
@@ -149,49 +208,52 @@ def _ready_response(server: ModelServer) -> Response:
 def _add_server_routes(router: APIRouter, server: ModelServer) -> None:
     """Server metadata, liveness and readiness."""
 
-    @router.get("")
+    @router.get("", response_model=ServerMetadata)
     async def server_metadata() -> Response:
-        return json_response(ServerMetadata(name="modelfleet", version=__version__, extensions=[]).model_dump())
+        return json_response(ServerMetadata(name="modelfleet", version=__version__, extensions=EXTENSIONS).model_dump())
 
     @router.get("/health/live")
     async def live() -> Response:
         return json_response({"live": True})
 
-    @router.get("/health/ready")
+    @router.get("/health/ready", responses={503: {"description": "not ready: the reason"}})
     async def ready() -> Response:
         return _ready_response(server)
 
 
+def model_metadata(server: ModelServer) -> ModelMetadata:
+    settings, model = server.settings, server.require_model()
+    return ModelMetadata(
+        name=settings.name,
+        versions=[settings.model_version],
+        platform="onnxruntime_onnx",
+        inputs=[TensorMetadata(**t.metadata()) for t in model.inputs],
+        outputs=[TensorMetadata(**t.metadata()) for t in model.outputs],
+    )
+
+
 def _add_model_routes(router: APIRouter, server: ModelServer) -> None:
     """The model's metadata and readiness, by name and by name and version."""
-    settings = server.settings
+    responses = error_responses(404, 503)
 
     def metadata(name: str, version: str | None) -> Response:
         server.check_target(name, version)
-        model = server.require_model()
-        meta = ModelMetadata(
-            name=settings.name,
-            versions=[settings.model_version],
-            platform="onnxruntime_onnx",
-            inputs=[TensorMetadata(**t.metadata()) for t in model.inputs],
-            outputs=[TensorMetadata(**t.metadata()) for t in model.outputs],
-        )
-        return json_response(meta.model_dump())
+        return json_response(model_metadata(server).model_dump())
 
-    @router.get("/models/{name}")
-    async def model_metadata(name: str) -> Response:
+    @router.get("/models/{name}", response_model=ModelMetadata, responses=responses)
+    async def model_metadata_route(name: str) -> Response:
         return metadata(name, None)
 
-    @router.get("/models/{name}/versions/{version}")
+    @router.get("/models/{name}/versions/{version}", response_model=ModelMetadata, responses=responses)
     async def version_metadata(name: str, version: str) -> Response:
         return metadata(name, version)
 
-    @router.get("/models/{name}/ready")
+    @router.get("/models/{name}/ready", responses=responses)
     async def model_ready(name: str) -> Response:
         server.check_target(name)
         return _ready_response(server)
 
-    @router.get("/models/{name}/versions/{version}/ready")
+    @router.get("/models/{name}/versions/{version}/ready", responses=responses)
     async def version_ready(name: str, version: str) -> Response:
         server.check_target(name, version)
         return _ready_response(server)
@@ -202,43 +264,48 @@ def _add_infer_routes(router: APIRouter, server: ModelServer, predict_token: str
     settings = server.settings
     version_headers = {VERSION_HEADER: settings.model_version}
 
-    async def infer(request: Request, name: str, version: str | None) -> Response:
+    async def infer_route(request: Request, name: str, version: str | None) -> Response:
         started = time.perf_counter()
         server.check_target(name, version)
         require_bearer(request, predict_token)
-        message = _parse_request(await read_body(request, settings.max_body_bytes))
+        body = await read_body(request, settings.max_body_bytes)
+        body = await decode_body(body, request.headers.get("content-encoding"), settings.max_body_bytes)
+        header, binary = _split(body, request.headers.get(HEADER_LENGTH))
         model = server.require_model()
-        given = {i.name: i for i in message.inputs}
-        entity_ids = _entity_ids(message, model)
-        _check_input_names(model, given)
-        feeds, rows = await _feeds(server, model, given, entity_ids)
-        if rows > settings.max_queue:
-            raise PayloadTooLarge(f"{rows} rows in one request; the limit is {settings.max_queue}")
-        names = _output_names(message, model)
-        outputs = await server.infer(feeds, rows)
-        answer: dict[str, Any] = {
-            "model_name": settings.name,
-            "model_version": settings.model_version,
-            "outputs": _output_tensors(model, outputs, names),
-        }
+        if not header and len(binary):
+            message, tensors = _raw_request(model, binary)
+        else:
+            payload = _parse(header)
+            message = parse_request(payload)
+            tensors = _tensors(message, binary, _data_may_hold_bools(header, payload))
+        names = output_names(model, [o.name for o in message.outputs] if message.outputs else None)
+        outputs = await infer(server, model, tensors, entity_ids_of(message.parameters, model))
+        head: dict[str, Any] = {"model_name": settings.name, "model_version": settings.model_version}
         if message.id is not None:
-            answer["id"] = message.id
-        answer["parameters"] = {"latency_ms": round((time.perf_counter() - started) * 1000.0, 3)}
-        return json_response(answer, headers=version_headers)
+            head["id"] = message.id
+        head["parameters"] = {"latency_ms": round((time.perf_counter() - started) * 1000.0, 3)}
+        answer, header_length = _encode_answer(message, head, outputs, names, datatypes(model))
+        return await _respond(request, answer, header_length, version_headers)
 
-    @router.post("/models/{name}/infer")
+    answers = InferenceResponse
+    errors = error_responses(400, 401, 404, 413, 422, 503, binary=True)
+    body = request_body(InferenceRequest, binary=True)
+
+    @router.post("/models/{name}/infer", response_model=answers, responses=errors, openapi_extra=body)
     async def model_infer(request: Request, name: str) -> Response:
-        return await infer(request, name, None)
+        return await infer_route(request, name, None)
 
-    @router.post("/models/{name}/versions/{version}/infer")
+    @router.post(
+        "/models/{name}/versions/{version}/infer", response_model=answers, responses=errors, openapi_extra=body
+    )
     async def version_infer(request: Request, name: str, version: str) -> Response:
-        return await infer(request, name, version)
+        return await infer_route(request, name, version)
 
     async def plain_model_infer(request: Request) -> Response:
-        return await infer(request, request.path_params["name"], None)
+        return await infer_route(request, request.path_params["name"], None)
 
     async def plain_version_infer(request: Request) -> Response:
-        return await infer(request, request.path_params["name"], request.path_params["version"])
+        return await infer_route(request, request.path_params["name"], request.path_params["version"])
 
     router.routes[:0] = [
         PlainRoute("/v2/models/{name}/infer", plain_model_infer, methods=["POST"], include_in_schema=False),
@@ -246,24 +313,3 @@ def _add_infer_routes(router: APIRouter, server: ModelServer, predict_token: str
             "/v2/models/{name}/versions/{version}/infer", plain_version_infer, methods=["POST"], include_in_schema=False
         ),
     ]
-
-
-async def _with_entities(server: ModelServer, spec: TensorSpec, given: RequestInput, entity_ids: Any) -> np.ndarray:
-    """The request's own feature columns with each row's entity features placed before them."""
-    if not isinstance(entity_ids, list) or not all(isinstance(e, str) and e for e in entity_ids):
-        raise InvalidInput("parameters.entity_id must be a string (entity_ids: a list of strings)")
-    if server.features is None:
-        raise InvalidInput("entity_id was given but this server has no feature store configured")
-    prefixes = await server.features.get_many(entity_ids)
-    width = spec.shape[1]
-    assert width is not None
-    own = width - prefixes[0].shape[-1]
-    if given.shape != [len(entity_ids), own]:
-        raise InvalidInput(
-            f"input {spec.name!r}: with {len(entity_ids)} entities of {prefixes[0].shape[-1]} "
-            f"features, shape must be [{len(entity_ids)}, {own}] (the model takes {width}), "
-            f"got {given.shape}"
-        )
-    own_spec = TensorSpec(spec.name, spec.dtype, spec.datatype, (None, own))
-    array = _tensor(own_spec, given, None)
-    return np.concatenate([np.stack(prefixes).astype(spec.dtype, copy=False), array], axis=1)

@@ -69,6 +69,7 @@ async def kubelet(cluster: Cluster) -> AsyncIterator[DeploymentController]:
         yield deployments
     errors = deployments.errors + slices.errors
     assert not errors, f"the test controllers failed: {errors!r}"
+    assert not deployments.still_running(), "pod processes outlived the test kubelet"
 
 
 @pytest.fixture
@@ -76,6 +77,7 @@ async def jobs(cluster: Cluster) -> AsyncIterator[JobController]:
     async with JobController(cluster.emulator, cluster.client, cluster.volumes) as controller:
         yield controller
     assert not controller.errors, f"the test Job controller failed: {controller.errors!r}"
+    assert not controller.still_running(), "trainer processes outlived the test Job controller"
 
 
 @pytest.fixture

@@ -131,12 +131,13 @@ async def test_nan_is_refused(served: Any) -> None:
     assert stored(volume) == []
 
 
-async def test_feedback_without_a_volume_answers_503_and_stats_say_disabled(mlp_path: Path) -> None:
+async def test_feedback_without_a_volume_answers_404_and_stats_say_disabled(mlp_path: Path) -> None:
     server = ModelServer(settings_for(mlp_path, None))
     transport = httpx.ASGITransport(app=create_app(server.settings, server))
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         r = await client.post("/feedback", json={"features": [1, 2, 3, 4], "label": 1})
-        assert r.status_code == 503 and "feedback is not enabled" in r.json()["error"]
+        # Permanent for this server: 404, not a retryable 503.
+        assert r.status_code == 404 and "feedback is not enabled" in r.json()["error"]
         assert (await client.get("/v1/feedback/stats")).json()["enabled"] is False
 
 

@@ -36,7 +36,9 @@ async def live_server(settings: Settings, *, wait_ready: bool = True) -> AsyncIt
     """Serve `settings` until the block ends; with `wait_ready`, enter once the model loaded or failed."""
     listener = listening_socket()
     port = listener.getsockname()[1]
-    settings = dataclasses.replace(settings, host="127.0.0.1", port=port)
+    # No gRPC on the default port (8081 would be shared by every server): a test that wants gRPC starts
+    # grpc_api.GrpcServer on a port of its own.
+    settings = dataclasses.replace(settings, host="127.0.0.1", port=port, grpc_port=0)
     model_server = ModelServer(settings)
     config = uvicorn.Config(create_app(settings, model_server), log_level="warning", lifespan="on", access_log=False)
     server = uvicorn.Server(config)

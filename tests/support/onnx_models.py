@@ -10,9 +10,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
-def save_model(graph: onnx.GraphProto, path: Path) -> Path:
-    """`graph` as a checked opset-17 model at `path`."""
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+def save_model(graph: onnx.GraphProto, path: Path, *, ml: bool = False) -> Path:
+    """`graph` as a checked opset-17 model at `path` (`ml`: with the ai.onnx.ml operators too)."""
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid("ai.onnx.ml", 3)] if ml else [])
+    model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 8
     onnx.checker.check_model(model)
     onnx.save(model, str(path))

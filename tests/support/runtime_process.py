@@ -56,7 +56,14 @@ class RuntimeProcess:
         host, port = self.listener.getsockname()[:2]
         self.url = f"http://{host}:{port}"
         fd = self.listener.fileno()
-        environ = {**os.environ, "MODELFLEET_LOG_LEVEL": "warning", "MODELFLEET_CACHE_DIR": str(workdir), **env}
+        # gRPC off unless `env` sets MODELFLEET_GRPC_PORT: its default 8081 would be shared by every runtime.
+        environ = {
+            **os.environ,
+            "MODELFLEET_LOG_LEVEL": "warning",
+            "MODELFLEET_CACHE_DIR": str(workdir),
+            "MODELFLEET_GRPC_PORT": "0",
+            **env,
+        }
         self.child = ChildProcess(
             [RUNTIME, "serve", "--listen-fd", str(fd), *args], environ, workdir / f"{name}.log", pass_fds=[fd]
         )

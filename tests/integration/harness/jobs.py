@@ -230,6 +230,7 @@ class JobController(PodController[JobPod]):
             job=name,
         )
         self.pods[(namespace, pod.name)] = pod
+        self.started.append(pod)
         manifest = pod.manifest()
         manifest["metadata"]["labels"].pop("pod-template-hash", None)
         await self.client.create("", "v1", "pods", namespace, manifest)

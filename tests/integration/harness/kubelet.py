@@ -434,7 +434,11 @@ class PodController(PollingController, Generic[P]):
         self.client = client
         self.volumes = volumes
         self.pods: dict[tuple[str, str], P] = {}  # (namespace, pod name)
+        self.started: list[P] = []  # every pod it ever ran, to prove none outlives it
         self._counter = itertools.count()
+
+    def still_running(self) -> list[P]:
+        return [pod for pod in self.started if pod.process is not None and pod.process.running]
 
     async def close(self) -> None:
         await asyncio.gather(*(pod.stop() for pod in self.pods.values()), return_exceptions=True)
@@ -471,10 +475,12 @@ class DeploymentController(PodController[PodProcess]):
         self._http = aiohttp.ClientSession()
 
     async def close(self) -> None:
+        # The pods in their preStop sleep are stopped now, with the others.
+        leaving = list(self.terminating.values())
         for task in self._terminations:
             task.cancel()
         await asyncio.gather(*self._terminations, return_exceptions=True)
-        await asyncio.gather(*(pod.stop() for pod in self.terminating.values()), return_exceptions=True)
+        await asyncio.gather(*(pod.stop() for pod in leaving), return_exceptions=True)
         await super().close()
         if self._http is not None:
             await self._http.close()
@@ -613,6 +619,7 @@ class DeploymentController(PodController[PodProcess]):
                 self._create_failure[key] = (str((exc.body or {}).get("message", exc.body)), self.clock() + 1.0)
                 return
             self.pods[(namespace, pod.name)] = pod
+            self.started.append(pod)
             current.append(pod)
 
     async def _cannot_pull(self, pod: PodProcess) -> None:
