@@ -45,6 +45,12 @@ TOLERANCE = 5.0
 EVENTS = ("", "v1", "events")
 
 
+@pytest.fixture
+def operator_config() -> OperatorConfig:
+    # Service routing; a version giving up traffic keeps its pods 2 s (the resync stays the default).
+    return OperatorConfig(namespaces=("ml",), standalone=True, scale_down_delay_seconds=2)
+
+
 @contextlib.asynccontextmanager
 async def load_through(router: Router, features: Sequence[float] = FEATURES) -> AsyncIterator[Load]:
     async with Load(router.url, {"features": list(features)}, host=HOST if router.mode == "gateway" else None) as load:
@@ -251,11 +257,14 @@ async def test_service_mode_sizes_versions_to_their_shares_and_kube_proxy_follow
     assert (math.ceil(3 * 50 / 100), math.ceil(2 * 50 / 100)) == (2, 1)
     async with Router(cluster.emulator, "ml", MODEL, mode="service", seed=3) as router:
         await wait_for(
-            lambda: ready_endpoints_by_version(cluster, router) == {"1": 2, "2": 1},
+            lambda: (
+                ready_endpoints_by_version(cluster, router) == {"1": 2, "2": 1}
+                and phase_of(cluster, "fraud-v1") == "Ready"
+                and phase_of(cluster, "fraud-v2") == "Ready"
+            ),
             timeout=60,
-            message=lambda: f"2 + 1 ready endpoints; now {ready_endpoints_by_version(cluster, router)}",
+            message=lambda: f"2 + 1 ready endpoints, both Ready; now {ready_endpoints_by_version(cluster, router)}",
         )
-        assert phase_of(cluster, "fraud-v1") == "Ready" and phase_of(cluster, "fraud-v2") == "Ready"
         async with load_through(router) as load:
             answers = await load.collect(900)
         # kube-proxy spreads over ready pods: the split is the pod ratio (one pod of precision).

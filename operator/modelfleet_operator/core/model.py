@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import datetime
 import math
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -480,7 +479,8 @@ def rollback_event(mv: Mapping[str, Any], message: str, moment: datetime.datetim
     return {
         "apiVersion": "v1",
         "kind": "Event",
-        "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}", "namespace": meta["namespace"]},
+        # One per rolled-back spec: posted again after a failed status write, it answers 409.
+        "metadata": {"name": f"{meta['name']}.rolled-back.g{_generation(mv)}", "namespace": meta["namespace"]},
         "involvedObject": {
             "apiVersion": mv.get("apiVersion", API_VERSION),
             "kind": mv.get("kind", KIND),

@@ -171,10 +171,11 @@ class ModelReconciler:
             generation = int(mv["metadata"].get("generation") or 1)
             new = learned.merged(name, version.status, generation)
             new["conditions"] = status.ordered(new.get("conditions") or [])
-            await self.writer.write_status(mv, new)
+            # The Event first: whoever sees the status (a rollback) finds the Event that explains it.
             for event in version.events:
                 self.logger.warning(f"{event['reason']} {name}: {event['message']}")
                 await self.writer.post_event(event)
+            await self.writer.write_status(mv, new)
         for name, version in decision.versions.items():
             current = self.cache.get(k8s.MODELVERSIONS, snapshot.namespace, name)
             if current is not None:
