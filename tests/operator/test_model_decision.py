@@ -81,6 +81,7 @@ class Model:
             versions=list(self.versions.values()),
             deployments=self.deployments,
             services=self.services,
+            shared={"Service": self.services["fraud"]} if "fraud" in self.services else {},
             pods=self.pods,
         )
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from modelfleet_operator.config import OperatorConfig
 from modelfleet_operator.core import drift, manifests, ownership, status
-from modelfleet_operator.core.model_objects import ModelObjects, build_model_objects, endpoint
+from modelfleet_operator.core.model_objects import ModelObjects, build_model_objects, endpoint, shared_kinds
 from modelfleet_operator.core.rollout import Counts, Judgement, Window, judge, parse_time, rfc3339
 from modelfleet_operator.core.traffic import Scale, needed
 from modelfleet_operator.core.transitions import TransitionPlan, VersionPlan, VersionTraffic, plan_transition
@@ -61,9 +61,9 @@ class ModelSnapshot:
     """One consistent view of a model, read from the cache in one go.
 
     `versions`: every ModelVersion of the model (those being deleted included).
-    `deployments`, `services`, `hpas`, `pdbs`, `routes`: the live objects named like the
-    versions or the model, by name, whoever owns them (the operator's cache holds what it
-    labelled; `foreign` what a GET found that it did not).
+    `deployments`, `services`, `hpas`, `pdbs`: the live objects named like the versions, by
+    name, whoever owns them; `shared`: the live objects named like the model, by kind (the
+    operator's cache holds what it labelled, and what a GET found that it did not).
     `pods`: the model's pods that are not terminating, with their labels.
     """
 
@@ -74,7 +74,7 @@ class ModelSnapshot:
     services: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     hpas: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     pdbs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    routes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    shared: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     pods: Sequence[Mapping[str, Any]] = ()
 
 
@@ -329,11 +329,8 @@ def _version_conflict(snapshot: ModelSnapshot, mv: Mapping[str, Any]) -> ownersh
 
 
 def _model_conflict(snapshot: ModelSnapshot, config: OperatorConfig) -> ownership.Conflict | None:
-    shared = [("Service", snapshot.services.get(snapshot.model))]
-    if config.routing == "gateway":
-        shared.append(("HTTPRoute", snapshot.routes.get(snapshot.model)))
-    for kind, obj in shared:
-        found = ownership.model_object_conflict(kind, obj, snapshot.model, snapshot.namespace)
+    for kind in shared_kinds(config):
+        found = ownership.model_object_conflict(kind, snapshot.shared.get(kind), snapshot.model, snapshot.namespace)
         if found is not None:
             return found
     return None

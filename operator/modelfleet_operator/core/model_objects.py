@@ -1,10 +1,12 @@
 """The objects one model shares across its versions, as pure builders.
 
-`MODEL_BUILDERS` lists them: each takes a `ModelObjects` (the model's live
-versions, their traffic shares, the configuration) and returns a manifest, or
-None when the model does not need that object in this configuration. The
-model reconciler applies what they return and deletes nothing else, so a
-new shared object (a NetworkPolicy, a GRPCRoute) is one more builder here.
+`MODEL_BUILDERS` lists them (`SharedObject`: the kind, when the configuration
+wants it, and a builder that takes a `ModelObjects` — the model's versions,
+their traffic shares, the configuration — and returns the manifest). The model
+reconciler applies what they build, checks that an existing object of that kind
+and name is the model's own (`ownership`), and deletes nothing else: a new
+shared object (a NetworkPolicy, a GRPCRoute) is one more entry here, plus its
+kind among the watched ones (`shell.kube` and `shell.handlers.owned_kinds`).
 
 - the shared Service named after the model: selects every pod of every version
   (kube-proxy sends only to ready pods), owned without a controller by every
@@ -59,6 +61,15 @@ class ModelObjects:
 
 
 ModelBuilder = Callable[[ModelObjects], "dict[str, Any] | None"]
+
+
+@dataclass(frozen=True)
+class SharedObject:
+    """One object a model shares across its versions, named like the model."""
+
+    kind: str  # the manifest's kind, as it is stored
+    wanted: Callable[[OperatorConfig], bool]
+    build: ModelBuilder
 
 
 def build_model_service(model: ModelObjects) -> dict[str, Any]:
@@ -136,14 +147,23 @@ def build_httproute(model: ModelObjects) -> dict[str, Any] | None:
     }
 
 
-MODEL_BUILDERS: tuple[ModelBuilder, ...] = (build_model_service, build_httproute)
+MODEL_BUILDERS: tuple[SharedObject, ...] = (
+    SharedObject("Service", lambda config: True, build_model_service),
+    SharedObject("HTTPRoute", lambda config: config.routing == "gateway", build_httproute),
+)
+
+
+def shared_kinds(config: OperatorConfig) -> list[str]:
+    """The kinds of the shared objects a model has in this configuration."""
+    return [shared.kind for shared in MODEL_BUILDERS if shared.wanted(config)]
 
 
 def build_model_objects(model: ModelObjects) -> list[dict[str, Any]]:
     """Every shared object of the model in this configuration (empty when no version stays)."""
     if not model.owners_of:
         return []
-    return [manifest for build in MODEL_BUILDERS if (manifest := build(model)) is not None]
+    built = (shared.build(model) for shared in MODEL_BUILDERS if shared.wanted(model.config))
+    return [manifest for manifest in built if manifest is not None]
 
 
 def endpoint(model: str, namespace: str, config: OperatorConfig) -> str:
@@ -159,8 +179,10 @@ __all__ = [
     "MODEL_BUILDERS",
     "ModelBuilder",
     "ModelObjects",
+    "SharedObject",
     "build_httproute",
     "build_model_objects",
     "build_model_service",
     "endpoint",
+    "shared_kinds",
 ]

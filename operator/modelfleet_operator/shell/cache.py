@@ -168,8 +168,9 @@ class Cache:
             keys.update(by_model)
         return keys
 
-    def snapshot(self, namespace: str, model: str) -> ModelSnapshot:
-        """Everything one reconcile of the model reads, in one consistent view."""
+    def snapshot(self, namespace: str, model: str, shared: Iterable[Kind] = ()) -> ModelSnapshot:
+        """Everything one reconcile of the model reads, in one consistent view; `shared`: the kinds of
+        the model's shared objects (looked up by the model's name)."""
         versions = self.of_model(k8s.MODELVERSIONS, namespace, model)
         names = [str(_meta(v)["name"]) for v in versions]
 
@@ -181,10 +182,10 @@ class Cache:
             model=model,
             versions=versions,
             deployments=named(k8s.DEPLOYMENTS, names),
-            services=named(k8s.SERVICES, [*names, model]),
+            services=named(k8s.SERVICES, names),
             hpas=named(k8s.HPAS, names),
             pdbs=named(k8s.PDBS, names),
-            routes=named(k8s.HTTPROUTES, [model]),
+            shared={k8s.KIND_NAMES[kind]: obj for kind in shared if (obj := self.get(kind, namespace, model))},
             pods=[p for p in self.of_model(k8s.PODS, namespace, model) if not _is_trainer(p)],
         )
 

@@ -79,6 +79,9 @@ _BY_MANIFEST: dict[tuple[str, str], Kind] = {
 }
 
 
+KIND_NAMES: dict[Kind, str] = {kind: name for (_, name), kind in _BY_MANIFEST.items()}
+
+
 def kind_of(manifest: Mapping[str, Any]) -> Kind:
     try:
         return _BY_MANIFEST[(manifest["apiVersion"], manifest["kind"])]
@@ -288,6 +291,7 @@ __all__ = [
     "HPAS",
     "HTTPROUTES",
     "JOBS",
+    "KIND_NAMES",
     "MODELVERSIONS",
     "PDBS",
     "PODS",

@@ -34,6 +34,7 @@ import aiohttp
 from modelfleet_operator.config import OperatorConfig
 from modelfleet_operator.core import manifests, status
 from modelfleet_operator.core import model as core_model
+from modelfleet_operator.core.model_objects import shared_kinds
 from modelfleet_operator.core.rollout import Counts
 from modelfleet_operator.shell import kube as k8s
 from modelfleet_operator.shell import pods as pod_http
@@ -67,6 +68,8 @@ class ModelReconciler:
         self.http = http
         self.logger = logger
         self.learning = LearningStep(cache, writer, http, config, logger)
+        names = set(shared_kinds(config))
+        self.shared = [kind for kind, name in k8s.KIND_NAMES.items() if name in names and kind != k8s.MODELVERSIONS]
         self._analysed: dict[ModelKey, float] = {}
 
     async def reconcile(self, key: ModelKey) -> float | None:
@@ -89,7 +92,7 @@ class ModelReconciler:
     async def _reconcile(self, key: ModelKey) -> float | None:
         namespace, model = key
         await self._look_again_at_foreign(namespace, model)
-        snapshot = self.cache.snapshot(namespace, model)
+        snapshot = self.cache.snapshot(namespace, model, self.shared)
         if not snapshot.versions:
             self._analysed.pop(key, None)
             return None  # the model is gone; the garbage collector removes what it owned
