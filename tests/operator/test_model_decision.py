@@ -397,3 +397,14 @@ def test_an_unchanged_model_decides_the_same_status_again(model: Model) -> None:
     second = model.decide(now=NOW + timedelta(minutes=5))
     for name in ("fraud-v1", "fraud-v2"):
         assert second.versions[name].status == first.versions[name].status
+
+
+def test_a_model_whose_gateway_hostname_is_not_a_dns_name_fails_with_what_to_change(make_mv: MakeMV) -> None:
+    model = Model(make_mv, GATEWAY)
+    long = "m" * 62
+    mv = model.version("fraud-v1", "1")
+    mv["spec"]["model"] = long  # {model}-{namespace}: a 63+ character label
+    decision = decide(ModelSnapshot("ml", long, [mv]), Observations(), GATEWAY, NOW)
+    ready = condition(decision, "fraud-v1", "Ready")
+    assert decision.versions["fraud-v1"].status["phase"] == "Failed" and ready["reason"] == "InvalidHostname"
+    assert "is not a DNS name" in ready["message"] and not decision.shared

@@ -265,7 +265,7 @@ def _controlled(obj: Mapping[str, Any] | None, mv: Mapping[str, Any]) -> Mapping
 def versions_of(snapshot: ModelSnapshot, config: OperatorConfig) -> list[Version]:
     """The snapshot's ModelVersions with their specs, failures and children, sorted by name."""
     dups = ownership.duplicates(v for v in snapshot.versions if _valid(v, config))
-    model_conflict = _model_conflict(snapshot, config)
+    model_conflict = _hostname_problem(snapshot, config) or _model_conflict(snapshot, config)
     out: list[Version] = []
     for mv in sorted(snapshot.versions, key=_name):
         name = _name(mv)
@@ -326,6 +326,24 @@ def _version_conflict(snapshot: ModelSnapshot, mv: Mapping[str, Any]) -> ownersh
         if found is not None:
             return found
     return None
+
+
+class InvalidHostname(manifests.SpecRejected):
+    reason = "InvalidHostname"
+
+
+def _hostname_problem(snapshot: ModelSnapshot, config: OperatorConfig) -> InvalidHostname | None:
+    """Gateway mode: the model's hostname must be a DNS name (labels of at most 63 characters)."""
+    if config.routing != "gateway":
+        return None
+    host = config.gateway_hostname(snapshot.model, snapshot.namespace)
+    labels = host.split(".")
+    if len(host) <= 253 and all(0 < len(label) <= 63 for label in labels):
+        return None
+    return InvalidHostname(
+        f"the model's hostname {host!r} (gateway-hostname-template {config.gateway_hostname_template!r}) is not a "
+        "DNS name: a label has more than 63 characters; shorten the model or namespace name, or change the template"
+    )
 
 
 def _model_conflict(snapshot: ModelSnapshot, config: OperatorConfig) -> ownership.Conflict | None:
