@@ -102,7 +102,7 @@ def check(load: Load, sampler: CapacitySampler) -> None:
     """The scenario's promises: every request answered 200, and capacity covered at every sample."""
     assert len(load.answers) > 100, "the load did not run"
     assert load.statuses() == {200: len(load.answers)}, load.statuses()
-    assert sampler.samples >= 10, "the sampler did not run"
+    assert sampler.samples >= 5, "the sampler did not run"
     assert sampler.violations == [], sampler.violations[:5]
 
 

@@ -400,8 +400,8 @@ def analysis_targets(snapshot: ModelSnapshot, config: OperatorConfig) -> list[st
 
 
 def takers(snapshot: ModelSnapshot, config: OperatorConfig, now: datetime.datetime) -> list[str]:
-    """The versions whose Deployments say they could take a larger share now: the shell confirms
-    them against their Service's ready endpoints (`Observations.endpoints`) before the switch."""
+    """The versions about to take a larger share whose Deployments report Available replicas: the
+    shell confirms those against their Service's ready endpoints (`Observations.endpoints`)."""
     versions = [v for v in versions_of(snapshot, config) if v.takes_part]
     inputs = [_traffic_input(v, _can_serve(v, Observations(), config)[0], rolled_back_for_spec(v.mv)) for v in versions]
     plan = plan_transition(
@@ -411,11 +411,7 @@ def takers(snapshot: ModelSnapshot, config: OperatorConfig, now: datetime.dateti
         scale_down_delay=config.scale_down_delay_seconds,
         retire_after=config.retire_after_seconds,
     )
-    return sorted(
-        i.name
-        for i in inputs
-        if plan.versions[i.name].target > i.serving and i.available >= needed(i.full, plan.versions[i.name].target)
-    )
+    return sorted(i.name for i in inputs if plan.versions[i.name].target > i.serving and i.available > 0)
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ The rules (DESIGN.md section 2, issue 10):
 - Capacity: a version never has fewer replicas than its *current* share needs
   (`traffic.needed`). A version that takes a share scales up at once; the
   shares switch to the desired ones only when every taker is Available at the
-  replicas its new share needs (or nothing serves yet, so there is nothing to
-  protect). Only then may the givers scale down, and only after their delay
+  replicas its new share needs (when nothing serves yet there is nothing to
+  protect: the versions with an Available replica serve at once). Only then may the givers scale down, and only after their delay
   (`scale-down-delay-seconds`; 0 for a version rolled back automatically in
   service mode, whose pods answer errors; `retire-after-seconds` for a version
   left at weight 0 in gateway mode, which stays warm for an instant rollback).
@@ -149,6 +149,15 @@ def serving_now(versions: Sequence[VersionTraffic]) -> dict[str, int]:
     return {v.name: shares.get(v.name, 0) for v in versions}
 
 
+def _available_part(versions: Sequence[VersionTraffic], target: Mapping[str, int]) -> dict[str, int]:
+    """`target` over the versions with an Available replica, renormalised (all zero when none has one)."""
+    able = {v.name: target[v.name] for v in versions if target[v.name] > 0 and v.available > 0}
+    if not able:
+        return {v.name: 0 for v in versions}
+    shares = apportion(able)
+    return {v.name: shares.get(v.name, 0) for v in versions}
+
+
 def _taker_waits(v: VersionTraffic, target: int, current: int) -> str | None:
     """Why version `v` cannot take `target` yet (None: it can, or it takes nothing)."""
     if target <= current:
@@ -204,9 +213,14 @@ def plan_transition(
     target, held = desired_shares(versions, current)
     waits = {v.name: _taker_waits(v, target[v.name], current[v.name]) for v in versions}
     nothing_serves = not any(current.values())
-    switched = target != current and (nothing_serves or not any(waits.values()))
-    shares = target if switched or nothing_serves else current
-    waiting = None if switched else next((w for w in waits.values() if w), None)
+    if nothing_serves:
+        # Nothing to protect: serve on whatever is Available now, from the versions that have some.
+        shares = _available_part(versions, target)
+        switched = shares != current
+    else:
+        switched = target != current and not any(waits.values())
+        shares = target if switched else current
+    waiting = None if switched and shares == target else next((w for w in waits.values() if w), None)
 
     plans: dict[str, VersionPlan] = {}
     for v in versions:
