@@ -22,7 +22,7 @@ import yaml
 from modelfleet_operator import spec as crd
 from modelfleet_operator.config import ConfigError, OperatorConfig, env_name, load_config, parse_set_options
 from modelfleet_operator.core.manifests import SpecRejected
-from modelfleet_operator.core.model import render_manifests
+from modelfleet_operator.core.render import render_manifests
 
 _HELP = {
     "runtime-image": "runtime image of versions that name none",

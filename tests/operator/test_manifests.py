@@ -17,8 +17,8 @@ from modelfleet_operator.core.manifests import (
     label_selector,
     version_endpoint,
 )
-from modelfleet_operator.core.model import render_manifests
 from modelfleet_operator.core.model_objects import ModelObjects, build_model_objects, build_model_service, endpoint
+from modelfleet_operator.core.render import render_manifests
 from modelfleet_operator.core.traffic import Scale
 from modelfleet_runtime.settings import Settings, load_settings
 

@@ -12,16 +12,11 @@ import pytest
 
 from modelfleet_operator.config import OperatorConfig
 from modelfleet_operator.core import drift
+from modelfleet_operator.core.canary import analysis_targets
 from modelfleet_operator.core.manifests import build_children
-from modelfleet_operator.core.model import (
-    FINALIZER,
-    ModelDecision,
-    ModelSnapshot,
-    Observations,
-    analysis_targets,
-    decide,
-)
+from modelfleet_operator.core.model import FINALIZER, ModelDecision, decide
 from modelfleet_operator.core.rollout import Counts
+from modelfleet_operator.core.snapshot import ModelSnapshot, Observations
 
 MakeMV = Callable[..., dict[str, Any]]
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)

@@ -17,7 +17,7 @@ from modelfleet_operator import cli
 from modelfleet_operator.config import OperatorConfig
 from modelfleet_operator.core import drift
 from modelfleet_operator.core.manifests import build_children
-from modelfleet_operator.core.model import render_manifests
+from modelfleet_operator.core.render import render_manifests
 from modelfleet_operator.core.traffic import Scale
 from modelfleet_operator.spec import crd_yaml
 

@@ -16,7 +16,8 @@ The rules (DESIGN.md section 2, issue 10):
   (`traffic.needed`). A version that takes a share scales up at once; the
   shares switch to the desired ones only when every taker is Available at the
   replicas its new share needs (when nothing serves yet there is nothing to
-  protect: the versions with an Available replica serve at once). Only then may the givers scale down, and only after their delay
+  protect: the versions with an Available replica serve at once). Only then
+  may the givers scale down, and only after their delay
   (`scale-down-delay-seconds`; 0 for a version rolled back automatically in
   service mode, whose pods answer errors; `retire-after-seconds` for a version
   left at weight 0 in gateway mode, which stays warm for an instant rollback).

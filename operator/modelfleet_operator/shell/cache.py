@@ -26,8 +26,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from modelfleet_operator.core import manifests
-from modelfleet_operator.core.model import ModelSnapshot
 from modelfleet_operator.core.retraining import LABEL_PARENT
+from modelfleet_operator.core.snapshot import ModelSnapshot
 from modelfleet_operator.shell import kube as k8s
 from modelfleet_operator.shell.kube import Kind
 

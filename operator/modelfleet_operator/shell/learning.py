@@ -47,8 +47,9 @@ from typing import Any
 import aiohttp
 
 from modelfleet_operator.config import OperatorConfig
-from modelfleet_operator.core import manifests, retraining, status
+from modelfleet_operator.core import canary, manifests, retraining, status
 from modelfleet_operator.core import model as core_model
+from modelfleet_operator.core import snapshot as snapshot_
 from modelfleet_operator.shell import kube as k8s
 from modelfleet_operator.shell import pods as pod_http
 from modelfleet_operator.shell.cache import Cache
@@ -202,7 +203,7 @@ class LearningStep:
         self._tokens.add((namespace, name))
 
     async def run(
-        self, snapshot: core_model.ModelSnapshot, decision: core_model.ModelDecision, now: datetime
+        self, snapshot: snapshot_.ModelSnapshot, decision: core_model.ModelDecision, now: datetime
     ) -> LearningResult:
         result = LearningResult()
         live = [v for v in snapshot.versions if not _meta(v).get("deletionTimestamp")]
@@ -233,14 +234,14 @@ class LearningStep:
         self._polled[key] = moment
         return True
 
-    async def _samples(self, snapshot: core_model.ModelSnapshot, mv: Mapping[str, Any]) -> int | None:
+    async def _samples(self, snapshot: snapshot_.ModelSnapshot, mv: Mapping[str, Any]) -> int | None:
         version = str(mv["spec"]["version"])
         pods = [p for p in snapshot.pods if _labels(p).get(manifests.LABEL_VERSION) == version]
         return await pod_http.feedback_samples(self.http, pods)
 
     async def _record_finished(
         self,
-        snapshot: core_model.ModelSnapshot,
+        snapshot: snapshot_.ModelSnapshot,
         mv: Mapping[str, Any],
         own_jobs: Sequence[Mapping[str, Any]],
         last: dict[str, Any],
@@ -299,7 +300,7 @@ class LearningStep:
 
     async def _retrain(
         self,
-        snapshot: core_model.ModelSnapshot,
+        snapshot: snapshot_.ModelSnapshot,
         mv: Mapping[str, Any],
         versions: Sequence[Mapping[str, Any]],
         jobs: Sequence[Mapping[str, Any]],
@@ -420,7 +421,7 @@ class LearningStep:
             return  # promoted once; a person's later change of the weights (a rollback) stands
         child_status = _status(child)
         ready = child_status.get("phase") == status.READY
-        rolled_back = core_model.rolled_back_for_spec(child)
+        rolled_back = canary.rolled_back_for_spec(child)
         canary_served = served or int(child["spec"].get("traffic", 0)) == 0
         needs_analysis = child["spec"].get("rollout") is not None
         if ready and not canary_served and not rolled_back:

@@ -20,8 +20,8 @@ from typing import Any
 import aiohttp
 
 from modelfleet_operator.core import manifests
-from modelfleet_operator.core.model import pod_ready, pod_url
 from modelfleet_operator.core.rollout import Counts, MetricsError, parse_metrics, sum_counts
+from modelfleet_operator.core.snapshot import pod_ready, pod_url
 
 METRICS_PATH = "/metrics"
 STATS_PATH = "/v1/feedback/stats"

@@ -32,8 +32,9 @@ from typing import Any
 import aiohttp
 
 from modelfleet_operator.config import OperatorConfig
-from modelfleet_operator.core import manifests, status
+from modelfleet_operator.core import canary, manifests, status
 from modelfleet_operator.core import model as core_model
+from modelfleet_operator.core import snapshot as snapshot_
 from modelfleet_operator.core.model_objects import shared_kinds
 from modelfleet_operator.core.rollout import Counts
 from modelfleet_operator.shell import kube as k8s
@@ -116,20 +117,18 @@ class ModelReconciler:
             else:
                 self.cache.remember_foreign(kind, found)
 
-    async def _observe(
-        self, key: ModelKey, snapshot: core_model.ModelSnapshot, now: datetime
-    ) -> core_model.Observations:
+    async def _observe(self, key: ModelKey, snapshot: snapshot_.ModelSnapshot, now: datetime) -> snapshot_.Observations:
         readiness = await pod_http.readiness_of(self.http, snapshot.pods)
         endpoints = {
             name: await self._ready_endpoints(snapshot.namespace, name)
             for name in core_model.takers(snapshot, self.config, now)
         }
         counts: dict[str, Counts] = {}
-        targets = core_model.analysis_targets(snapshot, self.config)
+        targets = canary.analysis_targets(snapshot, self.config)
         moment = time.monotonic()
-        if targets and moment - self._analysed.get(key, float("-inf")) >= core_model.ANALYSIS_INTERVAL_SECONDS:
+        if targets and moment - self._analysed.get(key, float("-inf")) >= canary.ANALYSIS_INTERVAL_SECONDS:
             self._analysed[key] = moment
-            versions = {v.name: v for v in core_model.versions_of(snapshot, self.config)}
+            versions = {v.name: v for v in snapshot_.versions_of(snapshot, self.config)}
             for name in targets:
                 found = await pod_http.version_counts(self.http, versions[name].pods)
                 if found is None:
@@ -137,7 +136,7 @@ class ModelReconciler:
                     self.logger.debug(f"Canary analysis of model {key} skipped: a ready pod of {name} did not answer")
                     break
                 counts[name] = found
-        return core_model.Observations(readiness=readiness, counts=counts, endpoints=endpoints)
+        return snapshot_.Observations(readiness=readiness, counts=counts, endpoints=endpoints)
 
     async def _ready_endpoints(self, namespace: str, service: str) -> int:
         """Ready endpoints of one Service, from its EndpointSlices (one labelled LIST, only while a
@@ -153,7 +152,7 @@ class ModelReconciler:
         )
 
     async def _write(
-        self, snapshot: core_model.ModelSnapshot, decision: core_model.ModelDecision, learned: LearningResult
+        self, snapshot: snapshot_.ModelSnapshot, decision: core_model.ModelDecision, learned: LearningResult
     ) -> bool:
         """Every write of the decision; True when a name conflict was found and the model must be decided again."""
         by_name = {str(v["metadata"]["name"]): v for v in snapshot.versions}
