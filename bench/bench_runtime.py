@@ -1,4 +1,4 @@
-"""ModelFleet's server vs. a naive unbatched FastAPI server vs. the HTTP-stack ceiling vs. raw onnxruntime.
+"""ModelFleet's server (1 and 2 workers) vs. a naive FastAPI server vs. the HTTP-stack ceiling and floor vs. raw ORT.
 
     .venv/bin/python -m bench.bench_runtime            # about 2.5 minutes (from the repository root)
     .venv/bin/python -m bench.bench_runtime --quick    # about 45 seconds
@@ -8,9 +8,11 @@
    intra-op threads 1 and 2, with and without spinning: the physical limit of
    this machine (the best of the four, median over rounds).
 2. Starts, as subprocesses on 127.0.0.1, ModelFleet's server
-   (`modelfleet-runtime serve`), bench/naive_server.py and
-   bench/ceiling_server.py, all with one uvicorn worker, uvloop and httptools,
-   none pinned to a core.
+   (`modelfleet-runtime serve`, one process; and `--workers 2`, a supervisor
+   and two worker processes), bench/naive_server.py, bench/ceiling_server.py
+   (FastAPI answering a constant) and bench/bare_server.py (a bare ASGI
+   callable answering a constant: the floor of any server on this stack), all
+   on uvicorn with uvloop and httptools, none pinned to a core.
 3. Loads them with the same generator (wrk when on PATH, else bench/loadgen.py)
    at 1 and 64 connections, in rounds; each round runs every server once per
    scenario, in a rotating order, so drift and noise from other work on the
@@ -22,6 +24,10 @@
    cycle over 64 ids that stay cached) and one with `--feature-cache-ttl 0` (entity-miss:
    every request a different id, each one read from Valkey). Their rows sit next to the
    plain 32-feature requests, which always run with them as the reference.
+5. The prediction log (issue 14), with `--feedback-log`: one more ModelFleet server per
+   scenario with `--feedback-dir` on a fresh folder, so every prediction is logged and
+   answers a request_id; its req/s, p99 and CPU per request are printed as ratios to
+   the same server without it, per round (target: tabular 1-row c64 req/s >= 0.9 x off).
 
 Prints a table and one JSON line (prefixed `BENCH_JSON `). A benchmark, not a
 test: nothing here asserts a timing.
@@ -57,6 +63,9 @@ from tests.support.redis_server import RedisServer, find_server_binary
 HERE = Path(__file__).resolve().parent
 
 BATCHES = (1, 8, 32, 64)
+# The constant servers: FastAPI's (the framework's ceiling) and a bare ASGI callable (the stack's floor).
+CONSTANT_KINDS = ("ceiling", "bare")
+TWO_WORKERS = "modelfleet-2w"
 # (intra-op threads, spinning): onnxruntime settings tried for the raw limit.
 ORT_CONFIGS = ((1, False), (1, True), (2, False), (2, True))
 
@@ -168,6 +177,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants, from /proc/PID/task/PID/children."""
+    tree, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        tree.append(current)
+        try:
+            queue += [int(c) for c in Path(f"/proc/{current}/task/{current}/children").read_text().split()]
+        except OSError:
+            continue
+    return tree
+
+
 class Server:
     def __init__(
         self, kind: str, argv: list[str], health: str, log_dir: Path, label: str, env: dict[str, str] | None = None
@@ -200,7 +222,7 @@ class Server:
 
     def counters(self) -> dict[str, float] | None:
         """ModelFleet's counters so far (rows run, model runs, feature lookups...); None for other servers."""
-        if self.kind in ("naive", "ceiling"):
+        if self.kind in ("naive", *CONSTANT_KINDS):
             return None
         with urllib.request.urlopen(self.url + "/metrics", timeout=5) as answer:
             text = answer.read().decode()
@@ -212,13 +234,20 @@ class Server:
             "misses": "modelfleet_feature_cache_misses_total",
             "trips": "modelfleet_feature_store_round_trips_total",
         }
-        found = {key: re.search(rf"^{name} (\S+)$", text, re.MULTILINE) for key, name in names.items()}
-        return {key: float(match.group(1)) for key, match in found.items() if match}
+        # Series carry labels (model, version, ...): sum every series of the name.
+        found = {key: re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE) for key, name in names.items()}
+        return {key: sum(float(v) for v in values) for key, values in found.items() if values}
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the server process so far (all its threads)."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU time of the server's processes so far (all their threads; with workers, all of them)."""
+        total = 0.0
+        for pid in process_tree(self.process.pid):
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -316,6 +345,10 @@ def warm_entity_cache(url: str, body_file: Path, ids: int) -> None:
 # -- the run ---------------------------------------------------------------------------------------
 
 
+# The variant --feedback-log adds: the same server with the prediction log on.
+FEEDBACK_LOG = "feedback-log"
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and scenarios (about 45 s)")
@@ -340,7 +373,14 @@ def parse_args() -> argparse.Namespace:
         metavar="NAME:SPEC",
         help="also run a second ModelFleet server side by side, for tuning: SPEC is extra serve "
         "flags, and a token @DIR runs the runtime package found in DIR instead "
-        "(e.g. 't1:--intra-op-threads 1' or 'base:@/tmp/base/runtime')",
+        "(e.g. 't1:--intra-op-threads 1' or 'base:@/tmp/base/runtime'); {volume} in SPEC is a "
+        "fresh folder per server",
+    )
+    parser.add_argument(
+        "--feedback-log",
+        action="store_true",
+        help="also run the variant 'feedback-log' (--feedback-dir on a fresh folder: every prediction "
+        "logged) and print its cost against the same server without it (issue 14)",
     )
     parser.add_argument(
         "--only",
@@ -431,7 +471,7 @@ def start_model_servers(
     for model in sorted({s.model for s in scenarios}):
         servers[("naive", model, 1, "")] = Server(
             "naive",
-            [sys.executable, str(HERE / "naive_server.py"), "--model", str(paths[model]), *threads],
+            [sys.executable, "-m", "bench.naive_server", "--model", str(paths[model]), *threads],
             "/health",
             work,
             f"naive-{model}",
@@ -446,8 +486,16 @@ def start_model_servers(
                 work,
                 f"modelfleet-{label}",
             )
+            if not mode:  # the same server on every core: a supervisor and two workers
+                servers[(TWO_WORKERS, model, rows, mode)] = Server(
+                    TWO_WORKERS,
+                    [*runtime, "--model", str(paths[model]), "--workers", "2", *sizing, *threads, *args.server_arg],
+                    "/v2/health/ready",
+                    work,
+                    f"{TWO_WORKERS}-{label}",
+                )
             for name, spec in variants.items():
-                tokens = shlex.split(spec)
+                tokens = shlex.split(spec.replace("{volume}", str(work / f"{name}-{label}-volume")))
                 extra = [t for t in tokens if not t.startswith("@")]
                 roots = [t[1:] for t in tokens if t.startswith("@")]
                 argv = [sys.executable, "-m", "modelfleet_runtime.cli", *runtime[1:]]
@@ -462,10 +510,11 @@ def start_model_servers(
                 )
 
 
-def get_ready(ceiling: Server, servers: dict[tuple[str, str, int, str], Server], bodies: dict) -> None:
+def get_ready(constants: dict[str, Server], servers: dict[tuple[str, str, int, str], Server], bodies: dict) -> None:
     """Wait until every server answers, then fill the caches that entity-hit measures."""
-    deadline = time.monotonic() + 60
-    ceiling.wait_ready(deadline)
+    deadline = time.monotonic() + 90
+    for constant in constants.values():
+        constant.wait_ready(deadline)
     for server in servers.values():
         server.wait_ready(deadline)
     for (_, model, _, mode), server in servers.items():
@@ -524,8 +573,10 @@ def measure(
 
 def main() -> int:
     args = parse_args()
+    if args.feedback_log:
+        args.variant.append(f"{FEEDBACK_LOG}:--feedback-dir {{volume}}")
     variants = dict(v.split(":", 1) for v in args.variant)
-    kinds = ("modelfleet", *variants, "naive", "ceiling")
+    kinds = ("modelfleet", TWO_WORKERS, *variants, "naive", *CONSTANT_KINDS)
     model_kinds = ("modelfleet", *variants)  # the servers that do entity lookups
     rounds = args.rounds or (2 if args.quick else 5)
     scenarios = select_scenarios(args)
@@ -549,14 +600,15 @@ def main() -> int:
     raw_ort = RawOrt(paths, 0.03 if args.quick else 0.05)
 
     servers: dict[tuple[str, str, int, str], Server] = {}
-    ceiling: Server | None = None
+    constants: dict[str, Server] = {}
     valkey: RedisServer | None = None
     try:
-        ceiling = Server("ceiling", [sys.executable, str(HERE / "ceiling_server.py")], "/health", work, "ceiling")
+        for kind in CONSTANT_KINDS:
+            constants[kind] = Server(kind, [sys.executable, "-m", f"bench.{kind}_server"], "/health", work, kind)
         if entity_scenarios:
             valkey = start_valkey()
         start_model_servers(servers, scenarios, paths, work, args, variants, valkey)
-        get_ready(ceiling, servers, bodies)
+        get_ready(constants, servers, bodies)
         spread = np.random.default_rng(3)
         cells = {(s, kind): Cell() for s in scenarios for kind in kinds_of(s)}
         for r in range(rounds):
@@ -564,11 +616,11 @@ def main() -> int:
             for s in scenarios:
                 order = kinds_of(s)[r % len(kinds_of(s)) :] + kinds_of(s)[: r % len(kinds_of(s))]
                 for kind in order:
-                    server = ceiling if kind == "ceiling" else model_server(servers, kind, s)
+                    server = constants[kind] if kind in constants else model_server(servers, kind, s)
                     measure(server, cells[(s, kind)], s, bodies, valkey, args.seconds, spread)
             print(f"round {r + 1}/{rounds} done at {time.monotonic() - t0:.0f}s", flush=True)
     finally:
-        for server in [*servers.values(), *([ceiling] if ceiling is not None else [])]:
+        for server in [*servers.values(), *constants.values()]:
             server.stop()
         if valkey is not None:
             valkey.close()
@@ -589,11 +641,21 @@ def print_raw(raw: dict[str, dict[str, dict[int, float]]]) -> None:
             print(f"{model:<8} {label:<8} " + " ".join(f"{by_batch[b]:>11,.0f}" for b in BATCHES))
 
 
-def result_row(s: Scenario, kind: str, cell: Cell, ceiling: Cell | None, raw: dict) -> tuple[dict[str, Any], str]:
+def per_round_ratio(cell: Cell, reference: Cell | None) -> float | None:
+    """The median over rounds of cell's req/s / the reference's in the same round."""
+    if reference is None:
+        return None
+    return statistics.median(a / b for a, b in zip(cell.req_s, reference.req_s, strict=True))
+
+
+def result_row(
+    s: Scenario, kind: str, cell: Cell, ceiling: Cell | None, floor: Cell | None, raw: dict
+) -> tuple[dict[str, Any], str]:
     """The JSON result of one server in one scenario (medians over rounds, ratios per round) and its table line."""
     med = statistics.median
     req = med(cell.req_s)
-    x_ceiling = med(a / b for a, b in zip(cell.req_s, ceiling.req_s, strict=True)) if ceiling else None
+    x_ceiling = per_round_ratio(cell, ceiling)
+    x_floor = per_round_ratio(cell, floor)
     mean_batch = med(cell.batch) if cell.batch else (float(s.rows) if kind == "naive" else None)
     x_ort = None
     if mean_batch is not None:
@@ -611,6 +673,7 @@ def result_row(s: Scenario, kind: str, cell: Cell, ceiling: Cell | None, raw: di
         "p99_ms": round(med(cell.p99_ms), 3),
         "mean_batch": None if mean_batch is None else round(mean_batch, 2),
         "x_ceiling": None if x_ceiling is None else round(x_ceiling, 3),
+        "x_floor": None if x_floor is None else round(x_floor, 3),
         "x_ort": None if x_ort is None else round(x_ort, 3),
         "cpu_us_per_request": round(med(cell.cpu_us), 1),
         "errors": cell.errors,
@@ -624,15 +687,17 @@ def result_row(s: Scenario, kind: str, cell: Cell, ceiling: Cell | None, raw: di
     batch_text = f"{mean_batch:5.1f}" if mean_batch is not None else "    -"
     ort_text = f"{x_ort:5.2f}" if x_ort is not None else "    -"
     ceiling_text = f"{x_ceiling:9.2f}" if x_ceiling is not None else "        -"
+    floor_text = f"{x_floor:7.2f}" if x_floor is not None else "      -"
     line = (
-        f"{s.name:<23} {kind[:10]:<10} {req:>8,.0f} {req * s.rows:>10,.0f} {row['p50_ms']:>7.2f} "
-        f"{row['p99_ms']:>7.2f}  {batch_text}  {ceiling_text}  {ort_text}  {med(cell.cpu_us):>10,.0f}  {cell.errors:>6}"
+        f"{s.name:<23} {kind[:13]:<13} {req:>8,.0f} {req * s.rows:>10,.0f} {row['p50_ms']:>7.2f} "
+        f"{row['p99_ms']:>7.2f}  {batch_text}  {ceiling_text}  {floor_text}  {ort_text}  "
+        f"{med(cell.cpu_us):>10,.0f}  {cell.errors:>6}"
     )
     return row, line
 
 
 def targets_of(rows_out: list[dict[str, Any]], raw: dict) -> dict[str, dict[str, Any]]:
-    """The issue-2 targets: where ModelFleet stands against the ceiling, the naive server and raw ORT."""
+    """The targets of issues 2 and 13: ModelFleet against the ceiling, the floor, the naive server, raw ORT, itself."""
 
     def find(model: str, rows: int, conns: int, kind: str) -> dict | None:
         return next(
@@ -656,6 +721,17 @@ def targets_of(rows_out: list[dict[str, Any]], raw: dict) -> dict[str, dict[str,
             targets[f"{model} 1-row c1 p50 / naive p50"] = {
                 "value": round(mf["p50_ms"] / naive["p50_ms"], 3),
                 "target": "<= 1.2",
+            }
+    # Issue 13: one worker against the bare-ASGI floor, two workers against one.
+    row = find("tabular", 1, 64, "modelfleet")
+    if row and row["x_floor"] is not None:
+        targets["tabular 1-row c64 x bare-ASGI floor"] = {"value": row["x_floor"], "target": ">= 0.4"}
+    for model in ("tabular", "wide"):
+        one, two = find(model, 1, 64, "modelfleet"), find(model, 1, 64, TWO_WORKERS)
+        if one and two:
+            targets[f"{model} 1-row c64 2 workers / 1 worker req/s"] = {
+                "value": round(two["req_s"] / one["req_s"], 3),
+                "target": ">= 1.6",
             }
     row = find("wide", 64, 64, "modelfleet")
     if row:
@@ -696,28 +772,54 @@ def entity_ratios(scenarios: list[Scenario], cells: dict, kinds_of) -> dict[str,
     return entity
 
 
+def prediction_log_ratios(scenarios: list[Scenario], cells: dict) -> dict[str, dict[str, float]]:
+    """The prediction log's cost: the feedback-log variant vs. the same server without it, same round."""
+    med = statistics.median
+    ratios = {}
+    logged = [s for s in scenarios if (s, FEEDBACK_LOG) in cells and (s, "modelfleet") in cells]
+    if logged:
+        print("\nprediction log (issue 14): --feedback-dir on vs off, same scenario, per-round ratios")
+        print(f"  {'scenario':<23} {'req/s x off':>11} {'p99 x off':>9} {'cpu x off':>9}  target")
+    for s in logged:
+        on, off = cells[(s, FEEDBACK_LOG)], cells[(s, "modelfleet")]
+        ratio = {
+            "req_s_x_off": round(med(a / b for a, b in zip(on.req_s, off.req_s, strict=True)), 3),
+            "p99_x_off": round(med(a / b for a, b in zip(on.p99_ms, off.p99_ms, strict=True)), 3),
+            "cpu_x_off": round(med(a / b for a, b in zip(on.cpu_us, off.cpu_us, strict=True)), 3),
+        }
+        ratios[s.name] = ratio
+        target = "req/s >= 0.9 x off" if (s.model, s.rows, s.connections) == ("tabular", 1, 64) else ""
+        print(
+            f"  {s.name:<23} {ratio['req_s_x_off']:>11.2f} {ratio['p99_x_off']:>9.2f} {ratio['cpu_x_off']:>9.2f}  "
+            f"{target}"
+        )
+    return ratios
+
+
 def report(
     scenarios: list[Scenario], cells: dict, raw: dict, rounds: int, generator: str, args: argparse.Namespace, kinds_of
 ) -> None:
     rows_out = []
     print(
-        "\nscenario                server       req/s     rows/s  p50 ms  p99 ms  batch  x ceiling  x ORT  "
-        "cpu us/req  errors"
+        "\nscenario                server          req/s     rows/s  p50 ms  p99 ms  batch  x ceiling  x floor  "
+        "x ORT  cpu us/req  errors"
     )
     for s in scenarios:
         # Entity scenarios run on ModelFleet only; their ceiling is the plain requests' in the same round.
         ceiling = cells.get((s.plain if s.entity else s, "ceiling"))
+        floor = cells.get((s.plain if s.entity else s, "bare"))
         for kind in kinds_of(s):
-            row, line = result_row(s, kind, cells[(s, kind)], ceiling, raw)
+            row, line = result_row(s, kind, cells[(s, kind)], ceiling, floor, raw)
             rows_out.append(row)
             print(line)
 
     targets = targets_of(rows_out, raw)
-    print("\ntargets (issue 2)")
+    print("\ntargets (issues 2 and 13)")
     for name, t in targets.items():
         print(f"  {name:<42} {t['value']:>6.2f}  (target {t['target']})")
 
     entity = entity_ratios(scenarios, cells, kinds_of)
+    log_cost = prediction_log_ratios(scenarios, cells)
     print(
         "BENCH_JSON "
         + json.dumps(
@@ -739,6 +841,7 @@ def report(
                 else None,
                 "results": rows_out,
                 "targets": targets,
+                "prediction_log": log_cost or None,
             }
         )
     )

@@ -4,16 +4,17 @@ It reads the request body (every real server must) and returns a fixed JSON
 answer without parsing or computing anything, so its req/s is the most any
 FastAPI endpoint can do on this machine with one worker.
 
-    python bench/ceiling_server.py --port 8082
+    python -m bench.ceiling_server --port 8082     (from the repository root)
 """
 
 from __future__ import annotations
 
 import argparse
 
-import uvicorn
 from fastapi import FastAPI, Request
 from starlette.responses import Response
+
+from bench.one_worker import run
 
 ANSWER = b'{"prediction":0.5,"latency_ms":0.0}'
 
@@ -38,17 +39,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8082)
     args = parser.parse_args()
-    uvicorn.run(
-        create_app(),
-        host=args.host,
-        port=args.port,
-        workers=1,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level="warning",
-        server_header=False,
-    )
+    run(create_app(), args.host, args.port)
 
 
 if __name__ == "__main__":

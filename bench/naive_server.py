@@ -6,7 +6,7 @@ event loop (for models this small a thread hop costs more than it saves, and
 nothing else would use the loop meanwhile). Same uvicorn settings as the other
 servers: one worker, uvloop, httptools, no access log.
 
-    python bench/naive_server.py --model PATH --port 8081 [--intra-op-threads N]
+    python -m bench.naive_server --model PATH --port 8081 [--intra-op-threads N]   (from the repository root)
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ import time
 import numpy as np
 import onnxruntime as ort
 import orjson
-import uvicorn
 from fastapi import FastAPI, Request
 from starlette.responses import Response
+
+from bench.one_worker import run
 
 
 def create_app(model_path: str, intra_op_threads: int = 0) -> FastAPI:
@@ -69,17 +70,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8081)
     parser.add_argument("--intra-op-threads", type=int, default=0)
     args = parser.parse_args()
-    uvicorn.run(
-        create_app(args.model, args.intra_op_threads),
-        host=args.host,
-        port=args.port,
-        workers=1,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level="warning",
-        server_header=False,
-    )
+    run(create_app(args.model, args.intra_op_threads), args.host, args.port)
 
 
 if __name__ == "__main__":

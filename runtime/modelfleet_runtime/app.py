@@ -17,14 +17,15 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from . import __version__
 from .api_schema import DOCUMENTED_MODELS, PredictRequest, PredictResponse, error_responses, request_body
 from .errors import RuntimeProblem
 from .feedback_api import FeedbackService, build_feedback_router
-from .http_io import json_response, read_token
-from .metrics import MetricsMiddleware, RuntimeMetrics
+from .http_io import ParsingProcess, client_gone, json_response, read_token
+from .metrics import REJECTED_KEY, MetricsMiddleware
 from .model_server import ModelServer
 from .settings import Settings
 from .simple_api import build_simple_router
@@ -121,9 +122,10 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 
 
 def create_app(settings: Settings, server: ModelServer | None = None) -> FastAPI:
-    server = server or ModelServer(settings, RuntimeMetrics())
+    server = server or ModelServer(settings)
     predict_token = read_token(settings.predict_token_file)
-    feedback = FeedbackService(settings.feedback_dir, settings.feedback_segment_bytes, server.registry)
+    feedback = FeedbackService(server, server.registry)
+    parsing = ParsingProcess(server.metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -133,7 +135,10 @@ def create_app(settings: Settings, server: ModelServer | None = None) -> FastAPI
             if settings.grpc_port:
                 from .grpc_api import GrpcServer  # grpcio only loads when gRPC is on
 
-                grpc_server = GrpcServer(server, predict_token, settings.host, settings.grpc_port)
+                # Every worker of a pod serves the same gRPC port (gRPC cannot take an inherited socket).
+                grpc_server = GrpcServer(
+                    server, predict_token, settings.host, settings.grpc_port, reuse_port=settings.workers > 1
+                )
                 await grpc_server.start()
             yield
         finally:
@@ -142,6 +147,7 @@ def create_app(settings: Settings, server: ModelServer | None = None) -> FastAPI
                 await grpc_server.stop()
             await server.stop()
             await feedback.aclose()
+            parsing.close()
 
     app = FastAPI(
         title="ModelFleet runtime",
@@ -153,6 +159,7 @@ def create_app(settings: Settings, server: ModelServer | None = None) -> FastAPI
         redoc_url=None,
     )
     app.state.server = server
+    app.state.parsing = parsing
     # The routes go straight onto the app: this FastAPI matches an included router's routes twice
     # per request (about a tenth of a small prediction's event-loop time, see bench/README.md).
     for router in (
@@ -164,13 +171,21 @@ def create_app(settings: Settings, server: ModelServer | None = None) -> FastAPI
         app.router.routes.extend(router.routes)
 
     @app.exception_handler(RuntimeProblem)
-    async def problem(_: Request, exc: RuntimeProblem) -> Response:
+    async def problem(request: Request, exc: RuntimeProblem) -> Response:
+        if exc.rejected is not None:
+            request.scope[REJECTED_KEY] = exc.rejected
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
         return json_response({"error": exc.message}, status=exc.status, headers=headers)
 
     @app.exception_handler(HTTPException)
     async def framework(request: Request, exc: HTTPException) -> Response:
         return _framework_error(request, exc)
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, _: ClientDisconnect) -> Response:
+        # A body read outside http_io.read_body (FastAPI's own parameter parsing) can meet it too.
+        problem = client_gone(request)
+        return json_response({"error": problem.message}, status=problem.status)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> Response:

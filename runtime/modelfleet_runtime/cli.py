@@ -1,4 +1,4 @@
-"""`modelfleet-runtime`: serve a model, write the demo model, or run the retraining Job."""
+"""`modelfleet-runtime`: serve a model, write the demo model, run the retraining Job, or export the prediction log."""
 
 from __future__ import annotations
 
@@ -18,10 +18,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = commands.add_parser("demo-model", help="write the built-in demo model")
     demo.add_argument("--out", required=True, type=Path, help="where to write the .onnx file")
     commands.add_parser("train", help="retrain a model on collected feedback (the retraining Job)", add_help=False)
+    commands.add_parser(
+        "log", help="the prediction log: `log export` writes it as JSON lines or Parquet", add_help=False
+    )
     if argv[:1] == ["train"]:
         from .training import cli_main
 
         return cli_main(argv[1:])
+    if argv[:1] == ["log"]:
+        from .log_export import cli_main as log_main
+
+        return log_main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "demo-model":
         from .demo import write_demo_model

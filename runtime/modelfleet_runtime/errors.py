@@ -12,6 +12,9 @@ class RuntimeProblem(Exception):
 
     status: int = 500
     retry_after: int | None = None
+    # Set for a refusal under load that a retry may get served (backpressure): such answers are
+    # counted apart from errors (metrics.py, modelfleet_requests_rejected_total{reason}).
+    rejected: str | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -34,8 +37,24 @@ class NotFound(RuntimeProblem):
     status = 404
 
 
+class Conflict(RuntimeProblem):
+    """The request repeats something that may happen once (a second label for one request_id)."""
+
+    status = 409
+
+
 class PayloadTooLarge(RuntimeProblem):
     status = 413
+
+
+class ClientGone(RuntimeProblem):
+    """The client closed the connection before its request was read whole: nginx's 499.
+
+    Nobody receives the answer; the status is for the metrics, where it must not count
+    as a server error (a canary's error budget counts 5xx).
+    """
+
+    status = 499
 
 
 class InvalidValue(RuntimeProblem):
@@ -55,7 +74,13 @@ class Unavailable(RuntimeProblem):
 
 
 class QueueFull(Unavailable):
-    pass
+    rejected = "queue_full"
+
+
+class InsufficientStorage(RuntimeProblem):
+    """The feedback volume's quota (or its filesystem) has no room for what was sent; nothing was stored."""
+
+    status = 507
 
 
 class InferenceFailed(RuntimeProblem):

@@ -7,8 +7,10 @@ path places before the request's own features (DESIGN.md section 4).
 Cache hits never touch Redis. Misses that arrive in the same event-loop tick
 are fetched together in one pipelined round trip (one HMGET per key), and a
 miss for an id that is already being fetched waits for that fetch instead of
-starting another. A store outage fails only the entities that are not cached;
-nothing here ever invents a zero vector.
+starting another. An entity the store does not have is remembered for a short
+while (`miss_ttl`), so repeating unknown ids costs no command. A store outage
+fails only the entities that are not cached; nothing here ever invents a zero
+vector. Callers bound how many ids one request may name before asking.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -49,6 +52,11 @@ class FeatureMetrics:
         self.cache_misses = Counter(
             "modelfleet_feature_cache_misses", "Entity lookups that needed the feature store", registry=registry
         )
+        self.known_missing = Counter(
+            "modelfleet_feature_known_missing",
+            "Lookups answered 404 because the store recently did not have the entity (feature-miss-ttl)",
+            registry=registry,
+        )
         self.store_errors = Counter(
             "modelfleet_feature_store_errors",
             "Round trips to the feature store that failed (unreachable, timeout, refused)",
@@ -64,7 +72,10 @@ class FeatureMetrics:
             registry=registry,
         )
         self.cache_entries = Gauge(
-            "modelfleet_feature_cache_entries", "Entities currently held in the feature cache", registry=registry
+            "modelfleet_feature_cache_entries",
+            "Entities currently held in the feature cache",
+            registry=registry,
+            multiprocess_mode="livesum",  # each worker of a pod has its own cache
         )
 
 
@@ -80,6 +91,7 @@ class FeatureStore:
         password: str | None = None,
         cache_ttl: float = 300.0,
         cache_size: int = 10000,
+        miss_ttl: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         registry: CollectorRegistry | None = None,
         socket_timeout: float = 0.5,
@@ -94,11 +106,15 @@ class FeatureStore:
             raise ValueError(f"feature fields must be distinct, got {', '.join(fields)}")
         if cache_ttl < 0 or cache_size < 1:
             raise ValueError(f"feature cache needs ttl >= 0 and size >= 1, got ttl {cache_ttl}, size {cache_size}")
+        if miss_ttl < 0:
+            raise ValueError(f"feature-miss-ttl must not be negative, got {miss_ttl}")
         self.fields: tuple[str, ...] = fields
         self.prefix = prefix
         self.registry = registry if registry is not None else CollectorRegistry()
         self._metrics = FeatureMetrics(self.registry)
         self._cache: TTLCache[str, np.ndarray] = TTLCache(maxsize=cache_size, ttl=cache_ttl, timer=clock)
+        # Entities the store did not have -> what to answer, until miss_ttl passes.
+        self._misses: TTLCache[str, str] = TTLCache(maxsize=cache_size, ttl=miss_ttl, timer=clock)
         self._metrics.cache_entries.set_function(lambda: len(self._cache))
         self._where = _describe(url)
 
@@ -142,14 +158,23 @@ class FeatureStore:
             raise SettingsError("feature-store is empty: entity lookups are off")
         if not settings.feature_fields:
             raise SettingsError("feature-store is set but feature-fields is empty: list the hash fields in model order")
+        password = settings.feature_store_password or None
+        if settings.feature_store_password_file:
+            try:
+                password = Path(settings.feature_store_password_file).read_text().strip()
+            except OSError as exc:
+                raise SettingsError(f"feature-store-password-file: cannot read it: {exc}") from None
+            if not password:
+                raise SettingsError(f"feature-store-password-file {settings.feature_store_password_file} is empty")
         try:
             return cls(
                 settings.feature_store,
                 settings.feature_fields,
                 prefix=settings.feature_prefix,
-                password=settings.feature_store_password or None,
+                password=password,
                 cache_ttl=settings.feature_cache_ttl,
                 cache_size=settings.feature_cache_size,
+                miss_ttl=settings.feature_miss_ttl,
                 clock=clock,
                 registry=registry,
                 **options,
@@ -174,13 +199,19 @@ class FeatureStore:
 
         NotFound (404) for an unknown entity, InvalidValue (422) for a missing or
         non-numeric field, Unavailable (503) when the store cannot be reached for
-        an entity that is not cached.
+        an entity that is not cached. An id the store recently did not have fails
+        the call at once, before anything is asked of the store.
         """
         started = time.perf_counter()
         self._metrics.lookups.inc(len(entity_ids))
         try:
             for entity_id in entity_ids:
                 _check_entity_id(entity_id)
+            for entity_id in entity_ids:
+                known_missing = self._misses.get(entity_id)
+                if known_missing is not None:
+                    self._metrics.known_missing.inc()
+                    raise NotFound(known_missing)
             found: dict[str, np.ndarray] = {}
             waiting: dict[str, asyncio.Future[np.ndarray]] = {}
             hits = 0
@@ -271,6 +302,8 @@ class FeatureStore:
                 try:
                     vector = self._vector(entity_id, reply)
                 except RuntimeProblem as problem:
+                    if isinstance(problem, NotFound):
+                        self._misses[entity_id] = problem.message
                     self._settle(entity_id, problem)
                 else:
                     self._cache[entity_id] = vector

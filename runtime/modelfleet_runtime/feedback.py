@@ -1,31 +1,33 @@
-"""The durable log of labelled samples on the shared feedback volume.
+"""The label log on the shared feedback volume: durable labels, counted and consumed. Nothing here knows HTTP.
 
-Every server pod appends to its own segment files; the retraining Job reads
-all of them and records what it consumed. Nothing here knows about HTTP.
+The volume (one folder, shared by every pod and worker of a model and by its
+retraining Jobs):
 
-On disk (one folder, the feedback volume):
+    labels/<pod>_<writer>_<seq>[.open].mflog       label segments (segments.py), one writer each
+    labels/consumed/                               sealed label segments whose records are all consumed
+    predictions/<pod>_<writer>_<seq>[.open].mflog  the prediction log (prediction_log.py)
+    claims/<writer>/<seq>                          one claim per labelled request_id (claims.py)
+    consumed.json                                  label segment id -> byte offset consumed up to (+ pending)
 
-    <pod>_<start>_<seq>.open.jsonl   a segment a live writer still appends to
-    <pod>_<start>_<seq>.jsonl        a sealed segment (rotated, closed, or left by a dead writer)
-    consumed.json                    segment id -> byte offset up to which samples are consumed
-    consumed/                        sealed segments whose samples are all consumed
+A label record (magic `MFL1`) is `head_len u32 | head (JSON) | features`:
 
-A segment's id is its name without `.open.jsonl` / `.jsonl`; `<start>` is unique
-per writer process, so an id is never reused. Each line is one JSON object
+    {"ts": T, "request_id": "<writer>-<seq>", "labels": [L, ...]}    a label for a logged prediction (one per row)
+    {"ts": T, "label": L, "dtype": "<f4", "width": 4}                a sample sent with its features, which follow
+                                                                     as `width` values of `dtype` (the model's)
 
-    {"features":[...],"label":L,"ts":T,"model_version":"V","crc32":"xxxxxxxx"}
+The first record of a segment (magic `MFH1`) is a JSON object naming the log,
+writer, pod, model and model version.
 
-where crc32 covers the same line written without its crc32 member, so a torn
-or corrupted line is detected and never mis-read. A live writer holds an
-exclusive flock on its open segment; whoever can take that lock knows the
-writer died and may seal the segment. In an open segment reading stops at the
-first incomplete or bad line (the writer may not have finished it, and on NFS
-unsynced bytes may read as zeros); in a sealed one bad lines are skipped.
+A label by request_id counts only when the id's claim names its record (claims.py);
+it is matched when the prediction log holds the prediction (prediction_log.py).
+`unconsumed` in the stats is what a training run would use now: samples sent
+with features plus matched labels (one sample per row of the prediction).
 
-Consumption: a trainer reads unconsumed samples with their (segment, end
-offset), trains, writes its outputs, then commits the end offsets to
-consumed.json with one atomic rename. A trainer killed before the rename
-consumed nothing; offsets only move forward, so nothing is counted twice.
+Consumption: a trainer reads the unconsumed records with their positions,
+trains, writes its outputs, then commits the end offsets to consumed.json with
+one atomic rename; labels whose prediction may still be written (its writer
+runs) are kept as `pending` and read again by the next run. A trainer killed
+before the rename consumed nothing; offsets only move forward.
 """
 
 from __future__ import annotations
@@ -33,42 +35,41 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-import errno
 import fcntl
 import json
 import logging
 import os
-import re
-import secrets
-import socket
+import struct
 import threading
 import time
-import zlib
-from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .durable import TMP_PREFIX, atomic_write, fsync_dir
+import numpy as np
+import orjson
+
+from . import claims
+from .durable import atomic_write, fsync_dir
+from .prediction_log import Found, PredictionIndex, parse_request_id
+from .segments import SegmentAppender, frame, list_segments, read_frame, scan, seal_abandoned
 
 log = logging.getLogger("modelfleet.feedback")
 
-OPEN_SUFFIX = ".open.jsonl"
-SEALED_SUFFIX = ".jsonl"
+HEADER_MAGIC = b"MFH1"
+LABEL_MAGIC = b"MFL1"
+MAGICS = (HEADER_MAGIC, LABEL_MAGIC)
 MANIFEST = "consumed.json"
 CONSUMED_DIR = "consumed"
-_CRC_HEAD = b',"crc32":"'
-_CRC_TAIL = b'"}\n'
-# ,"crc32":"xxxxxxxx"}\n
-_SUFFIX_LEN = len(_CRC_HEAD) + 8 + len(_CRC_TAIL)
-_READ_CHUNK = 1 << 20
+_HEAD_LEN = struct.Struct("<I")
 
-Label = float | list[float]
+LabelValue = float | int | list[float]
 
 
 class FeedbackWriteError(OSError):
-    """Samples could not be written or fsync'd; they were not acknowledged."""
+    """Labels could not be written or fsync'd; they were not acknowledged."""
 
 
 class ConsumptionConflict(RuntimeError):
@@ -76,16 +77,93 @@ class ConsumptionConflict(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Layout:
+    """Where each part lives on the feedback volume."""
+
+    root: Path
+
+    @property
+    def labels(self) -> Path:
+        return self.root / "labels"
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / "predictions"
+
+    @property
+    def claims(self) -> Path:
+        return self.root / "claims"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / MANIFEST
+
+    @property
+    def consumed(self) -> Path:
+        return self.labels / CONSUMED_DIR
+
+
+@dataclass(frozen=True)
+class Label:
+    """One label record: for a logged prediction (`request_id`, one label per row) or with its features."""
+
+    ts: float
+    labels: tuple[LabelValue, ...]
+    request_id: str | None = None
+    features: np.ndarray | None = None
+
+    @property
+    def rows(self) -> int:
+        return len(self.labels)
+
+
+def encode_label(label: Label) -> bytes:
+    head: dict[str, Any] = {"ts": label.ts}
+    tail = b""
+    if label.request_id is not None:
+        head |= {"request_id": label.request_id, "labels": list(label.labels)}
+    else:
+        assert label.features is not None and len(label.labels) == 1
+        row = np.ascontiguousarray(label.features.reshape(-1))
+        head |= {"label": label.labels[0], "dtype": row.dtype.str, "width": int(row.shape[0])}
+        tail = row.tobytes()
+    encoded = orjson.dumps(head)
+    return _HEAD_LEN.pack(len(encoded)) + encoded + tail
+
+
+def decode_label(payload: bytes) -> Label | None:
+    try:
+        (n,) = _HEAD_LEN.unpack_from(payload)
+        head = orjson.loads(payload[4 : 4 + n])
+        if "request_id" in head:
+            return Label(float(head["ts"]), tuple(head["labels"]), str(head["request_id"]))
+        dtype, width = np.dtype(head["dtype"]), int(head["width"])
+        features = np.frombuffer(payload, dtype=dtype, count=width, offset=4 + n)
+        return Label(float(head["ts"]), (head["label"],), None, features)
+    except (ValueError, KeyError, TypeError, struct.error):
+        return None
+
+
+def label_header(*, pod: str, writer: str, model: str, model_version: str, created: float) -> bytes:
+    body = {"format": 1, "log": "labels", "pod": pod, "writer": writer, "model": model}
+    body |= {"model_version": model_version, "created": created}
+    return frame(HEADER_MAGIC, json.dumps(body, separators=(",", ":")).encode())
+
+
+# -- the records the trainer reads ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
 class Sample:
     features: list[float]
-    label: Label
+    label: LabelValue
     ts: float = 0.0
     model_version: str = ""
 
 
 @dataclass(frozen=True)
 class Record:
-    """A sample read from the volume; `end` is the offset just past its line."""
+    """A training sample and the label record it came from (`end`: the offset just past that record)."""
 
     segment: str
     offset: int
@@ -93,175 +171,48 @@ class Record:
     sample: Sample
 
 
-# -- line format ---------------------------------------------------------------------------------
-
-
-def encode_line(sample: Sample) -> bytes:
-    payload = json.dumps(
-        {"features": sample.features, "label": sample.label, "ts": sample.ts, "model_version": sample.model_version},
-        separators=(",", ":"),
-        allow_nan=False,
-    ).encode()
-    crc = zlib.crc32(payload)
-    return payload[:-1] + _CRC_HEAD + b"%08x" % crc + _CRC_TAIL
-
-
-def _payload_of(line: bytes) -> bytes | None:
-    """The checksummed JSON of one complete line (ending in a newline), or None when it is bad."""
-    if len(line) <= _SUFFIX_LEN or line[:1] != b"{" or not line.endswith(_CRC_TAIL):
-        return None
-    head = len(line) - _SUFFIX_LEN
-    if line[head : head + len(_CRC_HEAD)] != _CRC_HEAD:
-        return None
-    try:
-        expected = int(line[head + len(_CRC_HEAD) : head + len(_CRC_HEAD) + 8], 16)
-    except ValueError:
-        return None
-    payload = line[:head] + b"}"
-    return payload if zlib.crc32(payload) == expected else None
-
-
-def decode_line(line: bytes) -> Sample | None:
-    payload = _payload_of(line)
-    if payload is None:
-        return None
-    try:
-        obj = json.loads(payload)
-        return Sample(list(obj["features"]), obj["label"], float(obj.get("ts", 0.0)), str(obj.get("model_version", "")))
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-@dataclass
-class _Scan:
-    """What reading a segment from `start` found: valid line starts/ends, bad lines, where to resume."""
-
-    starts: list[int] = field(default_factory=list)
-    ends: list[int] = field(default_factory=list)
-    lines: list[bytes] = field(default_factory=list)
-    corrupt: int = 0
-    resume: int = 0
-
-
-def _scan(path: Path, start: int, *, sealed: bool, keep_lines: bool) -> _Scan:
-    """Read complete lines from `start`; `resume` is where the next scan continues."""
-    result = _Scan(resume=start)
-    with open(path, "rb") as f:
-        f.seek(start)
-        pos, rest = start, b""
-        while True:
-            chunk = f.read(_READ_CHUNK)
-            if not chunk:
-                return result
-            data = rest + chunk
-            line_start = 0
-            while (nl := data.find(b"\n", line_start)) >= 0:
-                line = data[line_start : nl + 1]
-                offset = pos + line_start
-                if _payload_of(line) is not None:
-                    result.starts.append(offset)
-                    result.ends.append(offset + len(line))
-                    if keep_lines:
-                        result.lines.append(line)
-                elif not sealed:
-                    # The writer may still be completing these bytes: stop here, look again later.
-                    return result
-                else:
-                    result.corrupt += 1
-                line_start = nl + 1
-                result.resume = pos + line_start
-            pos += line_start
-            rest = data[line_start:]
-
-
-# -- naming --------------------------------------------------------------------------------------
-
-
-def _pod_name() -> str:
-    raw = os.environ.get("HOSTNAME") or socket.gethostname() or ""
-    name = re.sub(r"[^A-Za-z0-9.-]", "-", raw).strip(".-")
-    return name or "pod-" + secrets.token_hex(4)
-
-
-def segment_id(name: str) -> str | None:
-    if name.startswith((".", TMP_PREFIX)):
-        return None
-    if name.endswith(OPEN_SUFFIX):
-        return name[: -len(OPEN_SUFFIX)]
-    if name.endswith(SEALED_SUFFIX):
-        return name[: -len(SEALED_SUFFIX)]
-    return None
-
-
-def _try_lock(fd: int) -> bool:
-    """Take an exclusive lock without waiting; False when someone holds it (or locks are unsupported)."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except OSError as exc:
-        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES, errno.ENOLCK, errno.EOPNOTSUPP):
-            raise
-        return False
-
-
-def seal_abandoned(directory: Path, *, skip_prefix: str | None = None) -> list[str]:
-    """Seal open segments whose writer is gone (its lock is free); returns their ids.
-
-    A writer passes its own prefix: where flock is emulated with POSIX locks
-    (NFS), probing its own file would release the lock it holds.
-    """
-    sealed = []
-    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
-        if not entry.name.endswith(OPEN_SUFFIX) or entry.name.startswith(TMP_PREFIX):
-            continue
-        if skip_prefix is not None and entry.name.startswith(skip_prefix):
-            continue
-        try:
-            fd = os.open(entry.path, os.O_RDWR)
-        except FileNotFoundError:
-            continue
-        try:
-            if _try_lock(fd):
-                sid = entry.name[: -len(OPEN_SUFFIX)]
-                with contextlib.suppress(FileNotFoundError):
-                    os.rename(entry.path, directory / (sid + SEALED_SUFFIX))
-                    sealed.append(sid)
-        finally:
-            os.close(fd)
-    if sealed:
-        fsync_dir(directory)
-        log.info("sealed %d segment(s) left open by writers that are gone: %s", len(sealed), ", ".join(sealed))
-    return sealed
+@dataclass(frozen=True)
+class LabelRecord:
+    segment: str
+    offset: int
+    end: int
+    label: Label
+    model_version: str
 
 
 # -- writing -------------------------------------------------------------------------------------
 
 
-class FeedbackWriter:
-    """This process's appender: group commit of concurrent appends, one write + fsync per group.
+class LabelWriter:
+    """This process's label appender: group commit of concurrent appends, then the claims of their ids.
 
-    `on_sync(seconds, samples)` is called on the event loop after each successful group.
+    `append` returns, per label, True when it is stored and (for a request_id) claimed,
+    False when another record already holds the id's claim. `on_sync(seconds, labels)` is
+    called on the event loop after each successful group; `account(bytes)` is held around
+    each write (the volume's usage counts it).
     """
 
     def __init__(
         self,
-        directory: str | Path,
+        layout: Layout,
         *,
-        pod: str | None = None,
+        pod: str,
+        writer: str,
+        model: str,
+        model_version: str,
         segment_bytes: int = 16 * 1024 * 1024,
+        clock: Callable[[], float] = time.time,
         on_sync: Callable[[float, int], None] | None = None,
+        account: Callable[[int], AbstractContextManager[None]] = lambda _: contextlib.nullcontext(),
     ) -> None:
-        self.directory = Path(directory)
-        self.pod = pod or _pod_name()
-        self.segment_bytes = max(1, segment_bytes)
+        self.layout = layout
+        self.pod, self.writer = pod, writer
         self.on_sync = on_sync
-        self._start = f"{time.time_ns():x}{secrets.token_hex(2)}"
-        self._seq = 0
-        self._fd: int | None = None
-        self._segment: str | None = None
-        self._size = 0
-        self._prepared = False
-        self._pending: list[tuple[bytes, int, asyncio.Future[None]]] = []
+        self._account = account
+        self._clock = clock
+        header = label_header(pod=pod, writer=writer, model=model, model_version=model_version, created=clock())
+        self._appender = SegmentAppender(layout.labels, pod, writer, header, segment_bytes)
+        self._pending: list[tuple[list[bytes], list[Label], asyncio.Future[list[bool]]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._io_lock = threading.Lock()
         self.appended = 0
@@ -269,104 +220,87 @@ class FeedbackWriter:
     @property
     def segment(self) -> str | None:
         """The id of the segment this writer appends to now."""
-        return self._segment
+        return self._appender.name.id if self._appender.name else None
 
     @property
     def waiting(self) -> int:
         """Appends waiting for the next group commit (the current one, if any, not counted)."""
         return len(self._pending)
 
-    async def append(self, samples: Sequence[Sample]) -> None:
-        """Return once every sample is written and fsync'd; raise FeedbackWriteError otherwise."""
-        data = b"".join(encode_line(s) for s in samples)
-        if not data:
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((data, len(samples), future))
+    async def append(self, labels: Sequence[Label], *, admit: Callable[[int], None] | None = None) -> list[bool]:
+        """Return once every label is written, fsync'd and claimed; raise OSError otherwise.
+
+        `admit(bytes)` is called with the encoded size before anything is written, and may refuse by raising.
+        """
+        if not labels:
+            return []
+        payloads = [frame(LABEL_MAGIC, encode_label(label)) for label in labels]
+        if admit is not None:
+            admit(sum(len(p) for p in payloads))
+        future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+        self._pending.append((payloads, list(labels), future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_groups(), name="modelfleet-feedback-flush")
         # A cancelled request does not cancel the shared write.
-        await asyncio.shield(future)
+        return await asyncio.shield(future)
 
     async def _flush_groups(self) -> None:
         while self._pending:
             group, self._pending = self._pending, []
-            count = sum(n for _, n, _ in group)
+            count = sum(len(labels) for _, labels, _ in group)
             started = time.perf_counter()
             try:
-                await asyncio.to_thread(self._write, b"".join(d for d, _, _ in group))
-            except Exception as exc:  # every waiter of this group learns that its samples are not durable
-                log.error("could not write %d feedback sample(s) to %s: %s", count, self.directory, exc)
-                error = exc if isinstance(exc, FeedbackWriteError) else FeedbackWriteError(str(exc))
+                results = await asyncio.to_thread(self._write, group)
+            except Exception as exc:  # every waiter of this group learns that its labels are not durable
+                log.error("could not store %d label(s) on %s: %s", count, self.layout.root, exc)
+                error = exc if isinstance(exc, OSError) else FeedbackWriteError(str(exc))
                 for _, _, future in group:
                     if not future.done():
                         future.set_exception(error)
                 continue
-            self.appended += count
+            self.appended += sum(sum(r) for r in results)
             if self.on_sync is not None:
                 try:
                     self.on_sync(time.perf_counter() - started, count)
                 except Exception:  # an observer must never leave the waiters hanging
                     log.exception("feedback on_sync observer failed")
-            for _, _, future in group:
+            for (_, _, future), result in zip(group, results, strict=True):
                 if not future.done():
-                    future.set_result(None)
+                    future.set_result(result)
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, group: list[tuple[list[bytes], list[Label], Any]]) -> list[list[bool]]:
+        data = b"".join(p for payloads, _, _ in group for p in payloads)
         with self._io_lock:
             try:
-                if not self._prepared:
-                    self.directory.mkdir(parents=True, exist_ok=True)
-                    seal_abandoned(self.directory, skip_prefix=f"{self.pod}_{self._start}_")
-                    self._prepared = True
-                if self._fd is not None and self._size > 0 and self._size + len(data) > self.segment_bytes:
-                    self._seal_current()
-                if self._fd is None:
-                    self._open_next()
-                assert self._fd is not None
-                view = memoryview(data)
-                while view:
-                    written = os.write(self._fd, view)
-                    view = view[written:]
-                    self._size += written
-                (getattr(os, "fdatasync", None) or os.fsync)(self._fd)
+                with self._account(len(data)):
+                    start = self._appender.append(data, now=self._clock())
+            except claims.ClaimsUnsupported:
+                raise
             except OSError as exc:
-                # What reached the file may end in a partial line: never append after it.
-                with contextlib.suppress(OSError):
-                    self._seal_current()
-                raise FeedbackWriteError(f"feedback volume {self.directory}: {exc}") from exc
+                raise type(exc)(exc.errno, f"feedback volume {self.layout.root}: {exc.strerror or exc}") from exc
+            assert self._appender.name is not None
+            segment = self._appender.name.id
+            results: list[list[bool]] = []
+            touched: list[str] = []
+            offset = start
+            for payloads, labels, _ in group:
+                outcome = []
+                for payload, label in zip(payloads, labels, strict=True):
+                    outcome.append(self._claim(label, segment, offset, touched))
+                    offset += len(payload)
+                results.append(outcome)
+            if touched:
+                claims.sync(self.layout.claims, touched)
+        return results
 
-    def _open_next(self) -> None:
-        self._seq += 1
-        sid = f"{self.pod}_{self._start}_{self._seq:06d}"
-        tmp = self.directory / f"{TMP_PREFIX}{sid}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-        try:
-            # Locked before it gets its visible name, so no one ever sees it open and unlocked.
-            if not _try_lock(fd):
-                log.warning(
-                    "file locks are not available on %s; open segments cannot be told from abandoned ones",
-                    self.directory,
-                )
-            os.rename(tmp, self.directory / (sid + OPEN_SUFFIX))
-            fsync_dir(self.directory)
-        except BaseException:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        self._fd, self._segment, self._size = fd, sid, 0
-
-    def _seal_current(self) -> None:
-        fd, sid = self._fd, self._segment
-        self._fd, self._segment, self._size = None, None, 0
-        if fd is None or sid is None:
-            return
-        try:
-            os.rename(self.directory / (sid + OPEN_SUFFIX), self.directory / (sid + SEALED_SUFFIX))
-            fsync_dir(self.directory)
-        finally:
-            os.close(fd)
+    def _claim(self, label: Label, segment: str, offset: int, touched: list[str]) -> bool:
+        if label.request_id is None:
+            return True
+        parsed = parse_request_id(label.request_id)
+        assert parsed is not None, "request ids are checked before they are stored"
+        writer, seq = parsed
+        touched.append(writer)
+        return claims.claim(self.layout.claims, writer, seq, claims.target(segment, offset))
 
     async def close(self) -> None:
         """Finish pending appends and seal the current segment."""
@@ -377,144 +311,229 @@ class FeedbackWriter:
 
     def _close_sync(self) -> None:
         with self._io_lock, contextlib.suppress(OSError):
-            self._seal_current()
+            self._appender.seal()
 
 
-# -- reading and consuming -----------------------------------------------------------------------
+# -- reading, counting and consuming -------------------------------------------------------------
+
+
+@dataclass
+class _Entry:
+    """What counting needs of one label record."""
+
+    offset: int
+    rows: int
+    by_id: bool = False  # False: a sample sent with features
+    writer: str = ""
+    seq: int = 0
+    claim: bool | None = None  # None: not known yet (its claim may be in flight)
 
 
 @dataclass
 class _Cached:
     sealed: bool
-    resume: int
-    starts: array[int] = field(default_factory=lambda: array("q"))
+    resume: int = 0
+    offsets: list[int] = field(default_factory=list)
+    entries: list[_Entry] = field(default_factory=list)
     corrupt: int = 0
-    last_end: int = 0
+    model_version: str = ""
 
 
 @dataclass(frozen=True)
 class LogStats:
-    unconsumed: int
+    unconsumed: int  # samples a training run would use now: with_features + matched
+    with_features: int
+    matched: int
+    pending: int
+    unmatched: int
+    expired: int
+    duplicates: int
     segments: int
     open_segments: int
     corrupt_records: int
 
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Manifest:
+    offsets: dict[str, int]
+    pending: dict[str, list[int]]
+    raw: dict[str, Any]
+
 
 class FeedbackVolume:
-    """Every pod's segments in one folder: counting, reading and committing consumption.
+    """Every pod's label segments: counting, reading and committing consumption.
 
-    Counting is incremental: segments only grow, so each call reads only the
-    bytes appended since the previous call.
+    Counting is incremental: segments only grow, so each call reads only the bytes
+    appended since the previous one. `index` (the volume's prediction logs) decides
+    which labels are matched; without one, every label by request_id counts as pending.
     """
 
-    def __init__(self, directory: str | Path) -> None:
-        self.directory = Path(directory)
+    def __init__(self, root: str | Path, *, index: PredictionIndex | None = None) -> None:
+        self.layout = Layout(Path(root))
+        self.directory = self.layout.root
+        self.index = index
         self._cache: dict[str, _Cached] = {}
         self._lock = threading.Lock()
 
-    # segments and the manifest
+    # the manifest
 
-    def _segments(self) -> dict[str, tuple[Path, bool]]:
-        found: dict[str, tuple[Path, bool]] = {}
+    def read_manifest(self) -> Manifest:
         try:
-            entries = list(os.scandir(self.directory))
+            raw = json.loads(self.layout.manifest.read_bytes())
         except FileNotFoundError:
-            return found
-        for entry in entries:
-            sid = segment_id(entry.name)
-            if sid is None or not entry.is_file():
-                continue
-            sealed = not entry.name.endswith(OPEN_SUFFIX)
-            if sid not in found or sealed:
-                found[sid] = (Path(entry.path), sealed)
-        return found
-
-    def read_manifest(self) -> dict[str, Any]:
-        try:
-            manifest = json.loads((self.directory / MANIFEST).read_bytes())
-        except FileNotFoundError:
-            return {"segments": {}}
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("segments"), dict):
-            raise ValueError(f"{self.directory / MANIFEST} is not a consumption manifest")
-        return manifest
+            return Manifest({}, {}, {"segments": {}})
+        if not isinstance(raw, dict) or not isinstance(raw.get("segments"), dict):
+            raise ValueError(f"{self.layout.manifest} is not a consumption manifest")
+        pending = {k: [int(o) for o in v] for k, v in (raw.get("pending") or {}).items()}
+        return Manifest({k: int(v) for k, v in raw["segments"].items()}, pending, raw)
 
     def consumed_offsets(self) -> dict[str, int]:
-        return {k: int(v) for k, v in self.read_manifest()["segments"].items()}
+        return self.read_manifest().offsets
 
     # counting
 
     def _refresh(self, sid: str, path: Path, sealed: bool) -> _Cached:
         cached = self._cache.get(sid)
         if cached is None:
-            cached = self._cache[sid] = _Cached(sealed=sealed, resume=0)
-        if sealed and not cached.sealed:
-            cached.sealed = True  # from now on bad lines are skipped instead of waited for
+            cached = self._cache[sid] = _Cached(sealed=sealed)
+        cached.sealed = cached.sealed or sealed
         try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            if sealed:
-                return cached  # moved to consumed/ meanwhile
-            # Sealed between listing and stat.
-            path, cached.sealed = path.with_name(sid + SEALED_SUFFIX), True
-            try:
-                size = path.stat().st_size
-            except FileNotFoundError:
+            if path.stat().st_size <= cached.resume:
                 return cached
-        if size <= cached.resume:
-            return cached
-        try:
-            scan = _scan(path, cached.resume, sealed=cached.sealed, keep_lines=False)
+            result = scan(path, cached.resume, MAGICS, sealed=cached.sealed)
         except FileNotFoundError:
-            return cached
-        cached.starts.extend(scan.starts)
-        cached.corrupt += scan.corrupt
-        cached.resume = scan.resume
-        if scan.ends:
-            cached.last_end = scan.ends[-1]
+            return cached  # sealed or archived meanwhile: the next listing finds it
+        for fr in result.frames:
+            if fr.magic == HEADER_MAGIC:
+                with contextlib.suppress(ValueError):
+                    cached.model_version = str(json.loads(fr.payload).get("model_version", ""))
+                continue
+            label = decode_label(fr.payload)
+            if label is None:
+                cached.corrupt += 1
+                continue
+            entry = _Entry(fr.offset, label.rows, by_id=label.request_id is not None)
+            if label.request_id is not None and (parsed := parse_request_id(label.request_id)):
+                entry.writer, entry.seq = parsed
+            cached.offsets.append(fr.offset)
+            cached.entries.append(entry)
+        cached.corrupt += result.corrupt
+        cached.resume = result.resume
         return cached
+
+    def _status(self, sid: str, entry: _Entry, sealed: bool) -> str:
+        if not entry.by_id:
+            return "with_features"
+        if entry.claim is None:
+            owner = claims.holder(self.layout.claims, entry.writer, entry.seq)
+            if owner is not None:
+                entry.claim = owner == claims.target(sid, entry.offset)
+        if entry.claim is False:
+            return "duplicates"
+        found = self.index.lookup(entry.writer, entry.seq).status if self.index is not None else Found.PENDING
+        if entry.claim is None and found is not Found.EXPIRED:
+            # Its claim is being made, or (in a sealed segment, whose writer made every claim it
+            # could before it moved on) never was: a label that was not acknowledged.
+            return "unacknowledged" if sealed else "pending"
+        return {
+            Found.FOUND: "matched",
+            Found.EXPIRED: "expired",
+            Found.PENDING: "pending",
+            Found.UNKNOWN: "unmatched",
+        }[found]
 
     def stats(self) -> LogStats:
         with self._lock:
-            segments = self._segments()
-            consumed = self.consumed_offsets()
-            unconsumed = corrupt = opened = 0
-            for sid, (path, sealed) in segments.items():
-                cached = self._refresh(sid, path, sealed)
-                unconsumed += len(cached.starts) - bisect.bisect_left(cached.starts, consumed.get(sid, 0))
+            if self.index is not None:
+                self.index.refresh()
+            segments = list_segments(self.layout.labels)
+            manifest = self.read_manifest()
+            kinds = ("with_features", "matched", "pending", "unmatched", "expired", "duplicates", "unacknowledged")
+            counts = dict.fromkeys(kinds, 0)
+            corrupt = opened = 0
+            for sid, (name, path) in segments.items():
+                cached = self._refresh(sid, path, name.sealed)
+                consumed = manifest.offsets.get(sid, 0)
+                carried = set(manifest.pending.get(sid, ()))
+                for entry in cached.entries[bisect.bisect_left(cached.offsets, consumed) :]:
+                    counts[self._status(sid, entry, cached.sealed)] += entry.rows
+                for entry in cached.entries[: bisect.bisect_left(cached.offsets, consumed)]:
+                    if entry.offset in carried:
+                        counts[self._status(sid, entry, cached.sealed)] += entry.rows
                 corrupt += cached.corrupt
                 opened += not cached.sealed
             for gone in set(self._cache) - set(segments):
                 del self._cache[gone]
-            return LogStats(unconsumed, len(segments), opened, corrupt)
+            del counts["unacknowledged"]
+            return LogStats(
+                unconsumed=counts["with_features"] + counts["matched"],
+                segments=len(segments),
+                open_segments=opened,
+                corrupt_records=corrupt,
+                **counts,
+            )
 
     def count_unconsumed(self) -> int:
         return self.stats().unconsumed
 
     # reading for training
 
-    def iter_unconsumed(self, consumed: Mapping[str, int] | None = None) -> Iterator[Record]:
-        """Every readable sample after the consumed offset of its segment, segment by segment.
+    def iter_unconsumed(self, manifest: Manifest | None = None) -> Iterator[LabelRecord]:
+        """Every readable label after the consumed offset of its segment, and the pending ones before it.
 
-        Pass the offsets you read (and will give to `commit` as `expected`) to read from exactly them.
+        Pass the manifest you read (and will give to `commit` as `expected`) to read from exactly it.
         """
-        consumed = self.consumed_offsets() if consumed is None else consumed
-        for sid, (path, sealed) in sorted(self._segments().items()):
-            start = consumed.get(sid, 0)
+        manifest = self.read_manifest() if manifest is None else manifest
+        for sid, (name, path) in sorted(list_segments(self.layout.labels).items()):
+            start = manifest.offsets.get(sid, 0)
             try:
-                scan = _scan(path, start, sealed=sealed, keep_lines=True)
+                yield from self._pending_records(sid, path, manifest.pending.get(sid, []), start)
+                result = scan(path, start, MAGICS, sealed=name.sealed)
             except FileNotFoundError:
                 # Sealed between listing and opening.
-                path = path.with_name(sid + SEALED_SUFFIX)
+                path = self.layout.labels / f"{sid}.mflog"
                 if not path.exists():
                     continue
-                scan = _scan(path, start, sealed=True, keep_lines=True)
-            for offset, end, line in zip(scan.starts, scan.ends, scan.lines, strict=True):
-                sample = decode_line(line)
-                if sample is not None:
-                    yield Record(sid, offset, end, sample)
+                result = scan(path, start, MAGICS, sealed=True)
+            version = self._model_version(sid, path)
+            for fr in result.frames:
+                label = decode_label(fr.payload) if fr.magic == LABEL_MAGIC else None
+                if label is not None:
+                    yield LabelRecord(sid, fr.offset, fr.end, label, version)
+
+    def _model_version(self, sid: str, path: Path) -> str:
+        cached = self._cache.get(sid)
+        if cached is not None and cached.model_version:
+            return cached.model_version
+        header = read_frame(path, 0, (HEADER_MAGIC,))
+        if header is None:
+            return ""
+        with contextlib.suppress(ValueError):
+            return str(json.loads(header.payload).get("model_version", ""))
+        return ""
+
+    def _pending_records(self, sid: str, path: Path, offsets: list[int], start: int) -> Iterator[LabelRecord]:
+        version = self._model_version(sid, path)
+        for offset in sorted(o for o in offsets if o < start):
+            fr = read_frame(path, offset, (LABEL_MAGIC,))
+            label = decode_label(fr.payload) if fr is not None else None
+            if fr is not None and label is not None:
+                yield LabelRecord(sid, offset, fr.end, label, version)
+
+    def claimed_by(self, record: LabelRecord) -> bool | None:
+        """Whether the claim of the record's request_id names it (None: no claim exists)."""
+        assert record.label.request_id is not None
+        parsed = parse_request_id(record.label.request_id)
+        if parsed is None:
+            return False
+        owner = claims.holder(self.layout.claims, *parsed)
+        return None if owner is None else owner == claims.target(record.segment, record.offset)
 
     @staticmethod
-    def positions(records: Sequence[Record]) -> dict[str, int]:
+    def positions(records: Sequence[LabelRecord | Record]) -> dict[str, int]:
         """The end offset of the last record read in each segment: what a commit consumes."""
         ends: dict[str, int] = {}
         for r in records:
@@ -525,70 +544,90 @@ class FeedbackVolume:
         self,
         positions: Mapping[str, int],
         *,
-        expected: Mapping[str, int] | None = None,
+        pending: Mapping[str, Sequence[int]] | None = None,
+        expected: Manifest | None = None,
         run: Mapping[str, Any] | None = None,
     ) -> None:
-        """Mark everything before `positions` consumed, atomically.
+        """Mark everything before `positions` consumed, except the `pending` record offsets, atomically.
 
-        `expected` is the offsets the caller read from; a different manifest now
-        means a concurrent run consumed samples, and nothing is committed.
+        `expected` is the manifest the caller read from; a different one now means a
+        concurrent run consumed labels, and nothing is committed.
         """
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with open(self.directory / ".consume.lock", "a+") as lock_file:
+        self.layout.root.mkdir(parents=True, exist_ok=True)
+        with open(self.layout.root / ".consume.lock", "a+") as lock_file:
             fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
             manifest = self.read_manifest()
-            offsets = {k: int(v) for k, v in manifest["segments"].items()}
             if expected is not None:
-                for sid in set(positions) | set(expected):
-                    if offsets.get(sid, 0) != expected.get(sid, 0):
-                        raise ConsumptionConflict(
-                            f"segment {sid} was consumed up to {offsets.get(sid, 0)} by another training run "
-                            f"(this run read from {expected.get(sid, 0)}); nothing was committed"
-                        )
+                _check_unchanged(manifest, expected, set(positions) | set(expected.offsets))
+            offsets = dict(manifest.offsets)
             for sid, end in positions.items():
                 offsets[sid] = max(offsets.get(sid, 0), int(end))
-            present = set(self._segments())
+            carried = {k: list(v) for k, v in manifest.pending.items() if k not in positions}
+            for sid, found in (pending or {}).items():
+                if found:
+                    carried[sid] = sorted(set(found))
+            present = set(list_segments(self.layout.labels))
             # Entries of segments moved to consumed/ are dropped only once the file is gone.
             offsets = {k: v for k, v in offsets.items() if k in present or k in positions}
+            carried = {k: v for k, v in carried.items() if k in offsets}
             updated: dict[str, Any] = {"segments": dict(sorted(offsets.items())), "updated": time.time()}
-            if run is not None or "last_run" in manifest:
-                updated["last_run"] = dict(run) if run is not None else manifest["last_run"]
-            atomic_write(self.directory / MANIFEST, json.dumps(updated, indent=1).encode())
+            if carried:
+                updated["pending"] = dict(sorted(carried.items()))
+            if run is not None or "last_run" in manifest.raw:
+                updated["last_run"] = dict(run) if run is not None else manifest.raw["last_run"]
+            atomic_write(self.layout.manifest, json.dumps(updated, indent=1).encode())
             with self._lock:
-                self._archive(offsets)
+                self._archive(offsets, carried)
 
-    def _archive(self, offsets: Mapping[str, int]) -> None:
-        """Move sealed segments with nothing left to read into consumed/ (keeps the folder small)."""
+    def _archive(self, offsets: Mapping[str, int], pending: Mapping[str, list[int]]) -> None:
+        """Move sealed segments with nothing left to read into labels/consumed/, dated for retention."""
         moved = False
-        for sid, (path, sealed) in self._segments().items():
-            if not sealed or sid not in offsets:
+        now = time.time()
+        for sid, (name, path) in list_segments(self.layout.labels).items():
+            if not name.sealed or sid not in offsets or pending.get(sid):
                 continue
-            cached = self._refresh(sid, path, sealed)
-            if bisect.bisect_left(cached.starts, offsets[sid]) < len(cached.starts):
+            cached = self._refresh(sid, path, True)
+            if bisect.bisect_left(cached.offsets, offsets[sid]) < len(cached.offsets):
                 continue
-            target = self.directory / CONSUMED_DIR
+            target = self.layout.consumed
             target.mkdir(exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
                 os.rename(path, target / path.name)
+                os.utime(target / path.name, (now, now))
                 moved = True
         if moved:
-            fsync_dir(self.directory)
+            fsync_dir(self.layout.labels)
 
     def seal_abandoned(self) -> list[str]:
-        if not self.directory.is_dir():
-            return []
-        return seal_abandoned(self.directory)
+        sealed = []
+        for directory in (self.layout.labels, self.layout.predictions):
+            if directory.is_dir():
+                sealed += seal_abandoned(directory)
+        return sealed
+
+
+def _check_unchanged(manifest: Manifest, expected: Manifest, segments: set[str]) -> None:
+    for sid in segments:
+        now, then = manifest.offsets.get(sid, 0), expected.offsets.get(sid, 0)
+        if now != then or sorted(manifest.pending.get(sid, [])) != sorted(expected.pending.get(sid, [])):
+            raise ConsumptionConflict(
+                f"segment {sid} was consumed up to {now} by another training run "
+                f"(this run read from {then}); nothing was committed"
+            )
 
 
 __all__ = [
     "ConsumptionConflict",
     "FeedbackVolume",
     "FeedbackWriteError",
-    "FeedbackWriter",
+    "Label",
+    "LabelRecord",
+    "LabelWriter",
+    "Layout",
     "LogStats",
+    "Manifest",
     "Record",
     "Sample",
-    "decode_line",
-    "encode_line",
-    "seal_abandoned",
+    "decode_label",
+    "encode_label",
 ]

@@ -28,6 +28,8 @@ from . import __version__
 from .errors import InvalidInput, RuntimeProblem, Unauthorized
 from .grpc_predict_v2 import grpc_predict_v2_pb2 as pb
 from .grpc_predict_v2 import grpc_predict_v2_pb2_grpc as pb_grpc
+from .http_io import TokenFile
+from .metrics import INFERENCE_PATHS
 from .model_server import ModelServer
 from .tensor_codec import CONTENTS_FIELD, decode_binary, decode_typed, encode_binary
 from .v2_api import EXTENSIONS, model_metadata
@@ -36,7 +38,7 @@ from .v2_infer import InputTensor, datatypes, entity_ids_of, infer, output_names
 log = logging.getLogger("modelfleet.grpc")
 
 # The metrics' endpoint label of ModelInfer: the gRPC method's full name.
-INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+INFER_METHOD = INFERENCE_PATHS[-1]  # "/inference.GRPCInferenceService/ModelInfer"
 
 _CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -135,7 +137,7 @@ def _fill_outputs(
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, server: ModelServer, predict_token: str | None) -> None:
+    def __init__(self, server: ModelServer, predict_token: TokenFile | None) -> None:
         self.server = server
         self.predict_token = predict_token
 
@@ -189,15 +191,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer(self, request: Any, context: Context) -> Any:
         server, settings = self.server, self.server.settings
         server.check_target(request.model_name, request.model_version or None)
-        if self.predict_token is not None and not _bearer_matches(context.invocation_metadata(), self.predict_token):
+        if self.predict_token is not None and not _bearer_matches(
+            context.invocation_metadata(), self.predict_token.token
+        ):
             raise Unauthorized("missing or wrong bearer token: send metadata 'authorization: Bearer <token>'")
         model = server.require_model()
         tensors = _tensors(request)
         names = output_names(model, _requested(request))
         entity_ids = entity_ids_of(_parameters(request.parameters), model)
-        outputs = await infer(server, model, tensors, entity_ids)
+        inferred = await infer(server, model, tensors, entity_ids)
         response = pb.ModelInferResponse(model_name=settings.name, model_version=settings.model_version, id=request.id)
-        _fill_outputs(response, outputs, names, datatypes(model), raw=bool(request.raw_input_contents))
+        if inferred.request_id is not None:
+            response.parameters["request_id"].string_param = inferred.request_id
+        _fill_outputs(response, inferred.outputs, names, datatypes(model), raw=bool(request.raw_input_contents))
         return response
 
 
@@ -205,7 +211,7 @@ class GrpcServer:
     """The gRPC endpoint of one process: `start()` binds and serves, `drain()` stops taking calls, `stop()` waits."""
 
     def __init__(
-        self, server: ModelServer, predict_token: str | None, host: str, port: int, *, reuse_port: bool = False
+        self, server: ModelServer, predict_token: TokenFile | None, host: str, port: int, *, reuse_port: bool = False
     ) -> None:
         self.model_server = server
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

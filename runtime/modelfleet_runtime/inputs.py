@@ -8,7 +8,7 @@ can reach a batch.
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -16,6 +16,23 @@ import orjson
 from .errors import InvalidInput, InvalidValue, PayloadTooLarge
 
 _NUMBER_TYPES = {int, float}
+
+
+def parse_json(body: bytes) -> Any:
+    if not body:
+        raise InvalidInput("empty request body: send a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        hint = " (NaN and Infinity are not valid JSON numbers)" if b"NaN" in body or b"Infinity" in body else ""
+        raise InvalidInput(f"malformed JSON: {exc}{hint}") from None
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    payload = parse_json(body)
+    if not isinstance(payload, dict):
+        raise InvalidInput(f"the body must be a JSON object, got {type(payload).__name__}")
+    return payload
 
 
 def _describe(value: Any) -> str:
@@ -52,8 +69,7 @@ def payload_rows(payload: dict[str, Any], *, max_rows: int, entity: bool, missin
         rows = payload["instances"]
         if not isinstance(rows, list):
             raise InvalidInput("'instances' must be a list of rows")
-        if len(rows) > max_rows:
-            raise PayloadTooLarge(f"{len(rows)} rows in one request; the limit is {max_rows}")
+        check_row_count(len(rows), max_rows)
         return False, rows
     if entity:
         return True, [[]]
@@ -62,12 +78,38 @@ def payload_rows(payload: dict[str, Any], *, max_rows: int, entity: bool, missin
 
 def check_entity_widths(rows: list[Any], prefix: np.ndarray, width: int) -> None:
     """The entity's features (`prefix`) and each row's own must add up to the model's `width`."""
+    check_entity_rows(rows, prefix.shape[-1], width)
+
+
+def check_entity_rows(rows: list[Any], entity_width: int, width: int) -> None:
+    """Each row's own features and the `entity_width` an entity brings must add up to `width`.
+
+    Checked before the entity is looked up: a request that cannot be served costs the store nothing.
+    """
     for row in rows:
-        if isinstance(row, list) and len(row) != width - prefix.shape[-1]:
+        if isinstance(row, list) and len(row) != width - entity_width:
             raise InvalidInput(
-                f"entity features ({prefix.shape[-1]}) + request features ({len(row)}) "
-                f"= {prefix.shape[-1] + len(row)}, but the model takes {width}"
+                f"entity features ({entity_width}) + request features ({len(row)}) "
+                f"= {entity_width + len(row)}, but the model takes {width}"
             )
+
+
+def check_entity_tensor(name: str, shape: list[int], entities: int, entity_width: int, width: int) -> None:
+    """A V2 input sent with `entities` entity ids: one row per entity, the entity's features left out.
+
+    Checked before any entity is looked up (DESIGN.md section 9: bounds before work).
+    """
+    own = width - entity_width
+    if shape != [entities, own]:
+        raise InvalidInput(
+            f"input {name!r}: with {entities} entities of {entity_width} features, shape must be "
+            f"[{entities}, {own}] (the model takes {width}), got {shape}"
+        )
+
+
+def check_row_count(rows: int, max_rows: int) -> None:
+    if rows > max_rows:
+        raise PayloadTooLarge(f"{rows} rows in one request; the limit is {max_rows}")
 
 
 _NUMBER_SYNTAX = b"0123456789.eE+-[],: \t\r\n"
@@ -99,11 +141,15 @@ def rows_to_array(
     if not numbers_only:
         _check_numbers(rows, width)
     converted = _to_dtype(_parse_rows(rows, width, dtype, numbers_only), rows, dtype)
-    if prefix is not None:
-        converted = np.concatenate(
-            [np.broadcast_to(prefix.astype(dtype, copy=False), (len(rows), prefix.shape[-1])), converted], axis=1
-        )
-    return converted
+    return converted if prefix is None else prepend(prefix, converted)
+
+
+def prepend(prefix: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """`prefix` (one row of entity features) placed before every row of `rows`, in their dtype."""
+    dtype = rows.dtype
+    return np.concatenate(
+        [np.broadcast_to(prefix.astype(dtype, copy=False), (len(rows), prefix.shape[-1])), rows], axis=1
+    )
 
 
 def _check_numbers(rows: list[Any], width: int | None) -> None:
@@ -150,3 +196,56 @@ def _to_dtype(array: np.ndarray, rows: list[Any], dtype: np.dtype) -> np.ndarray
     else:
         converted = array.astype(dtype, copy=False)
     return converted
+
+
+class PredictRows(NamedTuple):
+    """A /predict body read into the model's dtype: its own features, and the entity to prepend."""
+
+    single: bool
+    array: np.ndarray
+    entity_id: str | None
+
+
+def read_predict_body(
+    body: bytes, *, width: int, dtype: np.dtype, entity_width: int | None, max_rows: int
+) -> PredictRows:
+    """Parse and check a /predict body; pure, so a large body can be read in another process.
+
+    `entity_width` is what a named entity brings (None: no feature store). The row count
+    and the widths are checked before any array is built and before the entity is looked up.
+    """
+    payload = parse_json_object(body)
+    entity_id = _entity_id(payload, entity_width is not None)
+    single, rows = payload_rows(
+        payload,
+        max_rows=max_rows,
+        entity=entity_id is not None,
+        missing="expected 'features' (one row) or 'instances' (a list of rows)",
+    )
+    own_width = width
+    if entity_width is not None and entity_id is not None:
+        check_entity_rows(rows, entity_width, width)
+        own_width = width - entity_width
+    array = rows_to_array(rows, own_width, dtype, numbers_only=only_numbers(body, payload))
+    return PredictRows(single, array, entity_id)
+
+
+def read_instances_body(body: bytes, *, width: int, dtype: np.dtype, max_rows: int) -> np.ndarray:
+    """Parse and check a KServe V1 body (`{"instances": [[...], ...]}`); pure, like read_predict_body."""
+    payload = parse_json_object(body)
+    if "instances" not in payload:
+        raise InvalidInput("expected 'instances': a list of rows of features")
+    _, rows = payload_rows(payload, max_rows=max_rows, entity=False, missing="")
+    return rows_to_array(rows, width, dtype, numbers_only=only_numbers(body, payload))
+
+
+def _entity_id(payload: dict[str, Any], has_store: bool) -> str | None:
+    """The entity the request names, None when it names none."""
+    if "entity_id" not in payload:
+        return None
+    if not has_store:
+        raise InvalidInput("entity_id was given but this server has no feature store configured")
+    entity_id = payload["entity_id"]
+    if not isinstance(entity_id, str) or not entity_id:
+        raise InvalidInput("entity_id must be a non-empty string")
+    return entity_id

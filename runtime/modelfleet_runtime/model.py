@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +17,16 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from .errors import ModelLoadError
+from .errors import InvalidValue, ModelLoadError
 
 log = logging.getLogger("modelfleet.model")
+
+# onnxruntime's status for values a graph cannot compute with (an index out of range, a shape a
+# Reshape cannot take): the request's fault, not the server's.
+_InvalidArgument = ort.capi.onnxruntime_pybind11_state.InvalidArgument
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : [A-Z_]+ : ")
+_NODE_FAILURE = re.compile(r"while running (\w+) node\. Name:'([^']*)' Status Message: (.*)", re.DOTALL)
+_MAX_REASON = 200
 
 # ONNX tensor type -> (numpy dtype, Open Inference Protocol datatype)
 _ORT_TYPES: dict[str, tuple[np.dtype, str]] = {
@@ -73,6 +81,9 @@ class OnnxModel:
             options.intra_op_num_threads = intra_op_threads
         if inter_op_threads:
             options.inter_op_num_threads = inter_op_threads
+        # A refused request is answered (422) and logged by the server; onnxruntime need not print it too.
+        self._run_options = ort.RunOptions()
+        self._run_options.log_severity_level = 4
         # Spinning worker threads would compete with the event loop for the same cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
@@ -113,8 +124,26 @@ class OnnxModel:
         return spec.dtype if spec else None
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = self.session.run(self.output_names, feeds)
+        """The model's outputs for `feeds`; InvalidValue (422) when the graph refuses their values."""
+        try:
+            results = self.session.run(self.output_names, feeds, self._run_options)
+        except _InvalidArgument as exc:
+            raise InvalidValue(self._refusal(str(exc))) from None
         return dict(zip(self.output_names, results, strict=True))
+
+    def _refusal(self, text: str) -> str:
+        """onnxruntime's INVALID_ARGUMENT told in terms of the model's inputs, without its framing."""
+        log.debug("onnxruntime refused a request's values: %s", text)
+        names = ", ".join(repr(spec.name) for spec in self.inputs)
+        subject = f"input {names}" if len(self.inputs) == 1 else f"one of the inputs {names}"
+        reason = _ORT_PREFIX.sub("", text).strip()
+        node = _NODE_FAILURE.search(reason)
+        if node is not None:
+            op, name, detail = node.groups()
+            reason = f"{op} node {name!r}: {detail.strip()}"
+        if len(reason) > _MAX_REASON:
+            reason = reason[: _MAX_REASON - 3] + "..."
+        return f"{subject} holds values the model cannot compute with ({reason})"
 
     def sample_feeds(self, rows: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         feeds = {}

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from cachetools import TTLCache
 from prometheus_client import CollectorRegistry
 
 from .batching import Batcher
@@ -24,11 +23,14 @@ from .demo import write_demo_model
 from .errors import ModelLoadError, NotFound, Unavailable
 from .metrics import RuntimeMetrics
 from .model import OnnxModel
+from .pod import PodView, SingleProcess
 from .settings import Settings
 from .sources import default_cache_dir, fetch_model
 
-if TYPE_CHECKING:  # imported when a feature store is configured: it brings in redis
+if TYPE_CHECKING:  # imported when a feature store (it brings in redis) or a feedback volume is configured
     from .features import FeatureStore
+    from .prediction_log import PredictionLog
+    from .volume import VolumeServices
 
 log = logging.getLogger("modelfleet.server")
 
@@ -41,22 +43,31 @@ class State(enum.StrEnum):
 
 
 class ModelServer:
-    def __init__(self, settings: Settings, metrics: RuntimeMetrics | None = None) -> None:
+    """`clock` (wall-clock seconds) dates logged predictions and labels and drives retention; tests move it."""
+
+    def __init__(
+        self, settings: Settings, metrics: RuntimeMetrics | None = None, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.settings = settings
-        self.metrics = metrics or RuntimeMetrics()
+        self.clock = clock
+        self.metrics = metrics or RuntimeMetrics(model=settings.name, version=settings.model_version)
         self.state = State.LOADING
         self.reason = "loading the model"
+        # Called with the new state and reason on every change (a worker publishes them to its pod).
+        self.on_state: Callable[[State, str], None] | None = None
+        # What the pod-wide endpoints (readiness, /stats, /metrics) describe: this process, or
+        # every worker of the pod (runner.py replaces it in a worker).
+        self.pod: PodView = SingleProcess(self)
         self.model: OnnxModel | None = None
         self.batcher: Batcher | None = None
-        # Inputs of recent predictions, so feedback may name a request_id instead of resending features.
-        self.recent_inputs: TTLCache[str, np.ndarray] = TTLCache(
-            maxsize=100_000, ttl=settings.request_retention_seconds
-        )
+        # This process's part of the feedback volume and its prediction log, set by start() when
+        # --feedback-dir or --prediction-log-dir is: predictions that return a request_id are logged there.
+        self.volume: VolumeServices | None = None
+        self.prediction_log: PredictionLog | None = None
         self.features: FeatureStore | None = None  # set when settings.feature_store is
         self.model_path: Path | None = None
         self._load_task: asyncio.Task[None] | None = None
         self._drain_listeners: list[Callable[[], None]] = []
-        self.metrics.info.labels(settings.name, settings.model_version).set(1)
 
     @property
     def registry(self) -> CollectorRegistry:
@@ -74,6 +85,18 @@ class ModelServer:
             from .features import FeatureStore
 
             self.features = FeatureStore.from_settings(self.settings, registry=self.metrics.registry)
+        if self.settings.volume_dir and self.volume is None:
+            from .volume import VolumeServices
+
+            volume = VolumeServices.open(self.settings, clock=self.clock)
+            try:
+                await volume.start()
+            except OSError as exc:  # a volume the server cannot write: it never serves, and says why
+                self._fail(f"the feedback volume {self.settings.volume_dir} cannot be used: {exc}")
+                return
+            self.volume = volume
+            volume.predictions.register_metrics(self.metrics.registry)
+            self.prediction_log = volume.predictions
         self._load_task = asyncio.get_running_loop().create_task(self._load(), name="modelfleet-load")
 
     async def wait_loaded(self) -> None:
@@ -89,7 +112,9 @@ class ModelServer:
             except OSError:
                 folder = Path(tempfile.gettempdir())
             return write_demo_model(folder / "demo-model.onnx")
-        return fetch_model(s.model, sha256=s.sha256, model_root=s.model_root, cache_dir=s.cache_dir)
+        return fetch_model(
+            s.model, sha256=s.sha256, model_root=s.model_root, cache_dir=s.cache_dir, policy=s.source_policy()
+        )
 
     def _load_sync(self) -> OnnxModel:
         s = self.settings
@@ -137,18 +162,23 @@ class ModelServer:
             on_batch=self._observe_batch,
         )
         self.batcher.start()
-        self.state, self.reason = State.READY, "model loaded and warmed up"
         self.metrics.ready.set(1)
+        self._set_state(State.READY, "model loaded and warmed up")
         log.info("ready: serving %s version %s", self.settings.name, self.settings.model_version)
 
+    def _set_state(self, state: State, reason: str) -> None:
+        self.state, self.reason = state, reason
+        if self.on_state is not None:
+            self.on_state(state, reason)
+
     def _fail(self, reason: str) -> None:
-        self.state, self.reason = State.FAILED, reason
         self.metrics.ready.set(0)
+        self._set_state(State.FAILED, reason)
         log.error("the model will not serve: %s", reason)
 
     def _observe_batch(self, record: Any, waits: list[float]) -> None:
         self.metrics.observe_batch(record, waits)
-        self.metrics.queue_depth.set(self.batcher.queued_rows if self.batcher else 0)
+        self.metrics.set_queue_depth(self.batcher.queued_rows if self.batcher else 0)
 
     def on_drain(self, listener: Callable[[], None]) -> None:
         """Call `listener` when the drain begins (from a signal handler: it must only schedule work)."""
@@ -156,33 +186,28 @@ class ModelServer:
 
     def begin_drain(self) -> None:
         """Readiness turns false at once; requests already accepted still finish."""
-        first = self.state is not State.DRAINING
-        if first:
-            log.info("draining: readiness is now false")
-        self.state, self.reason = State.DRAINING, "shutting down"
+        if self.state is State.DRAINING:
+            return
+        log.info("draining: readiness is now false")
         self.metrics.ready.set(0)
-        if first:
-            for listener in self._drain_listeners:
-                listener()
+        self._set_state(State.DRAINING, "shutting down")
+        for listener in self._drain_listeners:
+            listener()
 
     async def stop(self) -> None:
         self.begin_drain()
         if self.batcher is not None:
             await self.batcher.close(self.settings.drain_timeout_seconds)
+        if self.volume is not None:  # after the batcher: every answered prediction is queued by now
+            await self.volume.stop()
         if self.features is not None:
             await self.features.close()
 
     # -- requests ------------------------------------------------------------------------------
 
     def readiness(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "ready": self.ready,
-            "state": self.state.value,
-            "reason": self.reason,
-            "model": self.settings.name,
-            "version": self.settings.model_version,
-        }
-        return body
+        """The pod's readiness answer: `ready` is true only when every worker of the pod is."""
+        return self.pod.readiness()
 
     def check_target(self, name: str, version: str | None = None) -> None:
         s = self.settings

@@ -11,18 +11,26 @@ entity's features from the online store.
 
 from __future__ import annotations
 
+import functools
 import time
-import uuid
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
 from .errors import InvalidInput
-from .http_io import VERSION_HEADER, PlainRoute, json_response, read_json_object_and_body, require_bearer
-from .inputs import check_entity_widths, only_numbers, payload_rows, rows_to_array
+from .http_io import (
+    VERSION_HEADER,
+    PlainRoute,
+    TokenFile,
+    json_response,
+    parsing_process,
+    read_body,
+    require_bearer,
+)
+from .inputs import prepend, read_predict_body
 from .model_server import ModelServer
 
 
@@ -35,50 +43,42 @@ def format_rows(outputs: dict[str, np.ndarray], rows: int) -> list[Any]:
     return [{name: values[i] for name, values in columns.items()} for i in range(rows)]
 
 
-async def _entity_features(server: ModelServer, entity_id: Any) -> np.ndarray:
-    if server.features is None:
-        raise InvalidInput("entity_id was given but this server has no feature store configured")
-    if not isinstance(entity_id, str) or not entity_id:
-        raise InvalidInput("entity_id must be a non-empty string")
-    return await server.features.get(entity_id)
-
-
-def build_simple_router(server: ModelServer, predict_token: str | None) -> APIRouter:
+def build_simple_router(server: ModelServer, predict_token: TokenFile | None) -> APIRouter:
     router = APIRouter()
     settings = server.settings
     version_headers = {VERSION_HEADER: settings.model_version}
-    keep_inputs = bool(settings.feedback_dir)
 
     @router.post("/predict")
     async def predict(request: Request) -> Response:
         started = time.perf_counter()
         require_bearer(request, predict_token)
-        payload, body = await read_json_object_and_body(request, settings.max_body_bytes)
+        body = await read_body(request, settings.max_body_bytes)
         model = server.require_model()
         width = model.input_width
         if width is None:
             raise InvalidInput(f"this model's input is not a feature matrix; use POST /v2/models/{settings.name}/infer")
-        prefix = await _entity_features(server, payload["entity_id"]) if "entity_id" in payload else None
-        single, rows = payload_rows(
-            payload,
-            max_rows=settings.max_queue,
-            entity=prefix is not None,
-            missing="expected 'features' (one row) or 'instances' (a list of rows)",
-        )
-        own_width = width
-        if prefix is not None:
-            check_entity_widths(rows, prefix, width)
-            own_width = width - prefix.shape[-1]
+        store = server.features
         # A model with an input width has exactly one (2-D) input.
-        dtype = model.inputs[0].dtype
-        array = rows_to_array(rows, own_width, dtype, prefix=prefix, numbers_only=only_numbers(body, payload))
-        outputs = await server.infer({model.inputs[0].name: array}, len(rows))
-        predictions = format_rows(outputs, len(rows))
+        read = functools.partial(
+            read_predict_body,
+            width=width,
+            dtype=model.inputs[0].dtype,
+            entity_width=store.width if store is not None else None,
+            max_rows=settings.max_queue,
+        )
+        if len(body) < settings.large_body_bytes:
+            single, array, entity_id = read(body)
+        else:
+            single, array, entity_id = await parsing_process(request).run(read, body)
+        if store is not None and entity_id is not None:
+            array = prepend(await store.get(entity_id), array)
+        feeds = {model.inputs[0].name: array}
+        outputs = await server.infer(feeds, len(array))
+        predictions = format_rows(outputs, len(array))
         answer: dict[str, Any] = {"prediction": predictions[0]} if single else {"predictions": predictions}
         answer["model_version"] = settings.model_version
-        if keep_inputs:
-            request_id = uuid.uuid4().hex
-            server.recent_inputs[request_id] = array
+        # The prediction log (--feedback-dir): queued for a background write, never waited for.
+        if server.prediction_log is not None and (request_id := server.prediction_log.record(feeds, outputs)):
             answer["request_id"] = request_id
         answer["latency_ms"] = round((time.perf_counter() - started) * 1000.0, 3)
         return json_response(answer, headers=version_headers)
@@ -92,27 +92,19 @@ def build_simple_router(server: ModelServer, predict_token: str | None) -> APIRo
         return json_response(
             {
                 "status": "healthy",
-                "state": server.state.value,
+                "state": server.readiness()["state"],
                 "model": settings.name,
                 "model_version": settings.model_version,
             }
         )
 
+    # /stats and /metrics describe the whole pod, whichever worker answers (pod.py).
     @router.get("/stats")
     async def stats() -> Response:
-        summary = server.metrics.summary()
-        summary.update(
-            model=settings.name,
-            model_version=settings.model_version,
-            state=server.state.value,
-            queue_depth=server.batcher.queued_rows if server.batcher else 0,
-        )
-        return json_response(summary)
+        return json_response(server.pod.stats())
 
     @router.get("/metrics")
     async def metrics() -> Response:
-        if server.batcher is not None:
-            server.metrics.queue_depth.set(server.batcher.queued_rows)
-        return Response(generate_latest(server.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(server.pod.metrics(), media_type=CONTENT_TYPE_LATEST)
 
     return router

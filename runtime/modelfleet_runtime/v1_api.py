@@ -9,18 +9,20 @@ and answers `{"predictions": [P, ...]}` in request order, P shaped as /predict's
 
 from __future__ import annotations
 
+import functools
+
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from .api_schema import V1Model, V1PredictRequest, V1PredictResponse, error_responses, request_body
 from .errors import InvalidInput, Unavailable
-from .http_io import VERSION_HEADER, PlainRoute, json_response, read_json_object_and_body, require_bearer
-from .inputs import only_numbers, payload_rows, rows_to_array
+from .http_io import VERSION_HEADER, PlainRoute, TokenFile, json_response, parsing_process, read_body, require_bearer
+from .inputs import read_instances_body
 from .model_server import ModelServer
 from .simple_api import format_rows
 
 
-def build_v1_router(server: ModelServer, predict_token: str | None) -> APIRouter:
+def build_v1_router(server: ModelServer, predict_token: TokenFile | None) -> APIRouter:
     router = APIRouter(tags=["KServe V1"])
     settings = server.settings
     version_headers = {VERSION_HEADER: settings.model_version}
@@ -44,19 +46,20 @@ def build_v1_router(server: ModelServer, predict_token: str | None) -> APIRouter
         name = request.path_params["name"]
         server.check_target(name)
         require_bearer(request, predict_token)
-        payload, body = await read_json_object_and_body(request, settings.max_body_bytes)
+        body = await read_body(request, settings.max_body_bytes)
         model = server.require_model()
         width = model.input_width
         if width is None:
             raise InvalidInput(
                 f"V1 instances need a model with one 2-D numeric input; use POST /v2/models/{settings.name}/infer"
             )
-        if "instances" not in payload:
-            raise InvalidInput("expected 'instances': a list of rows of features")
-        _, rows = payload_rows(payload, max_rows=settings.max_queue, entity=False, missing="")
-        array = rows_to_array(rows, width, model.inputs[0].dtype, numbers_only=only_numbers(body, payload))
-        outputs = await server.infer({model.inputs[0].name: array}, len(rows))
-        return json_response({"predictions": format_rows(outputs, len(rows))}, headers=version_headers)
+        read = functools.partial(
+            read_instances_body, width=width, dtype=model.inputs[0].dtype, max_rows=settings.max_queue
+        )
+        array = read(body) if len(body) < settings.large_body_bytes else await parsing_process(request).run(read, body)
+        rows = len(array)
+        outputs = await server.infer({model.inputs[0].name: array}, rows)
+        return json_response({"predictions": format_rows(outputs, rows)}, headers=version_headers)
 
     @router.post(
         "/v1/models/{name}:predict",

@@ -28,8 +28,17 @@ from starlette.responses import Response
 from . import __version__
 from .api_schema import error_responses, request_body
 from .content_coding import COMPRESS_MIN_BYTES, accepted_coding, decode_body, encode_body
-from .errors import InvalidInput
-from .http_io import JSON, VERSION_HEADER, PlainRoute, json_response, parse_json, read_body, require_bearer
+from .errors import InvalidInput, RuntimeProblem
+from .http_io import (
+    JSON,
+    VERSION_HEADER,
+    PlainRoute,
+    TokenFile,
+    json_response,
+    parsing_process,
+    read_body,
+    require_bearer,
+)
 from .model import OnnxModel
 from .model_server import ModelServer
 from .tensor_codec import decode_binary, decode_json, encode_binary, json_data
@@ -42,6 +51,9 @@ from .v2_messages import (
     ParsedRequest,
     ServerMetadata,
     TensorMetadata,
+    data_may_hold_bools,
+    decode_json_request,
+    parse_json_header,
     parse_request,
 )
 
@@ -64,41 +76,6 @@ def _split(body: bytes, declared: str | None) -> tuple[bytes, memoryview]:
     if not 0 <= length <= len(body):
         raise InvalidInput(f"Inference-Header-Content-Length is {length}, but the body has {len(body)} bytes")
     return body[:length], memoryview(body)[length:]
-
-
-def _parse(header: bytes) -> Any:
-    try:
-        return parse_json(header)
-    except InvalidInput as exc:
-        if "content after document" in exc.message or "trailing" in exc.message:
-            raise InvalidInput(
-                f"{exc.message}: binary tensor data after the JSON needs the Inference-Header-Content-Length "
-                "header (the JSON's length in bytes)"
-            ) from None
-        raise
-
-
-_T, _F = ord("t"), ord("f")
-
-
-def _letters_t_f(text: bytes) -> int:
-    octets = np.frombuffer(text, dtype=np.uint8)
-    return int(np.count_nonzero(octets == _T) + np.count_nonzero(octets == _F))
-
-
-def _data_may_hold_bools(header: bytes, payload: dict[str, Any]) -> bool:
-    """False when no JSON true/false can be among the inputs' data, which NumPy would read as 1/0.
-
-    Numbers and lists never hold a "t" or an "f", and without a backslash in the body every
-    string is written as orjson writes it: when the body holds no more of those letters than
-    the request without its data, none is in the data. Two vectorised counts over the bytes
-    instead of a type check of every value.
-    """
-    if b"\\" in header:
-        return True
-    inputs = [{**i, "data": []} if "data" in i else i for i in payload["inputs"]]
-    skeleton = orjson.dumps({**payload, "inputs": inputs})
-    return _letters_t_f(header) != _letters_t_f(skeleton)
 
 
 def _tensors(message: ParsedRequest, binary: memoryview, may_hold_bools: bool) -> list[InputTensor]:
@@ -125,6 +102,12 @@ def _tensors(message: ParsedRequest, binary: memoryview, may_hold_bools: bool) -
             f"binary_data_size add up to {offset}"
         )
     return tensors
+
+
+def _decoded(array: np.ndarray | RuntimeProblem) -> np.ndarray:
+    if isinstance(array, RuntimeProblem):
+        raise array
+    return array
 
 
 def _raw_request(model: OnnxModel, body: memoryview) -> tuple[ParsedRequest, list[InputTensor]]:
@@ -193,7 +176,7 @@ async def _respond(request: Request, body: bytes, header_length: int | None, hea
 # -- routes ----------------------------------------------------------------------------------
 
 
-def build_v2_router(server: ModelServer, predict_token: str | None) -> APIRouter:
+def build_v2_router(server: ModelServer, predict_token: TokenFile | None) -> APIRouter:
     router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2)"])
     _add_server_routes(router, server)
     _add_model_routes(router, server)
@@ -202,7 +185,8 @@ def build_v2_router(server: ModelServer, predict_token: str | None) -> APIRouter
 
 
 def _ready_response(server: ModelServer) -> Response:
-    return json_response(server.readiness(), status=200 if server.ready else 503)
+    body = server.readiness()
+    return json_response(body, status=200 if body["ready"] else 503)
 
 
 def _add_server_routes(router: APIRouter, server: ModelServer) -> None:
@@ -259,7 +243,7 @@ def _add_model_routes(router: APIRouter, server: ModelServer) -> None:
         return _ready_response(server)
 
 
-def _add_infer_routes(router: APIRouter, server: ModelServer, predict_token: str | None) -> None:
+def _add_infer_routes(router: APIRouter, server: ModelServer, predict_token: TokenFile | None) -> None:
     """Inference by name and by name and version, served by plain routes ahead of the APIRoutes (see PlainRoute)."""
     settings = server.settings
     version_headers = {VERSION_HEADER: settings.model_version}
@@ -274,17 +258,26 @@ def _add_infer_routes(router: APIRouter, server: ModelServer, predict_token: str
         model = server.require_model()
         if not header and len(binary):
             message, tensors = _raw_request(model, binary)
+        elif len(header) >= settings.large_body_bytes and not len(binary):
+            message, arrays = await parsing_process(request).run(decode_json_request, bytes(header))
+            tensors = [
+                InputTensor(given.name, given.datatype, given.shape, functools.partial(_decoded, array))
+                for given, array in zip(message.inputs, arrays, strict=True)
+            ]
         else:
-            payload = _parse(header)
+            payload = parse_json_header(header)
             message = parse_request(payload)
-            tensors = _tensors(message, binary, _data_may_hold_bools(header, payload))
+            tensors = _tensors(message, binary, data_may_hold_bools(header, payload))
         names = output_names(model, [o.name for o in message.outputs] if message.outputs else None)
-        outputs = await infer(server, model, tensors, entity_ids_of(message.parameters, model))
+        inferred = await infer(server, model, tensors, entity_ids_of(message.parameters, model))
         head: dict[str, Any] = {"model_name": settings.name, "model_version": settings.model_version}
         if message.id is not None:
             head["id"] = message.id
-        head["parameters"] = {"latency_ms": round((time.perf_counter() - started) * 1000.0, 3)}
-        answer, header_length = _encode_answer(message, head, outputs, names, datatypes(model))
+        parameters: dict[str, Any] = {"latency_ms": round((time.perf_counter() - started) * 1000.0, 3)}
+        if inferred.request_id is not None:
+            parameters["request_id"] = inferred.request_id
+        head["parameters"] = parameters
+        answer, header_length = _encode_answer(message, head, inferred.outputs, names, datatypes(model))
         return await _respond(request, answer, header_length, version_headers)
 
     answers = InferenceResponse

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidInput, PayloadTooLarge
+from .errors import InvalidInput
+from .inputs import check_entity_tensor, check_row_count
 from .model import OnnxModel, TensorSpec
 from .model_server import ModelServer
 
@@ -69,9 +70,16 @@ def datatypes(model: OnnxModel) -> dict[str, str]:
     return {o.name: o.datatype for o in model.outputs}
 
 
+@dataclass(frozen=True)
+class Inferred:
+    outputs: dict[str, np.ndarray]
+    # The prediction's id in the prediction log, for feedback; None when it is not logged.
+    request_id: str | None
+
+
 async def infer(
     server: ModelServer, model: OnnxModel, given: Sequence[InputTensor], entity_ids: Any = None
-) -> dict[str, np.ndarray]:
+) -> Inferred:
     """Every output of the model for `given`, after the checks above (entity_ids: parameters.entity_ids)."""
     _check_names(model, given)
     by_name = {t.name: t for t in given}
@@ -83,10 +91,12 @@ async def infer(
             rows_seen = _check_tensor(spec, by_name[spec.name], rows_seen)
         assert rows_seen is not None  # a model has at least one input
         rows = rows_seen
-        if rows > server.settings.max_queue:
-            raise PayloadTooLarge(f"{rows} rows in one request; the limit is {server.settings.max_queue}")
+        check_row_count(rows, server.settings.max_queue)
         feeds = {spec.name: by_name[spec.name].decode() for spec in model.inputs}
-    return await server.infer(feeds, rows)
+    outputs = await server.infer(feeds, rows)
+    # The prediction log (--feedback-dir): queued for a background write, never waited for.
+    request_id = server.prediction_log.record(feeds, outputs) if server.prediction_log is not None else None
+    return Inferred(outputs, request_id)
 
 
 def entity_ids_of(parameters: dict[str, Any], model: OnnxModel) -> Any:
@@ -111,18 +121,12 @@ async def _with_entities(
         raise InvalidInput(
             f"input {spec.name!r}: datatype {tensor.datatype!r} given, the model takes {spec.datatype!r}"
         )
-    if len(entity_ids) > server.settings.max_queue:
-        raise PayloadTooLarge(f"{len(entity_ids)} rows in one request; the limit is {server.settings.max_queue}")
-    prefixes = await server.features.get_many(entity_ids)
+    # The row limit and the shape are checked before the store is asked for anything (DESIGN.md section 9).
+    check_row_count(len(entity_ids), server.settings.max_queue)
     width = spec.shape[1]
     assert width is not None
-    own = width - prefixes[0].shape[-1]
-    if list(tensor.shape) != [len(entity_ids), own]:
-        raise InvalidInput(
-            f"input {spec.name!r}: with {len(entity_ids)} entities of {prefixes[0].shape[-1]} "
-            f"features, shape must be [{len(entity_ids)}, {own}] (the model takes {width}), "
-            f"got {list(tensor.shape)}"
-        )
+    check_entity_tensor(spec.name, list(tensor.shape), len(entity_ids), server.features.width, width)
+    prefixes = await server.features.get_many(entity_ids)
     array = tensor.decode()
     feeds = {spec.name: np.concatenate([np.stack(prefixes).astype(spec.dtype, copy=False), array], axis=1)}
     return feeds, len(entity_ids)

@@ -10,12 +10,17 @@ build the metadata answers.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import numpy as np
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import InvalidInput
+from .errors import InvalidInput, RuntimeProblem
+from .inputs import parse_json
+from .tensor_codec import decode_json
 
 NOT_OIP = "not an Open Inference Protocol request"
 
@@ -246,3 +251,64 @@ class ServerMetadata(_Message):
     name: str
     version: str
     extensions: list[str]
+
+
+# -- reading a request's JSON -----------------------------------------------------------------
+
+
+def parse_json_header(header: bytes) -> Any:
+    """The request's JSON (the whole body, or the header before binary tensor data)."""
+    try:
+        return parse_json(header)
+    except InvalidInput as exc:
+        if "content after document" in exc.message or "trailing" in exc.message:
+            raise InvalidInput(
+                f"{exc.message}: binary tensor data after the JSON needs the Inference-Header-Content-Length "
+                "header (the JSON's length in bytes)"
+            ) from None
+        raise
+
+
+_T, _F = ord("t"), ord("f")
+
+
+def _letters_t_f(text: bytes) -> int:
+    octets = np.frombuffer(text, dtype=np.uint8)
+    return int(np.count_nonzero(octets == _T) + np.count_nonzero(octets == _F))
+
+
+def data_may_hold_bools(header: bytes, payload: dict[str, Any]) -> bool:
+    """False when no JSON true/false can be among the inputs' data, which NumPy would read as 1/0.
+
+    Numbers and lists never hold a "t" or an "f", and without a backslash in the body every
+    string is written as orjson writes it: when the body holds no more of those letters than
+    the request without its data, none is in the data. Two vectorised counts over the bytes
+    instead of a type check of every value.
+    """
+    if b"\\" in header:
+        return True
+    inputs = [{**i, "data": []} if "data" in i else i for i in payload["inputs"]]
+    skeleton = orjson.dumps({**payload, "inputs": inputs})
+    return _letters_t_f(header) != _letters_t_f(skeleton)
+
+
+def decode_json_request(header: bytes) -> tuple[ParsedRequest, list[np.ndarray | RuntimeProblem]]:
+    """Parse a JSON-only request and decode every input's data: the work done off the event loop
+    (in the parsing process, http_io.ParsingProcess) for a large body.
+
+    Only the arrays cross back, not the numbers as Python objects; a tensor's problem comes back
+    in its place, to be raised when the endpoint decodes it (after its checks against the model).
+    """
+    payload = parse_json_header(header)
+    message = parse_request(payload)
+    may_hold_bools = data_may_hold_bools(header, payload)
+    arrays: list[np.ndarray | RuntimeProblem] = []
+    for given in message.inputs:
+        try:
+            arrays.append(
+                decode_json(given.name, given.datatype, given.shape, given.data, may_hold_bools=may_hold_bools)
+            )
+        except RuntimeProblem as problem:
+            arrays.append(problem)
+    inputs = [dataclasses.replace(given, data=None) for given in message.inputs]
+    return dataclasses.replace(message, inputs=inputs), arrays

@@ -133,10 +133,12 @@ def assert_split(answers: Sequence[Answer], expected: Mapping[str, float], toler
 
 
 def failing_model(path: Path) -> ModelFile:
-    """The demo model, gated by a Gather whose index is 1000 (out of range) when feature 0 > 100.
+    """The demo model, failing inside onnxruntime with a server-side error when feature 0 > 100.
 
-    It loads and warms up (warmup rows are standard normal), then onnxruntime fails on
-    those rows for real: the runtime answers 500 to such requests.
+    It loads and warms up (warmup rows are standard normal); a batch holding such a row
+    asks ConstantOfShape for 2**61 + 1 elements, whose size overflows (status FAIL): the
+    runtime answers 500. (An index out of range would be INVALID_ARGUMENT, which the
+    runtime answers 422, the client's values being at fault: issue 11.)
     """
     model = build_demo_model()
     graph = model.graph
@@ -147,8 +149,9 @@ def failing_model(path: Path) -> ModelFile:
             numpy_helper.from_array(np.array([1], dtype=np.int64), "second"),
             numpy_helper.from_array(np.array([1], dtype=np.int64), "columns"),
             numpy_helper.from_array(np.array([100.0], dtype=np.float32), "limit"),
-            numpy_helper.from_array(np.array([1000], dtype=np.int64), "far"),
-            numpy_helper.from_array(np.array([1.0, 1.0], dtype=np.float32), "ones"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "one_dim"),
+            numpy_helper.from_array(np.array([1 << 61], dtype=np.int64), "overflow"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "one"),
         ]
     )
     graph.node.extend(
@@ -156,9 +159,13 @@ def failing_model(path: Path) -> ModelFile:
             helper.make_node("Slice", ["features", "first", "second", "columns"], ["feature0"]),
             helper.make_node("Greater", ["feature0", "limit"], ["too_big"]),
             helper.make_node("Cast", ["too_big"], ["too_big_int"], to=TensorProto.INT64),
-            helper.make_node("Mul", ["too_big_int", "far"], ["index"]),
-            helper.make_node("Gather", ["ones", "index"], ["gate"], axis=0),
-            helper.make_node("Mul", ["score", "gate"], ["probability"]),
+            helper.make_node("ReduceMax", ["too_big_int"], ["any_too_big"], axes=[0, 1], keepdims=1),
+            helper.make_node("Reshape", ["any_too_big", "one_dim"], ["flag"]),
+            helper.make_node("Mul", ["flag", "overflow"], ["extra"]),
+            helper.make_node("Add", ["extra", "one"], ["size"]),
+            helper.make_node("ConstantOfShape", ["size"], ["zeros"]),
+            helper.make_node("ReduceSum", ["zeros"], ["zero"], keepdims=0),
+            helper.make_node("Add", ["score", "zero"], ["probability"]),
         ]
     )
     onnx.checker.check_model(model)

@@ -71,6 +71,23 @@ def test_only_server_errors_the_version_caused_count(code: str, counts: bool) ->
     assert is_version_error(code) is counts
 
 
+def test_backpressure_and_feature_store_503s_count_as_requests_not_as_errors() -> None:
+    """A canary that answers "queue full, retry" (or is at its concurrency cap) is busy, not broken;
+    one whose feature store is down is not broken either (issue 10): a 503 is never its error."""
+    metrics = RuntimeMetrics()
+    for _ in range(30):
+        metrics.observe_request("/predict", 200, 0.003, True)
+    for endpoint, reason, count in (("/predict", "queue_full", 15), ("/v2/models/{name}/infer", "concurrency", 5)):
+        for _ in range(count):
+            metrics.observe_request(endpoint, 503, 0.001, True)
+            metrics.observe_rejection(endpoint, reason)
+    for _ in range(2):  # the feature store is down: a 503, the dependency's trouble
+        metrics.observe_request("/predict", 503, 0.001, True)
+    for _ in range(3):  # onnxruntime failed: the version's own
+        metrics.observe_request("/v1/models/{name}:predict", 500, 0.001, True)
+    assert parse_metrics(generate_latest(metrics.registry).decode()) == Counts(requests=55, errors=3)
+
+
 def test_a_fresh_pod_has_no_requests() -> None:
     assert parse_metrics(_runtime_metrics_text({})) == Counts(0, 0)
     assert parse_metrics("") == Counts(0, 0)

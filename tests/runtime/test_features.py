@@ -267,9 +267,9 @@ async def test_a_key_that_is_not_a_hash_is_invalid_value(redis_url, make_store):
         await store.get("u1")
 
 
-async def test_failed_lookups_are_not_cached(redis_url, make_store):
+async def test_without_a_miss_ttl_an_unknown_entity_is_asked_for_again(redis_url, make_store):
     client = sync_client(redis_url)
-    store = make_store(redis_url)
+    store = make_store(redis_url, miss_ttl=0)
     with pytest.raises(NotFound):
         await store.get("late")
     seed(client, "late", age=1, score=2, clicks=3)
@@ -366,3 +366,44 @@ async def test_close_fails_lookups_in_flight(private_redis_server: RedisServer, 
             await pending
     finally:
         os.kill(private_redis_server.pid, signal.SIGCONT)
+
+
+async def test_an_unknown_entity_is_remembered_for_the_miss_ttl_only(redis_url, make_store, clock):
+    client = sync_client(redis_url)
+    store = make_store(redis_url, miss_ttl=5.0)
+    calls = hmget_calls(client)
+
+    for _ in range(50):
+        with pytest.raises(NotFound, match="unknown entity 'ghost'"):
+            await store.get("ghost")
+    assert hmget_calls(client) == calls + 1
+    assert sample(store, "modelfleet_feature_known_missing_total") == 49
+
+    seed(client, "ghost", age=1, score=2, clicks=3)
+    with pytest.raises(NotFound):
+        await store.get("ghost")  # still within the miss TTL
+    clock.advance(5.01)
+    np.testing.assert_array_equal(await store.get("ghost"), np.array([1, 2, 3], dtype=np.float32))
+    assert hmget_calls(client) == calls + 2
+
+
+async def test_password_from_a_file_authenticates_and_never_from_two_places(tmp_path, clock):
+    server = RedisServer(password="s3cret-from-a-Secret")
+    server.start()
+    password = tmp_path / "password"
+    password.write_text("s3cret-from-a-Secret\n")
+    try:
+        seed(sync_client(server.url, password="s3cret-from-a-Secret"), "u1", age=1, score=2, clicks=3)
+        options = {"demo": True, "feature_store": server.url, "feature_prefix": PREFIX, "feature_fields": FIELDS}
+        store = FeatureStore.from_settings(Settings(**options, feature_store_password_file=str(password)), clock=clock)
+        try:
+            np.testing.assert_array_equal(await store.get("u1"), [1, 2, 3])
+        finally:
+            await store.close()
+        with pytest.raises(SettingsError, match="not both"):
+            Settings(**options, feature_store_password="x", feature_store_password_file=str(password))
+        password.write_text("\n")
+        with pytest.raises(SettingsError, match="is empty"):
+            FeatureStore.from_settings(Settings(**options, feature_store_password_file=str(password)))
+    finally:
+        server.close()

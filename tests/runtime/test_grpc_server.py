@@ -20,6 +20,7 @@ import pytest
 from modelfleet_runtime.grpc_api import GrpcServer
 from modelfleet_runtime.grpc_predict_v2 import grpc_predict_v2_pb2 as pb
 from modelfleet_runtime.grpc_predict_v2 import grpc_predict_v2_pb2_grpc as pb_grpc
+from modelfleet_runtime.http_io import TokenFile
 from modelfleet_runtime.settings import Settings
 from tests.support.live_server import Live, live_server
 from tests.support.paths import REPO
@@ -30,7 +31,11 @@ from tests.support.protocol_models import build_every_datatype, build_labels, bu
 async def grpc_stub(path: Path, token: str | None = None, **overrides: Any) -> AsyncIterator[tuple[Any, Live]]:
     settings = Settings(model=str(path), name="m", model_version="4", warmup_iterations=1, **overrides)
     async with live_server(settings) as live:
-        server = GrpcServer(live.server, token, "127.0.0.1", 0)
+        token_file = None
+        if token is not None:
+            (path.parent / "predict-token").write_text(token)
+            token_file = TokenFile(str(path.parent / "predict-token"))
+        server = GrpcServer(live.server, token_file, "127.0.0.1", 0)
         port = await server.start()
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -190,8 +195,14 @@ async def test_health_and_metadata_follow_the_models_state(tmp_path: Path) -> No
         server = await stub.ServerMetadata(pb.ServerMetadataRequest())
         unknown, _ = await _code(stub.ModelReady(pb.ModelReadyRequest(name="m", version="5")))
         live.server.begin_drain()
-        draining = await stub.ServerReady(pb.ServerReadyRequest())
-    assert ready.ready and model_ready.ready and not draining.ready
+        # Draining: the health check says not ready, or the server already refuses new calls.
+        refused = None
+        try:
+            draining_ready = (await stub.ServerReady(pb.ServerReadyRequest())).ready
+        except grpc.aio.AioRpcError as exc:
+            refused, draining_ready = exc.code(), False
+    assert ready.ready and model_ready.ready and not draining_ready
+    assert refused in (None, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
     assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [
         ("x", "FP32", [-1, 3]),
         ("k", "INT64", [-1, 1]),

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+import redis
 
 from modelfleet_runtime.settings import Settings
 from tests.support.live_server import live_server
@@ -70,3 +72,66 @@ async def test_a_feature_store_wider_than_the_model_never_becomes_ready(
         ready = await live.client.get("/v2/health/ready")
     assert ready.status_code == 503
     assert "supplies 3 features per entity, but the model takes 2" in ready.json()["reason"]
+
+
+class CommandCounts:
+    """The server's own count of the commands it ran (INFO commandstats), apart from the INFO that asks."""
+
+    def __init__(self, server: RedisServer) -> None:
+        # One connection, opened now: its own handshake is counted before any baseline.
+        self.client = redis.Redis(port=server.port, socket_timeout=5)
+        self.client.ping()
+
+    def stats(self) -> dict[str, int]:
+        reply = self.client.info("commandstats")
+        return {name.removeprefix("cmdstat_"): int(s["calls"]) for name, s in reply.items() if name != "cmdstat_info"}
+
+    def total(self) -> int:
+        return sum(self.stats().values())
+
+
+async def test_requests_that_cannot_be_served_cost_the_feature_store_nothing(
+    tmp_path: Path, private_redis_server: RedisServer
+) -> None:
+    model = build_mlp(tmp_path / "m.onnx", (5, 8, 1))
+    private_redis_server.command("HSET", "user:u42", "age", "37", "tenure_days", "400", "txn_7d", "3")
+    settings = Settings(
+        model=str(model),
+        name="fraud",
+        warmup_iterations=1,
+        max_queue=64,
+        feature_store=private_redis_server.url,
+        feature_prefix="user:",
+        feature_fields=("age", "tenure_days", "txn_7d"),
+        feature_miss_ttl=300,
+    )
+    many = [f"u{i}" for i in range(65)]
+
+    def v2(entity_ids: list[str], shape: list[int]) -> dict[str, Any]:
+        data = [0.5] * (shape[0] * shape[1])
+        return {
+            "parameters": {"entity_ids": entity_ids},
+            "inputs": [{"name": "x", "shape": shape, "datatype": "FP32", "data": data}],
+        }
+
+    counts = CommandCounts(private_redis_server)
+    async with live_server(settings) as live:
+        before = counts.total()
+        too_many = await live.client.post("/v2/models/fraud/infer", json=v2(many, [65, 2]))
+        wrong_shape = await live.client.post("/v2/models/fraud/infer", json=v2(many[:3], [3, 3]))
+        too_many_rows = await live.client.post("/predict", json={"entity_id": "u42", "instances": [[0.5, 1.0]] * 65})
+        wrong_width = await live.client.post("/predict", json={"entity_id": "u42", "features": [0.5]})
+        assert counts.total() == before
+        # An unknown entity is asked for once, then answered from the miss cache.
+        ghost = {"entity_id": "ghost", "features": [0.5, 1.0]}
+        unknown = [await live.client.post("/predict", json=ghost) for _ in range(20)]
+        hmgets = counts.stats()["hmget"]
+        known = await live.client.post("/predict", json={"entity_id": "u42", "features": [0.5, 1.0]})
+    assert too_many.status_code == 413 and "65 rows in one request; the limit is 64" in too_many.json()["error"]
+    assert wrong_shape.status_code == 400 and "shape must be [3, 2]" in wrong_shape.json()["error"]
+    assert too_many_rows.status_code == 413
+    assert wrong_width.status_code == 400 and "but the model takes 5" in wrong_width.json()["error"]
+    assert {r.status_code for r in unknown} == {404}
+    assert "unknown entity 'ghost'" in unknown[-1].json()["error"]
+    assert hmgets == 1
+    assert known.status_code == 200

@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
-import hashlib
-import http.server
 import signal
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +15,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from modelfleet_runtime.errors import ModelLoadError
 from modelfleet_runtime.settings import Settings, SettingsError, parse_serve_args
-from modelfleet_runtime.sources import fetch_model, resolve_local
+from modelfleet_runtime.sources import resolve_local
 from tests.support.live_server import live_server
 from tests.support.onnx_models import build_mlp
 from tests.support.polling import wait_for
-from tests.support.runtime_process import RuntimeProcess
+from tests.support.runtime_process import RuntimeProcess, listening_socket
 
 RUNTIME = [sys.executable, "-m", "modelfleet_runtime.cli"]
 
@@ -74,35 +68,6 @@ def test_mounted_sources_resolve_under_the_model_root() -> None:
         resolve_local("s3://bucket/m.onnx", "/mnt/models")
 
 
-@contextlib.contextmanager
-def http_file_server(folder: Path) -> Iterator[str]:
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def test_http_sources_are_downloaded_once_and_verified(tmp_path: Path) -> None:
-    served = tmp_path / "served"
-    served.mkdir()
-    model = build_mlp(served / "model.onnx")
-    digest = hashlib.sha256(model.read_bytes()).hexdigest()
-    with http_file_server(served) as base:
-        local = fetch_model(f"{base}/model.onnx", sha256=digest, cache_dir=str(tmp_path / "cache"))
-        assert local.read_bytes() == model.read_bytes()
-        with pytest.raises(ModelLoadError, match="sha256 mismatch"):
-            fetch_model(f"{base}/model.onnx", sha256="f" * 64, cache_dir=str(tmp_path / "cache"))
-        with pytest.raises(ModelLoadError, match="could not download"):
-            fetch_model(f"{base}/missing.onnx", cache_dir=str(tmp_path / "cache"))
-    # The cached copy serves a restart even when the origin is gone.
-    assert fetch_model(f"{base}/model.onnx", sha256=digest, cache_dir=str(tmp_path / "cache")) == local
-
-
 async def test_pvc_source_is_served_from_its_mount(tmp_path: Path) -> None:
     folder = tmp_path / "root" / "pvc" / "claim" / "fraud"
     folder.mkdir(parents=True)
@@ -138,43 +103,50 @@ async def _read_response(reader: asyncio.StreamReader, writer: asyncio.StreamWri
     return int(lines[0].split()[1]), orjson.loads(payload)
 
 
-async def test_sigterm_answers_every_request_in_flight_then_exits_zero(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sigterm_answers_every_request_in_flight_then_exits_zero(tmp_path: Path, workers: int) -> None:
     # Heavy rows with small bodies: the requests arrive much faster than the model gets through them.
     model = build_mlp(tmp_path / "heavy.onnx", (8, 3072, 3072, 1))
     env = {
         "MODELFLEET_MODEL": str(model),
+        "MODELFLEET_WORKERS": str(workers),
         "MODELFLEET_WARMUP_ITERATIONS": "1",
         "MODELFLEET_MAX_BATCH_SIZE": "1",
         "MODELFLEET_MAX_QUEUE": "100000",
+        # Generous: the drain runs 1,280 heavy rows on a machine other tests share.
+        "MODELFLEET_DRAIN_TIMEOUT_SECONDS": "120",
     }
-    async with RuntimeProcess(env, tmp_path) as runtime:
+    # With two workers each accepts on a SO_REUSEPORT sibling of this socket, so the 40
+    # connections below land on both and the pod's in-flight gauge sums them.
+    with listening_socket(reuse_port=True) as listener:
+        async with RuntimeProcess(env, tmp_path, listener=listener) as runtime:
 
-        async def predictions() -> tuple[float, float]:
-            """(in flight, answered) /predict requests, from the server's own metrics."""
-            families = text_string_to_metric_families((await runtime.client.get("/metrics")).text)
-            samples = [s for family in families for s in family.samples]
-            # The /metrics request itself is in flight too.
-            in_flight = next(s.value for s in samples if s.name == "modelfleet_requests_in_flight") - 1
-            answered = sum(
-                s.value
-                for s in samples
-                if s.name == "modelfleet_requests_total" and s.labels.get("endpoint") == "/predict"
-            )
-            return in_flight, answered
+            async def predictions() -> tuple[float, float]:
+                """(in flight, answered) /predict requests, from the pod's own metrics."""
+                families = text_string_to_metric_families((await runtime.client.get("/metrics")).text)
+                samples = [s for family in families for s in family.samples]
+                # The /metrics request itself is in flight too.
+                in_flight = next(s.value for s in samples if s.name == "modelfleet_requests_in_flight") - 1
+                answered = sum(
+                    s.value
+                    for s in samples
+                    if s.name == "modelfleet_requests_total" and s.labels.get("endpoint") == "/predict"
+                )
+                return in_flight, answered
 
-        async def all_received() -> tuple[float, float] | None:
-            counts = await predictions()
-            return counts if sum(counts) >= 40 else None
+            async def all_received() -> tuple[float, float] | None:
+                counts = await predictions()
+                return counts if sum(counts) >= 40 else None
 
-        rng = np.random.default_rng(0)
-        body = orjson.dumps({"instances": rng.standard_normal((32, 8)).astype(np.float32).tolist()})
-        port = runtime.listener.getsockname()[1]
-        connections = [await _send_raw(port, body) for _ in range(40)]
-        # Every request has reached the server (a loaded machine may answer the first few already).
-        in_flight, _ = await wait_for(all_received, timeout=60, interval=0.005)
-        runtime.child.send_signal(signal.SIGTERM)
-        answers = await asyncio.gather(*(_read_response(r, w) for r, w in connections))
-        assert in_flight > 0, "every request was answered before SIGTERM: nothing was drained"
-        assert [status for status, _ in answers] == [200] * 40
-        assert all(len(payload["predictions"]) == 32 for _, payload in answers)
-        assert await asyncio.wait_for(runtime.wait(), 30) == 0
+            rng = np.random.default_rng(0)
+            body = orjson.dumps({"instances": rng.standard_normal((32, 8)).astype(np.float32).tolist()})
+            port = listener.getsockname()[1]
+            connections = [await _send_raw(port, body) for _ in range(40)]
+            # Every request has reached the server (a loaded machine may answer the first few already).
+            in_flight, _ = await wait_for(all_received, timeout=60, interval=0.005)
+            runtime.child.send_signal(signal.SIGTERM)
+            answers = await asyncio.gather(*(_read_response(r, w) for r, w in connections))
+            assert in_flight > 0, "every request was answered before SIGTERM: nothing was drained"
+            assert [status for status, _ in answers] == [200] * 40
+            assert all(len(payload["predictions"]) == 32 for _, payload in answers)
+            assert await asyncio.wait_for(runtime.wait(), 180) == 0

@@ -12,24 +12,14 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from modelfleet_runtime.feedback import FeedbackVolume, FeedbackWriter, Sample
+from modelfleet_runtime.feedback import FeedbackVolume, Label, LabelWriter, Layout
+from modelfleet_runtime.prediction_log import PredictionIndex, PredictionLog, request_id
+from modelfleet_runtime.retention import Retention, sweep
+from modelfleet_runtime.segments import new_writer_id
 from modelfleet_runtime.training import job, task
 from modelfleet_runtime.training.graph import Network
-from tests.support.onnx_models import build_mlp, save_model
-
-
-def logistic_model(path: Path, w: np.ndarray, b: float) -> Path:
-    graph = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "w", "b"], ["logit"]), helper.make_node("Sigmoid", ["logit"], ["p"])],
-        "logistic",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", len(w)])],
-        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["batch", 1])],
-        [
-            numpy_helper.from_array(w.reshape(-1, 1).astype(np.float32), "w"),
-            numpy_helper.from_array(np.array([b], np.float32), "b"),
-        ],
-    )
-    return save_model(graph, path)
+from tests.support.onnx_models import build_logistic, build_mlp, save_model, with_external_weights
+from tests.support.polling import wait_until
 
 
 def linear_model(path: Path, w: np.ndarray, b: float) -> Path:
@@ -51,9 +41,15 @@ def predict(path: Path, x: np.ndarray) -> np.ndarray:
     return session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})[0]
 
 
+def label_writer(volume_dir: Path) -> LabelWriter:
+    return LabelWriter(Layout(volume_dir), pod="pod-a", writer=new_writer_id(), model="m", model_version="1")
+
+
 async def put(volume_dir: Path, x: np.ndarray, labels: list) -> None:
-    writer = FeedbackWriter(volume_dir, pod="pod-a")
-    await writer.append([Sample(row.tolist(), label, 0.0, "1") for row, label in zip(x, labels, strict=True)])
+    """Samples sent with their features, as a server stores them (float32, the models' dtype)."""
+    writer = label_writer(volume_dir)
+    rows = x.astype(np.float32)
+    await writer.append([Label(0.0, (label,), None, row) for row, label in zip(rows, labels, strict=True)])
     await writer.close()
 
 
@@ -87,7 +83,7 @@ def binary_data(rng: np.random.Generator, n: int, w: np.ndarray, b: float) -> tu
 
 async def test_logistic_regression_child_beats_parent_on_the_shifted_distribution(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    parent = logistic_model(tmp_path / "parent.onnx", W_A, B_A)
+    parent = build_logistic(tmp_path / "parent.onnx", W_A, B_A)
     x, y = binary_data(rng, 600, W_B, B_B)
     await put(tmp_path / "volume", x, y.tolist())
 
@@ -203,7 +199,7 @@ async def test_a_trainer_killed_before_its_commit_consumes_nothing_and_the_retry
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rng = np.random.default_rng(4)
-    parent = logistic_model(tmp_path / "parent.onnx", W_A, B_A)
+    parent = build_logistic(tmp_path / "parent.onnx", W_A, B_A)
     x, y = binary_data(rng, 200, W_B, B_B)
     await put(tmp_path / "volume", x, y.tolist())
 
@@ -231,7 +227,7 @@ async def test_a_retried_job_that_already_committed_reports_its_result_instead_o
     tmp_path: Path,
 ) -> None:
     rng = np.random.default_rng(5)
-    parent = logistic_model(tmp_path / "parent.onnx", W_A, B_A)
+    parent = build_logistic(tmp_path / "parent.onnx", W_A, B_A)
     x, y = binary_data(rng, 100, W_B, B_B)
     await put(tmp_path / "volume", x, y.tolist())
     code, first = run_trainer(parent, tmp_path / "volume", tmp_path / "out", "--epochs", "2", "--run-id", "job-7")
@@ -246,7 +242,7 @@ async def test_a_retried_job_that_already_committed_reports_its_result_instead_o
 
 async def test_samples_that_do_not_fit_the_model_are_skipped_counted_and_consumed(tmp_path: Path) -> None:
     rng = np.random.default_rng(6)
-    parent = logistic_model(tmp_path / "parent.onnx", W_A, B_A)
+    parent = build_logistic(tmp_path / "parent.onnx", W_A, B_A)
     x, y = binary_data(rng, 40, W_B, B_B)
     await put(tmp_path / "volume", x, y.tolist())
     await put(tmp_path / "volume", np.zeros((3, 5)), [1, 0, 1])  # from an older model with 5 features
@@ -301,3 +297,81 @@ def test_backpropagation_matches_finite_differences_for_every_supported_operator
             lowered[name][index] -= 1e-6
             numeric[index] = (loss(bumped) - loss(lowered)) / 2e-6
         assert np.allclose(grads[name], numeric, atol=1e-6), name
+
+
+async def test_a_base_model_s_external_data_is_read_from_its_own_folder_and_never_from_outside(
+    tmp_path: Path,
+) -> None:
+    x, y = binary_data(np.random.default_rng(5), 200, W_B, B_B)
+    await put(tmp_path / "volume", x, y.tolist())
+    beside = tmp_path / "beside"
+    beside.mkdir()
+    # The working directory (the repository) holds no weights.bin: only the model's folder does.
+    inside = with_external_weights(build_logistic(beside / "parent.onnx", W_A, B_A), "weights.bin")
+    code, result = run_trainer(inside, tmp_path / "volume", tmp_path / "out")
+    assert code == 0 and result["ok"] is True, result
+
+    escaping = tmp_path / "escaping"
+    escaping.mkdir()
+    outside = with_external_weights(build_logistic(escaping / "parent.onnx", W_A, B_A), "../outside.bin")
+    code, result = run_trainer(outside, tmp_path / "volume", tmp_path / "out-2")
+    assert code != 0 and result["ok"] is False
+    assert "'../outside.bin', outside the model's folder" in result["error"]
+
+
+async def test_labels_by_request_id_join_the_logged_inputs_and_each_class_is_counted(tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    parent = build_logistic(tmp_path / "parent.onnx", W_A, B_A)
+    layout = Layout(tmp_path / "volume")
+    x, y = binary_data(rng, 120, W_B, B_B)
+    clock = [1_700_000_000.0]
+    # Two servers logged predictions: `gone` stopped (its log is sealed), `live` still runs.
+    gone, live = (
+        PredictionLog(
+            layout.predictions,
+            pod=pod,
+            writer=new_writer_id(),
+            model="m",
+            model_version="2",
+            clock=lambda: clock[0],
+            segment_bytes=1,  # a segment per group, so the oldest can expire alone
+            flush_interval=0.0,
+        )
+        for pod in ("a", "b")
+    )
+    for plog in (gone, live):
+        plog.start()
+    old = gone.record({"x": x[:1].astype(np.float32)}, {"p": np.zeros((1, 1), np.float32)})
+    wait_until(lambda: gone.records == 1, timeout=30)
+    clock[0] += 3600
+    ids = [
+        (gone if i % 2 else live).record({"x": x[i : i + 1].astype(np.float32)}, {"p": np.zeros((1, 1), np.float32)})
+        for i in range(1, 120)
+    ]
+    gone.close()
+    wait_until(lambda: live.records == 59, timeout=30)
+    # The first prediction is past the retention: retention deletes its segment.
+    assert sweep(layout, PredictionIndex(layout.predictions), Retention(1800.0, 60.0), clock[0]) >= 1
+    writer = label_writer(layout.root)
+    labels = [Label(clock[0], (int(y[i]),), rid) for i, rid in enumerate([old, *ids])]
+    labels += [
+        Label(clock[0], (1,), request_id(gone.writer, 500)),  # never logged by a writer that is gone: unmatched
+        Label(clock[0], (1,), request_id(live.writer, 500)),  # not yet logged by a live writer: pending
+    ]
+    assert all(ok for [ok] in [await writer.append([label]) for label in labels])
+    assert await writer.append([Label(clock[0], (0,), ids[0])]) == [False]  # a second label for one id
+    await writer.close()
+
+    code, result = run_trainer(parent, layout.root, tmp_path / "out", "--epochs", "30")
+    assert code == 0, result
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    counts = metrics["samples"]["labels"]
+    assert (counts["matched"], counts["expired"], counts["unmatched"], counts["pending"]) == (119, 1, 1, 1)
+    assert counts["duplicates"] == 1 and counts["with_features"] == 0
+    assert metrics["samples"]["used"] == 119
+    assert result["labels"] == {"matched": 119, "unmatched": 1, "expired": 1, "pending": 1}
+    assert metrics["child"]["accuracy"] > metrics["parent"]["accuracy"]
+    # Only the pending label is left for the next run: everything else was consumed.
+    left = list(FeedbackVolume(layout.root).iter_unconsumed())
+    assert [r.label.request_id for r in left] == [request_id(live.writer, 500)]
+    live.close()

@@ -55,6 +55,21 @@ def build_mlp(
     return save_model(graph, path)
 
 
+def build_logistic(path: Path, w: np.ndarray, b: float = 0.0) -> Path:
+    """A logistic regression: x -> Sigmoid(x @ w + b), one probability per row."""
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["logit"]), helper.make_node("Sigmoid", ["logit"], ["p"])],
+        "logistic",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", len(w)])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["batch", 1])],
+        [
+            numpy_helper.from_array(np.asarray(w).reshape(-1, 1).astype(np.float32), "w"),
+            numpy_helper.from_array(np.array([b], np.float32), "b"),
+        ],
+    )
+    return save_model(graph, path)
+
+
 def build_two_output(path: Path, width: int = 3) -> Path:
     """x -> (doubled = 2x, total = sum(x) per row): a model with two outputs."""
     two = numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two")
@@ -73,3 +88,46 @@ def build_two_output(path: Path, width: int = 3) -> Path:
         [two, axes],
     )
     return save_model(graph, path)
+
+
+TABLE_ROWS = 10
+
+
+def build_lookup(path: Path) -> Path:
+    """idx (int64, one per row) -> row idx of a table of TABLE_ROWS rows [2i, 2i+1]; an index out of range
+    is refused by onnxruntime itself (INVALID_ARGUMENT from the Gather node named 'lookup')."""
+    table = numpy_helper.from_array(np.arange(2 * TABLE_ROWS, dtype=np.float32).reshape(TABLE_ROWS, 2), "table")
+    shape = numpy_helper.from_array(np.array([-1, 2], dtype=np.int64), "shape")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["table", "idx"], ["rows"], axis=0, name="lookup"),
+            helper.make_node("Reshape", ["rows", "shape"], ["y"]),
+        ],
+        "lookup",
+        [helper.make_tensor_value_info("idx", TensorProto.INT64, ["batch", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+        [table, shape],
+    )
+    return save_model(graph, path)
+
+
+def with_external_weights(path: Path, location: str) -> Path:
+    """Rewrite the model at `path` to keep its weights outside the .onnx file, at `location`.
+
+    `location` is stored as given, and the weights are written where it points from the
+    model's folder, so a test can make a model whose data lies outside its folder.
+    """
+    model = onnx.load(str(path))
+    data = b""
+    for tensor in model.graph.initializer:
+        raw = numpy_helper.to_array(tensor).tobytes()
+        offset, data = len(data), data + raw
+        tensor.ClearField("raw_data")
+        tensor.ClearField("float_data")
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(raw)))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+    (path.parent / location).write_bytes(data)
+    path.write_bytes(model.SerializeToString())
+    return path

@@ -28,9 +28,13 @@ RUNTIME = str(Path(sys.executable).with_name("modelfleet-runtime"))
 READY_PATH = "/v2/health/ready"
 
 
-def listening_socket(host: str = "127.0.0.1", backlog: int = 512) -> socket.socket:
-    """A TCP socket bound to a port the system chose and listening; inheritable by a child process."""
-    listener = socket.create_server((host, 0), backlog=backlog)
+def listening_socket(host: str = "127.0.0.1", backlog: int = 512, *, reuse_port: bool = False) -> socket.socket:
+    """A TCP socket bound to a port the system chose and listening; inheritable by a child process.
+
+    With `reuse_port` the runtime's supervisor gives each of its workers a sibling socket on the
+    same port, as it does with the port it binds itself (runtime/modelfleet_runtime/supervisor.py).
+    """
+    listener = socket.create_server((host, 0), backlog=backlog, reuse_port=reuse_port)
     listener.set_inheritable(True)
     return listener
 

@@ -7,8 +7,10 @@ version, and `judge` the change since the start of the observation window kept
 in the candidate's `status.rollout` (`Window`).
 
 What counts as the version's error: a 5xx answer other than 503. A 503 is
-backpressure (queue full, with Retry-After) or a shared dependency being down
-(the feature store): the cluster's trouble, not the version's. 4xx answers are
+backpressure (queue full or the concurrency cap, with Retry-After: the runtime
+also counts those in `modelfleet_requests_rejected_total`) or a shared
+dependency being down (the feature store): the cluster's trouble, not the
+version's. 4xx answers are
 the client's (a 499 is a client that went away). The candidate is rolled back
 when its error rate in the window exceeds the stable version's in the same
 window by more than `maxErrorRate`, so a cause both share never rolls back the
@@ -34,7 +36,13 @@ from modelfleet_operator.spec import Rollout
 REQUESTS_METRIC = "modelfleet_requests_total"
 # The runtime's inference routes as it labels them (modelfleet_runtime.metrics.INFERENCE_PATHS;
 # not imported: that module needs numpy, which the operator image does not have).
-INFERENCE_ENDPOINTS = ("/predict", "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer")
+INFERENCE_ENDPOINTS = (
+    "/predict",
+    "/v1/models/{name}:predict",
+    "/v2/models/{name}/infer",
+    "/v2/models/{name}/versions/{version}/infer",
+    "/inference.GRPCInferenceService/ModelInfer",
+)
 # Backpressure and shared dependencies answer 503: not the version's fault.
 NOT_THE_VERSIONS_FAULT = frozenset({"503"})
 

@@ -35,10 +35,13 @@ import numpy as np
 import onnx
 
 from ..durable import atomic_write
+from ..errors import ModelLoadError
+from ..external_data import load_model
 from ..feedback import FeedbackVolume
 from ..sources import fetch_model, sha256_of
 from .errors import NotEnoughSamples, TrainingError
 from .graph import Network
+from .join import KINDS, Joined, join
 from .task import Dataset, build_dataset, evaluate, train
 
 log = logging.getLogger("modelfleet.training")
@@ -47,6 +50,7 @@ MODEL_FILE = "model.onnx"
 METRICS_FILE = "metrics.json"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 _TERMINATION_LIMIT = 4096  # what Kubernetes keeps of a termination message
+_REPORTED_LABELS = ("matched", "unmatched", "expired", "pending")
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,7 @@ def _previous_result(options: Options, volume: FeedbackVolume) -> dict[str, Any]
     """The metrics of this run_id when it already committed (a retried Job must not train twice)."""
     if not options.run_id:
         return None
-    last = volume.read_manifest().get("last_run") or {}
+    last = volume.read_manifest().raw.get("last_run") or {}
     metrics_path, model_path = options.output / METRICS_FILE, options.output / MODEL_FILE
     if last.get("run_id") != options.run_id or not metrics_path.is_file() or not model_path.is_file():
         return None
@@ -119,12 +123,12 @@ def run(options: Options) -> dict[str, Any]:
     """Train, write model.onnx and metrics.json, then commit consumption; returns the metrics."""
     started = time.time()
     base_path = _resolve_base(options)
-    base_bytes = base_path.read_bytes()
-    base_sha = hashlib.sha256(base_bytes).hexdigest()
+    base_sha = sha256_of(base_path)
     try:
-        base = onnx.load_from_string(base_bytes)
-    except Exception as exc:
-        raise TrainingError(f"base model {options.base_model} is not an ONNX model: {exc}") from exc
+        # External data from the base model's folder, never from the working directory.
+        base = load_model(base_path)
+    except ModelLoadError as exc:
+        raise TrainingError(f"base model {options.base_model}: {exc}") from exc
     net = Network(base)
     volume = FeedbackVolume(options.samples)
     if not options.samples.is_dir():
@@ -135,13 +139,15 @@ def run(options: Options) -> dict[str, Any]:
         log.info("run %s already finished and committed; reporting its result", options.run_id)
         return previous
 
-    offsets = volume.consumed_offsets()
-    records = list(volume.iter_unconsumed(offsets))
+    manifest = volume.read_manifest()
+    joined = join(volume, manifest)
+    records = joined.records
     data = build_dataset(net, records)
     if len(data.x) < max(options.min_samples, 2):
         raise NotEnoughSamples(
             f"{len(data.x)} usable sample(s) ({len(records)} unconsumed, {data.skipped} skipped: "
-            f"{data.reasons or 'none'}); at least {max(options.min_samples, 2)} are needed"
+            f"{data.reasons or 'none'}; labels by request_id: {_label_counts(joined)}); "
+            f"at least {max(options.min_samples, 2)} are needed"
         )
     train_idx, hold_idx = _split(len(data.x), options.holdout, options.seed)
     train_set = Dataset(data.x[train_idx], data.y[train_idx])
@@ -196,6 +202,7 @@ def run(options: Options) -> dict[str, Any]:
             "holdout": len(hold_idx),
             "skipped": data.skipped,
             "skipped_reasons": data.reasons,
+            "labels": _label_counts(joined),
         },
         "model": {"file": MODEL_FILE, "sha256": child_sha, "bytes": len(child_bytes)},
         "base_model": {"uri": options.base_model, "sha256": base_sha},
@@ -213,8 +220,9 @@ def run(options: Options) -> dict[str, Any]:
     atomic_write(options.output / METRICS_FILE, json.dumps(metrics, indent=2).encode())
     # Only now: a run that dies before this line has consumed nothing.
     volume.commit(
-        FeedbackVolume.positions(records),
-        expected=offsets,
+        joined.positions,
+        pending=joined.pending,
+        expected=manifest,
         run={
             "run_id": options.run_id,
             "sha256": child_sha,
@@ -236,6 +244,11 @@ def run(options: Options) -> dict[str, Any]:
     return metrics
 
 
+def _label_counts(joined: Joined) -> dict[str, int]:
+    """How the labels of this run joined with the prediction log (training/join.py), in samples."""
+    return {k: joined.counts[k] for k in KINDS}
+
+
 def summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """What the operator reads from the termination message (bounded to what Kubernetes keeps)."""
     metric = metrics["metric"]
@@ -251,6 +264,7 @@ def summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
         "improved": metrics["improved"],
         "samples": metrics["samples"]["used"],
         "holdout": metrics["samples"]["holdout"],
+        "labels": {k: v for k, v in metrics["samples"].get("labels", {}).items() if k in _REPORTED_LABELS},
         "run_id": metrics.get("run_id", ""),
     }
 
