@@ -21,7 +21,8 @@ import yaml
 
 from modelfleet_operator import spec as crd
 from modelfleet_operator.config import ConfigError, OperatorConfig, env_name, load_config, parse_set_options
-from modelfleet_operator.manifests import SpecRejected, render_manifests
+from modelfleet_operator.core.manifests import SpecRejected
+from modelfleet_operator.core.render import render_manifests
 
 _HELP = {
     "runtime-image": "runtime image of versions that name none",
@@ -32,9 +33,16 @@ _HELP = {
     "allowed-uri-schemes": "comma-separated model URI schemes a ModelVersion may use",
     "peering": "name of the kopf peering object shared by several operator replicas",
     "liveness-port": "port of the operator's liveness endpoint /healthz",
+    "metrics-port": "port of the operator's Prometheus /metrics (0: off)",
     "log-level": "debug, info, warning, error or critical",
     "log-format": "text or json",
     "default-resources": "JSON resources of runtime containers whose ModelVersion sets none",
+    "gateway-hostname-template": "hostname of a model's HTTPRoute: {model}, {namespace}, {domain} (gateway routing)",
+    "gateway-domain": "the {domain} of gateway-hostname-template",
+    "resync-seconds": "every model is reconciled at least this often, events or not (default 300)",
+    "scale-down-delay-seconds": "a version giving up traffic keeps its replicas this long after the takers are "
+    "Available (default 30)",
+    "retire-after-seconds": "gateway routing: a version at weight 0 stays warm this long, then Retired (default 600)",
 }
 
 

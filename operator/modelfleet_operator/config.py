@@ -23,8 +23,13 @@ DEFAULT_RESOURCES: dict[str, Any] = {
     "limits": {"memory": "2Gi"},
 }
 ROUTING_MODES = ("service", "gateway")
+# The placeholders a gateway hostname template may use.
+HOSTNAME_PLACEHOLDERS = ("model", "namespace", "domain")
+DEFAULT_HOSTNAME_TEMPLATE = "{model}-{namespace}.{domain}"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("text", "json")
+# A day: the longest delay any of the time settings may ask for.
+MAX_SECONDS = 86400.0
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
@@ -68,6 +73,11 @@ class OperatorConfig:
     # NAMESPACE/NAME (or NAME, in the model's namespace) of the Gateway the HTTPRoutes attach to.
     gateway: str = ""
     cluster_domain: str = "cluster.local"
+    # Gateway mode: each model's HTTPRoute matches only the hostname made from this template
+    # ({model}, {namespace}, {domain}), so many models share one Gateway (KServe's default shape).
+    gateway_hostname_template: str = DEFAULT_HOSTNAME_TEMPLATE
+    # The {domain} of the hostname template: a DNS zone whose names reach the Gateway.
+    gateway_domain: str = "example.com"
     # Images a ModelVersion may name (runtimeImage, trainer image); empty: the runtime image's repository.
     allowed_images: tuple[str, ...] = ()
     allowed_uri_schemes: tuple[str, ...] = DEFAULT_URI_SCHEMES
@@ -78,17 +88,38 @@ class OperatorConfig:
     peering: str = ""
     # Port of kopf's liveness endpoint (http://0.0.0.0:PORT/healthz) for the Deployment's probe.
     liveness_port: int = 8081
+    # Port of the operator's Prometheus metrics (http://0.0.0.0:PORT/metrics); 0 (the default of
+    # the command, so two operators on one machine never collide) turns them off. The chart sets 8080.
+    metrics_port: int = 0
     log_level: str = "info"
     log_format: str = "text"
+    # The periodic safety net: every model is reconciled from the cache this often, even when
+    # no watch event arrived (a reconcile of an unchanged model sends no request).
+    resync_seconds: float = 300.0
+    # A version that gives up traffic keeps its replicas this long after the versions taking
+    # it are Available (Argo Rollouts' scaleDownDelaySeconds), so routers settle first.
+    scale_down_delay_seconds: float = 30.0
+    # Gateway mode: a version left at weight 0 stays warm (instant rollback) this long, then
+    # it is scaled to 0 and Retired. Service mode scales it down after scale-down-delay-seconds.
+    retire_after_seconds: float = 600.0
     # Resources of a runtime container whose ModelVersion sets none.
     default_resources: Mapping[str, Any] = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_RESOURCES)))
 
     def __post_init__(self) -> None:
-        problems = [*_target_problems(self), *_scope_problems(self), *_process_problems(self)]
+        problems = [
+            *_target_problems(self),
+            *_scope_problems(self),
+            *_process_problems(self),
+            *_timing_problems(self),
+        ]
         if problems:
             raise ConfigError("; ".join(problems))
         if not self.allowed_images:
             object.__setattr__(self, "allowed_images", (image_repository(self.runtime_image),))
+
+    def gateway_hostname(self, model: str, namespace: str) -> str:
+        """The hostname a model's HTTPRoute matches in gateway mode."""
+        return self.gateway_hostname_template.format(model=model, namespace=namespace, domain=self.gateway_domain)
 
     @property
     def gateway_ref(self) -> tuple[str | None, str]:
@@ -112,12 +143,28 @@ def _target_problems(config: OperatorConfig) -> list[str]:
             problems.append(f"gateway must be NAMESPACE/NAME or NAME, got {config.gateway!r}")
     if not _DNS_SUBDOMAIN.match(config.cluster_domain):
         problems.append(f"cluster-domain must be a DNS name, got {config.cluster_domain!r}")
+    if not _DNS_SUBDOMAIN.match(config.gateway_domain):
+        problems.append(f"gateway-domain must be a DNS name, got {config.gateway_domain!r}")
+    problems.extend(_hostname_template_problems(config.gateway_hostname_template))
     unknown = sorted(set(config.allowed_uri_schemes) - KNOWN_URI_SCHEMES)
     if unknown:
         problems.append(
             f"allowed-uri-schemes: unknown scheme(s) {', '.join(unknown)}; choose from {', '.join(DEFAULT_URI_SCHEMES)}"
         )
     return problems
+
+
+def _hostname_template_problems(template: str) -> list[str]:
+    """A template names only known placeholders and renders to a DNS name for a sample model."""
+    try:
+        sample = template.format(model="m", namespace="ns", domain="example.com")
+    except (KeyError, IndexError, ValueError) as err:
+        known = ", ".join("{" + p + "}" for p in HOSTNAME_PLACEHOLDERS)
+        return [f"gateway-hostname-template {template!r} is not a template of {known}: {err}"]
+    if "{model}" not in template or not _DNS_SUBDOMAIN.match(sample):
+        rendered = f"(renders {sample!r} for model m in namespace ns)"
+        return [f"gateway-hostname-template must contain {{model}} and make a DNS name, got {template!r} {rendered}"]
+    return []
 
 
 def _scope_problems(config: OperatorConfig) -> list[str]:
@@ -139,6 +186,10 @@ def _process_problems(config: OperatorConfig) -> list[str]:
     problems: list[str] = []
     if not 0 < config.liveness_port < 65536:
         problems.append(f"liveness-port must be between 1 and 65535, got {config.liveness_port}")
+    if not 0 <= config.metrics_port < 65536:
+        problems.append(f"metrics-port must be between 0 (off) and 65535, got {config.metrics_port}")
+    if config.metrics_port and config.metrics_port == config.liveness_port:
+        problems.append(f"metrics-port and liveness-port must differ, both are {config.metrics_port}")
     if config.log_level not in LOG_LEVELS:
         problems.append(f"log-level must be one of {', '.join(LOG_LEVELS)}, got {config.log_level!r}")
     if config.log_format not in LOG_FORMATS:
@@ -148,6 +199,19 @@ def _process_problems(config: OperatorConfig) -> list[str]:
     if not isinstance(resources, Mapping) or set(resources) - {"requests", "limits", "claims"}:
         problems.append("default-resources must be a JSON object with requests and/or limits")
     return problems
+
+
+def _timing_problems(config: OperatorConfig) -> list[str]:
+    """The delays of reconciliation and traffic transitions: each bounded."""
+    return [
+        f"{key} must be between {least:g} and {MAX_SECONDS:g} seconds, got {seconds:g}"
+        for key, seconds, least in (
+            ("resync-seconds", config.resync_seconds, 1.0),
+            ("scale-down-delay-seconds", config.scale_down_delay_seconds, 0.0),
+            ("retire-after-seconds", config.retire_after_seconds, 0.0),
+        )
+        if not least <= seconds <= MAX_SECONDS
+    ]
 
 
 def key_of(field_name: str) -> str:
@@ -172,6 +236,14 @@ def _convert(key: str, raw: Any, kind: Any) -> Any:
             return int(raw)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: expected a whole number, got {raw!r}") from None
+    if kind == "float":
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number of seconds, got {raw!r}") from None
+        if value != value:  # NaN passes every range check
+            raise ConfigError(f"{key}: expected a number of seconds, got {raw!r}")
+        return value
     if kind.startswith("Mapping"):
         return _to_mapping(key, raw)
     return str(raw).strip()

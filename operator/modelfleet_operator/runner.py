@@ -15,15 +15,16 @@ from typing import Any
 
 import kopf
 
-from modelfleet_operator import handlers
 from modelfleet_operator.config import OperatorConfig
+from modelfleet_operator.shell import handlers, metrics
+
+# How long a stopping operator lets the reconciles that run finish.
+STOP_TIMEOUT_SECONDS = 10.0
 
 
-def build_registry(
-    config: OperatorConfig, *, resync_seconds: float = handlers.DEFAULT_RESYNC_SECONDS
-) -> kopf.OperatorRegistry:
+def build_registry(context: handlers.Context) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, config, resync_seconds=resync_seconds)
+    handlers.register(registry, context)
     return registry
 
 
@@ -39,15 +40,20 @@ async def operate(
     *,
     stop_flag: asyncio.Event | None = None,
     ready_flag: asyncio.Event | None = None,
-    resync_seconds: float = handlers.DEFAULT_RESYNC_SECONDS,
     liveness_endpoint: str | None = None,
+    metrics_host: str = "127.0.0.1",
 ) -> None:
     """Run the operator in the current event loop until `stop_flag` is set, SIGTERM/SIGINT arrive
-    (in the main thread), or the task is cancelled."""
+    (in the main thread), or the task is cancelled. Metrics listen on `metrics_host`:`metrics-port`."""
     context = handlers.open_context(config)
+    exporter = await metrics.serve(context.metrics, config.metrics_port, metrics_host) if config.metrics_port else None
+    # Started before kopf, which cancels the tasks it finds at its end as its own; the queue
+    # stops after kopf, so no reconcile is cut off while kopf still runs.
+    queue = asyncio.create_task(context.queue.run(), name="modelfleet work queue")
+    resync = asyncio.create_task(context.resync(), name="modelfleet resync")
     try:
         await kopf.operator(
-            registry=build_registry(config, resync_seconds=resync_seconds),
+            registry=build_registry(context),
             standalone=config.standalone,
             liveness_endpoint=liveness_endpoint,
             stop_flag=stop_flag,
@@ -57,6 +63,14 @@ async def operate(
             **peering(config),
         )
     finally:
+        resync.cancel()
+        context.queue.stop()
+        try:
+            await asyncio.wait_for(queue, timeout=STOP_TIMEOUT_SECONDS)
+        except (TimeoutError, asyncio.CancelledError):
+            queue.cancel()
+        if exporter is not None:
+            await exporter.cleanup()
         await handlers.close_context(context)
 
 
@@ -84,7 +98,8 @@ def peering(config: OperatorConfig) -> dict[str, Any]:
 def run(config: OperatorConfig) -> None:
     """The blocking entry point: kopf with its liveness endpoint, stopping on SIGTERM/SIGINT."""
     configure_logging(config)
-    asyncio.run(operate(config, liveness_endpoint=f"http://0.0.0.0:{config.liveness_port}/healthz"))
+    liveness = f"http://0.0.0.0:{config.liveness_port}/healthz"
+    asyncio.run(operate(config, liveness_endpoint=liveness, metrics_host="0.0.0.0"))
 
 
 __all__ = ["build_registry", "configure_logging", "operate", "peering", "run", "scope"]

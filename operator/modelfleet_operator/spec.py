@@ -315,9 +315,13 @@ class Rollout(_Spec):
     max_error_rate: float = Field(
         0.05,
         description=(
-            "Fraction (0-1, so 0.05 is 5%) of a version's requests answered with a "
-            "5xx, within the window, beyond which the version's traffic is set to 0 "
-            "and it is marked Degraded (automatic rollback)."
+            "Canary analysis of a version that is not the model's stable version (the one "
+            "serving the largest share; it is never judged): the fraction (0-1, so 0.05 is "
+            "5 points) by which the version's error rate within the window may exceed the "
+            "stable version's in the same window. Beyond it the version's traffic is set to "
+            "0 and it is marked Degraded (automatic rollback). Errors are 5xx answers other "
+            "than 503: a 503 is backpressure or a shared dependency down (the feature store), "
+            "and 4xx answers (499: the client went away) are the client's."
         ),
         ge=0,
         le=1,
@@ -330,9 +334,22 @@ class Rollout(_Spec):
     )
     min_requests: int = Field(
         20,
-        description="Requests the version must have answered within the window before the error rate is judged.",
+        description=(
+            "Requests the version must have answered within the window before its error rate is "
+            "judged, and within its analysis before it may be promoted automatically."
+        ),
         ge=1,
         le=100000000,
+    )
+    min_analysis_seconds: int = Field(
+        60,
+        description=(
+            "Shortest analysis before an automatic promotion (retraining.autoPromote): the "
+            "version must have served its canary share this long, with at least minRequests "
+            "requests, without being rolled back."
+        ),
+        ge=0,
+        le=86400,
     )
 
 
@@ -423,7 +440,8 @@ Phase = Literal["Pending", "Loading", "Ready", "Degraded", "Failed", "Retired"]
 class Condition(_Spec):
     type: str = Field(
         description=(
-            "Kind of condition: Available, ModelLoaded, WarmedUp, TrafficAssigned, RetrainingTriggered, RolledBack."
+            "Kind of condition: Ready, Available, ModelLoaded, WarmedUp, TrafficAssigned, "
+            "RetrainingTriggered, RolledBack, Promoted."
         ),
         max_length=316,
     )
@@ -470,7 +488,7 @@ class RolloutStatus(_Spec):
         None, description="Requests counted over the ready pods at the start of the window.", ge=0
     )
     errors_at_window_start: int | None = Field(
-        None, description="5xx answers counted over the ready pods at the start of the window.", ge=0
+        None, description="Errors (5xx but 503) counted over the ready pods at the start of the window.", ge=0
     )
     error_rate: float | None = Field(
         None, description="Error rate (0-1) observed in the last complete judgement.", ge=0, le=1
@@ -478,16 +496,38 @@ class RolloutStatus(_Spec):
     rolled_back: bool | None = Field(
         None, description="True when the error rate passed maxErrorRate and the traffic was set to 0."
     )
+    stable_version: str | None = Field(
+        None, description="Name of the ModelVersion (the model's stable version) the window compares with."
+    )
+    stable_requests_at_window_start: int | None = Field(
+        None, description="Requests counted over the stable version's ready pods at the start of the window.", ge=0
+    )
+    stable_errors_at_window_start: int | None = Field(
+        None, description="Errors counted over the stable version's ready pods at the start of the window.", ge=0
+    )
+    stable_error_rate: float | None = Field(
+        None, description="The stable version's error rate (0-1) in the last judged window.", ge=0, le=1
+    )
+    analysis_start: str | None = Field(
+        None,
+        description="Since when the version is analysed as a canary (RFC 3339), for minAnalysisSeconds.",
+        json_schema_extra={"format": "date-time"},
+    )
+    analysed_requests: int | None = Field(
+        None, description="Requests of the observation windows that ended since analysisStart.", ge=0
+    )
 
 
 class ModelVersionStatus(_Spec):
     phase: Phase | None = Field(
         None,
         description=(
-            "Pending (children being created), Loading (pods loading or warming up the "
-            "model), Ready (serving), Degraded (serving with fewer ready replicas than "
-            "desired, or rolled back), Failed (cannot serve; see the conditions), "
-            "Retired (replaced, kept for rollback)."
+            "Pending (children being created, or nothing to run), Loading (pods loading or "
+            "warming up the model), Ready (serving), Degraded (serving with fewer ready "
+            "replicas than desired, or rolled back), Failed (cannot serve: a rejected spec, a "
+            "duplicate version, a name taken by another object, pods that cannot start; see "
+            "the conditions), Retired (left at traffic 0 after serving: no replicas; raise "
+            "spec.traffic to bring it back)."
         ),
     )
     conditions: list[Condition] | None = Field(
@@ -497,6 +537,15 @@ class ModelVersionStatus(_Spec):
     )
     observed_generation: int | None = Field(None, description="metadata.generation this status reflects.", ge=0)
     replicas: int | None = Field(None, description="Pods of the version's Deployment.", ge=0)
+    full_share_replicas: int | None = Field(
+        None,
+        description=(
+            "The version's current replicas expressed at a traffic share of 100, the quantity "
+            "spec.replicas asks for (service mode runs fewer at a smaller share): the scale "
+            "subresource reports it, so an autoscaler on the ModelVersion compares like with like."
+        ),
+        ge=0,
+    )
     ready_replicas: int | None = Field(None, description="Pods that loaded and warmed up the model.", ge=0)
     desired_replicas: int | None = Field(
         None, description="Replicas the operator asked for at the current traffic share.", ge=0
@@ -504,9 +553,30 @@ class ModelVersionStatus(_Spec):
     ready_text: str | None = Field(None, description="Ready and desired replicas as READY/DESIRED, for kubectl get.")
     selector: str | None = Field(None, description="Label selector of the version's pods (for the scale subresource).")
     serving_traffic: int | None = Field(
-        None, description="Effective share (0-100) of the model's traffic after normalisation.", ge=0, le=100
+        None,
+        description=(
+            "Effective share (0-100) of the model's traffic after normalisation: the route's weight "
+            "in gateway mode; in service mode the share its replicas are sized for."
+        ),
+        ge=0,
+        le=100,
     )
-    endpoint: str | None = Field(None, description="URL of the model's shared Service.")
+    scale_down_at: str | None = Field(
+        None,
+        description=(
+            "The version gave up traffic (or is left at weight 0) and keeps its replicas until then "
+            "(RFC 3339): scale-down-delay-seconds after the versions taking its share were Available, "
+            "or retire-after-seconds in gateway mode."
+        ),
+        json_schema_extra={"format": "date-time"},
+    )
+    endpoint: str | None = Field(
+        None,
+        description=(
+            "URL that applies the model's traffic split: the shared Service in service mode, the "
+            "model's hostname on the Gateway in gateway mode."
+        ),
+    )
     version_endpoint: str | None = Field(None, description="URL of this version's own Service.")
     feedback_samples: int | None = Field(
         None, description="Unconsumed feedback samples reported by the version's pods.", ge=0
@@ -736,7 +806,7 @@ def crd_manifest() -> dict[str, Any]:
                         "status": {},
                         "scale": {
                             "specReplicasPath": ".spec.replicas",
-                            "statusReplicasPath": ".status.replicas",
+                            "statusReplicasPath": ".status.fullShareReplicas",
                             "labelSelectorPath": ".status.selector",
                         },
                     },

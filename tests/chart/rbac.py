@@ -26,10 +26,6 @@ IMPLICIT_GRANTS: frozenset[Grant] = frozenset(
         # OwnerReferencesPermissionEnforcement (on in OpenShift) requires update on
         # the owner's finalizers to set blockOwnerDeletion, which kopf.adopt() sets.
         ("update", "serving.modelfleet.dev", "modelversions/finalizers"),
-        # The operator merge-patches an HPA or PDB whose spec drifted (a traffic share
-        # changes the HPA bounds in service mode); no scenario changes a live one.
-        ("patch", "autoscaling", "horizontalpodautoscalers"),
-        ("patch", "policy", "poddisruptionbudgets"),
     }
 )
 

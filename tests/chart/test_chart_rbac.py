@@ -8,21 +8,23 @@ import pytest
 from tests.chart.chart_render import VALUE_SETS, find
 from tests.chart.rbac import check_requests, grants, request_from_http
 
-APPLIED = {"get", "create", "patch"}  # children are read, created when missing, merge-patched when drifted
+# Children are watched, looked up once by name before they are first made, written by server-side apply.
+APPLIED = {"get", "list", "watch", "patch"}
 
 # What the operator does in a watched namespace (service routing, one replica); the
 # integration suite's replay (tests/integration/test_zz_rbac_replay.py) proves each is used.
 NAMESPACED = (
-    {(v, "serving.modelfleet.dev", "modelversions") for v in ("get", "list", "watch", "create", "patch")}
+    {(v, "serving.modelfleet.dev", "modelversions") for v in ("list", "watch", "create", "patch")}
     | {("patch", "serving.modelfleet.dev", "modelversions/status")}
     | {("update", "serving.modelfleet.dev", "modelversions/finalizers")}
     | {(v, "apps", "deployments") for v in APPLIED}
     | {(v, "", "services") for v in APPLIED}
     | {(v, "autoscaling", "horizontalpodautoscalers") for v in APPLIED | {"delete"}}
     | {(v, "policy", "poddisruptionbudgets") for v in APPLIED | {"delete"}}
-    | {("list", "batch", "jobs"), ("create", "batch", "jobs")}
-    | {("list", "", "pods")}
-    | {("get", "", "secrets"), ("create", "", "secrets")}
+    | {(v, "batch", "jobs") for v in ("list", "watch", "create")}
+    | {("list", "", "pods"), ("watch", "", "pods")}
+    | {("list", "discovery.k8s.io", "endpointslices")}
+    | {("create", "", "secrets")}
     | {("create", "", "events")}
 )
 CRD_DISCOVERY = {

@@ -122,8 +122,40 @@ def test_operator_pod_runs_locked_down(render) -> None:
 def test_liveness_probe_asks_kopfs_health_endpoint(render) -> None:
     container = operator_container(render({"livenessPort": 9090}))
     assert env_of(container)["MODELFLEET_OPERATOR_LIVENESS_PORT"] == "9090"
-    assert container["ports"] == [{"name": "healthz", "containerPort": 9090, "protocol": "TCP"}]
+    assert container["ports"][0] == {"name": "healthz", "containerPort": 9090, "protocol": "TCP"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+
+
+def test_the_operators_metrics_port_is_on_by_default_and_can_be_turned_off(render) -> None:
+    container = operator_container(render({}))
+    assert env_of(container)["MODELFLEET_OPERATOR_METRICS_PORT"] == "8080"
+    assert {"name": "metrics", "containerPort": 8080, "protocol": "TCP"} in container["ports"]
+    off = operator_container(render({"metricsPort": 0}))
+    assert env_of(off)["MODELFLEET_OPERATOR_METRICS_PORT"] == "0"
+    assert [p["name"] for p in off["ports"]] == ["healthz"]
+
+
+def test_traffic_settings_and_the_gateway_hostname_reach_the_operator(render) -> None:
+    values = {
+        "traffic": {"resyncSeconds": 120, "scaleDownDelaySeconds": 10, "retireAfterSeconds": 60},
+        "routing": {
+            "mode": "gateway",
+            "gateway": {
+                "name": "public",
+                "hostnameTemplate": "{model}.{namespace}.{domain}",
+                "domain": "ml.example.org",
+            },
+        },
+    }
+    env = env_of(operator_container(render(values)))
+    assert env["MODELFLEET_OPERATOR_RESYNC_SECONDS"] == "120"
+    assert env["MODELFLEET_OPERATOR_SCALE_DOWN_DELAY_SECONDS"] == "10"
+    assert env["MODELFLEET_OPERATOR_RETIRE_AFTER_SECONDS"] == "60"
+    assert env["MODELFLEET_OPERATOR_GATEWAY_HOSTNAME_TEMPLATE"] == "{model}.{namespace}.{domain}"
+    assert env["MODELFLEET_OPERATOR_GATEWAY_DOMAIN"] == "ml.example.org"
+    defaults = env_of(operator_container(render({})))
+    assert defaults["MODELFLEET_OPERATOR_RESYNC_SECONDS"] == "300"
+    assert "MODELFLEET_OPERATOR_GATEWAY_DOMAIN" not in defaults  # service routing has no gateway
 
 
 def test_resources_follow_values(render) -> None:

@@ -32,6 +32,13 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
     "unknown URI scheme": {"allowedUriSchemes": ["s3"]},
     "typo inside image": {"image": {"repo": "x"}},
     "rbac.create as a string": {"rbac": {"create": "yes"}},
+    "a hostname template without {model}": {
+        "routing": {"mode": "gateway", "gateway": {"name": "gw", "hostnameTemplate": "models.example.com"}}
+    },
+    "a resync of no time": {"traffic": {"resyncSeconds": 0}},
+    "a negative scale-down delay": {"traffic": {"scaleDownDelaySeconds": -1}},
+    "unknown traffic setting": {"traffic": {"resync": 300}},
+    "metrics port out of range": {"metricsPort": 70000},
 }
 
 

@@ -19,6 +19,12 @@ from tests.support.paths import EXAMPLES
 from tests.support.polling import wait_for
 
 
+@pytest.fixture
+def operator_config() -> OperatorConfig:
+    # A version that hands its traffic over keeps its pods this long; the resync stays the default.
+    return OperatorConfig(namespaces=("ml",), standalone=True, log_level="debug", scale_down_delay_seconds=2)
+
+
 def minimal_example(model: ModelFile) -> dict:
     """examples/minimal.yaml, with its source pointing at the demo model on this machine."""
     manifest = yaml.safe_load((EXAMPLES / "minimal.yaml").read_text())

@@ -14,6 +14,7 @@ import base64
 import copy
 import hashlib
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,16 @@ import aiohttp
 import kmock
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from modelfleet_operator.config import OperatorConfig
 from tests.integration.harness.cluster import MV, PODS, Cluster
 from tests.integration.harness.jobs import JobController
 from tests.integration.harness.kubelet import DeploymentController
 from tests.integration.harness.operator import InProcessOperator
 from tests.integration.model_versions import ModelFile, condition, model_version, phase, wait_for_phase
+from tests.integration.steady_load import operator_metric
 from tests.support.polling import wait_for
 
 JOBS = ("batch", "v1", "jobs")
@@ -74,6 +78,22 @@ def retraining_version(model: ModelFile, *, min_samples: int) -> dict[str, Any]:
     )
 
 
+@pytest.fixture
+def metrics_port() -> int:
+    return 0  # off: a killed in-process operator keeps its listening socket until it is collected
+
+
+@pytest.fixture
+def operator_config(metrics_port: int) -> OperatorConfig:
+    return OperatorConfig(namespaces=("ml",), standalone=True, metrics_port=metrics_port, scale_down_delay_seconds=2)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 # --- reading the cluster ---------------------------------------------------------------------
 
 
@@ -99,9 +119,8 @@ def job_finished(cluster: Cluster, name: str) -> str | None:
     )
 
 
-def job_lists(cluster: Cluster, since: int) -> int:
-    """How many times the operator listed Jobs (once per reconciliation of a retraining version)."""
-    return len([r for r in cluster.emulator.recorded[since:] if r.verb == "list" and r.resource == "jobs"])
+async def reconciles(url: str) -> float:
+    return await operator_metric(url, "modelfleet_operator_reconciles_total", outcome="ok")
 
 
 def events_for(cluster: Cluster, name: str) -> list[dict[str, Any]]:
@@ -270,62 +289,74 @@ async def test_feedback_retrains_a_child_that_is_canaried_and_promoted_while_the
     )
 
 
-async def test_a_failing_job_leaves_the_parent_serving_and_the_samples_unconsumed_and_backs_off(
-    cluster: Cluster,
-    kubelet: DeploymentController,
-    jobs: JobController,
-    operator: InProcessOperator,
-    tmp_path: Path,
-) -> None:
-    # Tanh serves fine but the trainer cannot differentiate it: the Job fails with UnsupportedModel.
-    served = linear_model(tmp_path / "churn-tanh.onnx", W_SERVED, "Tanh")
-    await cluster.apply(retraining_version(served, min_samples=100))
-    await wait_for_phase(cluster, PARENT, "Ready")
-    base = await ready_address(kubelet, PARENT)
-    rows, labels = shifted_samples(120, seed=2)
-    async with aiohttp.ClientSession() as http:
-        await send_feedback(http, base, feedback_token(cluster), rows, labels)
+class TestAFailingJob:
+    @pytest.fixture
+    def metrics_port(self) -> int:
+        return free_port()  # this scenario counts the operator's reconciles
 
-        await wait_for(
-            lambda: status_of(cluster, PARENT).get("lastRetraining", {}).get("result") == "Failed",
-            timeout=60,
-            message=lambda: f"the Job's failure; status {status_of(cluster, PARENT)}",
-        )
-        assert job_finished(cluster, JOB) == "Failed"
-        last = status_of(cluster, PARENT)["lastRetraining"]
-        assert last["job"] == JOB and "UnsupportedModel" in last["message"] and "Tanh" in last["message"]
-        # The Event is posted right after the status is written: wait for it rather than race it.
-        await wait_for(
-            lambda: [e for e in events_for(cluster, PARENT) if e["type"] == "Warning"],
-            timeout=30,
-            message=lambda: f"a Warning Event for {PARENT}; events {events_for(cluster, PARENT)}",
-        )
-        [warning] = [e for e in events_for(cluster, PARENT) if e["type"] == "Warning"]
-        assert warning["reason"] == "UnsupportedModel" and "Tanh" in warning["message"]
-        # The trainer's own words reached the Pod as its termination message.
-        [pod] = [p for p in cluster.list(PODS) if p["metadata"]["labels"].get("job-name") == JOB]
-        terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
-        assert terminated["exitCode"] == 1 and json.loads(terminated["message"])["reason"] == "UnsupportedModel"
+    async def test_a_failing_job_leaves_the_parent_serving_and_the_samples_unconsumed_and_backs_off(
+        self,
+        cluster: Cluster,
+        kubelet: DeploymentController,
+        jobs: JobController,
+        operator: InProcessOperator,
+        tmp_path: Path,
+    ) -> None:
+        # Tanh serves fine but the trainer cannot differentiate it: the Job fails with UnsupportedModel.
+        served = linear_model(tmp_path / "churn-tanh.onnx", W_SERVED, "Tanh")
+        await cluster.apply(retraining_version(served, min_samples=100))
+        await wait_for_phase(cluster, PARENT, "Ready")
+        base = await ready_address(kubelet, PARENT)
+        rows, labels = shifted_samples(120, seed=2)
+        async with aiohttp.ClientSession() as http:
+            await send_feedback(http, base, feedback_token(cluster), rows, labels)
 
-        # Nothing consumed, the parent serves, no child.
-        assert await unconsumed(http, base) == 120
-        assert phase(cluster, PARENT) == "Ready"
-        assert len((await predict(http, base, rows[:2]))["predictions"]) == 2
-        assert cluster.get(MV, CHILD) is None
+            await wait_for(
+                lambda: status_of(cluster, PARENT).get("lastRetraining", {}).get("result") == "Failed",
+                timeout=60,
+                message=lambda: f"the Job's failure; status {status_of(cluster, PARENT)}",
+            )
+            assert job_finished(cluster, JOB) == "Failed"
+            last = status_of(cluster, PARENT)["lastRetraining"]
+            assert last["job"] == JOB and "UnsupportedModel" in last["message"] and "Tanh" in last["message"]
+            # The Event is posted right after the status is written: wait for it rather than race it.
+            await wait_for(
+                lambda: [e for e in events_for(cluster, PARENT) if e["type"] == "Warning"],
+                timeout=30,
+                message=lambda: f"a Warning Event for {PARENT}; events {events_for(cluster, PARENT)}",
+            )
+            [warning] = [e for e in events_for(cluster, PARENT) if e["type"] == "Warning"]
+            assert warning["reason"] == "UnsupportedModel" and "Tanh" in warning["message"]
+            # The trainer's own words reached the Pod as its termination message.
+            [pod] = [p for p in cluster.list(PODS) if p["metadata"]["labels"].get("job-name") == JOB]
+            terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+            assert terminated["exitCode"] == 1 and json.loads(terminated["message"])["reason"] == "UnsupportedModel"
 
-        # No retry storm: more feedback is counted, but the back-off holds the next Job.
-        await send_feedback(http, base, feedback_token(cluster), *shifted_samples(10, seed=3))
-        await wait_for(
-            lambda: status_of(cluster, PARENT).get("feedbackSamples") == 130,
-            timeout=30,
-            message=lambda: f"the new count; status {status_of(cluster, PARENT)}",
-        )
-        triggered = condition(cluster, PARENT, "RetrainingTriggered")
-        assert (triggered["status"], triggered["reason"]) == ("False", "BackingOff"), triggered
-        assert [j["metadata"]["name"] for j in cluster.list(JOBS)] == [JOB]
+            # Nothing consumed, the parent serves, no child.
+            assert await unconsumed(http, base) == 120
+            assert phase(cluster, PARENT) == "Ready"
+            assert len((await predict(http, base, rows[:2]))["predictions"]) == 2
+            assert cluster.get(MV, CHILD) is None
 
-        # Backing off is quiet: more reconciliations of the unchanged cluster write nothing to the version.
-        versions_before, start = len(versions_of(cluster, PARENT)), len(cluster.emulator.recorded)
-        await wait_for(lambda: job_lists(cluster, since=start) >= 5, timeout=30, message="five more reconciliations")
-        assert len(versions_of(cluster, PARENT)) == versions_before
-        assert [j["metadata"]["name"] for j in cluster.list(JOBS)] == [JOB]
+            # No retry storm: more feedback is counted, but the back-off holds the next Job.
+            await send_feedback(http, base, feedback_token(cluster), *shifted_samples(10, seed=3))
+            await wait_for(
+                lambda: status_of(cluster, PARENT).get("feedbackSamples") == 130,
+                timeout=30,
+                message=lambda: f"the new count; status {status_of(cluster, PARENT)}",
+            )
+            triggered = condition(cluster, PARENT, "RetrainingTriggered")
+            assert (triggered["status"], triggered["reason"]) == ("False", "BackingOff"), triggered
+            assert [j["metadata"]["name"] for j in cluster.list(JOBS)] == [JOB]
+
+            # Backing off is quiet: more reconciliations of the unchanged cluster (the sample count is read
+            # every few seconds) write nothing to the version.
+            url = f"http://127.0.0.1:{operator.config.metrics_port}/metrics"
+            versions_before, before = len(versions_of(cluster, PARENT)), await reconciles(url)
+
+            async def five_more() -> bool:
+                return await reconciles(url) >= before + 5
+
+            await wait_for(five_more, timeout=60, message="five more reconciliations")
+            assert len(versions_of(cluster, PARENT)) == versions_before
+            assert [j["metadata"]["name"] for j in cluster.list(JOBS)] == [JOB]

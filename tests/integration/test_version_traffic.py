@@ -1,119 +1,60 @@
 """Traffic between a model's versions, through a test router, with the real operator and runtimes.
 
 A client sends predictions continuously through `harness.router.Router`, which
-applies the HTTPRoute the operator wrote exactly as a Gateway would (gateway
-mode) or spreads requests over the model Service's ready endpoints as
-kube-proxy would (service mode); the runtime's `x-model-version` answer header
-says which version served each request.
+applies every HTTPRoute of the Gateway as a Gateway would (gateway mode: the
+request's Host is the model's hostname) or spreads requests over the model
+Service's ready endpoints as kube-proxy would (service mode); the runtime's
+`x-model-version` answer header says which version served each request.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import hashlib
 import math
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from modelfleet_operator.config import OperatorConfig
-from modelfleet_operator.traffic import apportion
-from modelfleet_runtime.demo import build_demo_model
+from modelfleet_operator.core.traffic import apportion
 from tests.integration.harness.cluster import DEPLOYMENTS, MV, Cluster
 from tests.integration.harness.kubelet import DeploymentController
-from tests.integration.harness.router import HTTPROUTES, Router
+from tests.integration.harness.router import Router
 from tests.integration.model_versions import ModelFile, condition, model_version, wait_for_phase
+from tests.integration.steady_load import (
+    FEATURES,
+    MAX_REQUESTS,
+    POISON,
+    Load,
+    assert_split,
+    failing_model,
+    route_weights,
+)
 from tests.support.polling import wait_for
 
 MODEL = "fraud"
-FEATURES = [0.1, -0.2, 0.3, 0.4, -0.5, 0.6, 0.7, -0.8]
-# The broken canary's model fails at inference when the first feature is above 100.
-POISON = [500.0, -0.2, 0.3, 0.4, -0.5, 0.6, 0.7, -0.8]
+HOST = "fraud-ml.example.com"  # the default gateway-hostname-template, {model}-{namespace}.{domain}
 # Requests per measured phase: at a 50% share the standard deviation is 1.6 points,
 # so TOLERANCE (in points) is more than three of them.
 PHASE_REQUESTS = 1000
 TOLERANCE = 5.0
-# Bounds every client loop, whatever happens to the test.
-MAX_REQUESTS = 60000
 EVENTS = ("", "v1", "events")
 
 
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    version: str | None
-
-
-class Load:
-    """`workers` clients sending predictions through the router back to back until stopped."""
-
-    def __init__(self, url: str, features: Sequence[float], workers: int = 4) -> None:
-        self.url = url + "/predict"
-        self.features = list(features)
-        self.workers = workers
-        self.answers: list[Answer] = []
-        self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._http: aiohttp.ClientSession | None = None
-
-    async def __aenter__(self) -> Load:
-        self._http = aiohttp.ClientSession()
-        self._tasks = [asyncio.create_task(self._client(), name=f"client {i}") for i in range(self.workers)]
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        self._stop.set()
-        await asyncio.gather(*self._tasks)
-        assert self._http is not None
-        await self._http.close()
-
-    async def _client(self) -> None:
-        assert self._http is not None
-        while not self._stop.is_set() and len(self.answers) < MAX_REQUESTS:
-            try:
-                async with self._http.post(self.url, json={"features": self.features}) as response:
-                    await response.read()
-                    self.answers.append(Answer(response.status, response.headers.get("x-model-version")))
-            except aiohttp.ClientError:
-                self.answers.append(Answer(599, None))
-
-    async def collect(self, count: int, timeout: float = 300.0) -> list[Answer]:
-        """The next `count` answers (requests sent from now on).
-
-        The deadline only ends a hung test: on two cores shared with another test worker the
-        router and the pods may answer under a thousand requests a minute.
-        """
-        start = len(self.answers) + self.workers  # those in flight were sent before now
-        await wait_for(
-            lambda: len(self.answers) >= start + count,
-            timeout=timeout,
-            message=lambda: f"{count} answers; got {len(self.answers) - start}",
-        )
-        return self.answers[start : start + count]
+@pytest.fixture
+def operator_config() -> OperatorConfig:
+    # Service routing; a version giving up traffic keeps its pods 2 s (the resync stays the default).
+    return OperatorConfig(namespaces=("ml",), standalone=True, scale_down_delay_seconds=2)
 
 
 @contextlib.asynccontextmanager
 async def load_through(router: Router, features: Sequence[float] = FEATURES) -> AsyncIterator[Load]:
-    async with Load(router.url, features) as load:
+    async with Load(router.url, {"features": list(features)}, host=HOST if router.mode == "gateway" else None) as load:
         yield load
-
-
-def route_weights(cluster: Cluster) -> dict[str, int]:
-    """The weighted (default) rule of the model's HTTPRoute: backend Service -> weight."""
-    route = cluster.get(HTTPROUTES, MODEL)
-    if route is None:
-        return {}
-    default = [r for r in route["spec"]["rules"] if not any(m.get("headers") for m in r["matches"])]
-    return {ref["name"]: ref["weight"] for rule in default for ref in rule.get("backendRefs") or []}
 
 
 def serving(cluster: Cluster, name: str) -> int | None:
@@ -129,68 +70,15 @@ async def wait_for_split(cluster: Cluster, shares: Mapping[str, int], timeout: f
     """Until the route and every version's status carry `shares` (versions at 0 out of the route)."""
     wanted_route = {name: share for name, share in shares.items() if share > 0}
     await wait_for(
-        lambda: route_weights(cluster) == wanted_route and all(serving(cluster, n) == s for n, s in shares.items()),
+        lambda: (
+            route_weights(cluster, MODEL) == wanted_route and all(serving(cluster, n) == s for n, s in shares.items())
+        ),
         timeout=timeout,
         message=lambda: (
-            f"split {dict(shares)}; route {route_weights(cluster)}, "
+            f"split {dict(shares)}; route {route_weights(cluster, MODEL)}, "
             f"serving { ({n: serving(cluster, n) for n in shares}) }"
         ),
     )
-
-
-def observed_shares(answers: Sequence[Answer]) -> dict[str, float]:
-    counts = Counter(a.version for a in answers)
-    return {str(version): 100.0 * n / len(answers) for version, n in counts.items()}
-
-
-def assert_split(answers: Sequence[Answer], expected: Mapping[str, float], tolerance: float = TOLERANCE) -> None:
-    """Observed shares by runtime version ("1", "2") within `tolerance` points of `expected`."""
-    assert all(a.status == 200 for a in answers), Counter(a.status for a in answers)
-    observed = observed_shares(answers)
-    print(f"{len(answers)} answers: observed {observed}, configured {dict(expected)}")
-    for version, share in expected.items():
-        assert abs(observed.get(version, 0.0) - share) <= tolerance, (observed, dict(expected))
-
-
-def failing_model(path: Path) -> ModelFile:
-    """The demo model, failing inside onnxruntime with a server-side error when feature 0 > 100.
-
-    It loads and warms up (warmup rows are standard normal); a batch holding such a row
-    asks ConstantOfShape for 2**61 + 1 elements, whose size overflows (status FAIL): the
-    runtime answers 500. (An index out of range would be INVALID_ARGUMENT, which the
-    runtime answers 422, the client's values being at fault: issue 11.)
-    """
-    model = build_demo_model()
-    graph = model.graph
-    graph.node[-1].output[0] = "score"
-    graph.initializer.extend(
-        [
-            numpy_helper.from_array(np.array([0], dtype=np.int64), "first"),
-            numpy_helper.from_array(np.array([1], dtype=np.int64), "second"),
-            numpy_helper.from_array(np.array([1], dtype=np.int64), "columns"),
-            numpy_helper.from_array(np.array([100.0], dtype=np.float32), "limit"),
-            numpy_helper.from_array(np.array([1], dtype=np.int64), "one_dim"),
-            numpy_helper.from_array(np.array([1 << 61], dtype=np.int64), "overflow"),
-            numpy_helper.from_array(np.array([1], dtype=np.int64), "one"),
-        ]
-    )
-    graph.node.extend(
-        [
-            helper.make_node("Slice", ["features", "first", "second", "columns"], ["feature0"]),
-            helper.make_node("Greater", ["feature0", "limit"], ["too_big"]),
-            helper.make_node("Cast", ["too_big"], ["too_big_int"], to=TensorProto.INT64),
-            helper.make_node("ReduceMax", ["too_big_int"], ["any_too_big"], axes=[0, 1], keepdims=1),
-            helper.make_node("Reshape", ["any_too_big", "one_dim"], ["flag"]),
-            helper.make_node("Mul", ["flag", "overflow"], ["extra"]),
-            helper.make_node("Add", ["extra", "one"], ["size"]),
-            helper.make_node("ConstantOfShape", ["size"], ["zeros"]),
-            helper.make_node("ReduceSum", ["zeros"], ["zero"], keepdims=0),
-            helper.make_node("Add", ["score", "zero"], ["probability"]),
-        ]
-    )
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return ModelFile(path=path, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
 
 
 class TestGatewayRouting:
@@ -200,7 +88,7 @@ class TestGatewayRouting:
 
     @pytest.fixture
     async def router(self, cluster: Cluster) -> AsyncIterator[Router]:
-        async with Router(cluster.emulator, "ml", MODEL, mode="gateway", seed=5) as running:
+        async with Router(cluster.emulator, "ml", MODEL, mode="gateway", seed=5, gateway="ml/public") as running:
             yield running
 
     async def test_canary_then_promotion_keeps_every_request_served_at_the_configured_split(
@@ -226,7 +114,7 @@ class TestGatewayRouting:
                 message="v2's TrafficAssigned condition",
             )
             if not any(p.ready for p in kubelet.pods_of("ml", "fraud-v2")):
-                assert route_weights(cluster) == {"fraud-v1": 100}
+                assert route_weights(cluster, MODEL) == {"fraud-v1": 100}
                 assert serving(cluster, "fraud-v2") == 0
                 assert condition(cluster, "fraud-v2", "TrafficAssigned")["reason"] == "NotReady"
 
@@ -244,7 +132,9 @@ class TestGatewayRouting:
             async with aiohttp.ClientSession() as http:
                 for _ in range(20):
                     async with http.post(
-                        router.url + "/predict", json={"features": FEATURES}, headers={"x-model-version": "1"}
+                        router.url + "/predict",
+                        json={"features": FEATURES},
+                        headers={"x-model-version": "1", "Host": HOST},
                     ) as response:
                         assert response.status == 200 and response.headers["x-model-version"] == "1"
 
@@ -293,7 +183,7 @@ class TestGatewayRouting:
             assert rolled_back["status"] == "True" and rolled_back["reason"] == "ErrorRateExceeded"
             assert condition(cluster, "fraud-v2", "Ready")["reason"] == "RolledBack"
             assert condition(cluster, "fraud-v2", "TrafficAssigned")["reason"] == "RolledBack"
-            await wait_for_split(cluster, {"fraud-v1": 100, "fraud-v2": 0})
+            await wait_for_split(cluster, {"fraud-v1": 100, "fraud-v2": 0}, timeout=10)
             [event] = [e for e in cluster.list(EVENTS) if e["involvedObject"]["name"] == "fraud-v2"]
             assert event["type"] == "Warning" and event["reason"] == "RolledBack"
             assert "error rate" in event["message"]
@@ -367,12 +257,47 @@ async def test_service_mode_sizes_versions_to_their_shares_and_kube_proxy_follow
     assert (math.ceil(3 * 50 / 100), math.ceil(2 * 50 / 100)) == (2, 1)
     async with Router(cluster.emulator, "ml", MODEL, mode="service", seed=3) as router:
         await wait_for(
-            lambda: ready_endpoints_by_version(cluster, router) == {"1": 2, "2": 1},
+            lambda: (
+                ready_endpoints_by_version(cluster, router) == {"1": 2, "2": 1}
+                and phase_of(cluster, "fraud-v1") == "Ready"
+                and phase_of(cluster, "fraud-v2") == "Ready"
+            ),
             timeout=60,
-            message=lambda: f"2 + 1 ready endpoints; now {ready_endpoints_by_version(cluster, router)}",
+            message=lambda: f"2 + 1 ready endpoints, both Ready; now {ready_endpoints_by_version(cluster, router)}",
         )
-        assert phase_of(cluster, "fraud-v1") == "Ready" and phase_of(cluster, "fraud-v2") == "Ready"
         async with load_through(router) as load:
             answers = await load.collect(900)
         # kube-proxy spreads over ready pods: the split is the pod ratio (one pod of precision).
         assert_split(answers, {"1": 200 / 3, "2": 100 / 3}, tolerance=6)
+
+
+async def test_service_mode_rollback_takes_the_failing_version_out_of_the_shared_service(
+    cluster: Cluster,
+    kubelet: DeploymentController,
+    operator,
+    demo_model: ModelFile,
+    tmp_path: Path,
+) -> None:
+    """After an automatic rollback in service mode the rolled-back version runs no replica, so none
+    of 1,000 requests through the shared Service reaches it (it used to keep one ready pod)."""
+    broken = failing_model(tmp_path / "broken.onnx")
+    await cluster.apply(model_version("fraud-v1", MODEL, "1", demo_model.uri, replicas=2, traffic=100))
+    await wait_for_phase(cluster, "fraud-v1", "Ready")
+    rollout = {"maxErrorRate": 0.2, "windowSeconds": 10, "minRequests": 10}
+    await cluster.apply(model_version("fraud-v2", MODEL, "2", broken.uri, replicas=2, traffic=50, rollout=rollout))
+    async with (
+        Router(cluster.emulator, "ml", MODEL, mode="service", seed=11) as router,
+        load_through(router, POISON) as load,
+    ):
+        mv = await wait_for_phase(cluster, "fraud-v2", "Degraded", timeout=90)
+        assert mv["status"]["rollout"]["rolledBack"] is True and mv["status"]["servingTraffic"] == 0
+        assert any(a.status == 500 for a in load.answers)  # it served, and failed
+        await wait_for(
+            lambda: replicas(cluster, "fraud-v2") == 0 and ready_endpoints_by_version(cluster, router) == {"1": 2},
+            timeout=30,
+            message=lambda: f"only fraud-v1's pods in the endpoints; now {ready_endpoints_by_version(cluster, router)}",
+        )
+        after = await load.collect(1000)
+    assert Counter(a.version for a in after) == {"1": 1000}, [a for a in after if a.version != "1"]
+    assert Counter(a.status for a in after) == {200: 1000}
+    assert serving(cluster, "fraud-v1") == 100 and replicas(cluster, "fraud-v1") == 2

@@ -68,7 +68,8 @@ def test_crd_names_subresources_and_columns(crd_file: dict[str, Any]) -> None:
     assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
     assert version["subresources"]["status"] == {}
     assert version["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
-    assert version["subresources"]["scale"]["statusReplicasPath"] == ".status.replicas"
+    # Both paths count replicas at a share of 100 (issue 10): an HPA on the ModelVersion compares like with like.
+    assert version["subresources"]["scale"]["statusReplicasPath"] == ".status.fullShareReplicas"
     columns = [(c["name"].upper(), c["jsonPath"]) for c in version["additionalPrinterColumns"] if not c.get("priority")]
     assert columns == [
         ("MODEL", ".spec.model"),
@@ -81,7 +82,9 @@ def test_crd_names_subresources_and_columns(crd_file: dict[str, Any]) -> None:
     ]
     # every printer column points at a field the schema declares
     status = _schema(crd_file)["properties"]["status"]["properties"]
-    assert {"servingTraffic", "readyText", "phase", "selector", "replicas"} <= set(status)
+    assert {"servingTraffic", "readyText", "phase", "selector", "replicas", "fullShareReplicas", "scaleDownAt"} <= set(
+        status
+    )
 
 
 def test_every_field_has_a_description_so_kubectl_explain_documents_it(crd_file: dict[str, Any]) -> None:

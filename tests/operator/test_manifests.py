@@ -9,18 +9,17 @@ import kubernetes_validate
 import pytest
 
 from modelfleet_operator.config import OperatorConfig
-from modelfleet_operator.manifests import (
+from modelfleet_operator.core.manifests import (
     ImageNotAllowed,
     SpecRejected,
     UriSchemeNotAllowed,
     build_children,
-    build_model_service,
-    endpoints,
     label_selector,
-    plan_model,
-    render_manifests,
+    version_endpoint,
 )
-from modelfleet_operator.traffic import Scale
+from modelfleet_operator.core.model_objects import ModelObjects, build_model_objects, build_model_service, endpoint
+from modelfleet_operator.core.render import render_manifests
+from modelfleet_operator.core.traffic import Scale
 from modelfleet_runtime.settings import Settings, load_settings
 
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
@@ -60,6 +59,19 @@ REPRESENTATIVE: dict[str, dict[str, Any]] = {
 }
 
 
+def shared_of(versions: list[dict[str, Any]], config: OperatorConfig = CONFIG, **shares: int) -> ModelObjects:
+    live = [v for v in versions if not v["metadata"].get("deletionTimestamp")]
+    return ModelObjects(
+        model="fraud",
+        namespace="ml",
+        versions=sorted(versions, key=lambda v: v["metadata"]["name"]),
+        owners_of=sorted(live, key=lambda v: v["metadata"]["name"]),
+        shares=shares,
+        version_of={v["metadata"]["name"]: v["spec"]["version"] for v in versions},
+        config=config,
+    )
+
+
 def _kinds(objs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {o["kind"]: o for o in objs}
 
@@ -78,8 +90,7 @@ def _env(container: dict[str, Any]) -> dict[str, Any]:
 def test_children_are_valid_kubernetes_objects(make_mv: MakeMV, case: str, version: str) -> None:
     mv = make_mv(**REPRESENTATIVE[case])
     children = build_children(mv, CONFIG)
-    plan = plan_model([mv], {"fraud-v1": True}, OperatorConfig(routing="gateway", gateway="infra/gw"))
-    for obj in [*children, plan.manifests[0]]:
+    for obj in [*children, build_model_service(shared_of([mv]))]:
         kubernetes_validate.validate(obj, version, strict=True)
 
 
@@ -222,7 +233,7 @@ def test_version_service_pins_one_version_and_model_service_selects_all(make_mv:
         "serving.modelfleet.dev/version": "1",
     }
     assert service["spec"]["ports"][0]["port"] == 80 and service["spec"]["ports"][0]["targetPort"] == "http"
-    shared = build_model_service("fraud", "ml", [v2, v1], CONFIG)
+    shared = build_model_service(shared_of([v2, v1]))
     assert shared["metadata"]["name"] == "fraud"
     assert shared["spec"]["selector"] == {"serving.modelfleet.dev/model": "fraud"}
     owners = shared["metadata"]["ownerReferences"]
@@ -312,27 +323,28 @@ def test_building_twice_gives_identical_manifests(make_mv: MakeMV) -> None:
 
 def test_status_helpers(make_mv: MakeMV) -> None:
     mv = make_mv()
-    assert endpoints(mv, OperatorConfig(cluster_domain="k8s.local")) == (
-        "http://fraud.ml.svc.k8s.local",
-        "http://fraud-v1.ml.svc.k8s.local",
-    )
+    config = OperatorConfig(cluster_domain="k8s.local")
+    assert version_endpoint(mv, config) == "http://fraud-v1.ml.svc.k8s.local"
+    assert endpoint("fraud", "ml", config) == "http://fraud.ml.svc.k8s.local"
     assert label_selector(mv) == "serving.modelfleet.dev/model=fraud,serving.modelfleet.dev/version=1"
 
 
-def test_plan_model_ignores_versions_being_deleted(make_mv: MakeMV) -> None:
+def test_the_model_endpoint_in_gateway_mode_is_the_models_hostname_on_the_gateway() -> None:
+    config = OperatorConfig(routing="gateway", gateway="infra/public", gateway_domain="models.example.org")
+    assert endpoint("fraud", "ml", config) == "http://fraud-ml.models.example.org"
+
+
+def test_versions_being_deleted_do_not_own_the_shared_service(make_mv: MakeMV) -> None:
     v1 = make_mv(traffic=50)
     v2 = make_mv(name="fraud-v2", uid="uid-2", version="2", traffic=50)
     v2["metadata"]["deletionTimestamp"] = "2024-01-01T00:00:00Z"
-    plan = plan_model([v1, v2], {"fraud-v1": True, "fraud-v2": True}, CONFIG)
-    assert dict(plan.split.shares) == {"fraud-v1": 100}
-    assert [o["name"] for o in plan.manifests[0]["metadata"]["ownerReferences"]] == ["fraud-v1"]
+    [service] = build_model_objects(shared_of([v1, v2]))
+    assert [o["name"] for o in service["metadata"]["ownerReferences"]] == ["fraud-v1"]
 
 
-def test_plan_model_in_gateway_mode_adds_the_httproute(make_mv: MakeMV) -> None:
+def test_gateway_mode_adds_the_httproute(make_mv: MakeMV) -> None:
     config = OperatorConfig(routing="gateway", gateway="infra/public")
-    plan = plan_model([make_mv()], {"fraud-v1": True}, config)
-    assert [m["kind"] for m in plan.manifests] == ["Service", "HTTPRoute"]
-    assert plan.scales["fraud-v1"] == Scale(replicas=1)
+    assert [m["kind"] for m in build_model_objects(shared_of([make_mv()], config))] == ["Service", "HTTPRoute"]
 
 
 def test_render_groups_versions_by_model_and_splits_their_traffic(make_mv: MakeMV) -> None:
@@ -348,8 +360,7 @@ def test_render_groups_versions_by_model_and_splits_their_traffic(make_mv: MakeM
     assert deployments == {"churn-v1": 1, "fraud-v1": 4, "fraud-v2": 1}  # ceil(4 * 10 / 100)
 
 
-def test_plan_model_with_only_deleted_versions_builds_nothing(make_mv: MakeMV) -> None:
+def test_only_versions_being_deleted_build_no_shared_object(make_mv: MakeMV) -> None:
     gone = make_mv()
     gone["metadata"]["deletionTimestamp"] = "2024-01-01T00:00:00Z"
-    plan = plan_model([gone], {"fraud-v1": True}, CONFIG)
-    assert plan.manifests == [] and dict(plan.scales) == {}
+    assert build_model_objects(shared_of([gone])) == []

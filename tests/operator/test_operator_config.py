@@ -24,6 +24,9 @@ def test_defaults() -> None:
     assert config.namespaces == () and not config.all_namespaces and not config.standalone
     assert config.liveness_port == 8081
     assert config.default_resources["requests"]
+    # The safety-net resync and the transition delays of DESIGN.md section 2.
+    assert (config.resync_seconds, config.scale_down_delay_seconds) == (300.0, 30.0)
+    assert config.gateway_hostname("fraud", "ml") == "fraud-ml.example.com"
 
 
 def test_every_key_has_an_environment_variable() -> None:
@@ -43,6 +46,12 @@ def test_every_key_has_an_environment_variable() -> None:
         "MODELFLEET_OPERATOR_LOG_LEVEL": "debug",
         "MODELFLEET_OPERATOR_LOG_FORMAT": "json",
         "MODELFLEET_OPERATOR_DEFAULT_RESOURCES": '{"requests": {"cpu": "1"}}',
+        "MODELFLEET_OPERATOR_GATEWAY_HOSTNAME_TEMPLATE": "{model}.{namespace}.{domain}",
+        "MODELFLEET_OPERATOR_GATEWAY_DOMAIN": "models.internal",
+        "MODELFLEET_OPERATOR_RESYNC_SECONDS": "120",
+        "MODELFLEET_OPERATOR_SCALE_DOWN_DELAY_SECONDS": "5.5",
+        "MODELFLEET_OPERATOR_RETIRE_AFTER_SECONDS": "0",
+        "MODELFLEET_OPERATOR_METRICS_PORT": "9090",
     }
     assert {k.removeprefix("MODELFLEET_OPERATOR_").lower().replace("_", "-") for k in environ} == set(CONFIG_KEYS)
     config = load_config({}, environ)
@@ -59,7 +68,14 @@ def test_every_key_has_an_environment_variable() -> None:
         log_level="debug",
         log_format="json",
         default_resources={"requests": {"cpu": "1"}},
+        gateway_hostname_template="{model}.{namespace}.{domain}",
+        gateway_domain="models.internal",
+        resync_seconds=120.0,
+        scale_down_delay_seconds=5.5,
+        retire_after_seconds=0.0,
+        metrics_port=9090,
     )
+    assert config.gateway_hostname("fraud", "ml") == "fraud.ml.models.internal"
 
 
 def test_a_flag_wins_over_its_variable() -> None:
@@ -112,6 +128,17 @@ def test_image_allow_list(image: str, allowed: tuple[str, ...], expected: bool) 
         ({"peering": "Bad Name"}, "peering must be a DNS name"),
         ({"peering": "modelfleet", "standalone": "true"}, "either peering or standalone"),
         ({"replicas": "3"}, "unknown configuration key(s) replicas"),
+        ({"resync-seconds": "0.5"}, "resync-seconds must be between 1 and 86400 seconds"),
+        ({"metrics-port": "70000"}, "metrics-port must be between 0 (off) and 65535"),
+        ({"metrics-port": "8081"}, "metrics-port and liveness-port must differ"),
+        ({"resync-seconds": "often"}, "resync-seconds: expected a number of seconds"),
+        ({"resync-seconds": "nan"}, "resync-seconds: expected a number of seconds"),
+        ({"scale-down-delay-seconds": "-1"}, "scale-down-delay-seconds must be between 0 and 86400"),
+        ({"retire-after-seconds": "1e9"}, "retire-after-seconds must be between 0 and 86400"),
+        ({"gateway-hostname-template": "{name}.{domain}"}, "is not a template of {model}, {namespace}, {domain}"),
+        ({"gateway-hostname-template": "models.example.com"}, "must contain {model}"),
+        ({"gateway-hostname-template": "{model}_{namespace}.{domain}"}, "make a DNS name"),
+        ({"gateway-domain": "Example.COM"}, "gateway-domain must be a DNS name"),
     ],
 )
 def test_bad_values_are_refused_naming_the_key(args: dict, message: str) -> None:

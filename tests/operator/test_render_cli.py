@@ -15,7 +15,10 @@ import yaml
 import modelfleet_operator
 from modelfleet_operator import cli
 from modelfleet_operator.config import OperatorConfig
-from modelfleet_operator.manifests import build_children, plan_model, render_manifests
+from modelfleet_operator.core import drift
+from modelfleet_operator.core.manifests import build_children
+from modelfleet_operator.core.render import render_manifests
+from modelfleet_operator.core.traffic import Scale
 from modelfleet_operator.spec import crd_yaml
 
 
@@ -43,13 +46,21 @@ def test_render_prints_exactly_what_the_pure_functions_build(repo: Path, example
     assert result.returncode == 0, result.stderr
     printed = list(yaml.safe_load_all(result.stdout))
     assert printed == render_manifests(_docs(path), OperatorConfig())
-    # and that is the shared Service followed by each version's own children
-    versions = _docs(path)
-    plan = plan_model(versions, {v["metadata"]["name"]: True for v in versions}, OperatorConfig())
-    expected = list(plan.manifests)
-    for mv in sorted(versions, key=lambda v: v["metadata"]["name"]):
-        expected += build_children(mv, OperatorConfig(), plan.scales[mv["metadata"]["name"]])
-    assert printed == expected
+    # and that is the shared Service followed by each version's own children, stamped for the drift check
+    versions = sorted(_docs(path), key=lambda v: v["metadata"]["name"])
+    assert (printed[0]["kind"], printed[0]["metadata"]["name"]) == ("Service", versions[0]["spec"]["model"])
+    owners = [o["metadata"]["name"] for o in printed[1:]]
+    assert owners == sorted(owners) and set(owners) == {v["metadata"]["name"] for v in versions}
+    for mv in versions:
+        mine = [o for o in printed[1:] if o["metadata"]["name"] == mv["metadata"]["name"]]
+        replicas = next(o for o in mine if o["kind"] == "Deployment")["spec"].get("replicas")
+        scale = Scale(replicas) if replicas is not None else None
+        expected = build_children(mv, OperatorConfig(), scale) if scale else build_children(mv, OperatorConfig())
+        assert [{k: v for k, v in o.items() if k != "metadata"} for o in mine] == [
+            {k: v for k, v in c.items() if k != "metadata"} for c in expected
+        ]
+    for obj in printed:
+        assert obj["metadata"]["annotations"][drift.APPLIED_ANNOTATION] == drift.applied_hash(obj)
 
 
 def test_render_in_gateway_mode_includes_the_httproute(repo: Path) -> None:
@@ -61,6 +72,7 @@ def test_render_in_gateway_mode_includes_the_httproute(repo: Path) -> None:
     assert printed == render_manifests(_docs(path), config)
     route = next(o for o in printed if o["kind"] == "HTTPRoute")
     assert [b["weight"] for b in route["spec"]["rules"][-1]["backendRefs"]] == [90, 10]
+    assert route["spec"]["hostnames"] == ["fraud-default.example.com"]  # model-namespace.domain
     # gateway mode keeps every version at full replicas
     assert {o["metadata"]["name"]: o["spec"]["replicas"] for o in printed if o["kind"] == "Deployment"} == {
         "fraud-v1": 4,

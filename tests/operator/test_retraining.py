@@ -18,14 +18,14 @@ from hypothesis import strategies as st
 
 from modelfleet_operator import spec as crd
 from modelfleet_operator.config import OperatorConfig
-from modelfleet_operator.manifests import (
+from modelfleet_operator.core.manifests import (
     FEEDBACK_DIR,
     MODEL_ROOT,
     ImageNotAllowed,
     build_children,
     validated,
 )
-from modelfleet_operator.retraining import (
+from modelfleet_operator.core.retraining import (
     ANNOTATION_METRICS,
     BACKOFF_MAX,
     LABEL_JOB,

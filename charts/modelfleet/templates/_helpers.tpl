@@ -58,11 +58,12 @@ namespace otherwise. Every verb is one the operator issues; keep this list in
 step with tests/chart/rbac.py and the request log of the integration tests.
 */}}
 {{- define "modelfleet.namespacedRules" -}}
-# The custom resource: kopf lists/watches it and patches finalizers and
-# progress annotations; the retraining loop creates the next version.
+# The custom resource: kopf lists and watches it into the operator's cache; the
+# operator patches the finalizer of a version that hands over its traffic, the
+# weights of a promotion, and the status; retraining creates the next version.
 - apiGroups: [serving.modelfleet.dev]
   resources: [modelversions]
-  verbs: [get, list, watch, create, patch]
+  verbs: [list, watch, create, patch]
 - apiGroups: [serving.modelfleet.dev]
   resources: [modelversions/status]
   verbs: [patch]
@@ -71,38 +72,44 @@ step with tests/chart/rbac.py and the request log of the integration tests.
 - apiGroups: [serving.modelfleet.dev]
   resources: [modelversions/finalizers]
   verbs: [update]
-# What a ModelVersion owns: read, created when missing, merge-patched when drifted.
+# What the operator makes: watched (label selector managed-by=modelfleet-operator)
+# into its cache, looked up by name once before it is first made (an object of
+# that name someone else made is never taken over), written by server-side apply.
 # Garbage collection deletes them with their owner; only an HPA or PDB the spec
 # no longer asks for is deleted by the operator.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, create, patch]
+  verbs: [get, list, watch, patch]
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, create, patch]
+  verbs: [get, list, watch, patch]
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
-  verbs: [get, create, patch, delete]
+  verbs: [get, list, watch, patch, delete]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [get, create, patch, delete]
-# Retraining Jobs: listed per model, created when the samples are there.
-- apiGroups: [batch]
-  resources: [jobs]
-  verbs: [list, create]
+  verbs: [get, list, watch, patch, delete]
 {{- if eq .Values.routing.mode "gateway" }}
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]
-  verbs: [get, create, patch]
+  verbs: [get, list, watch, patch]
 {{- end }}
-# Ready pods' addresses, to ask every replica for readiness, counters and samples.
+# Retraining Jobs (watched, created when the samples are there) and the pods of
+# runtimes and trainers: their readiness, addresses and termination messages.
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [list, watch, create]
 - apiGroups: [""]
   resources: [pods]
+  verbs: [list, watch]
+# The ready endpoints of a version about to take traffic (its Service's slices).
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
   verbs: [list]
-# The feedback token Secret the operator creates when none is named.
+# The feedback token Secret the operator creates when none is named (never read).
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, create]
+  verbs: [create]
 # kopf's and the operator's own Events.
 - apiGroups: [""]
   resources: [events]

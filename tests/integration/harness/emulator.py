@@ -1,38 +1,48 @@
 """An emulated Kubernetes API server for the integration tests.
 
-kmock's `KubernetesEmulator` stores objects and serves lists, watches and
-discovery, but (in kmock 0.8) it assigns no uid, resourceVersion, generation or
-creationTimestamp, answers create with 200, lists lack `kind`, and a failed
-JSON-patch `test` answers 500 — kopf then stalls on its first finalizer patch.
-`ClusterEmulator` takes over the writes with the API server's semantics that
-kopf and the operator rely on:
+kmock's `KubernetesEmulator` stores objects and serves discovery, but (in kmock
+0.8) it assigns no uid, resourceVersion, generation or creationTimestamp,
+answers create with 200, lists lack `kind`, a failed JSON-patch `test` answers
+500 and its watches lose writes. `ClusterEmulator` keeps kmock's storage,
+discovery and server, and owns the rest with the API server's semantics:
 
-- create: 201, metadata filled in, 409 AlreadyExists, `status` dropped when the
-  resource has a status subresource;
-- patch: merge-patch and JSON-patch (strategic-merge and apply are refused with
-  415, so operator code that depends on them fails here, not in production);
-  the status subresource changes only `status`, the main resource never does;
-  `generation` grows when anything outside metadata/status changes; a no-op
-  patch changes nothing (no new resourceVersion, no watch event);
-  a failed `test` or a bad path answers 422; a stale resourceVersion answers 409;
+- writes (`writes.py`, the pure core): create (201, metadata filled in, 409
+  AlreadyExists), server-side apply (`apply.py`: field managers, conflicts,
+  removal of fields no longer applied), merge and JSON patches, PUT; each
+  records its field manager in `metadata.managedFields`; strategic merge
+  answers 415; the status subresource changes only `status`; `generation`
+  grows when anything outside metadata/status changes; a no-op write changes
+  nothing (no new resourceVersion, no watch event); stale preconditions 409;
+- what the API server does to every object it stores (`normalise.py`):
+  defaults, canonical resource quantities, pruning of unknown fields, CRD
+  schema defaults;
 - delete: finalizers honoured (deletionTimestamp first), and garbage
   collection by ownerReferences (the kube-controller-manager's job in a real
   cluster) once an owner is really gone;
-- lists carry `kind`, `apiVersion` and a resourceVersion; equality label
-  selectors and `metadata.name` field selectors are honoured.
+- lists and watches (`Selection`): label selectors (equality- and set-based,
+  `selectors.py`) and field selectors on metadata.name/namespace; lists carry
+  `kind`, `apiVersion` and a resourceVersion, sorted by namespace and name,
+  paginated with limit/continue over one snapshot; a watch sees objects enter
+  and leave its selection, and one resumed from a resourceVersion replays the
+  events after it (410 Expired when they are no longer kept).
 
 Every request that does not come from the harness itself (its User-Agent) is
 recorded as an `ApiRequest` so that a test can compare what the operator did
 with the RBAC the Helm chart grants. Errors are injected with `inject_error`;
 an injected error changes nothing, as a real API server's error would not.
+The harness's own controllers may subscribe to events and write in-process
+(`subscribe`, `write_local`, `peek_object(s)`), through the same write path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import copy
 import dataclasses
 import datetime
+import functools
 import itertools
 import json
 import uuid
@@ -40,12 +50,18 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 import aiohttp.web
-import jsonpatch
-import jsonpointer
 import kmock
+import orjson
 from kmock._internal import apps, enums, parsing, rendering
 
+from . import podsecurity, quota, writes
+from .normalise import keep_allocated, normaliser
+from .schemas import Schema, builtin_schema, crd_schema
+from .selectors import LabelSelector, SelectorError, parse_field_selector, parse_label_selector
+
 HARNESS_USER_AGENT = "modelfleet-test-harness"
+PODS = ("", "v1", "pods")
+RESOURCE_QUOTAS = ("", "v1", "resourcequotas")
 
 WRITE_ACTIONS = (enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE)
 
@@ -95,6 +111,7 @@ BUILTIN_RESOURCES: tuple[ResourceType, ...] = (
     ResourceType("", "v1", "events", "Event"),
     ResourceType("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", subresources=("status",)),
     ResourceType("", "v1", "serviceaccounts", "ServiceAccount"),
+    ResourceType("", "v1", "resourcequotas", "ResourceQuota", subresources=("status",)),
     ResourceType("events.k8s.io", "v1", "events", "Event"),
     ResourceType("apps", "v1", "deployments", "Deployment", subresources=("status", "scale")),
     ResourceType("apps", "v1", "replicasets", "ReplicaSet", subresources=("status", "scale")),
@@ -104,6 +121,7 @@ BUILTIN_RESOURCES: tuple[ResourceType, ...] = (
     ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice"),
     ResourceType("coordination.k8s.io", "v1", "leases", "Lease"),
     ResourceType("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute", subresources=("status",)),
+    ResourceType("gateway.networking.k8s.io", "v1", "gateways", "Gateway", subresources=("status",)),
     ResourceType(
         "apiextensions.k8s.io",
         "v1",
@@ -167,32 +185,92 @@ def _parse_path(path: str) -> parsing.ParsedPath:
 parsing.parse_path = _parse_path
 
 
+def _json_response(body: Any, *, status: int = 200, headers: Mapping[str, str] | None = None) -> aiohttp.web.Response:
+    """A JSON answer serialised with orjson (lists of a thousand objects are megabytes)."""
+    return aiohttp.web.Response(
+        body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
+    )
+
+
+@functools.cache
+def _resource(group: str, version: str, plural: str) -> kmock.resource:
+    return kmock.resource(group, version, plural)
+
+
 def _now() -> str:
     return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _status_error(status: int, reason: str, message: str, retry_after: float | None = None) -> kmock.KubernetesError:
-    details = {"retryAfterSeconds": int(retry_after)} if retry_after is not None else {}
+def _status_error(
+    status: int,
+    reason: str,
+    message: str,
+    retry_after: float | None = None,
+    details: Mapping[str, Any] | None = None,
+) -> kmock.KubernetesError:
+    details = {**(details or {}), **({"retryAfterSeconds": int(retry_after)} if retry_after is not None else {})}
     return kmock.KubernetesError(status=status, reason=reason, message=message, details=details)
 
 
 def selector_matches(selector: str, labels: Mapping[str, str]) -> bool:
-    """Equality-based label selectors: `a=b`, `a==b`, `a!=b`, `a`, `!a`, comma-separated."""
-    for term in filter(None, (t.strip() for t in selector.split(","))):
-        if "!=" in term:
-            key, value = term.split("!=", 1)
-            if labels.get(key.strip()) == value.strip():
-                return False
-        elif "=" in term:
-            key, value = term.replace("==", "=").split("=", 1)
-            if labels.get(key.strip()) != value.strip():
-                return False
-        elif term.startswith("!"):
-            if term[1:].strip() in labels:
-                return False
-        elif term not in labels:
+    """Whether `labels` match a label selector string (equality- and set-based, see `selectors`)."""
+    return parse_label_selector(selector).matches(labels)
+
+
+# Watch events kept per resource for watches that resume from a resourceVersion (the API
+# server's watch cache); a resourceVersion older than the oldest kept answers 410 Expired.
+WATCH_LOG_EVENTS = 4096
+# Snapshots of paginated lists (limit/continue) kept at once; an evicted one answers 410.
+LIST_SNAPSHOTS = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """What a list or watch request selects: namespace, name, label and field selectors."""
+
+    namespace: str | None
+    name: str | None
+    labels: LabelSelector
+    fields: LabelSelector
+
+    @classmethod
+    def of(cls, request: rendering.Request) -> Selection:
+        try:
+            labels = parse_label_selector(request.params.get("labelSelector", ""))
+            fields = parse_field_selector(request.params.get("fieldSelector", ""))
+        except SelectorError as exc:
+            raise _status_error(400, "BadRequest", str(exc)) from None
+        return cls(request.namespace, request.name, labels, fields)
+
+    def matches(self, obj: Mapping[str, Any] | None) -> bool:
+        if obj is None:
             return False
-    return True
+        meta = obj.get("metadata") or {}
+        if self.namespace is not None and meta.get("namespace") != self.namespace:
+            return False
+        if self.name is not None and meta.get("name") != self.name:
+            return False
+        fields = {"metadata.name": meta.get("name", ""), "metadata.namespace": meta.get("namespace") or ""}
+        return self.fields.matches(fields) and self.labels.matches(meta.get("labels") or {})
+
+    def translate(self, event: Mapping[str, Any]) -> dict[str, Any] | None:
+        """A stored event as this watcher sees it (the API server's cacher): an object that
+        starts matching arrives as ADDED, one that stops matching as DELETED (its previous
+        content at the event's resourceVersion), others not at all."""
+        kind, obj, previous = event["type"], event["object"], event.get("previous")
+        now = kind != "DELETED" and self.matches(obj)
+        before = self.matches(previous) if kind != "DELETED" else self.matches(obj)
+        if kind == "DELETED":
+            return {"type": "DELETED", "object": obj} if before else None
+        if now and (before or kind == "ADDED"):
+            return {"type": kind, "object": obj}
+        if now:
+            return {"type": "ADDED", "object": obj}
+        if before and kind == "MODIFIED":
+            gone = copy.deepcopy(dict(previous or {}))
+            gone.setdefault("metadata", {})["resourceVersion"] = obj["metadata"]["resourceVersion"]
+            return {"type": "DELETED", "object": gone}
+        return None
 
 
 @dataclasses.dataclass
@@ -216,6 +294,18 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         self._watches: set[asyncio.Task[Any]] = set()
         # The same requests in full (path, body), index for index, for debugging a test.
         self.recorded_requests: list[rendering.Request] = []
+        # Per resource: recent watch events, and the newest resourceVersion no longer kept.
+        self._log: dict[kmock.resource, collections.deque[tuple[int, dict[str, Any]]]] = collections.defaultdict(
+            lambda: collections.deque(maxlen=WATCH_LOG_EVENTS)
+        )
+        self._log_floor: dict[kmock.resource, int] = collections.defaultdict(int)
+        self._snapshots: collections.OrderedDict[str, tuple[str, list[dict[str, Any]]]] = collections.OrderedDict()
+        self._snapshot_ids = itertools.count(1)
+        self._schemas: dict[kmock.resource, Schema | None] = {}
+        # Every (namespace, name) ever created per resource, and object keys by uid: lookups without a scan.
+        # (kmock's own lookups parse the key and check protocols on every access: ~50 us each.)
+        self._keys: dict[kmock.resource, dict[tuple[str | None, str], Any]] = collections.defaultdict(dict)
+        self._uids: dict[str, tuple[Any, str | None, str]] = {}
         self.register(*resource_types)
 
     # -- configuration -------------------------------------------------------------------------
@@ -236,6 +326,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     def register_crd(self, crd: Mapping[str, Any]) -> list[ResourceType]:
         types = resource_types_from_crd(crd)
         self.register(*types)
+        for rt in types:
+            self._schemas[rt.key] = crd_schema(crd, rt.version)
         return types
 
     def type_of(self, group: str, version: str, plural: str) -> ResourceType:
@@ -280,20 +372,85 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     # -- state access for the harness (in-memory, no request) ------------------------------------
 
     def live_objects(self, group: str, version: str, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
-        key = kmock.resource(group, version, plural)
-        result = []
-        for (res, ns, _), obj in list(self.objects.items()):
-            if res == key and not obj.deleted and (namespace is None or ns == namespace):
-                result.append(copy.deepcopy(obj.raw))
-        return result
+        return [copy.deepcopy(obj) for obj in self.peek_objects(group, version, plural, namespace)]
 
     def live_object(
         self, group: str, version: str, plural: str, namespace: str | None, name: str
     ) -> dict[str, Any] | None:
-        key = (kmock.resource(group, version, plural), namespace, name)
-        if key in self.objects and not self.objects[key].deleted:
-            return copy.deepcopy(self.objects[key].raw)
+        obj = self.peek_object(group, version, plural, namespace, name)
+        return None if obj is None else copy.deepcopy(obj)
+
+    def peek_objects(
+        self, group: str, version: str, plural: str, namespace: str | None = None
+    ) -> list[Mapping[str, Any]]:
+        """The stored objects themselves, without copying: read them, never change them (the harness's hot paths)."""
+        resource = _resource(group, version, plural)
+        result = []
+        for (ns, _), obj in list(self._keys[resource].items()):
+            if not obj.deleted and (namespace is None or ns == namespace):
+                result.append(obj.raw)
+        return result
+
+    def peek_object(
+        self, group: str, version: str, plural: str, namespace: str | None, name: str
+    ) -> Mapping[str, Any] | None:
+        """The stored object itself, without copying: read it, never change it."""
+        obj = self._keys[_resource(group, version, plural)].get((namespace, name))
+        if obj is not None and not obj.deleted:
+            return obj.raw  # type: ignore[no-any-return]
         return None
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, group: str, version: str, plural: str) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        """Every watch event of a resource from now on, in-process (for the harness's own controllers).
+
+        `async with emulator.subscribe(...) as events: async for event in events: ...`; an event is
+        `{"type", "object", "previous"}` (previous: the object before a MODIFIED, or None).
+        """
+        bus = self._buses[kmock.resource(group, version, plural)]
+        async with self._lock:
+            mark = await bus.mark()
+        try:
+            yield bus.stream(since=mark)
+        finally:
+            await bus.unmark(mark)
+
+    async def write_local(
+        self,
+        method: str,
+        group: str,
+        version: str,
+        plural: str,
+        namespace: str | None,
+        name: str | None,
+        body: Any,
+        *,
+        subresource: str | None = None,
+        content_type: str = "application/json",
+        params: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """One write through the same code as an HTTP request, without the socket (for the harness's controllers).
+
+        It is the harness's (never recorded, never faulted) and raises `writes.WriteError` as the API answers.
+        """
+        rt = self._types[(group, version, plural)]
+        http_method = enums.method(method.upper())
+        parsed = parsing.ParsedPath(group, version, plural, namespace, name, subresource)
+        request = rendering.Request(
+            method=http_method,
+            params=dict(params or {}),
+            headers={"User-Agent": HARNESS_USER_AGENT, "Content-Type": content_type},
+            data=body,
+            text=json.dumps(body),
+            action=parsing.guess_k8s(parsed, http_method, dict(params or {})),
+            resource=rt.key,
+            namespace=namespace,
+            name=name,
+            subresource=subresource,
+        )
+        async with self._lock:
+            _, result = await self._write(rt, request)
+        return copy.deepcopy(result)
 
     # -- request handling ------------------------------------------------------------------------
 
@@ -318,22 +475,34 @@ class ClusterEmulator(kmock.KubernetesEmulator):
 
         is_resource = request.resource is not None and bool(request.resource.plural)
         try:
+            is_put = request.method == enums.method.PUT and request.name is not None
             if (is_resource and request.action == enums.action.CREATE) or (
-                is_resource and request.action in WRITE_ACTIONS and request.name is not None
+                is_resource and (request.action in WRITE_ACTIONS or is_put) and request.name is not None
             ):
                 rt = self._resource_type(request)
                 async with self._lock:
                     status, body = await self._write(rt, request)
-                return aiohttp.web.json_response(body, status=status)
+                return _json_response(body, status=status)
             if is_resource and request.action == enums.action.LIST:
                 rt = self._resource_type(request)
-                return aiohttp.web.json_response(self._list(rt, request))
-            if is_resource and request.action == enums.action.FETCH and request.subresource:
+                return _json_response(self._list(rt, request))
+            if is_resource and request.action == enums.action.WATCH:
+                # Refused before the stream opens, as the API server answers a bad watch with 400.
+                self._resource_type(request)
+                Selection.of(request)
+                _watch_start(request)
+            if is_resource and request.action == enums.action.FETCH:
                 rt = self._resource_type(request)
-                obj = self._get(rt, request.namespace, request.name)
+                obj = self._get(rt, request.namespace if rt.namespaced else None, request.name)
                 if obj is None:
-                    raise _status_error(404, "NotFound", f'{rt.plural} "{request.name}" not found')
-                return aiohttp.web.json_response(obj.raw)
+                    group = f".{rt.group}" if rt.group else ""
+                    details = {"name": request.name, "group": rt.group, "kind": rt.plural}
+                    raise _status_error(
+                        404, "NotFound", f'{rt.plural}{group} "{request.name}" not found', details=details
+                    )
+                return _json_response(obj.raw)
+        except writes.WriteError as exc:
+            return self._error_response(_status_error(exc.status, exc.reason, exc.message, details=exc.details))
         except kmock.KubernetesError as exc:
             return self._error_response(exc)
         # Fetches, watches and discovery: kmock's own serving.
@@ -342,15 +511,18 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[Any]:
         """Snapshot and subscription under one lock, so no event falls between them.
 
-        kmock 0.8 subscribes only after replaying the current objects, and a write
-        in between is lost (kopf then patches with a stale resourceVersion forever).
-        With `resourceVersion`, only objects changed after it are replayed.
+        kmock 0.8 subscribes only after replaying the current objects, and a write in
+        between is lost (kopf then patches with a stale resourceVersion forever). Without a
+        resourceVersion (or with "0", or sendInitialEvents=true) the watch starts with
+        synthetic ADDED events of the selected objects; with one, it replays the events
+        after it from the watch log, or answers 410 Expired when they are no longer kept.
+        Label and field selectors filter as the API server's cacher does (see `Selection`).
         """
         yield b""  # send the headers: the stream is open even if nothing happens
         assert request.resource is not None
         rt = self._resource_type(request)
-        since = request.params.get("resourceVersion", "")
-        since_version = int(since) if since.isdigit() else 0
+        selection = Selection.of(request)
+        since = _watch_start(request)
         bus = self._buses[rt.key]
         handler = asyncio.current_task()
         monitor = None
@@ -359,32 +531,51 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             monitor = asyncio.create_task(self._cancel_on_disconnect(request, handler))
         async with self._lock:
             mark = await bus.mark()
-            events = []
-            for (res, ns, name), obj in list(self.objects.items()):
-                if res != rt.key or obj.deleted:
-                    continue
-                if request.namespace is not None and ns != request.namespace:
-                    continue
-                if request.name is not None and name != request.name:
-                    continue
-                raw = obj.raw
-                if int(raw.get("metadata", {}).get("resourceVersion", "0") or 0) > since_version:
-                    events.append({"type": "ADDED", "object": copy.deepcopy(raw)})
+            events = self._initial_events(rt, selection, request, since)
         try:
             for event in events:
                 yield event
+            if events and events[-1]["type"] == "ERROR":
+                return
             async for event in bus.stream(since=mark):
-                meta = event.get("object", {}).get("metadata", {})
-                if request.namespace is not None and meta.get("namespace") != request.namespace:
-                    continue
-                if request.name is not None and meta.get("name") != request.name:
-                    continue
-                yield event
+                seen = selection.translate(event)
+                if seen is not None:
+                    yield seen
         finally:
             if monitor is not None:
                 monitor.cancel()
             self._watches.discard(handler)
             await bus.unmark(mark)
+
+    def _initial_events(
+        self, rt: ResourceType, selection: Selection, request: rendering.Request, since: int | None
+    ) -> list[dict[str, Any]]:
+        if since is not None and request.params.get("sendInitialEvents") != "true":
+            if since < self._log_floor[rt.key]:
+                status = _status_body(410, "Expired", f"too old resource version: {since} ({self._log_floor[rt.key]})")
+                return [{"type": "ERROR", "object": status}]
+            replay = (selection.translate(event) for version, event in self._log[rt.key] if version > since)
+            return [event for event in replay if event is not None]
+        events: list[dict[str, Any]] = [{"type": "ADDED", "object": obj.raw} for obj in self._selected(rt, selection)]
+        if request.params.get("sendInitialEvents") == "true":
+            bookmark = {
+                "apiVersion": rt.api_version,
+                "kind": rt.kind,
+                "metadata": {
+                    "resourceVersion": str(self._current_version()),
+                    "annotations": {"k8s.io/initial-events-end": "true"},
+                },
+            }
+            events.append({"type": "BOOKMARK", "object": bookmark})
+        return events
+
+    def _selected(self, rt: ResourceType, selection: Selection) -> list[Any]:
+        """The live objects a request selects, in the API server's order (namespace, name)."""
+        candidates = ((ns, name, obj) for (ns, name), obj in list(self._keys[rt.key].items()))
+        found = [
+            (ns or "", name, obj) for ns, name, obj in candidates if not obj.deleted and selection.matches(obj.raw)
+        ]
+        return [obj for _, _, obj in sorted(found, key=lambda item: (item[0], item[1]))]
 
     async def _cancel_on_disconnect(self, request: rendering.Request, handler: asyncio.Task[Any]) -> None:
         """End a watch whose client is gone (aiohttp does not cancel handlers on disconnect)."""
@@ -400,17 +591,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
 
     def _error_response(self, exc: kmock.KubernetesError, retry_after: float | None = None) -> aiohttp.web.Response:
         headers = {"Retry-After": str(int(retry_after))} if retry_after is not None else None
-        body = {
-            "apiVersion": "v1",
-            "kind": "Status",
-            "metadata": {},
-            "status": "Failure",
-            "code": exc.status,
-            "reason": exc.reason,
-            "message": exc.message,
-            "details": exc.details or {},
-        }
-        return aiohttp.web.json_response(body, status=exc.status, headers=headers)
+        body = _status_body(exc.status, exc.reason or "", exc.message or "", exc.details)
+        return _json_response(body, status=exc.status, headers=headers)
 
     def _record(self, request: rendering.Request) -> None:
         if request.resource is None:
@@ -436,34 +618,57 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         return self._types[key]
 
     def _get(self, rt: ResourceType, namespace: str | None, name: str | None) -> Any:
-        key = (rt.key, namespace if rt.namespaced else None, name)
-        if key in self.objects and not self.objects[key].deleted:
-            return self.objects[key]
+        obj = self._keys[rt.key].get((namespace if rt.namespaced else None, name))
+        if obj is not None and not obj.deleted:
+            return obj
         return None
 
     def _list(self, rt: ResourceType, request: rendering.Request) -> dict[str, Any]:
-        label_selector = request.params.get("labelSelector", "")
-        field_selector = request.params.get("fieldSelector", "")
-        items = []
-        for (res, ns, name), obj in list(self.objects.items()):
-            if res != rt.key or obj.deleted:
-                continue
-            if request.namespace is not None and ns != request.namespace:
-                continue
-            raw = obj.raw
-            if label_selector and not selector_matches(label_selector, raw.get("metadata", {}).get("labels") or {}):
-                continue
-            if field_selector:
-                fields = {"metadata.name": name, "metadata.namespace": ns or ""}
-                if not selector_matches(field_selector, fields):
-                    continue
-            items.append(copy.deepcopy(raw))
-        return {
-            "apiVersion": rt.api_version,
-            "kind": f"{rt.kind}List",
-            "metadata": {"resourceVersion": str(self._current_version())},
-            "items": items,
-        }
+        """A list, paginated with `limit` and `continue` over one consistent snapshot (as from etcd)."""
+        selection = Selection.of(request)
+        token = request.params.get("continue", "")
+        limit_text = request.params.get("limit", "")
+        if limit_text and not limit_text.isdigit():
+            raise _status_error(400, "BadRequest", f"limit must be a non-negative integer, got {limit_text!r}")
+        limit = int(limit_text or 0)
+        if token:
+            version, items, offset = self._snapshot(token)
+        else:
+            version = str(self._current_version())
+            # Stored versions are never changed in place: the list (and its snapshot) shares them.
+            items = [obj.raw for obj in self._selected(rt, selection)]
+            offset = 0
+        metadata: dict[str, Any] = {"resourceVersion": version}
+        page = items[offset:]
+        if limit and len(page) > limit:
+            page = page[:limit]
+            snapshot_id = token.split(":")[0] if token else self._keep_snapshot(version, items)
+            metadata["continue"] = f"{snapshot_id}:{offset + limit}"
+            if not selection.labels.requirements and not selection.fields.requirements:
+                metadata["remainingItemCount"] = len(items) - offset - limit
+        return {"apiVersion": rt.api_version, "kind": f"{rt.kind}List", "metadata": metadata, "items": page}
+
+    def _keep_snapshot(self, version: str, items: list[dict[str, Any]]) -> str:
+        snapshot_id = f"emulated-{next(self._snapshot_ids)}"
+        self._snapshots[snapshot_id] = (version, items)
+        while len(self._snapshots) > LIST_SNAPSHOTS:
+            self._snapshots.popitem(last=False)
+        return snapshot_id
+
+    def _snapshot(self, token: str) -> tuple[str, list[dict[str, Any]], int]:
+        snapshot_id, _, offset = token.partition(":")
+        if not snapshot_id.startswith("emulated-") or not offset.isdigit():
+            raise _status_error(400, "BadRequest", f"continue key is not valid: {token!r}")
+        if snapshot_id not in self._snapshots:
+            raise _status_error(
+                410,
+                "Expired",
+                "The provided continue parameter is too old to display a consistent list result. "
+                "You can start a new list without the continue parameter.",
+            )
+        self._snapshots.move_to_end(snapshot_id)
+        version, items = self._snapshots[snapshot_id]
+        return version, items, int(offset)
 
     def _current_version(self) -> int:
         # itertools.count has no peek: keep the last issued version next to it.
@@ -473,78 +678,138 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         self._last_version = next(self._versions)
         return str(self._last_version)
 
-    async def _publish(self, rt: ResourceType, event_type: str, obj: Mapping[str, Any]) -> None:
-        await self._buses[rt.key].put({"type": event_type, "object": copy.deepcopy(dict(obj))})
+    async def _publish(
+        self, rt: ResourceType, event_type: str, obj: Mapping[str, Any], previous: Mapping[str, Any] | None = None
+    ) -> None:
+        """Log the event for resumed watches and stream it; `previous` is the object before (for selectors)."""
+        # Stored versions are never changed in place (a write appends a new one), so the event shares them.
+        event = {"type": event_type, "object": obj, "previous": previous}
+        log = self._log[rt.key]
+        if len(log) == log.maxlen:
+            self._log_floor[rt.key] = log[0][0]
+        log.append((int(obj["metadata"]["resourceVersion"]), event))
+        await self._buses[rt.key].put(event)
+
+    def kind_of(self, rt: ResourceType) -> writes.Kind:
+        """What the pure write functions need to know of a resource (its schema and normalisation)."""
+        custom = rt.key in self._schemas
+        schema = self._schemas[rt.key] if custom else builtin_schema(rt.api_version, rt.kind)
+        normalise, canonicalise = normaliser(rt.api_version, rt.kind, schema, builtin=not custom)
+        return writes.Kind(
+            api_version=rt.api_version,
+            kind=rt.kind,
+            plural=rt.plural,
+            group=rt.group,
+            namespaced=rt.namespaced,
+            has_status="status" in rt.subresources,
+            schema=schema,
+            normalise=normalise,
+            canonicalise=canonicalise,
+            carry=lambda old, new: keep_allocated(rt.kind, old, new),
+        )
 
     async def _write(self, rt: ResourceType, request: rendering.Request) -> tuple[int, dict[str, Any]]:
+        if request.params.get("dryRun"):
+            raise writes.WriteError(400, "BadRequest", "dryRun is not emulated: the emulator would really write")
         if request.action == enums.action.CREATE:
-            return await self._create(rt, request.namespace, request.data)
-        if request.action == enums.action.UPDATE:
-            return await self._patch(rt, request)
-        return await self._delete(rt, request.namespace, request.name)
+            return await self._create(rt, request)
+        if request.action == enums.action.DELETE:
+            return await self._delete(rt, request.namespace, request.name)
+        return await self._update(rt, request)
 
-    async def _create(self, rt: ResourceType, namespace: str | None, data: Any) -> tuple[int, dict[str, Any]]:
-        if not isinstance(data, dict):
-            raise _status_error(400, "BadRequest", "the body of a create must be a JSON object")
-        obj = copy.deepcopy(data)
-        meta = obj.setdefault("metadata", {})
-        if not meta.get("name") and meta.get("generateName"):
-            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
-        if not meta.get("name"):
-            raise _status_error(422, "Invalid", f"{rt.kind}: metadata.name: Required value")
-        if rt.namespaced:
-            if namespace is None:
-                raise _status_error(400, "BadRequest", f"{rt.kind} is namespaced: POST to /namespaces/NS/{rt.plural}")
-            if meta.get("namespace", namespace) != namespace:
-                raise _status_error(400, "BadRequest", "the namespace of the object does not match the URL")
-            meta["namespace"] = namespace
-        else:
-            namespace = None
+    async def _create(self, rt: ResourceType, request: rendering.Request) -> tuple[int, dict[str, Any]]:
+        manager = writes.manager_of(request.params, request.headers.get("User-Agent", ""), options="CreateOptions")
+        obj = writes.create(
+            self.kind_of(rt), request.namespace if rt.namespaced else None, request.data, manager=manager, now=_now()
+        )
+        return 201, await self._store_new(rt, obj)
+
+    async def _store_new(self, rt: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
+        namespace = meta.get("namespace") if rt.namespaced else None
         if self._get(rt, namespace, meta["name"]) is not None:
-            raise _status_error(409, "AlreadyExists", f'{rt.plural}.{rt.group} "{meta["name"]}" already exists')
-        obj["apiVersion"] = rt.api_version
-        obj["kind"] = rt.kind
-        meta["uid"] = str(uuid.uuid4())
+            raise writes.WriteError(409, "AlreadyExists", f'{rt.plural}.{rt.group} "{meta["name"]}" already exists')
+        if rt.key == _resource(*PODS) and namespace is not None:
+            podsecurity.admit_pod(obj, self.peek_object("", "v1", "namespaces", None, namespace))
+            quota.admit_pod(obj, self.peek_objects(*RESOURCE_QUOTAS, namespace), self.peek_objects(*PODS, namespace))
+        meta.setdefault("uid", str(uuid.uuid4()))
         meta["resourceVersion"] = self._next_version()
-        meta["generation"] = 1
-        meta["creationTimestamp"] = _now()
-        meta.pop("deletionTimestamp", None)
-        if "status" in rt.subresources:
-            obj.pop("status", None)
         key = (rt.key, namespace, meta["name"])
         if key in self.objects:
             self.objects[key].history.append(obj)
         else:
             self.objects[key] = obj
+        self._keys[rt.key][(namespace, meta["name"])] = self.objects[key]
+        self._uids[meta["uid"]] = key
         await self._publish(rt, "ADDED", obj)
-        return 201, copy.deepcopy(obj)
+        await self._count_quota(rt, namespace)
+        return obj
 
-    async def _patch(self, rt: ResourceType, request: rendering.Request) -> tuple[int, dict[str, Any]]:
+    async def _count_quota(self, rt: ResourceType, namespace: str | None) -> None:
+        """The quota controller: a ResourceQuota's status.hard and status.used follow the namespace's pods."""
+        if namespace is None or rt.key not in (_resource(*PODS), _resource(*RESOURCE_QUOTAS)):
+            return
+        quotas = self.peek_objects(*RESOURCE_QUOTAS, namespace)
+        pods = self.peek_objects(*PODS, namespace) if quotas else []
+        quota_type = self._types[RESOURCE_QUOTAS]
+        for stored_quota in quotas:
+            counted = quota.status(stored_quota, pods)
+            if stored_quota.get("status") == counted:
+                continue
+            stored = self._get(quota_type, namespace, stored_quota["metadata"]["name"])
+            new = {**copy.deepcopy(dict(stored_quota)), "status": counted}
+            new["metadata"]["resourceVersion"] = self._next_version()
+            stored.history.append(new)
+            await self._publish(quota_type, "MODIFIED", new, previous=stored_quota)
+
+    async def _update(self, rt: ResourceType, request: rendering.Request) -> tuple[int, dict[str, Any]]:
+        """PATCH (apply, merge, JSON) and PUT, on the main resource or /status."""
+        kind = self.kind_of(rt)
         namespace = request.namespace if rt.namespaced else None
-        stored = self._get(rt, namespace, request.name)
-        if stored is None:
-            raise _status_error(404, "NotFound", f'{rt.plural}.{rt.group} "{request.name}" not found')
-        if request.method != enums.method.PATCH:
-            raise _status_error(405, "MethodNotAllowed", "only PATCH is emulated for updates")
+        subresource = request.subresource or ""
         content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
-        old = copy.deepcopy(stored.raw)
-        new = _apply_patch(old, request.data, content_type)
-        new = _limit_to_subresource(rt, old, new, request.subresource or "")
-        _keep_server_fields(old, new)
-
-        if new == old:
+        if request.method == enums.method.PUT:
+            content_type = "application/json"
+        elif request.method != enums.method.PATCH:
+            raise writes.WriteError(405, "MethodNotAllowed", f"{request.method} is not a write the emulator knows")
+        force = writes.apply_options(request.params, content_type)
+        user_agent = request.headers.get("User-Agent", "")
+        manager = writes.manager_of(request.params, user_agent)
+        stored = self._get(rt, namespace, request.name)
+        # The stored version is never changed in place (writes.py builds a new object), so no copy is needed.
+        old = stored.raw if stored is not None else None
+        now = _now()
+        if content_type == writes.APPLY_PATCH:
+            if not request.params.get("fieldManager"):
+                raise writes.WriteError(
+                    422,
+                    "Invalid",
+                    'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: is required for apply patch',
+                )
+            config = writes.apply_configuration(kind, request.name, request.data, request.text)
+            if old is None and subresource:
+                raise kind.not_found(request.name)
+            new = writes.apply(kind, old, config, subresource, namespace, manager=manager, force=force, now=now)
+            if old is None:
+                return 201, await self._store_new(rt, new)
+        elif old is None:
+            raise kind.not_found(request.name)
+        elif request.method == enums.method.PUT:
+            new = writes.replace(kind, old, request.data, subresource, manager=manager, now=now)
+        else:
+            new = writes.patch(kind, old, request.data, content_type, subresource, manager=manager, now=now)
+        assert old is not None and stored is not None
+        finished = writes.finish(old, new)
+        if finished is None:
             return 200, old  # a no-op: no new version, no event
-
-        if _without(new, "metadata", "status") != _without(old, "metadata", "status"):
-            new["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
-        new["metadata"]["resourceVersion"] = self._next_version()
-        stored.history.append(new)
-
-        if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
+        finished["metadata"]["resourceVersion"] = self._next_version()
+        stored.history.append(finished)
+        if finished["metadata"].get("deletionTimestamp") and not finished["metadata"].get("finalizers"):
             await self._remove(rt, namespace, request.name)
         else:
-            await self._publish(rt, "MODIFIED", new)
-        return 200, copy.deepcopy(new)
+            await self._publish(rt, "MODIFIED", finished, previous=old)
+            await self._count_quota(rt, namespace)
+        return 200, finished
 
     async def _delete(self, rt: ResourceType, namespace: str | None, name: str | None) -> tuple[int, dict[str, Any]]:
         namespace = namespace if rt.namespaced else None
@@ -554,10 +819,11 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         obj = copy.deepcopy(stored.raw)
         if obj["metadata"].get("finalizers"):
             if not obj["metadata"].get("deletionTimestamp"):
+                previous = copy.deepcopy(obj)
                 obj["metadata"]["deletionTimestamp"] = _now()
                 obj["metadata"]["resourceVersion"] = self._next_version()
                 stored.history.append(obj)
-                await self._publish(rt, "MODIFIED", obj)
+                await self._publish(rt, "MODIFIED", obj, previous=previous)
             return 200, obj
         await self._remove(rt, namespace, name)
         return 200, obj
@@ -568,6 +834,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         last["metadata"]["resourceVersion"] = self._next_version()
         stored.delete()
         await self._publish(rt, "DELETED", last)
+        await self._count_quota(rt, namespace)
         await self._collect_garbage(last["metadata"]["uid"])
 
     async def _collect_garbage(self, owner_uid: str) -> None:
@@ -588,12 +855,15 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 new["metadata"]["ownerReferences"] = remaining
                 new["metadata"]["resourceVersion"] = self._next_version()
                 stored.history.append(new)
-                await self._publish(rt, "MODIFIED", new)
+                await self._publish(rt, "MODIFIED", new, previous=obj)
             else:
                 await self._delete(rt, ns, name)
 
     def _uid_alive(self, uid: str | None) -> bool:
-        return any(not o.deleted and o.raw.get("metadata", {}).get("uid") == uid for o in self.objects.values())
+        key = self._uids.get(uid or "")
+        if key is None or key not in self.objects or self.objects[key].deleted:
+            return False
+        return bool(self.objects[key].raw.get("metadata", {}).get("uid") == uid)
 
 
 _REASONS = {
@@ -611,6 +881,29 @@ _REASONS = {
 }
 
 
+def _status_body(status: int, reason: str, message: str, details: Any = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Status",
+        "metadata": {},
+        "status": "Failure",
+        "code": status,
+        "reason": reason,
+        "message": message,
+        "details": details or {},
+    }
+
+
+def _watch_start(request: rendering.Request) -> int | None:
+    """The resourceVersion a watch resumes after; None to start from the current state."""
+    since = request.params.get("resourceVersion", "")
+    if since in ("", "0"):
+        return None
+    if not since.isdigit():
+        raise _status_error(400, "BadRequest", f"invalid resource version {since!r}")
+    return int(since)
+
+
 def _verb_of(request: rendering.Request) -> str:
     method = request.method
     if method == enums.method.GET:
@@ -626,84 +919,6 @@ def _verb_of(request: rendering.Request) -> str:
     if method == enums.method.DELETE:
         return "delete" if request.name else "deletecollection"
     return str(method.value).lower()
-
-
-def _without(obj: Mapping[str, Any], *keys: str) -> dict[str, Any]:
-    return {k: v for k, v in obj.items() if k not in keys}
-
-
-def _merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = copy.deepcopy(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = _merge_patch(result.get(key), value)
-    return result
-
-
-def _apply_patch(old: dict[str, Any], patch: Any, content_type: str) -> dict[str, Any]:
-    """`old` with a JSON patch or a merge patch applied, refused like the API server refuses it."""
-    try:
-        if content_type == "application/json-patch+json":
-            if not isinstance(patch, list):
-                raise _status_error(400, "BadRequest", "a JSON patch must be a list")
-            return jsonpatch.apply_patch(copy.deepcopy(old), patch, in_place=False)
-        if content_type == "application/merge-patch+json":
-            if not isinstance(patch, dict):
-                raise _status_error(400, "BadRequest", "a merge patch must be an object")
-            wanted_version = (patch.get("metadata") or {}).get("resourceVersion")
-            if wanted_version and wanted_version != old["metadata"].get("resourceVersion"):
-                raise _status_error(
-                    409,
-                    "Conflict",
-                    "the object has been modified; please apply your changes to the latest version and try again",
-                )
-            return _merge_patch(old, patch)
-        raise _status_error(
-            415,
-            "UnsupportedMediaType",
-            f"the emulator supports merge-patch and json-patch only, got {content_type!r}",
-        )
-    except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
-        raise _status_error(422, "Invalid", f"the JSON patch does not apply: {exc}") from None
-
-
-def _limit_to_subresource(
-    rt: ResourceType, old: dict[str, Any], new: dict[str, Any], subresource: str
-) -> dict[str, Any]:
-    """A status patch changes only the status; a main-resource patch never does, when status is a subresource."""
-    if subresource == "status":
-        result = copy.deepcopy(old)
-        if "status" in new:
-            result["status"] = new["status"]
-        else:
-            result.pop("status", None)
-        return result
-    if subresource:
-        raise _status_error(404, "NotFound", f"subresource {subresource!r} is not emulated")
-    if "status" in rt.subresources:
-        if "status" in old:
-            new["status"] = old["status"]
-        else:
-            new.pop("status", None)
-    return new
-
-
-# Metadata the server owns: a patch cannot change it.
-_SERVER_FIELDS = ("uid", "creationTimestamp", "name", "namespace", "resourceVersion", "generation", "deletionTimestamp")
-
-
-def _keep_server_fields(old: dict[str, Any], new: dict[str, Any]) -> None:
-    for field in _SERVER_FIELDS:
-        if field in old["metadata"]:
-            new.setdefault("metadata", {})[field] = old["metadata"][field]
-        else:
-            new.setdefault("metadata", {}).pop(field, None)
-    new["apiVersion"], new["kind"] = old["apiVersion"], old["kind"]
 
 
 def dump_requests(requests: Iterable[ApiRequest]) -> str:

@@ -20,10 +20,22 @@ pods of scaled-down or deleted Deployments as a kubelet does (not ready at once,
 so their endpoints leave the Services; the preStop sleep; SIGTERM; SIGKILL after
 the grace period), restarts crashed containers with back-off and records the
 termination message, writes Pod objects (status.podIP, Ready condition,
-containerStatuses) and the Deployment's status (replicas, updatedReplicas,
-readyReplicas, availableReplicas, observedGeneration, conditions Available and
-Progressing). `EndpointSliceController` writes one EndpointSlice per Service
-with the addresses of the selected pods.
+containerStatuses) and the Deployment's status (`deployments.py`: replicas,
+updatedReplicas, readyReplicas, availableReplicas, observedGeneration, conditions
+Available and Progressing). `EndpointSliceController` writes one EndpointSlice per
+Service with the addresses of the selected pods.
+
+It says why pods do not run as a real kubelet and Deployment controller do: an
+image the harness cannot pull (any repository but the runtime's,
+`runtime_image_pullable`; `pullable=` overrides) leaves the container waiting in
+ErrImagePull, then ImagePullBackOff, and starts nothing; a process that keeps
+exiting waits in CrashLoopBackOff ("back-off Ns restarting failed container=...")
+with restartCount and lastState.terminated (exit code, reason, log tail); a pod the
+API server refuses (a ResourceQuota, Pod Security admission) makes the Deployment's
+ReplicaFailure condition True with reason FailedCreate and the API server's message,
+retried each second; and a rollout not complete within spec.progressDeadlineSeconds
+of its last progress (on `clock=`, the real monotonic clock by default) gets
+Progressing False with reason ProgressDeadlineExceeded.
 
 Simplifications, on purpose: pods are owned by their Deployment directly (no
 ReplicaSet objects); liveness and startup probes are not run; only the first
@@ -45,17 +57,20 @@ import os
 import random
 import shutil
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import aiohttp
 
+from modelfleet_operator.config import DEFAULT_RUNTIME_IMAGE, image_repository
 from tests.support.polling import PollingController
 from tests.support.processes import ChildProcess
 
 from .client import ApiError, ClusterClient
+from .deployments import Progress, deployment_status
 from .emulator import ClusterEmulator, _now
 
 # Loopback addresses are never reused within a test session, so a port in TIME_WAIT never collides;
@@ -68,6 +83,14 @@ PROBE_TIMEOUT_SECONDS = 1.0  # a probe's timeoutSeconds when the manifest gives 
 # Grace periods in the manifests are for production; tests do not wait that long for a drain.
 MAX_GRACE_SECONDS = 10.0
 MAX_BACKOFF_SECONDS = 5.0
+
+
+# The one image the test kubelet can "pull": the runtime it runs from this virtualenv.
+RUNTIME_REPOSITORY = image_repository(DEFAULT_RUNTIME_IMAGE)
+
+
+def runtime_image_pullable(image: str) -> bool:
+    return image_repository(image) == RUNTIME_REPOSITORY
 
 
 def next_address() -> str:
@@ -121,6 +144,8 @@ class PodProcess:
     next_start: float = 0.0
     stopping: bool = False
     readiness_body: Any = None
+    backoff: float = 0.0  # seconds until the next start after a crash
+    image_pull: tuple[str, str] | None = None  # (waiting reason, message) while the image cannot be pulled
     _mounts: dict[str, Path] = field(default_factory=dict)
 
     @property
@@ -347,11 +372,19 @@ class PodProcess:
 
     def pod_status(self) -> dict[str, Any]:
         running = self.process is not None and self.process.running
-        state: dict[str, Any] = (
-            {"running": {"startedAt": _now()}}
-            if running
-            else {"waiting": {"reason": "CrashLoopBackOff" if self.restarts else "ContainerCreating"}}
-        )
+        state: dict[str, Any]
+        if running:
+            state = {"running": {"startedAt": _now()}}
+        elif self.image_pull is not None:
+            state = {"waiting": {"reason": self.image_pull[0], "message": self.image_pull[1]}}
+        elif self.restarts:
+            message = (
+                f"back-off {self.backoff:g}s restarting failed container={self.container['name']} "
+                f"pod={self.name}_{self.namespace}"
+            )
+            state = {"waiting": {"reason": "CrashLoopBackOff", "message": message}}
+        else:
+            state = {"waiting": {"reason": "ContainerCreating"}}
         container_status = self.container_status(ready=self.ready, started=running, state=state)
         if self.last_termination:
             container_status["lastState"] = {"terminated": self.last_termination}
@@ -416,11 +449,24 @@ class DeploymentController(PodController[PodProcess]):
 
     task_name = "test kubelet"
 
-    def __init__(self, cluster: ClusterEmulator, client: ClusterClient, volumes: Volumes) -> None:
+    def __init__(
+        self,
+        cluster: ClusterEmulator,
+        client: ClusterClient,
+        volumes: Volumes,
+        *,
+        pullable: Callable[[str], bool] = runtime_image_pullable,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__(cluster, client, volumes)
+        self.pullable = pullable
+        self.clock = clock
         self._written_status: dict[tuple[str, str], Any] = {}
         self._written_pod_status: dict[tuple[str, str], Any] = {}
         self._http: aiohttp.ClientSession | None = None
+        self._progress: dict[tuple[str, str], Progress] = {}
+        # Why pods of a Deployment cannot be created (the API server's refusal), and when to try again.
+        self._create_failure: dict[tuple[str, str], tuple[str, float]] = {}
         # Pods on their way out: not ready, in their preStop sleep or their drain.
         self.terminating: dict[tuple[str, str], PodProcess] = {}
         self._terminations: set[asyncio.Task[None]] = set()
@@ -473,27 +519,16 @@ class DeploymentController(PodController[PodProcess]):
         current = [p for p in mine if p.template_hash == current_hash]
         old = [p for p in mine if p.template_hash != current_hash]
 
-        for _ in range(desired - len(current)):
-            pod = PodProcess(
-                namespace=namespace,
-                name=f"{name}-{current_hash[:6]}-{next(self._counter)}",
-                owner=owner,
-                template=template,
-                template_hash=current_hash,
-                address=next_address(),
-                volumes=self.volumes,
-                cluster=self.cluster,
-            )
-            self.pods[(namespace, pod.name)] = pod
-            self.started.append(pod)
-            await self.client.create("", "v1", "pods", namespace, pod.manifest())
-            current.append(pod)
+        await self._create_pods(namespace, name, owner, template, current_hash, current, desired)
         for pod in sorted(current, key=lambda p: p.name)[desired:] if len(current) > desired else []:
             await self._remove((namespace, pod.name))
             current.remove(pod)
 
         loop = asyncio.get_running_loop()
         for pod in current + old:
+            if not self.pullable(str(pod.container.get("image", ""))):
+                await self._cannot_pull(pod)
+                continue
             if pod.process is None and loop.time() >= pod.next_start:
                 try:
                     await pod.start()
@@ -505,7 +540,8 @@ class DeploymentController(PodController[PodProcess]):
                         "finishedAt": _now(),
                     }
                     pod.restarts += 1
-                    pod.next_start = loop.time() + min(2**pod.restarts * 0.5, MAX_BACKOFF_SECONDS)
+                    pod.backoff = min(2**pod.restarts * 0.5, MAX_BACKOFF_SECONDS)
+                    pod.next_start = loop.time() + pod.backoff
             elif pod.process is not None and not pod.process.running and not pod.stopping:
                 pod.last_termination = {
                     "exitCode": pod.process.returncode,
@@ -516,7 +552,8 @@ class DeploymentController(PodController[PodProcess]):
                 pod.restarts += 1
                 pod.process = None
                 pod.ready = False
-                pod.next_start = loop.time() + min(2**pod.restarts * 0.5, MAX_BACKOFF_SECONDS)
+                pod.backoff = min(2**pod.restarts * 0.5, MAX_BACKOFF_SECONDS)
+                pod.next_start = loop.time() + pod.backoff
             else:
                 pod.ready = await pod.readiness(self._http, loop.time())
             await self._write_pod_status(pod)
@@ -528,28 +565,18 @@ class DeploymentController(PodController[PodProcess]):
             old = []
 
         everyone = current + old
-        ready = len([p for p in everyone if p.ready])
-        available = ready >= desired
-        status = {
-            "observedGeneration": dep["metadata"].get("generation", 1),
-            "replicas": len(everyone),
-            "updatedReplicas": len(current),
-            "readyReplicas": ready,
-            "availableReplicas": ready,
-            "unavailableReplicas": max(desired - ready, 0),
-            "conditions": [
-                {
-                    "type": "Available",
-                    "status": "True" if available else "False",
-                    "reason": "MinimumReplicasAvailable" if available else "MinimumReplicasUnavailable",
-                },
-                {
-                    "type": "Progressing",
-                    "status": "True",
-                    "reason": "NewReplicaSetAvailable" if available and not old else "ReplicaSetUpdated",
-                },
-            ],
-        }
+        key = (namespace, name)
+        failure = self._create_failure.get(key)
+        status, self._progress[key], _ = deployment_status(
+            dep,
+            template_hash=current_hash,
+            total=len(everyone),
+            updated=len(current),
+            ready=len([p for p in everyone if p.ready]),
+            now=self.clock(),
+            progress=self._progress.get(key),
+            create_failure=failure[0] if failure else None,
+        )
         changed = (
             self._written_status.get((namespace, name)) != status
             or (dep.get("status") or {}).get("observedGeneration") != status["observedGeneration"]
@@ -557,12 +584,69 @@ class DeploymentController(PodController[PodProcess]):
         if changed and await self.client.write_status("apps", "v1", "deployments", namespace, name, status):
             self._written_status[(namespace, name)] = status
 
+    async def _create_pods(
+        self,
+        namespace: str,
+        name: str,
+        owner: Mapping[str, Any],
+        template: Mapping[str, Any],
+        current_hash: str,
+        current: list[PodProcess],
+        desired: int,
+    ) -> None:
+        """Pods up to `desired`; a refusal (quota, Pod Security) becomes the ReplicaFailure, retried each second."""
+        key = (namespace, name)
+        failure = self._create_failure.get(key)
+        if failure is not None and self.clock() < failure[1]:
+            return
+        self._create_failure.pop(key, None)
+        for _ in range(desired - len(current)):
+            pod = PodProcess(
+                namespace=namespace,
+                name=f"{name}-{current_hash[:6]}-{next(self._counter)}",
+                owner=owner,
+                template=template,
+                template_hash=current_hash,
+                address=next_address(),
+                volumes=self.volumes,
+                cluster=self.cluster,
+            )
+            try:
+                await self.client.create("", "v1", "pods", namespace, pod.manifest())
+            except ApiError as exc:
+                if exc.status != 403:
+                    raise
+                self._create_failure[key] = (str((exc.body or {}).get("message", exc.body)), self.clock() + 1.0)
+                return
+            self.pods[(namespace, pod.name)] = pod
+            self.started.append(pod)
+            current.append(pod)
+
+    async def _cannot_pull(self, pod: PodProcess) -> None:
+        """The image is not one the harness can run: ErrImagePull, then ImagePullBackOff; never ready."""
+        image = str(pod.container.get("image", ""))
+        if pod.image_pull is None:
+            pod.image_pull = (
+                "ErrImagePull",
+                f'failed to pull image "{image}": the test kubelet has only {RUNTIME_REPOSITORY}',
+            )
+        else:
+            pod.image_pull = ("ImagePullBackOff", f'Back-off pulling image "{image}"')
+        pod.ready = False
+        await self._write_pod_status(pod)
+
     async def _write_pod_status(self, pod: PodProcess) -> None:
         key = (pod.namespace, pod.name)
         status = pod.pod_status()
+        # Everything but the start time: a new waiting reason or a restart is news for the operator.
+        states = [
+            {k: v for k, v in cs.items() if k != "state"}
+            | {"state": {s: dict(v, startedAt=None) for s, v in cs["state"].items()}}
+            for cs in status["containerStatuses"]
+        ]
         comparable = json.dumps(
             {k: v for k, v in status.items() if k != "containerStatuses"}, sort_keys=True
-        ) + json.dumps([{k: v for k, v in cs.items() if k != "state"} for cs in status["containerStatuses"]])
+        ) + json.dumps(states, sort_keys=True)
         if self._written_pod_status.get(key) == comparable:
             return
         if await self.client.write_status("", "v1", "pods", pod.namespace, pod.name, status):

@@ -28,14 +28,13 @@ from modelfleet_operator.config import OperatorConfig
 from modelfleet_operator.runner import operate
 from tests.support.polling import wait_for
 
-# The production default is 10 s; tests want status to follow the children quickly.
-TEST_RESYNC_SECONDS = 0.5
-
 
 class InProcessOperator:
     """`start()`, `stop()` (graceful, like SIGTERM), `kill()` (abrupt, like SIGKILL), `restart()`."""
 
-    def __init__(self, config: OperatorConfig, *, resync_seconds: float = TEST_RESYNC_SECONDS) -> None:
+    def __init__(self, config: OperatorConfig, *, resync_seconds: float | None = None) -> None:
+        # None: the operator's own default resync, so that what passes is the event path (issue 10); the
+        # tests used 0.5 s, which hid every change the operator only noticed on its next tick.
         self.config = config
         self.resync_seconds = resync_seconds
         self.starts = 0
@@ -59,9 +58,8 @@ class InProcessOperator:
         loop.set_default_executor(self._executor)
         self._loop = loop
         try:
-            self._main = loop.create_task(
-                operate(self.config, stop_flag=self._stop, ready_flag=ready, resync_seconds=self.resync_seconds)
-            )
+            resync = {} if self.resync_seconds is None else {"resync_seconds": self.resync_seconds}
+            self._main = loop.create_task(operate(self.config, stop_flag=self._stop, ready_flag=ready, **resync))
             started.set()
             loop.run_until_complete(self._main)
         except BaseException as exc:  # any, even a cancellation: reported to the test through .error

@@ -1,10 +1,10 @@
 """What the operator creates for ModelVersions, as pure functions returning plain dicts.
 
 `build_children(mv, config, scale)` gives one version's Deployment, Service,
-HorizontalPodAutoscaler and PodDisruptionBudget; `plan_model(versions, ready,
-config)` gives a whole model's traffic split, each version's replicas and the
-model-level objects (the shared Service, the HTTPRoute in gateway mode). The
-kopf handlers and `modelfleet-operator render` call the same functions.
+HorizontalPodAutoscaler and PodDisruptionBudget, with the replicas the model's
+traffic plan gives it (`core.model`). The objects the versions of a model share
+are built in `core.model_objects`. The model reconciler and `modelfleet-operator
+render` call the same functions.
 
 Rules the schema cannot express (images and URI schemes the operator's
 configuration allows) raise `SpecRejected`; the handlers map it to phase Failed
@@ -13,26 +13,20 @@ with `reason` and the message, which says what to change.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from modelfleet_operator import spec as crd
 from modelfleet_operator.config import OperatorConfig, image_allowed
+from modelfleet_operator.core.traffic import SERVICE_PORT, Scale, scale_from_spec
 from modelfleet_operator.spec import ModelVersionSpec, SpecError, parse_spec
-from modelfleet_operator.traffic import (
-    SERVICE_PORT,
-    Scale,
-    TrafficSplit,
-    VersionState,
-    build_httproute,
-    effective_shares,
-    plan_scales,
-    scale_from_spec,
-)
 
 LABEL_MODEL = f"{crd.GROUP}/model"
+TEMPLATE_ANNOTATION = f"{crd.GROUP}/template"
 LABEL_VERSION = f"{crd.GROUP}/version"
 MANAGED_BY = "modelfleet-operator"
 PART_OF = "modelfleet"
@@ -194,11 +188,9 @@ def _metadata(
     return meta
 
 
-def endpoints(mv: Mapping[str, Any], config: OperatorConfig) -> tuple[str, str]:
-    """(status.endpoint, status.versionEndpoint): the model's and the version's Service URLs."""
-    namespace = namespace_of(mv)
-    suffix = f"{namespace}.svc.{config.cluster_domain}"
-    return (f"http://{mv['spec']['model']}.{suffix}", f"http://{_name(mv)}.{suffix}")
+def version_endpoint(mv: Mapping[str, Any], config: OperatorConfig) -> str:
+    """status.versionEndpoint: the URL of the version's own Service."""
+    return f"http://{_name(mv)}.{namespace_of(mv)}.svc.{config.cluster_domain}"
 
 
 # --- the runtime pod ----------------------------------------------------------
@@ -422,12 +414,24 @@ def build_deployment(mv: Mapping[str, Any], config: OperatorConfig, scale: Scale
     }
     if scale.autoscaling is None:
         deployment_spec = {"replicas": scale.replicas, **deployment_spec}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": _metadata(name, namespace_of(mv), labels, [owner] if owner else []),
-        "spec": deployment_spec,
-    }
+    metadata = _metadata(name, namespace_of(mv), labels, [owner] if owner else [])
+    # Which spec the pods run, whatever their count: a rollout of a new spec is seen by it.
+    metadata["annotations"] = {TEMPLATE_ANNOTATION: template_hash(deployment_spec["template"])}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": deployment_spec}
+
+
+def template_hash(template: Mapping[str, Any]) -> str:
+    """A short, stable hash of a pod template."""
+    return hashlib.sha256(json.dumps(template, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def runs_current_spec(deployment: Mapping[str, Any] | None, mv: Mapping[str, Any], config: OperatorConfig) -> bool:
+    """Whether the live Deployment's template is the one the version's current spec builds."""
+    if deployment is None:
+        return False
+    annotations = (deployment.get("metadata") or {}).get("annotations") or {}
+    wanted = build_deployment(mv, config)["metadata"]["annotations"][TEMPLATE_ANNOTATION]
+    return bool(annotations.get(TEMPLATE_ANNOTATION) == wanted)
 
 
 def _service_spec(selector: Mapping[str, str]) -> dict[str, Any]:
@@ -528,139 +532,30 @@ def build_children(mv: Mapping[str, Any], config: OperatorConfig, scale: Scale |
     return children + [child for child in optional if child is not None]
 
 
-# --- the objects of one model -------------------------------------------------
-
-
-def build_model_service(
-    model: str, namespace: str, owners: Sequence[Mapping[str, Any]], config: OperatorConfig
-) -> dict[str, Any]:
-    """The model's shared Service: selects every pod of every version of the model (kube-proxy
-    sends only to ready pods). Owned, without a controller, by every live version, so the
-    garbage collector removes it with the last one."""
-    del config
-    refs = [r for r in (owner_reference(o, controller=False) for o in sorted(owners, key=_name)) if r]
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": _metadata(model, namespace, model_labels(model), refs),
-        "spec": _service_spec({LABEL_MODEL: model}),
-    }
-
-
-def version_state(mv: Mapping[str, Any], *, ready: bool) -> VersionState:
-    """The traffic view of a ModelVersion object (its status.servingTraffic is the current share)."""
-    spec = version_spec(mv)
-    auto = (spec.autoscaling.min_replicas, spec.autoscaling.max_replicas) if spec.autoscaling else None
-    status = mv.get("status") or {}
-    return VersionState(
-        name=_name(mv),
-        version=spec.version,
-        weight=spec.traffic,
-        ready=ready,
-        replicas=spec.replicas,
-        autoscaling=auto,
-        serving=int(status.get("servingTraffic") or 0),
-    )
-
-
-@dataclass(frozen=True)
-class ModelPlan:
-    """The traffic decision for one model and the model-level objects that carry it out."""
-
-    model: str
-    namespace: str
-    split: TrafficSplit
-    scales: Mapping[str, Scale]
-    manifests: Sequence[Mapping[str, Any]]  # the shared Service, and the HTTPRoute in gateway mode
-
-
-def plan_model(versions: Sequence[Mapping[str, Any]], ready: Mapping[str, bool], config: OperatorConfig) -> ModelPlan:
-    """Split traffic across the versions of one model and build its shared objects.
-
-    `versions`: the ModelVersion objects of one model in one namespace; those being
-    deleted (metadata.deletionTimestamp) take no traffic and own nothing.
-    `ready[name]`: whether the version is Ready (loaded, warmed up, not rolled back).
-    With no live version the manifests are empty: the garbage collector removes them.
-    """
-    if not versions:
-        raise ValueError("plan_model needs at least one ModelVersion")
-    live = sorted((v for v in versions if not _meta(v).get("deletionTimestamp")), key=_name)
-    models = {v["spec"]["model"] for v in versions}
-    namespaces = {namespace_of(v) for v in versions}
-    if len(models) != 1 or len(namespaces) != 1:
-        raise ValueError(f"plan_model takes the versions of one model in one namespace, got {models} in {namespaces}")
-    model, namespace = models.pop(), namespaces.pop()
-    if not live:
-        return ModelPlan(model=model, namespace=namespace, split=TrafficSplit(shares={}), scales={}, manifests=[])
-    states = [version_state(v, ready=bool(ready.get(_name(v)))) for v in live]
-    split = effective_shares(states)
-    scales = plan_scales(states, split, config)
-    manifests: list[dict[str, Any]] = [build_model_service(model, namespace, live, config)]
-    if config.routing == "gateway":
-        owners = [r for r in (owner_reference(o, controller=False) for o in live) if r]
-        manifests.append(
-            build_httproute(
-                model=model,
-                namespace=namespace,
-                versions=states,
-                split=split,
-                config=config,
-                labels=model_labels(model),
-                owner_references=owners,
-            )
-        )
-    return ModelPlan(model=model, namespace=namespace, split=split, scales=scales, manifests=manifests)
-
-
-def render_manifests(objects: Iterable[Mapping[str, Any]], config: OperatorConfig) -> list[dict[str, Any]]:
-    """Every manifest the operator creates for these ModelVersions once all of them are Ready.
-
-    Per model (sorted by namespace and name): the shared Service, the HTTPRoute in
-    gateway mode, then each version's children. Raises SpecRejected, naming the object.
-    """
-    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
-    for mv in objects:
-        try:
-            spec = validated(mv, config)
-        except SpecRejected as err:
-            raise type(err)(f"ModelVersion {_meta(mv).get('name')!r}: {err}") from None
-        groups.setdefault((namespace_of(mv), spec.model), []).append(mv)
-    out: list[dict[str, Any]] = []
-    for key in sorted(groups):
-        versions = groups[key]
-        plan = plan_model(versions, {_name(v): True for v in versions}, config)
-        out.extend(dict(m) for m in plan.manifests)
-        for mv in sorted(versions, key=_name):
-            out.extend(build_children(mv, config, plan.scales[_name(mv)]))
-    return out
-
-
 __all__ = [
     "ImageNotAllowed",
-    "ModelPlan",
     "PodParts",
     "SpecRejected",
     "UriSchemeNotAllowed",
     "build_children",
     "build_deployment",
     "build_hpa",
-    "build_model_service",
     "build_pdb",
     "build_version_service",
     "check_policy",
     "default_scale",
-    "endpoints",
     "feature_parts",
     "feedback_token_secret",
     "label_selector",
+    "model_labels",
     "owner_reference",
-    "plan_model",
-    "render_manifests",
     "retraining_parts",
+    "runs_current_spec",
     "runtime_env",
     "selector_labels",
     "source_parts",
+    "template_hash",
     "validated",
+    "version_endpoint",
     "version_labels",
-    "version_state",
 ]

@@ -6,11 +6,15 @@ GET /v2/health/ready on the pod's address), and a `SpecRejected` when the
 operator will not serve the spec. Output: the `status` dict — phase,
 conditions with reason/message/lastTransitionTime, replica counts and endpoints.
 
-Phases: Failed (rejected spec, or no replica can load the model: the runtime's
-reason is quoted), Pending (no pods yet), Loading (pods loading or warming
-up), Ready (the current spec serves with every desired replica), Degraded
-(serving, but with fewer ready replicas than desired, a rollout that does not
-progress, or replicas failing to load).
+Phases: Failed (rejected spec, or no replica can run: the runtime's reason for
+a model that does not load, a container that waits for a reason that does not
+pass alone (ImagePullBackOff, ErrImagePull, CrashLoopBackOff, ...), the
+Deployment's ReplicaFailure (quota, Pod Security admission) or
+ProgressDeadlineExceeded, each with its message), Pending (no pods yet, or no
+replicas wanted), Loading (pods loading or warming up), Ready (the current
+spec serves with every desired replica), Degraded (serving, but with fewer
+ready replicas than desired, a rollout that does not progress, or replicas
+that fail as above), Retired (left at traffic 0 after serving, no replicas).
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-PENDING, LOADING, READY, DEGRADED, FAILED = "Pending", "Loading", "Ready", "Degraded", "Failed"
+PENDING, LOADING, READY, DEGRADED, FAILED, RETIRED = "Pending", "Loading", "Ready", "Degraded", "Failed", "Retired"
+RETIRED_MESSAGE = "left at traffic 0 after serving: no replicas; raise spec.traffic to bring it back"
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,8 @@ class PodReport:
     state: str | None = None  # the runtime's state: loading, ready, failed, draining (None: no answer)
     reason: str | None = None  # the runtime's reason, e.g. "sha256 mismatch: ..."
     terminated: str | None = None  # the last termination message of a crashed container
+    waiting: str | None = None  # why the container does not run: ImagePullBackOff, CrashLoopBackOff, ...
+    waiting_message: str | None = None
 
 
 @dataclass(frozen=True)
@@ -44,8 +51,46 @@ class Observation:
     desired_replicas: int
 
 
+# Container waiting reasons that mean the pods cannot run as they are (kubelet's names).
+BLOCKING_WAITING_REASONS = frozenset(
+    {
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "CrashLoopBackOff",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+
+
 def now() -> str:
     return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def deployment_problem(deployment: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(reason, message) when the Deployment controller cannot run the pods: a ReplicaFailure
+    (quota, Pod Security admission, ...) or a rollout past its progress deadline."""
+    for cond in (deployment.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
+            return "ReplicaFailure", str(cond.get("message") or cond.get("reason") or "pods cannot be created")
+        if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
+            return "ProgressDeadlineExceeded", str(cond.get("message") or "the rollout passed its progress deadline")
+    return None
+
+
+def pod_problem(pods: Sequence[PodReport]) -> tuple[str, str] | None:
+    """(reason, message) of the first pod whose container waits for a reason that will not pass alone."""
+    for pod in pods:
+        if pod.waiting in BLOCKING_WAITING_REASONS:
+            text = pod.waiting_message or pod.waiting
+            if pod.terminated:
+                text += f"; last termination: {pod.terminated}"
+            more = len([p for p in pods if p.waiting in BLOCKING_WAITING_REASONS]) - 1
+            return pod.waiting, f"pod {pod.name}: {text}" + (f" (and {more} more pod(s))" if more else "")
+    return None
 
 
 def observe(
@@ -55,13 +100,25 @@ def observe(
     desired_replicas: int,
     rejected: Exception | None = None,
     rejected_reason: str = "InvalidSpec",
+    retired: bool = False,
+    current_template: bool = True,
 ) -> Observation:
-    """Decide the phase and its reason from the children."""
+    """Decide the phase and its reason from the children. `current_template`: the Deployment runs
+    the pod template of the version's current spec (False: it has not been updated yet)."""
     if rejected is not None:
         return Observation(FAILED, rejected_reason, str(rejected), 0, 0, desired_replicas)
+    dep_status = (deployment or {}).get("status") or {}
+    if retired and desired_replicas == 0:
+        ready, replicas = int(dep_status.get("readyReplicas") or 0), int(dep_status.get("replicas") or 0)
+        return Observation(RETIRED, "Retired", RETIRED_MESSAGE, ready, replicas, 0)
     if deployment is None:
         return Observation(PENDING, "Creating", "creating the Deployment", 0, 0, desired_replicas)
+    return _observe_deployment(deployment, pods, desired_replicas, current_template)
 
+
+def _observe_deployment(
+    deployment: Mapping[str, Any], pods: Sequence[PodReport], desired: int, current_template: bool
+) -> Observation:
     dep_status = deployment.get("status") or {}
     dep_meta = deployment.get("metadata") or {}
     ready = int(dep_status.get("readyReplicas") or 0)
@@ -69,49 +126,56 @@ def observe(
     updated = int(dep_status.get("updatedReplicas") or 0)
     # As `kubectl rollout status` judges it: the new template everywhere and no old pod left.
     rolled_out = (
-        int(dep_status.get("observedGeneration") or 0) >= int(dep_meta.get("generation") or 1)
-        and updated >= desired_replicas
+        current_template
+        and int(dep_status.get("observedGeneration") or 0) >= int(dep_meta.get("generation") or 1)
+        and updated >= desired
         and replicas <= updated
     )
-    failed = [p for p in pods if p.state == "failed" or (p.terminated and not p.ready)]
-    failure = _failure_text(failed)
+    problem, everywhere = _problem(deployment, pods)
 
-    if desired_replicas == 0:
-        return Observation(PENDING, "ScaledToZero", "no replicas: the version takes no traffic", ready, replicas, 0)
+    def obs(phase: str, reason: str, message: str) -> Observation:
+        return Observation(phase, reason, message, ready, replicas, desired)
+
+    if desired == 0:
+        return obs(PENDING, "ScaledToZero", "no replicas: the version takes no traffic")
     if ready == 0:
-        if failed and len(failed) == len(pods):
-            return Observation(FAILED, "ModelLoadFailed", failure, ready, replicas, desired_replicas)
+        if problem is not None and everywhere:
+            return obs(FAILED, *problem)
         if not pods:
-            return Observation(PENDING, "PodsStarting", "waiting for pods to start", ready, replicas, desired_replicas)
+            return obs(PENDING, "PodsStarting", "waiting for pods to start")
         loading = next((p.reason for p in pods if p.state == "loading" and p.reason), None)
-        return Observation(
-            LOADING, "Loading", loading or "loading and warming up the model", ready, replicas, desired_replicas
-        )
-    if ready >= desired_replicas and rolled_out and not failed:
-        return Observation(
-            READY, "Serving", f"{ready}/{desired_replicas} replicas ready", ready, replicas, desired_replicas
-        )
-    if failed:
-        return Observation(
-            DEGRADED,
-            "ModelLoadFailed",
-            f"{ready}/{desired_replicas} replicas ready; {failure}",
-            ready,
-            replicas,
-            desired_replicas,
-        )
+        return obs(LOADING, "Loading", loading or "loading and warming up the model")
+    of = f"{ready}/{desired} replicas ready"
+    if ready >= desired and rolled_out and problem is None:
+        return obs(READY, "Serving", of)
+    if problem is not None:
+        return obs(DEGRADED, problem[0], f"{of}; {problem[1]}")
     if not rolled_out:
-        return Observation(
-            DEGRADED,
-            "RollingOut",
-            f"{ready}/{desired_replicas} replicas ready; new pods are loading the model while the old ones serve",
-            ready,
-            replicas,
-            desired_replicas,
-        )
-    return Observation(
-        DEGRADED, "ReplicasNotReady", f"{ready}/{desired_replicas} replicas ready", ready, replicas, desired_replicas
-    )
+        return obs(DEGRADED, "RollingOut", f"{of}; new pods are loading the model while the old ones serve")
+    return obs(DEGRADED, "ReplicasNotReady", of)
+
+
+def _problem(deployment: Mapping[str, Any], pods: Sequence[PodReport]) -> tuple[tuple[str, str] | None, bool]:
+    """(reason, message) of what keeps pods from serving, and whether it holds for every pod.
+
+    The runtime's own account comes first (it says why the model did not load), then the
+    kubelet's waiting reasons, then the Deployment controller's, then crashes.
+    """
+    runtime_failed = [p for p in pods if p.state == "failed"]
+    crashed = [p for p in pods if p.terminated and not p.ready and p.state != "failed"]
+    blocked = [p for p in pods if p in runtime_failed or p in crashed or p.waiting in BLOCKING_WAITING_REASONS]
+    everywhere = bool(pods) and len(blocked) == len(pods)
+    if runtime_failed:
+        return ("ModelLoadFailed", _failure_text(runtime_failed + crashed)), everywhere
+    waiting = pod_problem(pods)
+    if waiting is not None:
+        return waiting, everywhere
+    controller = deployment_problem(deployment)
+    if controller is not None:
+        return controller, True  # no pod can be made, or none became ready in time
+    if crashed:
+        return ("ModelLoadFailed", _failure_text(crashed)), everywhere
+    return None, False
 
 
 def _failure_text(failed: Sequence[PodReport]) -> str:
@@ -206,6 +270,26 @@ def merge_conditions(
     return result
 
 
+# The order conditions are written in, whichever step decided them last (an unknown type goes after).
+CONDITION_ORDER = (
+    "Ready",
+    "Available",
+    "ModelLoaded",
+    "WarmedUp",
+    "TrafficAssigned",
+    "RolledBack",
+    "RetrainingTriggered",
+    "Promoted",
+)
+
+
+def ordered(conditions: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """`conditions` in CONDITION_ORDER, so that a status is only written when a condition changed."""
+    rank = {kind: i for i, kind in enumerate(CONDITION_ORDER)}
+    indexed = sorted(enumerate(conditions), key=lambda item: (rank.get(str(item[1].get("type")), len(rank)), item[0]))
+    return [dict(c) for _, c in indexed]
+
+
 def build_status(
     old_status: Mapping[str, Any] | None,
     obs: Observation,
@@ -250,13 +334,17 @@ __all__ = [
     "LOADING",
     "PENDING",
     "READY",
+    "RETIRED",
     "Observation",
     "PodReport",
     "build_status",
     "can_serve",
     "conditions_for",
+    "deployment_problem",
     "merge_conditions",
     "observe",
+    "ordered",
+    "pod_problem",
     "status_patch",
     "traffic_condition",
 ]

@@ -1,12 +1,15 @@
-"""The operator's Kubernetes I/O on plain dicts: get, list, create, merge-patch, JSON-patch, delete.
+"""The operator's Kubernetes I/O on plain dicts: get, list, server-side apply, create, patch, delete.
 
 It uses the official client's connection handling (kubeconfig, in-cluster
 service account, token refresh, TLS) and nothing of its typed models: manifests
-stay dicts. Calls run in a thread (`asyncio.to_thread`) so the event loop that
-kopf and the handlers share never blocks. Only create, merge-patch, JSON-patch,
-status patches and delete are used — no strategic merge, no server-side apply,
-no label selectors on the server — so the operator behaves the same on every
-conforming API server, the emulated one of the tests included.
+stay dicts. Calls run in a thread pool so the event loop that kopf and the
+operator share never blocks.
+
+The operator's own objects are written with server-side apply under one field
+manager (`FIELD_MANAGER`): the server creates what is missing, removes the
+fields the manager no longer sends and keeps other managers' fields. Status
+and the ModelVersions' own fields (finalizers, a promotion's spec.traffic)
+are merge patches; Jobs, child ModelVersions, Secrets and Events are created.
 """
 
 from __future__ import annotations
@@ -15,12 +18,18 @@ import asyncio
 import json
 import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import kubernetes
 
 USER_AGENT = "modelfleet-operator"
+# The field manager of every server-side apply: one name, so the operator's fields stay its own.
+FIELD_MANAGER = "modelfleet-operator"
+APPLY_PATCH = "application/apply-patch+yaml"
+# Concurrent API requests (each blocks one thread of the client).
+API_THREADS = 16
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,7 @@ HTTPROUTES = Kind("gateway.networking.k8s.io", "v1", "httproutes")
 JOBS = Kind("batch", "v1", "jobs")
 SECRETS = Kind("", "v1", "secrets")
 EVENTS = Kind("", "v1", "events")
+ENDPOINTSLICES = Kind("discovery.k8s.io", "v1", "endpointslices")
 
 _BY_MANIFEST: dict[tuple[str, str], Kind] = {
     ("apps/v1", "Deployment"): DEPLOYMENTS,
@@ -67,6 +77,9 @@ _BY_MANIFEST: dict[tuple[str, str], Kind] = {
     ("v1", "Event"): EVENTS,
     ("serving.modelfleet.dev/v1alpha1", "ModelVersion"): MODELVERSIONS,
 }
+
+
+KIND_NAMES: dict[Kind, str] = {kind: name for (_, name), kind in _BY_MANIFEST.items()}
 
 
 def kind_of(manifest: Mapping[str, Any]) -> Kind:
@@ -118,12 +131,14 @@ class Kube:
     def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
         self._api = api_client
         self._api.user_agent = USER_AGENT
+        self._threads = ThreadPoolExecutor(max_workers=API_THREADS, thread_name_prefix="kube-api")
 
     @classmethod
     def from_environment(cls) -> Kube:
         return cls(kubernetes.client.ApiClient(load_client_configuration()))
 
     def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
         self._api.close()
 
     def _call(
@@ -161,7 +176,8 @@ class Kube:
         return answer
 
     async def _request(self, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
-        return await asyncio.to_thread(self._call, *args, **kwargs)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, lambda: self._call(*args, **kwargs))
 
     async def _write(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """A create or patch: the API server answers with the object as it stored it."""
@@ -180,12 +196,34 @@ class Kube:
                 return None
             raise
 
-    async def list(self, kind: Kind, namespace: str | None) -> list[dict[str, Any]]:
-        body = await self._request("GET", kind.path(namespace))
+    async def list(self, kind: Kind, namespace: str | None, *, label_selector: str = "") -> list[dict[str, Any]]:
+        query = [("labelSelector", label_selector)] if label_selector else []
+        body = await self._request("GET", kind.path(namespace), query=query)
         return list((body or {}).get("items") or [])
 
+    async def apply(self, kind: Kind, namespace: str | None, obj: Mapping[str, Any], *, force: bool) -> dict[str, Any]:
+        """Server-side apply of `obj` (apiVersion, kind, metadata.name, and the fields the operator owns).
+
+        `force` takes over fields another manager set to other values; only for objects the
+        operator verified it owns. Without it such a field answers 409 (a conflict).
+        """
+        query = [("fieldManager", FIELD_MANAGER), ("force", "true" if force else "false")]
+        return await self._write(
+            "PATCH",
+            kind.path(namespace, str(obj["metadata"]["name"])),
+            body=json.dumps(dict(obj)),
+            content_type=APPLY_PATCH,
+            query=query,
+        )
+
     async def create(self, kind: Kind, namespace: str | None, obj: Mapping[str, Any]) -> dict[str, Any]:
-        return await self._write("POST", kind.path(namespace), body=dict(obj), content_type="application/json")
+        return await self._write(
+            "POST",
+            kind.path(namespace),
+            body=dict(obj),
+            content_type="application/json",
+            query=[("fieldManager", FIELD_MANAGER)],
+        )
 
     async def merge_patch(
         self, kind: Kind, namespace: str | None, name: str, patch: Mapping[str, Any], subresource: str | None = None
@@ -236,7 +274,8 @@ def _api_error(status: int, body: Any, headers: Any) -> ApiError:
     except ValueError:
         pass
     retry_after: float | None = None
-    raw = (dict(headers or {}) or {}).get("Retry-After") if headers is not None else None
+    # Header names are case-insensitive (HTTP/2 sends them lower-case); a plain dict loses that.
+    raw = next((value for name, value in (headers or {}).items() if str(name).lower() == "retry-after"), None)
     if raw is not None:
         try:
             retry_after = float(raw)
@@ -247,10 +286,13 @@ def _api_error(status: int, body: Any, headers: Any) -> ApiError:
 
 __all__ = [
     "DEPLOYMENTS",
+    "ENDPOINTSLICES",
     "EVENTS",
+    "FIELD_MANAGER",
     "HPAS",
     "HTTPROUTES",
     "JOBS",
+    "KIND_NAMES",
     "MODELVERSIONS",
     "PDBS",
     "PODS",

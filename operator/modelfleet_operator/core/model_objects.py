@@ -1,0 +1,188 @@
+"""The objects one model shares across its versions, as pure builders.
+
+`MODEL_BUILDERS` lists them (`SharedObject`: the kind, when the configuration
+wants it, and a builder that takes a `ModelObjects` — the model's versions,
+their traffic shares, the configuration — and returns the manifest). The model
+reconciler applies what they build, checks that an existing object of that kind
+and name is the model's own (`ownership`), and deletes nothing else: a new
+shared object (a NetworkPolicy, a GRPCRoute) is one more entry here, plus its
+kind among the watched ones (`shell.kube` and `shell.handlers.owned_kinds`).
+
+- the shared Service named after the model: selects every pod of every version
+  (kube-proxy sends only to ready pods), owned without a controller by every
+  live version, so the garbage collector removes it with the last one;
+- the HTTPRoute named after the model, in gateway mode: it matches only the
+  model's hostname (`gateway-hostname-template`), pins a version by the header
+  `x-model-version`, and splits the rest by the versions' shares.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from modelfleet_operator.config import OperatorConfig
+from modelfleet_operator.core.manifests import LABEL_MODEL, PORT_NAME, model_labels, owner_reference
+from modelfleet_operator.core.traffic import HEADER_VERSION, SERVICE_PORT
+
+# Gateway API allows 16 rules per HTTPRoute: one per pinned version plus the weighted default.
+MAX_PINNED_VERSIONS = 15
+MAX_BACKENDS = 16
+
+
+@dataclass(frozen=True)
+class ModelObjects:
+    """What the model's shared objects are built from.
+
+    `versions`: the ModelVersions that take part in the model's traffic (valid, not duplicates,
+    those being deleted included while they hand over), sorted by name; `owners`: those of them
+    that are not being deleted (the garbage collector removes the shared objects with the last);
+    `shares`: the share each serves now, by name; `version_of`: spec.version by name.
+    """
+
+    model: str
+    namespace: str
+    versions: Sequence[Mapping[str, Any]]
+    owners_of: Sequence[Mapping[str, Any]]
+    shares: Mapping[str, int]
+    version_of: Mapping[str, str]
+    config: OperatorConfig
+
+    def owners(self) -> list[dict[str, Any]]:
+        return [r for r in (owner_reference(v, controller=False) for v in self.owners_of) if r]
+
+    def metadata(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": self.model, "namespace": self.namespace, "labels": model_labels(self.model)}
+        owners = self.owners()
+        if owners:
+            meta["ownerReferences"] = owners
+        return meta
+
+
+ModelBuilder = Callable[[ModelObjects], "dict[str, Any] | None"]
+
+
+@dataclass(frozen=True)
+class SharedObject:
+    """One object a model shares across its versions, named like the model."""
+
+    kind: str  # the manifest's kind, as it is stored
+    wanted: Callable[[OperatorConfig], bool]
+    build: ModelBuilder
+
+
+def build_model_service(model: ModelObjects) -> dict[str, Any]:
+    """The model's shared Service (see the module docstring)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": model.metadata(),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {LABEL_MODEL: model.model},
+            "ports": [
+                {
+                    "name": PORT_NAME,
+                    "port": SERVICE_PORT,
+                    "targetPort": PORT_NAME,
+                    "protocol": "TCP",
+                    "appProtocol": "http",
+                }
+            ],
+        },
+    }
+
+
+def build_httproute(model: ModelObjects) -> dict[str, Any] | None:
+    """The model's HTTPRoute in gateway mode (None in service mode).
+
+    It matches only `config.gateway_hostname(model, namespace)`, so the routes of many models
+    share one Gateway without overlapping. One rule per version matches the header
+    `x-model-version: VERSION` and pins it (more header matches take precedence over the
+    default rule); the last rule sends everything else to the versions with a positive
+    share, weighted by it. With more than 15 versions only the 15 with the largest shares are
+    pinnable, and at most 16 versions share the default rule (the Gateway API's limits).
+    """
+    if model.config.routing != "gateway":
+        return None
+    gateway_namespace, gateway_name = model.config.gateway_ref
+    parent: dict[str, Any] = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": gateway_name}
+    if gateway_namespace and gateway_namespace != model.namespace:
+        parent["namespace"] = gateway_namespace
+
+    def backend(name: str, weight: int) -> dict[str, Any]:
+        return {"group": "", "kind": "Service", "name": name, "port": SERVICE_PORT, "weight": weight}
+
+    names = [str(v["metadata"]["name"]) for v in model.versions]
+    ordered = sorted(names, key=lambda n: (-model.shares.get(n, 0), n))
+    pinned = sorted(ordered[:MAX_PINNED_VERSIONS])
+    everything = {"type": "PathPrefix", "value": "/"}
+    rules: list[dict[str, Any]] = [
+        {
+            "matches": [
+                {
+                    "path": everything,
+                    "headers": [{"type": "Exact", "name": HEADER_VERSION, "value": model.version_of[n]}],
+                }
+            ],
+            "backendRefs": [backend(n, 1)],
+        }
+        for n in pinned
+    ]
+    # Gateways normalise weights over the listed backends; past 16 the smallest shares are dropped.
+    serving = [n for n in ordered if model.shares.get(n, 0) > 0][:MAX_BACKENDS]
+    rules.append(
+        {"matches": [{"path": everything}], "backendRefs": [backend(n, model.shares[n]) for n in sorted(serving)]}
+    )
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": model.metadata(),
+        "spec": {
+            "parentRefs": [parent],
+            "hostnames": [model.config.gateway_hostname(model.model, model.namespace)],
+            "rules": rules,
+        },
+    }
+
+
+MODEL_BUILDERS: tuple[SharedObject, ...] = (
+    SharedObject("Service", lambda config: True, build_model_service),
+    SharedObject("HTTPRoute", lambda config: config.routing == "gateway", build_httproute),
+)
+
+
+def shared_kinds(config: OperatorConfig) -> list[str]:
+    """The kinds of the shared objects a model has in this configuration."""
+    return [shared.kind for shared in MODEL_BUILDERS if shared.wanted(config)]
+
+
+def build_model_objects(model: ModelObjects) -> list[dict[str, Any]]:
+    """Every shared object of the model in this configuration (empty when no version stays)."""
+    if not model.owners_of:
+        return []
+    built = (shared.build(model) for shared in MODEL_BUILDERS if shared.wanted(model.config))
+    return [manifest for manifest in built if manifest is not None]
+
+
+def endpoint(model: str, namespace: str, config: OperatorConfig) -> str:
+    """status.endpoint: the address that applies the model's split (DESIGN.md section 2)."""
+    if config.routing == "gateway":
+        return f"http://{config.gateway_hostname(model, namespace)}"
+    return f"http://{model}.{namespace}.svc.{config.cluster_domain}"
+
+
+__all__ = [
+    "MAX_BACKENDS",
+    "MAX_PINNED_VERSIONS",
+    "MODEL_BUILDERS",
+    "ModelBuilder",
+    "ModelObjects",
+    "SharedObject",
+    "build_httproute",
+    "build_model_objects",
+    "build_model_service",
+    "endpoint",
+    "shared_kinds",
+]

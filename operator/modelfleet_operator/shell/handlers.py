@@ -1,0 +1,155 @@
+"""The kopf shell: watches feed the cache, events queue model reconciles; nothing else runs in kopf.
+
+For ModelVersions and every kind of object the operator creates, two handlers:
+
+- an index handler, which kopf calls for each object (listed or changed) before
+  it lets any other handler run, so the cache holds every object before the
+  first reconcile reads it (a reconcile that saw a Deployment as missing would
+  try to create it; one that did not see a Service would not notice whose it is);
+- an event handler, which takes deleted objects out of the cache and queues
+  the models the object belongs to (`Cache.models_of`).
+
+The owned kinds are watched with the server-side label selector
+`app.kubernetes.io/managed-by=modelfleet-operator`, so the operator receives
+only its own objects. The reconcile itself (`reconciler.ModelReconciler`) runs in
+the work queue, one per model at a time; kopf never writes to a ModelVersion
+(no kopf finalizer, progress or diff-base annotation: the operator's finalizer
+is its own, on the versions where it protects something).
+
+`resync-seconds` re-queues every model from the cache: a safety net that sends
+no request for a model that is as it should be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import kopf
+
+from modelfleet_operator.config import OperatorConfig
+from modelfleet_operator.core.manifests import MANAGED_BY
+from modelfleet_operator.shell import kube as k8s
+from modelfleet_operator.shell.cache import Cache, ModelKey
+from modelfleet_operator.shell.kube import Kind, Kube
+from modelfleet_operator.shell.metrics import OperatorMetrics
+from modelfleet_operator.shell.queue import WorkQueue
+from modelfleet_operator.shell.reconciler import ModelReconciler
+from modelfleet_operator.shell.writer import Writer
+
+MANAGED_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
+# Models reconciled at once; each may wait on the API server and on its pods.
+RECONCILE_WORKERS = 8
+
+logger = logging.getLogger("modelfleet_operator")
+
+
+def owned_kinds(config: OperatorConfig) -> tuple[Kind, ...]:
+    """The kinds the operator creates and therefore watches (HTTPRoutes only in gateway mode)."""
+    kinds = (k8s.DEPLOYMENTS, k8s.SERVICES, k8s.HPAS, k8s.PDBS, k8s.PODS, k8s.JOBS)
+    return (*kinds, k8s.HTTPROUTES) if config.routing == "gateway" else kinds
+
+
+@dataclass
+class Context:
+    """What the operator shares across handlers and reconciles (one per running operator)."""
+
+    config: OperatorConfig
+    kube: Kube
+    http: aiohttp.ClientSession
+    cache: Cache = field(default_factory=Cache)
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    queue: WorkQueue[ModelKey] = field(init=False)
+    writer: Writer = field(init=False)
+    reconciler: ModelReconciler = field(init=False)
+    cache_complete: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.writer = Writer(self.kube, self.cache, logger, self.metrics)
+        self.reconciler = ModelReconciler(self.config, self.cache, self.writer, self.http, logger)
+        self.queue = WorkQueue(self.reconciler.reconcile, workers=RECONCILE_WORKERS)
+        self.metrics.watch_queue(self.queue.pending)
+        self.metrics.watch_cache({k.plural: functools.partial(self.cache.count, k) for k in watched(self.config)})
+
+    async def resync(self) -> None:
+        """Every resync-seconds, queue every model the cache knows; from the first event on (the cache
+        is complete then). Run it as a task of its own beside the queue."""
+        await self.cache_complete.wait()
+        while True:
+            await asyncio.sleep(self.config.resync_seconds)
+            self.queue.enqueue_all(self.cache.models())
+
+
+def open_context(config: OperatorConfig) -> Context:
+    """The clients the operator shares; call in the operator's event loop, close with `close_context`.
+
+    The runner owns it, not kopf's startup/cleanup handlers: kopf runs cleanup
+    while reconciles may still be finishing, and they must not find closed clients.
+    """
+    return Context(config=config, kube=Kube.from_environment(), http=aiohttp.ClientSession())
+
+
+async def close_context(ctx: Context) -> None:
+    await ctx.http.close()
+    ctx.kube.close()
+
+
+def _watch(registry: kopf.OperatorRegistry, ctx: Context, kind: Kind, *, owned: bool) -> None:
+    """The index handler (feeds the cache) and the event handler (queues models) of one kind."""
+    labels = {"app.kubernetes.io/managed-by": MANAGED_BY} if owned else None
+
+    @kopf.index(kind.group, kind.version, kind.plural, id=f"cache-{kind.plural}", labels=labels, registry=registry)
+    async def feed(body: kopf.Body, **_: Any) -> None:
+        ctx.cache.observe(kind, body)
+
+    @kopf.on.event(kind.group, kind.version, kind.plural, id=f"queue-{kind.plural}", labels=labels, registry=registry)
+    async def queue(type: str | None, body: kopf.Body, **_: Any) -> None:
+        ctx.cache_complete.set()
+        keys = ctx.cache.models_of(kind, body)
+        if type == "DELETED":
+            ctx.cache.forget(kind, body)
+        ctx.queue.enqueue_all(keys)
+
+
+def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
+    """Add ModelFleet's handlers to `registry` (one registry per running operator)."""
+
+    @kopf.on.startup(registry=registry)
+    async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.level = logging.WARNING
+        for kind in owned_kinds(ctx.config):
+            settings.watching.label_selectors[kind.group, kind.version, kind.plural] = MANAGED_SELECTOR
+
+    @kopf.on.login(registry=registry)
+    def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+        # The same source as the operator's client: in-cluster, else KUBECONFIG as it is now.
+        configuration = k8s.load_client_configuration()
+        scheme, token = k8s.bearer_token(configuration)
+        return kopf.ConnectionInfo(
+            server=configuration.host,
+            ca_path=configuration.ssl_ca_cert,
+            insecure=not configuration.verify_ssl,
+            username=configuration.username or None,
+            password=configuration.password or None,
+            scheme=scheme,
+            token=token,
+            certificate_path=configuration.cert_file,
+            private_key_path=configuration.key_file,
+            trust_env=settings.networking.trust_env,
+        )
+
+    _watch(registry, ctx, k8s.MODELVERSIONS, owned=False)
+    for kind in owned_kinds(ctx.config):
+        _watch(registry, ctx, kind, owned=True)
+
+
+def watched(config: OperatorConfig) -> Iterable[Kind]:
+    return (k8s.MODELVERSIONS, *owned_kinds(config))
+
+
+__all__ = ["MANAGED_SELECTOR", "Context", "close_context", "open_context", "owned_kinds", "register", "watched"]
