@@ -24,7 +24,11 @@
    cycle over 64 ids that stay cached) and one with `--feature-cache-ttl 0` (entity-miss:
    every request a different id, each one read from Valkey). Their rows sit next to the
    plain 32-feature requests, which always run with them as the reference.
-5. The prediction log (issue 14), with `--feedback-log`: one more ModelFleet server per
+5. V2 infer (issue 13): single-row JSON tensors on the tabular model and 64-row binary
+   tensors on the wide one, on ModelFleet's V2 route and, with `--pytriton-python`, on
+   PyTriton (bench/pytriton_server.py: Triton's C++ server and dynamic batcher, in its own
+   virtualenv; skipped with a message without it), beside the /predict rows.
+6. The prediction log (issue 14), with `--feedback-log`: one more ModelFleet server per
    scenario with `--feedback-dir` on a fresh folder, so every prediction is logged and
    answers a request_id; its req/s, p99 and CPU per request are printed as ratios to
    the same server without it, per round (target: tabular 1-row c64 req/s >= 0.9 x off).
@@ -50,6 +54,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +71,7 @@ BATCHES = (1, 8, 32, 64)
 # The constant servers: FastAPI's (the framework's ceiling) and a bare ASGI callable (the stack's floor).
 CONSTANT_KINDS = ("ceiling", "bare")
 TWO_WORKERS = "modelfleet-2w"
+PYTRITON = "pytriton"  # Triton's C++ server and dynamic batcher (bench/pytriton_server.py), with --pytriton-python
 # (intra-op threads, spinning): onnxruntime settings tried for the raw limit.
 ORT_CONFIGS = ((1, False), (1, True), (2, False), (2, True))
 
@@ -84,17 +90,26 @@ class Scenario:
     rows: int  # rows per request
     connections: int
     entity: str = ""  # "", or "hit"/"miss": {"entity_id", "features"} requests through the feature cache
+    # "predict": POST /predict ({"features"} or {"instances"}); "v2": V2 infer with JSON tensors;
+    # "v2-bin": V2 infer with binary tensors in and out (the binary tensor extension).
+    protocol: str = "predict"
 
     @property
     def name(self) -> str:
         if self.entity:
             return f"{self.model} entity-{self.entity} c{self.connections}"
-        return f"{self.model} {self.rows}-row c{self.connections}"
+        suffix = "" if self.protocol == "predict" else f" {self.protocol}"
+        return f"{self.model} {self.rows}-row c{self.connections}{suffix}"
 
     @property
     def plain(self) -> Scenario:
-        """The plain single-row scenario an entity scenario is compared with."""
-        return Scenario(self.model, 1, self.connections)
+        """The plain /predict scenario an entity or V2 scenario is compared with (entity: the single-row one)."""
+        return Scenario(self.model, 1 if self.entity else self.rows, self.connections)
+
+    @property
+    def compared(self) -> bool:
+        """Measured on a few servers only and compared with its plain scenario."""
+        return bool(self.entity) or self.protocol != "predict"
 
 
 @dataclass
@@ -222,7 +237,7 @@ class Server:
 
     def counters(self) -> dict[str, float] | None:
         """ModelFleet's counters so far (rows run, model runs, feature lookups...); None for other servers."""
-        if self.kind in ("naive", *CONSTANT_KINDS):
+        if self.kind in ("naive", PYTRITON, *CONSTANT_KINDS):
             return None
         with urllib.request.urlopen(self.url + "/metrics", timeout=5) as answer:
             text = answer.read().decode()
@@ -258,6 +273,13 @@ class Server:
                 self.process.kill()
                 self.process.wait(timeout=5)
         self.log.close()
+
+
+def infer_url(server: Server, s: Scenario) -> str:
+    """Where `server` answers scenario `s`: /predict, or the V2 infer route (PyTriton serves its model as `m`)."""
+    if s.protocol == "predict":
+        return server.url + "/predict"
+    return server.url + ("/v2/models/m/infer" if server.kind == PYTRITON else "/v2/models/model/infer")
 
 
 # -- load ------------------------------------------------------------------------------------------
@@ -311,12 +333,36 @@ def load(url: str, body_file: Path, connections: int, seconds: int, entities: in
     return json.loads(lines[-1])
 
 
-def body(model: str, rows: int, folder: Path) -> Path:
+def body(model: str, rows: int, folder: Path, protocol: str = "predict") -> Path:
+    """The request body of a scenario (the same numbers whatever the protocol); binary V2 also writes
+    its headers to `<body>.headers`, which post.lua and loadgen.py send."""
     rng = np.random.default_rng(1)
-    values = np.round(rng.standard_normal((rows, input_width(model))), 4).tolist()
-    payload = {"features": values[0]} if rows == 1 else {"instances": values}
-    path = folder / f"{model}-{rows}.json"
-    path.write_text(json.dumps(payload))
+    array = np.round(rng.standard_normal((rows, input_width(model))), 4)
+    values = array.tolist()
+    path = folder / f"{model}-{rows}-{protocol}.json"
+    if protocol == "predict":
+        path.write_text(json.dumps({"features": values[0]} if rows == 1 else {"instances": values}))
+    elif protocol == "v2":
+        tensor = {"name": "features", "shape": list(array.shape), "datatype": "FP32", "data": array.ravel().tolist()}
+        path.write_text(json.dumps({"inputs": [tensor]}))
+    else:
+        raw = array.astype(np.float32).tobytes()
+        header = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "features",
+                        "shape": list(array.shape),
+                        "datatype": "FP32",
+                        "parameters": {"binary_data_size": len(raw)},
+                    }
+                ],
+                "outputs": [{"name": "output", "parameters": {"binary_data": True}}],
+            }
+        ).encode()
+        path.write_bytes(header + raw)
+        headers = f"Content-Type: application/octet-stream\nInference-Header-Content-Length: {len(header)}\n"
+        Path(f"{path}.headers").write_text(headers)
     return path
 
 
@@ -390,6 +436,14 @@ def parse_args() -> argparse.Namespace:
         help="run only the scenarios whose name contains TEXT (repeatable), e.g. 'wide 64-row'",
     )
     parser.add_argument("--no-entity", action="store_true", help="skip the entity-lookup scenarios (and Valkey)")
+    parser.add_argument(
+        "--pytriton-python",
+        default=os.environ.get("MODELFLEET_BENCH_PYTRITON", ""),
+        metavar="PYTHON",
+        help="the python of a virtualenv with nvidia-pytriton, numpy and onnxruntime (never the project's): "
+        "PyTriton then serves the V2 scenarios beside ModelFleet (default $MODELFLEET_BENCH_PYTRITON; "
+        "without it PyTriton is skipped), e.g. /work/pytriton-venv/bin/python",
+    )
     return parser.parse_args()
 
 
@@ -399,19 +453,21 @@ def select_scenarios(args: argparse.Namespace) -> list[Scenario]:
     scenarios = [
         Scenario("tabular", 1, 1),
         Scenario("tabular", 1, 64),
+        Scenario("tabular", 1, 64, protocol="v2"),
         *(Scenario(ENTITY_MODEL, 1, c, mode) for c in ((64,) if args.quick else (1, 64)) for mode in ("hit", "miss")),
         Scenario("wide", 1, 1),
         Scenario("wide", 1, 64),
         Scenario("wide", 64, 64),
+        Scenario("wide", 64, 64, protocol="v2-bin"),
     ]
     if not args.quick:
-        scenarios.insert(-1, Scenario("wide", 64, 1))
+        scenarios.insert(-2, Scenario("wide", 64, 1))
     if args.no_entity:
         scenarios = [s for s in scenarios if not s.entity]
     if args.only:
         kept = [s for s in scenarios if any(part in s.name for part in args.only)]
-        # An entity scenario brings its plain reference along.
-        scenarios = [s for s in scenarios if s in kept or any(k.entity and k.plain == s for k in kept)]
+        # An entity or V2 scenario brings its plain reference along.
+        scenarios = [s for s in scenarios if s in kept or any(k.compared and k.plain == s for k in kept)]
     if any(s.entity for s in scenarios):
         try:
             find_server_binary()
@@ -468,6 +524,14 @@ def start_model_servers(
     runtime = [str(Path(sys.executable).with_name("modelfleet-runtime")), "serve", "--log-level", "warning"]
     runtime += ["--grpc-port", "0"]
     threads = ["--intra-op-threads", str(args.intra_op_threads)] if args.intra_op_threads else []
+    for model in sorted({s.model for s in scenarios if s.protocol != "predict"} if args.pytriton_python else ()):
+        servers[(PYTRITON, model, 1, "")] = Server(
+            PYTRITON,
+            [args.pytriton_python, str(HERE / "pytriton_server.py"), "--model", str(paths[model]), *threads],
+            "/v2/models/m/ready",
+            work,
+            f"{PYTRITON}-{model}",
+        )
     for model in sorted({s.model for s in scenarios}):
         servers[("naive", model, 1, "")] = Server(
             "naive",
@@ -476,7 +540,9 @@ def start_model_servers(
             work,
             f"naive-{model}",
         )
-        for rows, mode in sorted({(s.rows, s.entity) for s in scenarios if s.model == model}):
+        for rows, mode in sorted(
+            {(s.rows, s.entity) for s in scenarios if s.model == model and s.protocol == "predict"}
+        ):
             sizing = sizing_flags(rows, mode, valkey)
             label = f"{model}-{rows}" + (f"-entity-{mode}" if mode else "")
             servers[("modelfleet", model, rows, mode)] = Server(
@@ -523,8 +589,8 @@ def get_ready(constants: dict[str, Server], servers: dict[tuple[str, str, int, s
 
 
 def model_server(servers: dict[tuple[str, str, int, str], Server], kind: str, s: Scenario) -> Server:
-    """The server of `kind` for scenario `s`: the naive server is one per model, the others one per rows and mode."""
-    if kind == "naive":
+    """The server of `kind` for scenario `s`: naive and PyTriton are one per model, the others one per rows and mode."""
+    if kind in ("naive", PYTRITON):
         return servers[(kind, s.model, 1, "")]
     return servers[(kind, s.model, s.rows, s.entity)]
 
@@ -533,7 +599,7 @@ def measure(
     server: Server,
     cell: Cell,
     s: Scenario,
-    bodies: dict[tuple[str, Any], Path],
+    bodies: dict[tuple[Any, ...], Path],
     valkey: RedisServer | None,
     seconds: int,
     spread: np.random.Generator,
@@ -548,10 +614,10 @@ def measure(
             "entity_start": int(spread.integers(ids)),
         }
     else:
-        extra = {"body_file": bodies[(s.model, s.rows)]}
+        extra = {"body_file": bodies[(s.model, s.rows, s.protocol)]}
     before, cpu_before = server.counters(), server.cpu_seconds()
     store_before = valkey.cpu_seconds() if s.entity and valkey else 0.0
-    result = load(server.url + "/predict", connections=s.connections, seconds=seconds, **extra)
+    result = load(infer_url(server, s), connections=s.connections, seconds=seconds, **extra)
     cpu = server.cpu_seconds() - cpu_before
     after = server.counters()
     done = max(result["requests"], 1)
@@ -571,23 +637,42 @@ def measure(
         cell.store_cpu_us.append((valkey.cpu_seconds() - store_before) / done * 1e6)
 
 
+def scenario_kinds(args: argparse.Namespace, variants: dict[str, str]) -> Callable[[Scenario], tuple[str, ...]]:
+    """Which servers run a scenario: all of them for /predict, ModelFleet's for entities, ModelFleet and PyTriton
+    for V2."""
+    kinds = ("modelfleet", TWO_WORKERS, *variants, "naive", *CONSTANT_KINDS)
+    model_kinds = ("modelfleet", *variants)  # the servers that do entity lookups
+    pytriton = (PYTRITON,) if args.pytriton_python else ()
+    if not args.pytriton_python:
+        print("PyTriton skipped: no --pytriton-python (or MODELFLEET_BENCH_PYTRITON) given", flush=True)
+    elif not Path(args.pytriton_python).exists():
+        raise SystemExit(f"--pytriton-python {args.pytriton_python}: no such interpreter")
+
+    def kinds_of(s: Scenario) -> tuple[str, ...]:
+        if s.entity:
+            return model_kinds
+        if s.protocol != "predict":  # ModelFleet's V2 route, against PyTriton on the same protocol
+            return ("modelfleet", *pytriton)
+        return kinds
+
+    return kinds_of
+
+
 def main() -> int:
     args = parse_args()
     if args.feedback_log:
         args.variant.append(f"{FEEDBACK_LOG}:--feedback-dir {{volume}}")
     variants = dict(v.split(":", 1) for v in args.variant)
-    kinds = ("modelfleet", TWO_WORKERS, *variants, "naive", *CONSTANT_KINDS)
-    model_kinds = ("modelfleet", *variants)  # the servers that do entity lookups
     rounds = args.rounds or (2 if args.quick else 5)
     scenarios = select_scenarios(args)
     entity_scenarios = [s for s in scenarios if s.entity]
-
-    def kinds_of(s: Scenario) -> tuple[str, ...]:
-        return model_kinds if s.entity else kinds
+    kinds_of = scenario_kinds(args, variants)
 
     work = Path(tempfile.mkdtemp(prefix="modelfleet-bench-"))
     paths = write_models(work / "models")
-    bodies = {(s.model, s.rows): body(s.model, s.rows, work) for s in scenarios if not s.entity}
+    bodies: dict[tuple[Any, ...], Path] = {
+        (s.model, s.rows, s.protocol): body(s.model, s.rows, work, s.protocol) for s in scenarios if not s.entity
+    }
     if entity_scenarios:
         bodies[(ENTITY_MODEL, "entity")] = entity_body(ENTITY_MODEL, work)
     generator = "wrk" if shutil.which("wrk") else "python loadgen"
@@ -666,6 +751,7 @@ def result_row(
         "rows_per_request": s.rows,
         "connections": s.connections,
         "entity": s.entity or None,
+        "protocol": s.protocol,
         "server": kind,
         "req_s": round(req, 1),
         "rows_s": round(req * s.rows, 1),
@@ -696,15 +782,17 @@ def result_row(
     return row, line
 
 
-def targets_of(rows_out: list[dict[str, Any]], raw: dict) -> dict[str, dict[str, Any]]:
-    """The targets of issues 2 and 13: ModelFleet against the ceiling, the floor, the naive server, raw ORT, itself."""
+def targets_of(rows_out: list[dict[str, Any]], raw: dict, cells: dict) -> dict[str, dict[str, Any]]:
+    """The targets of issues 2 and 13: ModelFleet against the ceiling, the floor, the naive server, PyTriton,
+    raw ORT and itself."""
 
-    def find(model: str, rows: int, conns: int, kind: str) -> dict | None:
+    def find(model: str, rows: int, conns: int, kind: str, protocol: str = "predict") -> dict | None:
         return next(
             (
                 r
                 for r in rows_out
-                if (r["model"], r["rows_per_request"], r["connections"], r["server"]) == (model, rows, conns, kind)
+                if (r["model"], r["rows_per_request"], r["connections"], r["server"], r["protocol"])
+                == (model, rows, conns, kind, protocol)
                 and not r["entity"]
             ),
             None,
@@ -720,7 +808,7 @@ def targets_of(rows_out: list[dict[str, Any]], raw: dict) -> dict[str, dict[str,
         if mf and naive:
             targets[f"{model} 1-row c1 p50 / naive p50"] = {
                 "value": round(mf["p50_ms"] / naive["p50_ms"], 3),
-                "target": "<= 1.2",
+                "target": "<= 1.1",  # issue 13 (issue 2 asked <= 1.2)
             }
     # Issue 13: one worker against the bare-ASGI floor, two workers against one.
     row = find("tabular", 1, 64, "modelfleet")
@@ -733,12 +821,39 @@ def targets_of(rows_out: list[dict[str, Any]], raw: dict) -> dict[str, dict[str,
                 "value": round(two["req_s"] / one["req_s"], 3),
                 "target": ">= 1.6",
             }
-    row = find("wide", 64, 64, "modelfleet")
-    if row:
-        targets["wide 64-row c64 rows/s / raw ORT batch 64"] = {
-            "value": round(row["rows_s"] / best_raw(raw["wide"], 64), 3),
-            "target": ">= 0.8",
+    return targets | issue_13_targets(find, raw, cells)
+
+
+def issue_13_targets(find: Callable[..., dict | None], raw: dict, cells: dict) -> dict[str, dict[str, Any]]:
+    """The tail against PyTriton's and its own p50, V2 JSON against /predict, 64-row requests against raw ORT."""
+    targets = {}
+    # The tail, against PyTriton's (V2 JSON, the same model, rows and connections) and the server's own p50.
+    for protocol in ("predict", "v2"):
+        row, triton = find("tabular", 1, 64, "modelfleet", protocol), find("tabular", 1, 64, PYTRITON, "v2")
+        label = "/predict" if protocol == "predict" else "V2 JSON"
+        if row and triton:
+            targets[f"tabular 1-row c64 {label} p99 / PyTriton p99"] = {
+                "value": round(row["p99_ms"] / triton["p99_ms"], 3),
+                "target": "<= 1.0",
+            }
+        if row:
+            targets[f"tabular 1-row c64 {label} p99 / own p50"] = {
+                "value": round(row["p99_ms"] / row["p50_ms"], 3),
+                "target": "<= 2.5",
+            }
+    v2, predict = Scenario("tabular", 1, 64, protocol="v2"), Scenario("tabular", 1, 64)
+    if (v2, "modelfleet") in cells and (predict, "modelfleet") in cells:
+        targets["tabular 1-row c64 V2 JSON / /predict req/s"] = {
+            "value": round(per_round_ratio(cells[(v2, "modelfleet")], cells[(predict, "modelfleet")]) or 0.0, 3),
+            "target": ">= 0.95",
         }
+    for protocol, label, goal in (("predict", "JSON", ">= 0.5"), ("v2-bin", "binary V2", ">= 0.8")):
+        row = find("wide", 64, 64, "modelfleet", protocol)
+        if row:
+            targets[f"wide 64-row c64 {label} rows/s / raw ORT batch 64"] = {
+                "value": round(row["rows_s"] / best_raw(raw["wide"], 64), 3),
+                "target": goal,
+            }
     return targets
 
 
@@ -806,17 +921,17 @@ def report(
     )
     for s in scenarios:
         # Entity scenarios run on ModelFleet only; their ceiling is the plain requests' in the same round.
-        ceiling = cells.get((s.plain if s.entity else s, "ceiling"))
-        floor = cells.get((s.plain if s.entity else s, "bare"))
+        ceiling = cells.get((s.plain if s.compared else s, "ceiling"))
+        floor = cells.get((s.plain if s.compared else s, "bare"))
         for kind in kinds_of(s):
             row, line = result_row(s, kind, cells[(s, kind)], ceiling, floor, raw)
             rows_out.append(row)
             print(line)
 
-    targets = targets_of(rows_out, raw)
+    targets = targets_of(rows_out, raw, cells)
     print("\ntargets (issues 2 and 13)")
     for name, t in targets.items():
-        print(f"  {name:<42} {t['value']:>6.2f}  (target {t['target']})")
+        print(f"  {name:<50} {t['value']:>6.2f}  (target {t['target']})")
 
     entity = entity_ratios(scenarios, cells, kinds_of)
     log_cost = prediction_log_ratios(scenarios, cells)

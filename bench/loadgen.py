@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 
@@ -67,10 +68,13 @@ async def _connection(
         writer.close()
 
 
+# The request's headers besides Host and Content-Length: the lines of `<body file>.headers` when it exists.
+HEADERS = "Content-Type: application/json\r\n"
+
+
 def _request(path: str, host: str, port: int, body: bytes) -> bytes:
     return (
-        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{HEADERS}Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
 
 
@@ -123,6 +127,10 @@ def main() -> None:
     args = parser.parse_args()
     with open(args.body_file, "rb") as f:
         body = f.read()
+    sidecar = Path(args.body_file + ".headers")
+    if sidecar.exists():
+        global HEADERS
+        HEADERS = "".join(line + "\r\n" for line in sidecar.read_text().splitlines() if line.strip())
     try:
         from uvloop import run
     except ImportError:

@@ -1,9 +1,19 @@
--- wrk script: POST the JSON body in the file $BENCH_BODY, print one JSON summary line when done.
+-- wrk script: POST the body in the file $BENCH_BODY, print one JSON summary line when done.
+-- Headers: the "Name: value" lines of $BENCH_BODY.headers when it exists, else a JSON content type.
 local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
 wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
-wrk.headers["Content-Type"] = "application/json"
+local h = io.open(os.getenv("BENCH_BODY") .. ".headers", "r")
+if h then
+  for line in h:lines() do
+    local name, value = line:match("^([^:]+):%s*(.-)%s*$")
+    if name then wrk.headers[name] = value end
+  end
+  h:close()
+else
+  wrk.headers["Content-Type"] = "application/json"
+end
 
 function done(summary, latency, requests)
   local e = summary.errors
