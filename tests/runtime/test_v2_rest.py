@@ -341,3 +341,22 @@ async def test_the_v2_json_path_still_reads_nested_data_and_booleans_in_paramete
         {"name": "scaled", "datatype": "FP32", "shape": [2, 3], "data": [1, 2, 3, 8, 10, 12]}
     ]
     assert sneaky.status_code == 422 and "flat index 4 is a boolean" in sneaky.json()["error"]
+
+
+@pytest.mark.parametrize("rows", [2, 600])  # a body of a few hundred bytes, and one of several KiB
+async def test_a_boolean_among_v2_json_numbers_is_refused_whatever_the_size_of_the_body(
+    tmp_path: Path, rows: int
+) -> None:
+    x: list[list[Any]] = [[float(i), 2.0, 3.0] for i in range(rows)]
+    x[-1][1] = True
+    inputs = [
+        {"name": "x", "shape": [rows, 3], "datatype": "FP32", "data": x},
+        {"name": "k", "shape": [rows, 1], "datatype": "INT64", "data": [[1]] * rows},
+    ]
+    async with live_server(settings_for(build_mixed(tmp_path / "mixed.onnx"))) as live:
+        wanted = [{"name": "scaled"}]
+        r = await live.client.post("/v2/models/m/infer", json={"inputs": inputs, "outputs": wanted})
+        x[-1][1] = 2.0
+        fine = await live.client.post("/v2/models/m/infer", json={"inputs": inputs, "outputs": wanted})
+    assert r.status_code == 422 and f"flat index {rows * 3 - 2} is a boolean" in r.json()["error"]
+    assert fine.status_code == 200 and fine.json()["outputs"][0]["shape"] == [rows, 3]
