@@ -239,7 +239,10 @@ class PredictionLog:
 
     `room()` says whether the volume has room for predictions (the quota); it is read by
     the sync thread, never by the predict path, which reads the `accepting` flag.
-    `account(bytes)` is held around each write (the volume's usage counts it).
+    `account(bytes)` is held around each write that creates or renames a segment and around
+    every seal, `account_append(bytes)` (default: `account`) around the other writes: the
+    volume's usage counts them, and a scan of the volume may hold `account` off, never
+    `account_append` (see retention.VolumeSpace).
     """
 
     def __init__(
@@ -259,6 +262,7 @@ class PredictionLog:
         clock: Callable[[], float] = time.time,
         room: Callable[[], bool] = lambda: True,
         account: Callable[[int], AbstractContextManager[None]] = lambda _: contextlib.nullcontext(),
+        account_append: Callable[[int], AbstractContextManager[None]] | None = None,
     ) -> None:
         self.directory = directory
         self.writer = writer
@@ -271,6 +275,7 @@ class PredictionLog:
         self._clock = clock
         self._room = room
         self._account = account
+        self._account_append = account_append or account
         self._random = random.Random().random
         header = segment_header(pod=pod, writer=writer, model=model, model_version=model_version, created=clock())
         self._appender = SegmentAppender(directory, pod, writer, header, segment_bytes, deferred_sync=True)
@@ -356,9 +361,11 @@ class PredictionLog:
         """Encode and write `entries` (holding the lock); False, counted and logged, when that fails."""
         try:
             data = _encode(entries)
-            if self._appender.name is not None and now - self._appender.opened_at > self.max_segment_age:
-                self._appender.seal()
-            with self._account(len(data)):
+            aged = self._appender.name is not None and now - self._appender.opened_at > self.max_segment_age
+            account = self._account if aged or self._appender.renames_for(len(data)) else self._account_append
+            with account(len(data)):
+                if aged:
+                    self._appender.seal()
                 self._appender.append(data, now=now, sync=False)
         except (OSError, ValueError, TypeError) as exc:
             self.errors += 1
@@ -396,7 +403,7 @@ class PredictionLog:
             self._sleeping = False
             self._wake.clear()
             self._housekeeping()
-        with self._lock:  # close() set _closing first: no write follows this seal
+        with self._lock, self._account(0):  # close() set _closing first: no write follows this seal
             try:
                 self._appender.seal()
             except OSError as exc:
@@ -428,7 +435,8 @@ class PredictionLog:
             name = self._appender.name
             if name is not None and self._clock() - self._appender.opened_at > self.max_segment_age:
                 try:
-                    self._appender.seal()
+                    with self._account(0):  # a rename: never under a scan of the volume
+                        self._appender.seal()
                 except OSError as exc:
                     log.error("could not seal the prediction log segment %s: %s", name.id, exc)
 

@@ -67,11 +67,23 @@ class VolumeSpace:
 
     @contextlib.contextmanager
     def writing(self, size: int) -> Iterator[None]:
-        """Around a write of `size` bytes by this process, counted once it is done (attempted or not).
+        """Around a write of `size` bytes by this process that may create or rename a segment: never
+        during a scan (a file renamed under a scan may be missed by it), counted once it is done.
 
-        A write never waits for a scan (the prediction log writes on the inference thread): one
-        that overlaps a scan may be counted twice until the next scan, so `used` errs high, never low.
-        Other processes' appends are counted as of the last scan.
+        So this process's own appends are counted exactly; other processes' as of the last scan.
+        """
+        with self._lock:
+            try:
+                yield
+            finally:
+                self._added += size
+
+    @contextlib.contextmanager
+    def appending(self, size: int) -> Iterator[None]:
+        """Around an append of `size` bytes to an open segment that creates and renames nothing.
+
+        It never waits for a scan (the prediction log appends on the inference thread): an append
+        that overlaps a scan may be counted twice until the next one, so `used` errs high, never low.
         """
         try:
             yield
@@ -86,15 +98,14 @@ class VolumeSpace:
 
     def refresh(self) -> None:
         layout = self.layout
-        with self._lock:
-            before = self._added  # what was written before the scan began is in what it finds
-        scanned = (
-            _folder_bytes(layout.labels)
-            + _folder_bytes(layout.consumed)
-            + _folder_bytes(layout.predictions)
-            + CLAIM_BYTES * claims.count(layout.claims)
-        )
-        with self._lock:
+        with self._lock:  # no `writing` meanwhile; `appending` goes on
+            before = self._added  # what was appended before the scan began is in what it finds
+            scanned = (
+                _folder_bytes(layout.labels)
+                + _folder_bytes(layout.consumed)
+                + _folder_bytes(layout.predictions)
+                + CLAIM_BYTES * claims.count(layout.claims)
+            )
             self.scanned, self._base = scanned, before
         try:
             stat = os.statvfs(layout.root)

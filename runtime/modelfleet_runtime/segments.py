@@ -326,6 +326,12 @@ class SegmentAppender:
             raise
         return start
 
+    def renames_for(self, size: int) -> bool:
+        """Whether appending `size` bytes now creates or renames a file (a first append, a rotation)."""
+        if not self._prepared or self._fd is None:
+            return True
+        return self.size > len(self.header) and self.size + size > self.segment_bytes
+
     def sync(self) -> None:
         if self._fd is not None:
             (getattr(os, "fdatasync", None) or os.fsync)(self._fd)

@@ -52,6 +52,7 @@ class VolumeServices:
             clock=clock,
             room=space.room_for_predictions,
             account=space.writing,
+            account_append=space.appending,
         )
         index = PredictionIndex(layout.predictions, own_writer=writer, own_issued=lambda: predictions.issued_seq)
         keeper = VolumeKeeper(
