@@ -39,7 +39,7 @@ from tests.integration.harness.emulator import ApiRequest
 from tests.integration.harness.jobs import JobController
 from tests.integration.harness.kubelet import DeploymentController, EndpointSliceController
 from tests.integration.harness.operator import InProcessOperator
-from tests.integration.model_versions import ModelFile
+from tests.integration.model_versions import LOCAL_SOURCES, ModelFile
 from tests.support.paths import CRDS
 
 
@@ -82,7 +82,7 @@ async def jobs(cluster: Cluster) -> AsyncIterator[JobController]:
 
 @pytest.fixture
 def operator_config() -> OperatorConfig:
-    return OperatorConfig(namespaces=("ml",), standalone=True, log_level="debug")
+    return OperatorConfig(namespaces=("ml",), standalone=True, allowed_uri_schemes=LOCAL_SOURCES, log_level="debug")
 
 
 @pytest.fixture

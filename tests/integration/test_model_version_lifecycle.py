@@ -14,7 +14,7 @@ import yaml
 from modelfleet_operator.config import OperatorConfig
 from tests.integration.harness.cluster import DEPLOYMENTS, HPAS, MV, PDBS, PODS, SERVICES, Cluster
 from tests.integration.harness.kubelet import DeploymentController
-from tests.integration.model_versions import ModelFile, condition, model_version, phase, wait_for_phase
+from tests.integration.model_versions import LOCAL_SOURCES, ModelFile, condition, model_version, phase, wait_for_phase
 from tests.support.paths import EXAMPLES
 from tests.support.polling import wait_for
 
@@ -22,7 +22,13 @@ from tests.support.polling import wait_for
 @pytest.fixture
 def operator_config() -> OperatorConfig:
     # A version that hands its traffic over keeps its pods this long; the resync stays the default.
-    return OperatorConfig(namespaces=("ml",), standalone=True, log_level="debug", scale_down_delay_seconds=2)
+    return OperatorConfig(
+        namespaces=("ml",),
+        standalone=True,
+        allowed_uri_schemes=LOCAL_SOURCES,
+        log_level="debug",
+        scale_down_delay_seconds=2,
+    )
 
 
 def minimal_example(model: ModelFile) -> dict:

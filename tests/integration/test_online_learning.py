@@ -30,7 +30,7 @@ from tests.integration.harness.cluster import MV, PODS, Cluster
 from tests.integration.harness.jobs import JobController
 from tests.integration.harness.kubelet import DeploymentController
 from tests.integration.harness.operator import InProcessOperator
-from tests.integration.model_versions import ModelFile, condition, model_version, phase, wait_for_phase
+from tests.integration.model_versions import LOCAL_SOURCES, ModelFile, condition, model_version, phase, wait_for_phase
 from tests.integration.steady_load import operator_metric
 from tests.support.polling import wait_for
 
@@ -85,7 +85,13 @@ def metrics_port() -> int:
 
 @pytest.fixture
 def operator_config(metrics_port: int) -> OperatorConfig:
-    return OperatorConfig(namespaces=("ml",), standalone=True, metrics_port=metrics_port, scale_down_delay_seconds=2)
+    return OperatorConfig(
+        namespaces=("ml",),
+        standalone=True,
+        allowed_uri_schemes=LOCAL_SOURCES,
+        metrics_port=metrics_port,
+        scale_down_delay_seconds=2,
+    )
 
 
 def free_port() -> int:

@@ -15,7 +15,7 @@ from tests.integration.harness.cluster import DEPLOYMENTS, MV, SERVICES, Cluster
 from tests.integration.harness.kubelet import DeploymentController
 from tests.integration.harness.operator import InProcessOperator
 from tests.integration.harness.router import Router
-from tests.integration.model_versions import ModelFile, model_version, wait_for_phase
+from tests.integration.model_versions import LOCAL_SOURCES, ModelFile, model_version, wait_for_phase
 from tests.integration.steady_load import CapacitySampler, Load
 from tests.support.polling import wait_for
 
@@ -24,7 +24,9 @@ FINALIZER = "serving.modelfleet.dev/finalizer"
 
 @pytest.fixture
 def operator_config() -> OperatorConfig:
-    return OperatorConfig(namespaces=("ml",), standalone=True, scale_down_delay_seconds=2)
+    return OperatorConfig(
+        namespaces=("ml",), standalone=True, allowed_uri_schemes=LOCAL_SOURCES, scale_down_delay_seconds=2
+    )
 
 
 @pytest.fixture

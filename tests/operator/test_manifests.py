@@ -24,6 +24,8 @@ from modelfleet_runtime.settings import Settings, load_settings
 
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
 CONFIG = OperatorConfig()
+# The default configuration with file:// sources allowed (the "file source" case).
+FILE_CONFIG = OperatorConfig(allowed_uri_schemes=("https", "pvc", "configmap", "file"))
 MakeMV = Callable[..., dict[str, Any]]
 
 FULL_SPEC: dict[str, Any] = {
@@ -89,8 +91,8 @@ def _env(container: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_children_are_valid_kubernetes_objects(make_mv: MakeMV, case: str, version: str) -> None:
     mv = make_mv(**REPRESENTATIVE[case])
-    children = build_children(mv, CONFIG)
-    for obj in [*children, build_model_service(shared_of([mv]))]:
+    children = build_children(mv, FILE_CONFIG)
+    for obj in [*children, *build_model_objects(shared_of([mv]))]:
         kubernetes_validate.validate(obj, version, strict=True)
 
 
@@ -117,7 +119,18 @@ def test_every_runtime_env_var_is_a_runtime_setting_the_runtime_accepts(make_mv:
     assert (settings.feature_cache_ttl, settings.feature_cache_size) == (60.0, 500)
     assert settings.feedback_dir == "/var/lib/modelfleet/feedback"
     assert settings.feedback_token_file == "/var/run/secrets/modelfleet/feedback/token"
-    assert env["MODELFLEET_FEATURE_STORE_PASSWORD"] == {"secretKeyRef": {"name": "store", "key": "password"}}
+    # the password is a file from the Secret, never a variable (kubectl describe shows variables' sources)
+    assert "MODELFLEET_FEATURE_STORE_PASSWORD" not in env
+    assert settings.feature_store_password_file == "/var/run/secrets/modelfleet/feature-store/password"
+    pod = deployment["spec"]["template"]["spec"]
+    [volume] = [v for v in pod["volumes"] if v["name"] == "feature-store-password"]
+    assert volume["secret"]["secretName"] == "store" and volume["secret"]["items"] == [
+        {"key": "password", "path": "password"}
+    ]
+    # the download rules the operator enforces are the runtime's too
+    assert settings.allowed_uri_schemes == CONFIG.allowed_uri_schemes == ("https", "pvc", "configmap")
+    assert settings.max_model_bytes == CONFIG.max_model_bytes
+    assert settings.download_timeout_seconds == CONFIG.download_timeout_seconds
 
 
 def test_runtime_container_runs_the_serve_command_and_probes_the_v2_health_endpoints(make_mv: MakeMV) -> None:
@@ -155,8 +168,8 @@ def test_runtime_pods_are_locked_down(make_mv: MakeMV) -> None:
     assert security["seccompProfile"] == {"type": "RuntimeDefault"}
     mounts = {m["mountPath"]: m["name"] for m in _container(deployment)["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
-    # the only writable paths are emptyDirs
-    assert volumes[mounts["/var/cache/modelfleet"]] == {"name": "cache", "emptyDir": {}}
+    # the only writable paths are emptyDirs, the download folder no larger than the largest model allowed
+    assert volumes[mounts["/var/cache/modelfleet"]] == {"name": "cache", "emptyDir": {"sizeLimit": "4160Mi"}}
     assert volumes[mounts["/tmp"]] == {"name": "tmp", "emptyDir": {}}
 
 
@@ -295,13 +308,15 @@ def test_a_trainer_image_outside_the_allowed_images_is_rejected(make_mv: MakeMV)
     mv = make_mv(retraining={"feedbackClaim": "fb", "image": "python:3.12", "command": ["python", "-c", "1"]})
     with pytest.raises(ImageNotAllowed, match=r"spec.retraining.image"):
         build_children(mv, CONFIG)
-    allowed = OperatorConfig(allowed_images=("ghcr.io/modelfleet/runtime", "python:3.12"))
+    allowed = OperatorConfig(
+        allowed_images=("ghcr.io/modelfleet/runtime", "python:3.12"), allowed_trainer_images=("python:3.12",)
+    )
     assert build_children(mv, allowed)
 
 
 def test_a_uri_scheme_the_operator_does_not_allow_is_rejected(make_mv: MakeMV) -> None:
     config = OperatorConfig(allowed_uri_schemes=("https", "pvc"))
-    with pytest.raises(UriSchemeNotAllowed, match=r"http://.*allowed: https://, pvc://") as err:
+    with pytest.raises(UriSchemeNotAllowed, match=r"http://.*allowed-uri-schemes: https://, pvc://") as err:
         build_children(make_mv(source={"uri": "http://insecure/model.onnx"}), config)
     assert err.value.reason == "UriSchemeNotAllowed"
 
@@ -338,13 +353,14 @@ def test_versions_being_deleted_do_not_own_the_shared_service(make_mv: MakeMV) -
     v1 = make_mv(traffic=50)
     v2 = make_mv(name="fraud-v2", uid="uid-2", version="2", traffic=50)
     v2["metadata"]["deletionTimestamp"] = "2024-01-01T00:00:00Z"
-    [service] = build_model_objects(shared_of([v1, v2]))
-    assert [o["name"] for o in service["metadata"]["ownerReferences"]] == ["fraud-v1"]
+    for shared in build_model_objects(shared_of([v1, v2])):
+        assert [o["name"] for o in shared["metadata"]["ownerReferences"]] == ["fraud-v1"]
 
 
 def test_gateway_mode_adds_the_httproute(make_mv: MakeMV) -> None:
     config = OperatorConfig(routing="gateway", gateway="infra/public")
-    assert [m["kind"] for m in build_model_objects(shared_of([make_mv()], config))] == ["Service", "HTTPRoute"]
+    kinds = ["Service", "HTTPRoute", "NetworkPolicy"]
+    assert [m["kind"] for m in build_model_objects(shared_of([make_mv()], config))] == kinds
 
 
 def test_render_groups_versions_by_model_and_splits_their_traffic(make_mv: MakeMV) -> None:
@@ -355,7 +371,8 @@ def test_render_groups_versions_by_model_and_splits_their_traffic(make_mv: MakeM
     ]
     rendered = render_manifests(objs, CONFIG)
     names = [(o["kind"], o["metadata"]["name"]) for o in rendered]
-    assert names[:3] == [("Service", "churn"), ("Deployment", "churn-v1"), ("Service", "churn-v1")]
+    churn = [("Service", "churn"), ("NetworkPolicy", "churn"), ("Deployment", "churn-v1"), ("Service", "churn-v1")]
+    assert names[:4] == churn
     deployments = {o["metadata"]["name"]: o["spec"]["replicas"] for o in rendered if o["kind"] == "Deployment"}
     assert deployments == {"churn-v1": 1, "fraud-v1": 4, "fraud-v2": 1}  # ceil(4 * 10 / 100)
 

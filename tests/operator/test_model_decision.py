@@ -126,7 +126,10 @@ def test_a_new_version_gets_its_children_at_full_replicas_and_the_shared_service
         "PodDisruptionBudget",
     ]
     assert replicas_of(decision, "fraud-v1") == 2
-    assert [(m["kind"], m["metadata"]["name"]) for m in decision.shared] == [("Service", "fraud")]
+    assert [(m["kind"], m["metadata"]["name"]) for m in decision.shared] == [
+        ("Service", "fraud"),
+        ("NetworkPolicy", "fraud"),
+    ]
     status = decision.versions["fraud-v1"].status
     assert status["phase"] == "Pending" and status["servingTraffic"] == 0
     assert not decision.versions["fraud-v1"].finalizer  # alone: deleting it protects nothing

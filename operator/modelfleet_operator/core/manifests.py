@@ -22,6 +22,9 @@ from urllib.parse import urlsplit
 
 from modelfleet_operator import spec as crd
 from modelfleet_operator.config import OperatorConfig, image_allowed
+from modelfleet_operator.core import policy
+from modelfleet_operator.core.errors import SpecRejected
+from modelfleet_operator.core.policy import UriSchemeNotAllowed
 from modelfleet_operator.core.traffic import SERVICE_PORT, Scale, scale_from_spec
 from modelfleet_operator.spec import ModelVersionSpec, SpecError, parse_spec
 
@@ -41,6 +44,12 @@ CACHE_DIR = "/var/cache/modelfleet"
 FEEDBACK_DIR = "/var/lib/modelfleet/feedback"
 FEEDBACK_TOKEN_DIR = "/var/run/secrets/modelfleet/feedback"
 FEEDBACK_TOKEN_FILE = f"{FEEDBACK_TOKEN_DIR}/token"
+PREDICT_TOKEN_DIR = "/var/run/secrets/modelfleet/predict"
+PREDICT_TOKEN_FILE = f"{PREDICT_TOKEN_DIR}/token"
+FEATURE_PASSWORD_DIR = "/var/run/secrets/modelfleet/feature-store"
+FEATURE_PASSWORD_FILE = f"{FEATURE_PASSWORD_DIR}/password"
+# Room in the download emptyDir beyond the largest model (the runtime's partial-file bookkeeping).
+CACHE_SLACK_BYTES = 64 * 1024 * 1024
 READY_PATH = "/v2/health/ready"
 LIVE_PATH = "/v2/health/live"
 # SIGTERM handling: the endpoint is removed while the preStop sleep runs, then the
@@ -55,18 +64,8 @@ STARTUP_FAILURE_THRESHOLD = 60
 PROGRESS_DEADLINE_SECONDS = STARTUP_PERIOD_SECONDS * STARTUP_FAILURE_THRESHOLD + 300
 
 
-class SpecRejected(ValueError):
-    """A ModelVersion the operator will not serve; `reason` is a CamelCase condition reason."""
-
-    reason = "InvalidSpec"
-
-
 class ImageNotAllowed(SpecRejected):
     reason = "ImageNotAllowed"
-
-
-class UriSchemeNotAllowed(SpecRejected):
-    reason = "UriSchemeNotAllowed"
 
 
 # --- reading a ModelVersion object -------------------------------------------
@@ -111,13 +110,7 @@ def check_policy(name: str, spec: ModelVersionSpec, config: OperatorConfig) -> N
             f"spec.retraining.image {trainer!r} is not an allowed image (allowed: {allowed}); "
             "remove it to train with the runtime image, or ask the operator's administrator to allow it"
         )
-    scheme = urlsplit(spec.source.uri).scheme
-    if scheme not in config.allowed_uri_schemes:
-        raise UriSchemeNotAllowed(
-            f"spec.source.uri uses {scheme}://, which this operator does not allow "
-            f"(allowed: {', '.join(s + '://' for s in config.allowed_uri_schemes)}); "
-            "publish the model through one of those"
-        )
+    policy.check(spec, config)
 
 
 def validated(mv: Mapping[str, Any], config: OperatorConfig) -> ModelVersionSpec:
@@ -250,15 +243,56 @@ def feature_parts(spec: ModelVersionSpec) -> PodParts:
         _env("MODELFLEET_FEATURE_CACHE_TTL", features.cache_ttl_seconds),
         _env("MODELFLEET_FEATURE_CACHE_SIZE", features.cache_size),
     ]
+    parts = PodParts(env=env)
     ref = features.redis.password_secret_ref
     if ref is not None:
-        env.append(
+        # A file rather than a variable: it is not in the process environment, nor in `kubectl describe`.
+        parts.extend(_secret_file("feature-store-password", ref.name, ref.key, FEATURE_PASSWORD_FILE))
+        parts.env.append(_env("MODELFLEET_FEATURE_STORE_PASSWORD_FILE", FEATURE_PASSWORD_FILE))
+    return parts
+
+
+def _secret_file(volume: str, secret: str, key: str, path: str) -> PodParts:
+    """One key of a Secret as a read-only file at `path` (its folder is the mount)."""
+    folder, _, filename = path.rpartition("/")
+    return PodParts(
+        volumes=[
             {
-                "name": "MODELFLEET_FEATURE_STORE_PASSWORD",
-                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+                "name": volume,
+                "secret": {"secretName": secret, "items": [{"key": key, "path": filename}], "defaultMode": 0o440},
             }
-        )
-    return PodParts(env=env)
+        ],
+        mounts=[{"name": volume, "mountPath": folder, "readOnly": True}],
+    )
+
+
+def predict_token_parts(spec: ModelVersionSpec) -> PodParts:
+    """spec.predictToken: the bearer token predictions need, as a file the runtime re-reads on change."""
+    ref = spec.predict_token
+    if ref is None:
+        return PodParts()
+    parts = _secret_file("predict-token", ref.name, ref.key, PREDICT_TOKEN_FILE)
+    parts.env.append(_env("MODELFLEET_PREDICT_TOKEN_FILE", PREDICT_TOKEN_FILE))
+    return parts
+
+
+def download_parts(config: OperatorConfig) -> PodParts:
+    """The download rules the operator enforces, handed to the runtime so both agree, and the cache
+    folder the downloads land in, an emptyDir no larger than the largest model allowed."""
+    env = [
+        _env("MODELFLEET_ALLOWED_URI_SCHEMES", ",".join(config.allowed_uri_schemes)),
+        _env("MODELFLEET_MAX_MODEL_BYTES", config.max_model_bytes),
+        _env("MODELFLEET_DOWNLOAD_TIMEOUT_SECONDS", f"{config.download_timeout_seconds:g}"),
+        _env("MODELFLEET_CACHE_DIR", CACHE_DIR),
+    ]
+    if config.download_allowed_networks:
+        env.append(_env("MODELFLEET_DOWNLOAD_ALLOWED_NETWORKS", ",".join(config.download_allowed_networks)))
+    limit = -(-(config.max_model_bytes + CACHE_SLACK_BYTES) // (1024 * 1024))
+    return PodParts(
+        env=env,
+        volumes=[{"name": "cache", "emptyDir": {"sizeLimit": f"{limit}Mi"}}],
+        mounts=[{"name": "cache", "mountPath": CACHE_DIR}],
+    )
 
 
 def feedback_token_secret(spec: ModelVersionSpec) -> tuple[str, str]:
@@ -312,7 +346,6 @@ def runtime_env(name: str, spec: ModelVersionSpec) -> list[dict[str, Any]]:
         _env("MODELFLEET_MAX_QUEUE", spec.batching.max_queue),
         _env("MODELFLEET_WARMUP_ITERATIONS", spec.warmup.iterations),
         _env("MODELFLEET_MODEL_ROOT", MODEL_ROOT),
-        _env("MODELFLEET_CACHE_DIR", CACHE_DIR),
         _env("MODELFLEET_DRAIN_TIMEOUT_SECONDS", DRAIN_SECONDS),
     ]
 
@@ -320,10 +353,10 @@ def runtime_env(name: str, spec: ModelVersionSpec) -> list[dict[str, Any]]:
 def pod_parts(name: str, spec: ModelVersionSpec) -> PodParts:
     parts = PodParts(
         env=runtime_env(name, spec),
-        volumes=[{"name": "cache", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
-        mounts=[{"name": "cache", "mountPath": CACHE_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
+        volumes=[{"name": "tmp", "emptyDir": {}}],
+        mounts=[{"name": "tmp", "mountPath": "/tmp"}],
     )
-    for extra in (source_parts(spec), feature_parts(spec), retraining_parts(spec)):
+    for extra in (source_parts(spec), feature_parts(spec), retraining_parts(spec), predict_token_parts(spec)):
         parts.extend(extra)
     return parts
 
@@ -387,6 +420,7 @@ def build_deployment(mv: Mapping[str, Any], config: OperatorConfig, scale: Scale
     labels = version_labels(name, spec)
     selector = selector_labels(spec.model, spec.version)
     parts = pod_parts(name, spec)
+    parts.extend(download_parts(config))
     owner = owner_reference(mv)
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector},
@@ -544,11 +578,13 @@ __all__ = [
     "build_version_service",
     "check_policy",
     "default_scale",
+    "download_parts",
     "feature_parts",
     "feedback_token_secret",
     "label_selector",
     "model_labels",
     "owner_reference",
+    "predict_token_parts",
     "retraining_parts",
     "runs_current_spec",
     "runtime_env",

@@ -13,7 +13,9 @@ kind among the watched ones (`shell.kube` and `shell.handlers.owned_kinds`).
   live version, so the garbage collector removes it with the last one;
 - the HTTPRoute named after the model, in gateway mode: it matches only the
   model's hostname (`gateway-hostname-template`), pins a version by the header
-  `x-model-version`, and splits the rest by the versions' shares.
+  `x-model-version`, and splits the rest by the versions' shares;
+- the NetworkPolicy named after the model (`network-policy`, on by default): its
+  runtime pods take connections only from the namespaces that need them.
 """
 
 from __future__ import annotations
@@ -147,9 +149,57 @@ def build_httproute(model: ModelObjects) -> dict[str, Any] | None:
     }
 
 
+# The runtime container's ports a NetworkPolicy admits, by name (the pods' own port names).
+NETWORK_POLICY_PORTS = (PORT_NAME,)
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+
+def admitted_namespaces(model: str, namespace: str, config: OperatorConfig) -> list[str]:
+    """Namespaces whose pods may reach a model's runtime pods: the model's own, the Gateway's (gateway
+    routing), the operator's (readiness and metrics), and `network-policy-namespaces`."""
+    names = [namespace]
+    if config.routing == "gateway":
+        names.append(config.gateway_ref[0] or namespace)
+    if config.operator_namespace:
+        names.append(config.operator_namespace)
+    names.extend(config.network_policy_namespaces)
+    return sorted(set(names))
+
+
+def build_network_policy(model: ModelObjects) -> dict[str, Any]:
+    """The model's NetworkPolicy (`network-policy`): ingress to its runtime pods' ports only from the
+    admitted namespaces (`admitted_namespaces`), everything else denied. Egress is left alone: the
+    pods download models and read the feature store from addresses only the spec knows."""
+    namespaces = admitted_namespaces(model.model, model.namespace, model.config)
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": model.metadata(),
+        "spec": {
+            "podSelector": {"matchLabels": {LABEL_MODEL: model.model}},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [
+                        {
+                            "namespaceSelector": {
+                                "matchExpressions": [
+                                    {"key": NAMESPACE_NAME_LABEL, "operator": "In", "values": namespaces}
+                                ]
+                            }
+                        }
+                    ],
+                    "ports": [{"protocol": "TCP", "port": name} for name in NETWORK_POLICY_PORTS],
+                }
+            ],
+        },
+    }
+
+
 MODEL_BUILDERS: tuple[SharedObject, ...] = (
     SharedObject("Service", lambda config: True, build_model_service),
     SharedObject("HTTPRoute", lambda config: config.routing == "gateway", build_httproute),
+    SharedObject("NetworkPolicy", lambda config: config.network_policy, build_network_policy),
 )
 
 
@@ -177,12 +227,15 @@ __all__ = [
     "MAX_BACKENDS",
     "MAX_PINNED_VERSIONS",
     "MODEL_BUILDERS",
+    "NETWORK_POLICY_PORTS",
     "ModelBuilder",
     "ModelObjects",
     "SharedObject",
+    "admitted_namespaces",
     "build_httproute",
     "build_model_objects",
     "build_model_service",
+    "build_network_policy",
     "endpoint",
     "shared_kinds",
 ]

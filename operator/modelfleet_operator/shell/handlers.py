@@ -32,7 +32,7 @@ from typing import Any
 import aiohttp
 import kopf
 
-from modelfleet_operator.config import OperatorConfig
+from modelfleet_operator.config import OperatorConfig, label_requirement
 from modelfleet_operator.core.manifests import MANAGED_BY
 from modelfleet_operator.shell import kube as k8s
 from modelfleet_operator.shell.cache import Cache, ModelKey
@@ -50,9 +50,11 @@ logger = logging.getLogger("modelfleet_operator")
 
 
 def owned_kinds(config: OperatorConfig) -> tuple[Kind, ...]:
-    """The kinds the operator creates and therefore watches (HTTPRoutes only in gateway mode)."""
-    kinds = (k8s.DEPLOYMENTS, k8s.SERVICES, k8s.HPAS, k8s.PDBS, k8s.PODS, k8s.JOBS)
-    return (*kinds, k8s.HTTPROUTES) if config.routing == "gateway" else kinds
+    """The kinds the operator creates and therefore watches (HTTPRoutes only in gateway mode,
+    NetworkPolicies only with network-policy)."""
+    kinds: tuple[Kind, ...] = (k8s.DEPLOYMENTS, k8s.SERVICES, k8s.HPAS, k8s.PDBS, k8s.PODS, k8s.JOBS)
+    kinds = (*kinds, k8s.HTTPROUTES) if config.routing == "gateway" else kinds
+    return (*kinds, k8s.NETWORKPOLICIES) if config.network_policy else kinds
 
 
 @dataclass
@@ -124,6 +126,11 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         settings.posting.level = logging.WARNING
         for kind in owned_kinds(ctx.config):
             settings.watching.label_selectors[kind.group, kind.version, kind.plural] = MANAGED_SELECTOR
+        if ctx.config.consumable_secret_label:
+            secrets = k8s.SECRETS
+            settings.watching.label_selectors[secrets.group, secrets.version, secrets.plural] = (
+                ctx.config.consumable_secret_label
+            )
 
     @kopf.on.login(registry=registry)
     def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
@@ -146,6 +153,30 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     _watch(registry, ctx, k8s.MODELVERSIONS, owned=False)
     for kind in owned_kinds(ctx.config):
         _watch(registry, ctx, kind, owned=True)
+    if label_requirement(ctx.config.consumable_secret_label):
+        _watch_consumable_secrets(registry, ctx)
+
+
+def _watch_consumable_secrets(registry: kopf.OperatorRegistry, ctx: Context) -> None:
+    """Secrets that carry the opt-in label (server-side selector): their names go into the cache, their
+    data never does; a label added or removed reconciles the models that reference the Secret."""
+    kind = k8s.SECRETS
+    requirement = label_requirement(ctx.config.consumable_secret_label)
+    assert requirement is not None
+    labels = {requirement[0]: requirement[1]}
+
+    @kopf.index(kind.group, kind.version, kind.plural, id="cache-secrets", labels=labels, registry=registry)
+    async def feed(body: kopf.Body, **_: Any) -> None:
+        ctx.cache.observe_consumable_secret(body)
+
+    @kopf.on.event(kind.group, kind.version, kind.plural, id="queue-secrets", labels=labels, registry=registry)
+    async def queue(type: str | None, body: kopf.Body, **_: Any) -> None:
+        ctx.cache_complete.set()
+        meta = body.get("metadata") or {}
+        keys = ctx.cache.models_naming_secret(str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        if type == "DELETED":
+            ctx.cache.forget(kind, body)
+        ctx.queue.enqueue_all(keys)
 
 
 def watched(config: OperatorConfig) -> Iterable[Kind]:

@@ -64,6 +64,7 @@ JOBS = Kind("batch", "v1", "jobs")
 SECRETS = Kind("", "v1", "secrets")
 EVENTS = Kind("", "v1", "events")
 ENDPOINTSLICES = Kind("discovery.k8s.io", "v1", "endpointslices")
+NETWORKPOLICIES = Kind("networking.k8s.io", "v1", "networkpolicies")
 
 _BY_MANIFEST: dict[tuple[str, str], Kind] = {
     ("apps/v1", "Deployment"): DEPLOYMENTS,
@@ -72,6 +73,7 @@ _BY_MANIFEST: dict[tuple[str, str], Kind] = {
     ("autoscaling/v2", "HorizontalPodAutoscaler"): HPAS,
     ("policy/v1", "PodDisruptionBudget"): PDBS,
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): HTTPROUTES,
+    ("networking.k8s.io/v1", "NetworkPolicy"): NETWORKPOLICIES,
     ("batch/v1", "Job"): JOBS,
     ("v1", "Secret"): SECRETS,
     ("v1", "Event"): EVENTS,
@@ -293,6 +295,7 @@ __all__ = [
     "JOBS",
     "KIND_NAMES",
     "MODELVERSIONS",
+    "NETWORKPOLICIES",
     "PDBS",
     "PODS",
     "SECRETS",
