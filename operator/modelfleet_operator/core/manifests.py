@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from modelfleet_operator import spec as crd
 from modelfleet_operator.config import OperatorConfig, image_allowed
-from modelfleet_operator.core.traffic import SERVICE_PORT, Scale, scale_from_spec
+from modelfleet_operator.core.traffic import GRPC_SERVICE_PORT, SERVICE_PORT, Scale, scale_from_spec
 from modelfleet_operator.spec import ModelVersionSpec, SpecError, parse_spec
 
 LABEL_MODEL = f"{crd.GROUP}/model"
@@ -35,6 +35,9 @@ RUNTIME_COMMAND = ["modelfleet-runtime", "serve"]
 CONTAINER_NAME = "runtime"
 CONTAINER_PORT = 8080
 PORT_NAME = "http"
+# The runtime's Open Inference Protocol gRPC service (--grpc-port).
+GRPC_CONTAINER_PORT = 8081
+GRPC_PORT_NAME = "grpc"
 RUNTIME_UID = 10001
 MODEL_ROOT = "/mnt/models"
 CACHE_DIR = "/var/cache/modelfleet"
@@ -307,6 +310,7 @@ def runtime_env(name: str, spec: ModelVersionSpec) -> list[dict[str, Any]]:
         _env("MODELFLEET_MODEL_VERSION", spec.version),
         _env("MODELFLEET_HOST", "0.0.0.0"),
         _env("MODELFLEET_PORT", CONTAINER_PORT),
+        _env("MODELFLEET_GRPC_PORT", GRPC_CONTAINER_PORT),
         _env("MODELFLEET_MAX_BATCH_SIZE", spec.batching.max_batch_size),
         _env("MODELFLEET_MAX_LATENCY_MS", spec.batching.max_latency_ms),
         _env("MODELFLEET_MAX_QUEUE", spec.batching.max_queue),
@@ -343,7 +347,10 @@ def runtime_container(name: str, spec: ModelVersionSpec, config: OperatorConfig,
         "name": CONTAINER_NAME,
         "image": runtime_image(spec, config),
         "command": list(RUNTIME_COMMAND),
-        "ports": [{"name": PORT_NAME, "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": PORT_NAME, "containerPort": CONTAINER_PORT, "protocol": "TCP"},
+            {"name": GRPC_PORT_NAME, "containerPort": GRPC_CONTAINER_PORT, "protocol": "TCP"},
+        ],
         "env": parts.env,
         "volumeMounts": parts.mounts,
         "resources": resources,
@@ -434,14 +441,23 @@ def runs_current_spec(deployment: Mapping[str, Any] | None, mv: Mapping[str, Any
     return bool(annotations.get(TEMPLATE_ANNOTATION) == wanted)
 
 
+def service_ports() -> list[dict[str, Any]]:
+    """The ports of the version and model Services: HTTP (REST, KServe V1/V2) on 80 and the Open
+    Inference Protocol's gRPC on 8081, each marked with its appProtocol for meshes and gateways."""
+    return [
+        {"name": PORT_NAME, "port": SERVICE_PORT, "targetPort": PORT_NAME, "protocol": "TCP", "appProtocol": "http"},
+        {
+            "name": GRPC_PORT_NAME,
+            "port": GRPC_SERVICE_PORT,
+            "targetPort": GRPC_PORT_NAME,
+            "protocol": "TCP",
+            "appProtocol": "grpc",
+        },
+    ]
+
+
 def _service_spec(selector: Mapping[str, str]) -> dict[str, Any]:
-    return {
-        "type": "ClusterIP",
-        "selector": dict(selector),
-        "ports": [
-            {"name": PORT_NAME, "port": SERVICE_PORT, "targetPort": PORT_NAME, "protocol": "TCP", "appProtocol": "http"}
-        ],
-    }
+    return {"type": "ClusterIP", "selector": dict(selector), "ports": service_ports()}
 
 
 def _version_metadata(mv: Mapping[str, Any], spec: ModelVersionSpec) -> dict[str, Any]:
@@ -553,6 +569,7 @@ __all__ = [
     "runs_current_spec",
     "runtime_env",
     "selector_labels",
+    "service_ports",
     "source_parts",
     "template_hash",
     "validated",

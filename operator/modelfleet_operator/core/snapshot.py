@@ -28,6 +28,8 @@ class ModelSnapshot:
     name, whoever owns them; `shared`: the live objects named like the model, by kind (the
     operator's cache holds what it labelled, and what a GET found that it did not).
     `pods`: the model's pods that are not terminating, with their labels.
+    `served`: the optional kinds of shared objects the cluster serves (GRPCRoute), as discovered
+    when the operator started.
     """
 
     namespace: str
@@ -39,6 +41,7 @@ class ModelSnapshot:
     pdbs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     shared: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     pods: Sequence[Mapping[str, Any]] = ()
+    served: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
