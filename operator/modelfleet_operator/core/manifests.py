@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from modelfleet_operator import spec as crd
 from modelfleet_operator.config import OperatorConfig, image_allowed
 from modelfleet_operator.core.traffic import GRPC_SERVICE_PORT, SERVICE_PORT, Scale, scale_from_spec
+from modelfleet_operator.core.workers import plan_workers
 from modelfleet_operator.spec import ModelVersionSpec, SpecError, parse_spec
 
 LABEL_MODEL = f"{crd.GROUP}/model"
@@ -332,6 +333,21 @@ def pod_parts(name: str, spec: ModelVersionSpec) -> PodParts:
     return parts
 
 
+def container_resources(spec: ModelVersionSpec, config: OperatorConfig) -> dict[str, Any]:
+    """The runtime container's resources: the spec's, else the operator's default."""
+    return spec.resources.to_manifest() if spec.resources else dict(config.default_resources)
+
+
+def worker_parts(spec: ModelVersionSpec, config: OperatorConfig) -> PodParts:
+    """The runtime's worker processes and their threads, from the CPU request (`core.workers`)."""
+    override = spec.runtime.workers if spec.runtime else None
+    plan = plan_workers(container_resources(spec, config), override)
+    env = [_env("MODELFLEET_WORKERS", plan.workers)]
+    if plan.intra_op_threads is not None:
+        env.append(_env("MODELFLEET_INTRA_OP_THREADS", plan.intra_op_threads))
+    return PodParts(env=env)
+
+
 def _probe(path: str, *, period: int, failures: int, timeout: int = 2) -> dict[str, Any]:
     return {
         "httpGet": {"path": path, "port": PORT_NAME},
@@ -342,7 +358,7 @@ def _probe(path: str, *, period: int, failures: int, timeout: int = 2) -> dict[s
 
 
 def runtime_container(name: str, spec: ModelVersionSpec, config: OperatorConfig, parts: PodParts) -> dict[str, Any]:
-    resources = spec.resources.to_manifest() if spec.resources else dict(config.default_resources)
+    resources = container_resources(spec, config)
     return {
         "name": CONTAINER_NAME,
         "image": runtime_image(spec, config),
@@ -394,6 +410,7 @@ def build_deployment(mv: Mapping[str, Any], config: OperatorConfig, scale: Scale
     labels = version_labels(name, spec)
     selector = selector_labels(spec.model, spec.version)
     parts = pod_parts(name, spec)
+    parts.extend(worker_parts(spec, config))
     owner = owner_reference(mv)
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector},
@@ -559,6 +576,7 @@ __all__ = [
     "build_pdb",
     "build_version_service",
     "check_policy",
+    "container_resources",
     "default_scale",
     "feature_parts",
     "feedback_token_secret",
@@ -575,4 +593,5 @@ __all__ = [
     "validated",
     "version_endpoint",
     "version_labels",
+    "worker_parts",
 ]
