@@ -84,3 +84,11 @@ def test_a_share_never_needs_more_than_full_replicas(replicas: int, low: int, sh
     auto = Scale(replicas=max(low, 1), autoscaling=(max(low, 1), max(low, 1) + replicas))
     bounds = scale_at(auto, share).autoscaling
     assert bounds is not None and 1 <= bounds[0] <= bounds[1]
+
+
+def test_the_version_pin_header_is_the_one_the_runtime_answers_with() -> None:
+    # Two images, two packages: the operator cannot import the runtime, so the string is kept twice.
+    from modelfleet_operator.core.traffic import HEADER_VERSION
+    from modelfleet_runtime.http_io import VERSION_HEADER
+
+    assert HEADER_VERSION == VERSION_HEADER == "x-model-version"

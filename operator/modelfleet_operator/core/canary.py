@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelfleet_operator.config import OperatorConfig
-from modelfleet_operator.core.rollout import Judgement, Window, judge, rfc3339
+from modelfleet_operator.core.rollout import Judgement, Window, judge
 from modelfleet_operator.core.snapshot import (
     ModelSnapshot,
     Observations,
@@ -26,6 +26,7 @@ from modelfleet_operator.core.snapshot import (
     status_of,
     versions_of,
 )
+from modelfleet_operator.core.timestamps import rfc3339
 from modelfleet_operator.spec import API_VERSION, KIND
 
 ROLLED_BACK = "RolledBack"

@@ -34,7 +34,6 @@ from modelfleet_operator.config import OperatorConfig
 from modelfleet_operator.core import canary, drift, manifests, status
 from modelfleet_operator.core.canary import ROLLED_BACK
 from modelfleet_operator.core.model_objects import ModelObjects, build_model_objects, endpoint
-from modelfleet_operator.core.rollout import parse_time, rfc3339
 from modelfleet_operator.core.snapshot import (
     ModelSnapshot,
     Observations,
@@ -45,6 +44,7 @@ from modelfleet_operator.core.snapshot import (
     status_of,
     versions_of,
 )
+from modelfleet_operator.core.timestamps import parse_time, rfc3339
 from modelfleet_operator.core.traffic import Scale
 from modelfleet_operator.core.transitions import TransitionPlan, VersionPlan, VersionTraffic, plan_transition
 

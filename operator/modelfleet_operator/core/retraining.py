@@ -22,7 +22,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -42,6 +42,7 @@ from modelfleet_operator.core.manifests import (
     validated,
     version_labels,
 )
+from modelfleet_operator.core.timestamps import parse_time, rfc3339
 
 LABEL_ROLE = f"{crd.GROUP}/role"
 ROLE_RETRAINING = "retraining"
@@ -642,27 +643,6 @@ def retraining_version(versions: Sequence[Mapping[str, Any]], ready: Mapping[str
     return min(n for t, c, n in candidates if (t, c) == (best_traffic, best_created))
 
 
-# --- time -----------------------------------------------------------------------
-
-
-def rfc3339(moment: datetime) -> str:
-    """A status timestamp (UTC, seconds); naive datetimes are taken as UTC."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: str | None) -> datetime | None:
-    """An RFC 3339 timestamp from the API (`...Z` or an offset) as an aware datetime; None if absent or bad."""
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text)  # takes a trailing Z since Python 3.11
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def active_jobs(jobs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The Jobs (of a model) that have not finished."""
     return [job for job in jobs if job_outcome(job, None).result == "Running"]
@@ -696,10 +676,8 @@ __all__ = [
     "next_attempt",
     "output_dir",
     "parse_termination_message",
-    "parse_time",
     "pod_labels",
     "promotion",
     "retraining_version",
-    "rfc3339",
     "should_retrain",
 ]

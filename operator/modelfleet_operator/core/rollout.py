@@ -26,11 +26,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from modelfleet_operator.core.timestamps import parse_time, rfc3339
 from modelfleet_operator.spec import Rollout
 
 REQUESTS_METRIC = "modelfleet_requests_total"
@@ -301,22 +302,6 @@ def judge(
     return Judgement("keep", "Observing", text, requests, errors, seen.error_rate, seen, promotable)
 
 
-def rfc3339(moment: datetime) -> str:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(str(text))  # takes a trailing Z since Python 3.11
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 __all__ = [
     "INFERENCE_ENDPOINTS",
     "Counts",
@@ -326,7 +311,5 @@ __all__ = [
     "is_version_error",
     "judge",
     "parse_metrics",
-    "parse_time",
-    "rfc3339",
     "sum_counts",
 ]

@@ -288,7 +288,8 @@ def _api_error(status: int, body: Any, headers: Any) -> ApiError:
     except ValueError:
         pass
     retry_after: float | None = None
-    raw = (dict(headers or {}) or {}).get("Retry-After") if headers is not None else None
+    # Header names are case-insensitive (HTTP/2 sends them lower-case); a plain dict loses that.
+    raw = next((value for name, value in (headers or {}).items() if str(name).lower() == "retry-after"), None)
     if raw is not None:
         try:
             retry_after = float(raw)

@@ -50,6 +50,7 @@ from modelfleet_operator.config import OperatorConfig
 from modelfleet_operator.core import canary, manifests, retraining, status
 from modelfleet_operator.core import model as core_model
 from modelfleet_operator.core import snapshot as snapshot_
+from modelfleet_operator.core.timestamps import rfc3339
 from modelfleet_operator.shell import kube as k8s
 from modelfleet_operator.shell import pods as pod_http
 from modelfleet_operator.shell.cache import Cache
@@ -115,7 +116,7 @@ def event(
     """A core/v1 Event about a ModelVersion. `key` makes its name: one Event per (object, key),
     so the same outcome reported again after a restart answers 409 instead of a second Event."""
     meta = _meta(obj)
-    stamp = retraining.rfc3339(now)
+    stamp = rfc3339(now)
     return {
         "apiVersion": "v1",
         "kind": "Event",
@@ -330,7 +331,7 @@ class LearningStep:
                 last = {
                     "job": job_name,
                     "result": "Running",
-                    "startTime": retraining.rfc3339(now),
+                    "startTime": rfc3339(now),
                     "samples": int(samples or 0),
                 }
                 message = f"{message}; started Job {job_name}"
