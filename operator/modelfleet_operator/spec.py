@@ -194,6 +194,21 @@ class Warmup(_Spec):
     )
 
 
+class Runtime(_Spec):
+    workers: int | None = Field(
+        None,
+        description=(
+            "Runtime processes per pod sharing its ports (modelfleet-runtime serve --workers), each with "
+            "its own model session and batcher; maxQueue applies per worker. Default: the container's "
+            "CPU request in whole CPUs (at least 1; resources.limits.cpu when no request is set). Each "
+            "worker's onnxruntime intra-op threads are the CPU request divided by the workers, rounded "
+            "down, at least 1."
+        ),
+        ge=1,
+        le=128,
+    )
+
+
 class Redis(_Spec):
     url: str = Field(
         description="Address of the Redis online store, redis://HOST:PORT/DB or rediss://HOST:PORT/DB.",
@@ -417,6 +432,10 @@ class ModelVersionSpec(_Spec):
         ),
         ge=0,
         le=100,
+    )
+    runtime: Runtime | None = Field(
+        None,
+        description="How the runtime uses the pod's CPUs: worker processes (default: from the CPU request).",
     )
     features: Features | None = Field(
         None,

@@ -37,7 +37,8 @@ CRD_DISCOVERY = {
     ("watch", "apiextensions.k8s.io", "customresourcedefinitions"),
 }
 NAMESPACE_DISCOVERY = {("list", "", "namespaces"), ("watch", "", "namespaces")}
-HTTPROUTES = {(v, "gateway.networking.k8s.io", "httproutes") for v in APPLIED}
+# Gateway mode: the HTTPRoute and, where the cluster serves the kind, the GRPCRoute of each model.
+ROUTES = {(v, "gateway.networking.k8s.io", plural) for v in APPLIED for plural in ("httproutes", "grpcroutes")}
 CLUSTER_PEERING = {(v, "kopf.dev", "clusterkopfpeerings") for v in ("get", "list", "watch", "patch")}
 NAMESPACED_PEERING = {(v, "kopf.dev", "kopfpeerings") for v in ("get", "list", "watch", "patch")}
 
@@ -61,8 +62,8 @@ def test_all_namespaces_grants_exactly_the_operators_rules_cluster_wide(render) 
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "modelfleet", "namespace": "modelfleet"}]
 
 
-def test_gateway_routing_adds_httproutes_only(render) -> None:
-    assert grants(find(render(VALUE_SETS["gateway"]), "ClusterRole")) == NAMESPACED | CRD_DISCOVERY | HTTPROUTES
+def test_gateway_routing_adds_http_and_grpc_routes_only(render) -> None:
+    assert grants(find(render(VALUE_SETS["gateway"]), "ClusterRole")) == NAMESPACED | CRD_DISCOVERY | ROUTES
 
 
 def test_several_replicas_add_cluster_peering_only(render) -> None:

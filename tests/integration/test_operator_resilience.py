@@ -133,9 +133,11 @@ async def test_api_errors_and_a_kill_in_the_middle_of_a_promotion_converge_witho
         lambda: (
             status(cluster, "fraud-v2").get("servingTraffic") == 9
             and status(cluster, "fraud-v1").get("phase") == "Ready"
+            # Sized for its canary share (ceil(2 x 9%) = 1), so that the promotion has to patch it.
+            and (cluster.get(DEPLOYMENTS, "fraud-v2") or {}).get("spec", {}).get("replicas") == 1
         ),
         timeout=90,
-        message="fraud-v2 serving its canary share",
+        message="fraud-v2 serving its canary share on one replica",
     )
     sampler = CapacitySampler(cluster, router, "fraud")
     async with Load(router.url) as load, sampler.running():

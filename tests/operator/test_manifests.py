@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import pytest
 
@@ -17,7 +18,14 @@ from modelfleet_operator.core.manifests import (
     label_selector,
     version_endpoint,
 )
-from modelfleet_operator.core.model_objects import ModelObjects, build_model_objects, build_model_service, endpoint
+from modelfleet_operator.core.model_objects import (
+    ModelObjects,
+    build_grpcroute,
+    build_httproute,
+    build_model_objects,
+    build_model_service,
+    endpoint,
+)
 from modelfleet_operator.core.render import render_manifests
 from modelfleet_operator.core.traffic import Scale
 from modelfleet_runtime.settings import Settings, load_settings
@@ -61,7 +69,12 @@ REPRESENTATIVE: dict[str, dict[str, Any]] = {
 }
 
 
-def shared_of(versions: list[dict[str, Any]], config: OperatorConfig = CONFIG, **shares: int) -> ModelObjects:
+def shared_of(
+    versions: list[dict[str, Any]],
+    config: OperatorConfig = CONFIG,
+    served: frozenset[str] = frozenset(),
+    **shares: int,
+) -> ModelObjects:
     live = [v for v in versions if not v["metadata"].get("deletionTimestamp")]
     return ModelObjects(
         model="fraud",
@@ -71,6 +84,7 @@ def shared_of(versions: list[dict[str, Any]], config: OperatorConfig = CONFIG, *
         shares=shares,
         version_of={v["metadata"]["name"]: v["spec"]["version"] for v in versions},
         config=config,
+        served=served,
     )
 
 
@@ -110,7 +124,7 @@ def test_every_runtime_env_var_is_a_runtime_setting_the_runtime_accepts(make_mv:
     assert settings.model == FULL_SPEC["source"]["uri"]
     assert settings.sha256 == "ab" * 32
     assert (settings.name, settings.model_version) == ("fraud", "1")
-    assert (settings.host, settings.port) == ("0.0.0.0", 8080)
+    assert (settings.host, settings.port, settings.grpc_port) == ("0.0.0.0", 8080, 8081)
     assert (settings.max_batch_size, settings.max_latency_ms, settings.max_queue) == (64, 5.0, 256)
     assert settings.warmup_iterations == 3
     assert (settings.model_root, settings.cache_dir) == ("/mnt/models", "/var/cache/modelfleet")
@@ -137,7 +151,10 @@ def test_runtime_container_runs_the_serve_command_and_probes_the_v2_health_endpo
     container = _container(build_children(make_mv(), CONFIG)[0])
     assert container["command"] == ["modelfleet-runtime", "serve"]
     assert container["image"] == "ghcr.io/modelfleet/runtime:0.1.0"
-    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": 8081, "protocol": "TCP"},
+    ]
     assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
     startup = container["startupProbe"]
@@ -361,6 +378,71 @@ def test_gateway_mode_adds_the_httproute(make_mv: MakeMV) -> None:
     config = OperatorConfig(routing="gateway", gateway="infra/public")
     kinds = ["Service", "HTTPRoute", "NetworkPolicy"]
     assert [m["kind"] for m in build_model_objects(shared_of([make_mv()], config))] == kinds
+
+
+GRPC = frozenset({"GRPCRoute"})
+
+
+def test_both_services_expose_http_and_grpc_with_their_app_protocols(make_mv: MakeMV) -> None:
+    v1 = make_mv()
+    version_service = build_children(v1, CONFIG)[1]
+    model_service = build_model_service(shared_of([v1]))
+    for service in (version_service, model_service):
+        assert service["spec"]["ports"] == [
+            {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"},
+            {"name": "grpc", "port": 8081, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"},
+        ]
+    # The target ports name container ports of the runtime, which serves gRPC where the env says.
+    container = _container(build_children(v1, CONFIG)[0])
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": 8080, "grpc": 8081}
+    assert _env(container)["MODELFLEET_GRPC_PORT"] == "8081"
+
+
+def test_gateway_mode_adds_a_grpcroute_only_where_the_cluster_serves_it(make_mv: MakeMV) -> None:
+    gateway = OperatorConfig(routing="gateway", gateway="infra/public")
+    kinds = [m["kind"] for m in build_model_objects(shared_of([make_mv()], gateway, served=GRPC))]
+    assert kinds == ["Service", "HTTPRoute", "GRPCRoute", "NetworkPolicy"]
+    assert build_grpcroute(shared_of([make_mv()], gateway)) is None  # no GRPCRoute CRD in the cluster
+    assert build_grpcroute(shared_of([make_mv()], CONFIG, served=GRPC)) is None  # service mode
+
+
+def test_the_grpcroute_splits_like_the_httproute_on_the_grpc_port(
+    make_mv: MakeMV, grpcroute_validator: jsonschema.Validator, httproute_validator: jsonschema.Validator
+) -> None:
+    config = OperatorConfig(routing="gateway", gateway="infra/public", gateway_domain="models.example.org")
+    versions = [
+        make_mv(),
+        make_mv(name="fraud-v2", uid="uid-2", version="2"),
+        make_mv(name="fraud-v3", uid="uid-3", version="3"),
+    ]
+    shared = shared_of(versions, config, served=GRPC, **{"fraud-v1": 80, "fraud-v2": 20})
+    grpc, http = build_grpcroute(shared), build_httproute(shared)
+    assert grpc is not None and http is not None
+    assert [e.message for e in grpcroute_validator.iter_errors(grpc)] == []
+    assert [e.message for e in httproute_validator.iter_errors(http)] == []
+    assert grpc["metadata"] == http["metadata"]
+    assert (
+        grpc["spec"]["parentRefs"]
+        == http["spec"]["parentRefs"]
+        == [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "public", "namespace": "infra"}]
+    )
+    assert grpc["spec"]["hostnames"] == http["spec"]["hostnames"] == ["fraud-ml.models.example.org"]
+
+    def backends(route: dict[str, Any]) -> list[list[tuple[str, int, int]]]:
+        return [[(b["name"], b["port"], b["weight"]) for b in r["backendRefs"]] for r in route["spec"]["rules"]]
+
+    assert backends(grpc) == [
+        [("fraud-v1", 8081, 1)],
+        [("fraud-v2", 8081, 1)],
+        [("fraud-v3", 8081, 1)],
+        [("fraud-v1", 8081, 80), ("fraud-v2", 8081, 20)],
+    ]
+    assert [[(n, w) for n, _, w in rule] for rule in backends(grpc)] == [
+        [(n, w) for n, _, w in rule] for rule in backends(http)
+    ]
+    pins = [r["matches"] for r in grpc["spec"]["rules"][:-1]]
+    assert pins == [[{"headers": [{"type": "Exact", "name": "x-model-version", "value": v}]}] for v in "123"]
+    assert "matches" not in grpc["spec"]["rules"][-1]  # no matches: every method of every service
 
 
 def test_render_groups_versions_by_model_and_splits_their_traffic(make_mv: MakeMV) -> None:

@@ -191,7 +191,8 @@ def test_each_model_gets_a_network_policy_admitting_only_known_namespaces(make_m
     assert spec["podSelector"] == {"matchLabels": {"serving.modelfleet.dev/model": "fraud"}}
     assert spec["policyTypes"] == ["Ingress"]  # ingress not listed below is denied
     assert _admitted(found) == ["ml", "modelfleet", "monitoring"]
-    assert spec["ingress"][0]["ports"] == [{"protocol": "TCP", "port": "http"}]
+    # The runtime's own ports, by name: HTTP and the Open Inference Protocol's gRPC.
+    assert spec["ingress"][0]["ports"] == [{"protocol": "TCP", "port": "http"}, {"protocol": "TCP", "port": "grpc"}]
     gateway = OperatorConfig(routing="gateway", gateway="gateway-system/public", operator_namespace="modelfleet")
     assert _admitted(_policy(mv, gateway)) == ["gateway-system", "ml", "modelfleet"]
     same = OperatorConfig(routing="gateway", gateway="public")  # the Gateway in each model's namespace

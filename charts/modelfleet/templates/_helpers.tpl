@@ -99,8 +99,9 @@ step with tests/chart/rbac.py and the request log of the integration tests.
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, patch, delete]
 {{- if eq .Values.routing.mode "gateway" }}
+# GRPCRoutes only where the cluster serves them (the operator asks discovery at start).
 - apiGroups: [gateway.networking.k8s.io]
-  resources: [httproutes]
+  resources: [httproutes, grpcroutes]
   verbs: [get, list, watch, patch]
 {{- end }}
 # Retraining Jobs (watched, created when the samples are there) and the pods of

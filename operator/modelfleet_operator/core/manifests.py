@@ -25,7 +25,8 @@ from modelfleet_operator.config import OperatorConfig, image_allowed
 from modelfleet_operator.core import policy
 from modelfleet_operator.core.errors import SpecRejected
 from modelfleet_operator.core.policy import UriSchemeNotAllowed
-from modelfleet_operator.core.traffic import SERVICE_PORT, Scale, scale_from_spec
+from modelfleet_operator.core.traffic import GRPC_SERVICE_PORT, SERVICE_PORT, Scale, scale_from_spec
+from modelfleet_operator.core.workers import plan_workers
 from modelfleet_operator.spec import ModelVersionSpec, SpecError, parse_spec
 
 LABEL_MODEL = f"{crd.GROUP}/model"
@@ -38,6 +39,9 @@ RUNTIME_COMMAND = ["modelfleet-runtime", "serve"]
 CONTAINER_NAME = "runtime"
 CONTAINER_PORT = 8080
 PORT_NAME = "http"
+# The runtime's Open Inference Protocol gRPC service (--grpc-port).
+GRPC_CONTAINER_PORT = 8081
+GRPC_PORT_NAME = "grpc"
 RUNTIME_UID = 10001
 MODEL_ROOT = "/mnt/models"
 CACHE_DIR = "/var/cache/modelfleet"
@@ -341,6 +345,7 @@ def runtime_env(name: str, spec: ModelVersionSpec) -> list[dict[str, Any]]:
         _env("MODELFLEET_MODEL_VERSION", spec.version),
         _env("MODELFLEET_HOST", "0.0.0.0"),
         _env("MODELFLEET_PORT", CONTAINER_PORT),
+        _env("MODELFLEET_GRPC_PORT", GRPC_CONTAINER_PORT),
         _env("MODELFLEET_MAX_BATCH_SIZE", spec.batching.max_batch_size),
         _env("MODELFLEET_MAX_LATENCY_MS", spec.batching.max_latency_ms),
         _env("MODELFLEET_MAX_QUEUE", spec.batching.max_queue),
@@ -361,6 +366,21 @@ def pod_parts(name: str, spec: ModelVersionSpec) -> PodParts:
     return parts
 
 
+def container_resources(spec: ModelVersionSpec, config: OperatorConfig) -> dict[str, Any]:
+    """The runtime container's resources: the spec's, else the operator's default."""
+    return spec.resources.to_manifest() if spec.resources else dict(config.default_resources)
+
+
+def worker_parts(spec: ModelVersionSpec, config: OperatorConfig) -> PodParts:
+    """The runtime's worker processes and their threads, from the CPU request (`core.workers`)."""
+    override = spec.runtime.workers if spec.runtime else None
+    plan = plan_workers(container_resources(spec, config), override)
+    env = [_env("MODELFLEET_WORKERS", plan.workers)]
+    if plan.intra_op_threads is not None:
+        env.append(_env("MODELFLEET_INTRA_OP_THREADS", plan.intra_op_threads))
+    return PodParts(env=env)
+
+
 def _probe(path: str, *, period: int, failures: int, timeout: int = 2) -> dict[str, Any]:
     return {
         "httpGet": {"path": path, "port": PORT_NAME},
@@ -371,12 +391,15 @@ def _probe(path: str, *, period: int, failures: int, timeout: int = 2) -> dict[s
 
 
 def runtime_container(name: str, spec: ModelVersionSpec, config: OperatorConfig, parts: PodParts) -> dict[str, Any]:
-    resources = spec.resources.to_manifest() if spec.resources else dict(config.default_resources)
+    resources = container_resources(spec, config)
     return {
         "name": CONTAINER_NAME,
         "image": runtime_image(spec, config),
         "command": list(RUNTIME_COMMAND),
-        "ports": [{"name": PORT_NAME, "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": PORT_NAME, "containerPort": CONTAINER_PORT, "protocol": "TCP"},
+            {"name": GRPC_PORT_NAME, "containerPort": GRPC_CONTAINER_PORT, "protocol": "TCP"},
+        ],
         "env": parts.env,
         "volumeMounts": parts.mounts,
         "resources": resources,
@@ -421,6 +444,7 @@ def build_deployment(mv: Mapping[str, Any], config: OperatorConfig, scale: Scale
     selector = selector_labels(spec.model, spec.version)
     parts = pod_parts(name, spec)
     parts.extend(download_parts(config))
+    parts.extend(worker_parts(spec, config))
     owner = owner_reference(mv)
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector},
@@ -468,14 +492,23 @@ def runs_current_spec(deployment: Mapping[str, Any] | None, mv: Mapping[str, Any
     return bool(annotations.get(TEMPLATE_ANNOTATION) == wanted)
 
 
+def service_ports() -> list[dict[str, Any]]:
+    """The ports of the version and model Services: HTTP (REST, KServe V1/V2) on 80 and the Open
+    Inference Protocol's gRPC on 8081, each marked with its appProtocol for meshes and gateways."""
+    return [
+        {"name": PORT_NAME, "port": SERVICE_PORT, "targetPort": PORT_NAME, "protocol": "TCP", "appProtocol": "http"},
+        {
+            "name": GRPC_PORT_NAME,
+            "port": GRPC_SERVICE_PORT,
+            "targetPort": GRPC_PORT_NAME,
+            "protocol": "TCP",
+            "appProtocol": "grpc",
+        },
+    ]
+
+
 def _service_spec(selector: Mapping[str, str]) -> dict[str, Any]:
-    return {
-        "type": "ClusterIP",
-        "selector": dict(selector),
-        "ports": [
-            {"name": PORT_NAME, "port": SERVICE_PORT, "targetPort": PORT_NAME, "protocol": "TCP", "appProtocol": "http"}
-        ],
-    }
+    return {"type": "ClusterIP", "selector": dict(selector), "ports": service_ports()}
 
 
 def _version_metadata(mv: Mapping[str, Any], spec: ModelVersionSpec) -> dict[str, Any]:
@@ -577,6 +610,7 @@ __all__ = [
     "build_pdb",
     "build_version_service",
     "check_policy",
+    "container_resources",
     "default_scale",
     "download_parts",
     "feature_parts",
@@ -589,9 +623,11 @@ __all__ = [
     "runs_current_spec",
     "runtime_env",
     "selector_labels",
+    "service_ports",
     "source_parts",
     "template_hash",
     "validated",
     "version_endpoint",
     "version_labels",
+    "worker_parts",
 ]

@@ -29,6 +29,8 @@ class ModelSnapshot:
     operator's cache holds what it labelled, and what a GET found that it did not).
     `pods`: the model's pods that are not terminating, with their labels.
     `consumable_secrets`: the names of the namespace's Secrets that carry the opt-in label.
+    `served`: the optional kinds of shared objects the cluster serves (GRPCRoute), as discovered
+    when the operator started.
     """
 
     namespace: str
@@ -42,6 +44,7 @@ class ModelSnapshot:
     pods: Sequence[Mapping[str, Any]] = ()
     # Names of the namespace's Secrets that carry the consumable-secret-label (only those may be named).
     consumable_secrets: frozenset[str] = frozenset()
+    served: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 kopf lists and watches ModelVersions and, with a server-side label selector on
 `app.kubernetes.io/managed-by=modelfleet-operator`, the objects the operator
-creates (Deployments, Services, HPAs, PDBs, Pods, Jobs, HTTPRoutes). Its index
+creates (Deployments, Services, HPAs, PDBs, Pods, Jobs, HTTPRoutes, GRPCRoutes). Its index
 handlers, which kopf calls for every object before it lets any other handler
 run, put each object here (`observe`); its event handlers take the deleted ones
 out (`forget`) and say which models to reconcile (`models_of`). A reconcile
@@ -159,7 +159,7 @@ class Cache:
             keys.add((namespace, model))
         # A shared object named like a version of another model, or the reverse (ownership conflicts).
         if (
-            kind in (k8s.SERVICES, k8s.HTTPROUTES, k8s.NETWORKPOLICIES)
+            kind in (k8s.SERVICES, k8s.HTTPROUTES, k8s.GRPCROUTES, k8s.NETWORKPOLICIES)
             and (namespace, name) in self._by_model[k8s.MODELVERSIONS]
         ):
             keys.add((namespace, name))
@@ -175,9 +175,12 @@ class Cache:
             keys.update(by_model)
         return keys
 
-    def snapshot(self, namespace: str, model: str, shared: Iterable[Kind] = ()) -> ModelSnapshot:
+    def snapshot(
+        self, namespace: str, model: str, shared: Iterable[Kind] = (), served: frozenset[str] = frozenset()
+    ) -> ModelSnapshot:
         """Everything one reconcile of the model reads, in one consistent view; `shared`: the kinds of
-        the model's shared objects (looked up by the model's name)."""
+        the model's shared objects (looked up by the model's name); `served`: the optional kinds the
+        cluster serves."""
         versions = self.of_model(k8s.MODELVERSIONS, namespace, model)
         names = [str(_meta(v)["name"]) for v in versions]
 
@@ -195,6 +198,7 @@ class Cache:
             shared={k8s.KIND_NAMES[kind]: obj for kind in shared if (obj := self.get(kind, namespace, model))},
             pods=[p for p in self.of_model(k8s.PODS, namespace, model) if not _is_trainer(p)],
             consumable_secrets=frozenset(name for ns, name in self._objects[k8s.SECRETS] if ns == namespace),
+            served=served,
         )
 
     def observe_consumable_secret(self, secret: Mapping[str, Any]) -> None:
