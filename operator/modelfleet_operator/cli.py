@@ -43,6 +43,17 @@ _HELP = {
     "scale-down-delay-seconds": "a version giving up traffic keeps its replicas this long after the takers are "
     "Available (default 30)",
     "retire-after-seconds": "gateway routing: a version at weight 0 stays warm this long, then Retired (default 600)",
+    "allowed-model-hosts": "comma-separated hosts (or *.DOMAIN) an http(s) model URI may name (empty: any)",
+    "require-sha256": "true: a ModelVersion without spec.source.sha256 is Failed",
+    "max-model-bytes": "largest model download, passed to the runtime and sizing its cache (default 4 GiB)",
+    "download-timeout-seconds": "deadline of a whole model download, passed to the runtime (default 600)",
+    "download-allowed-networks": "comma-separated private CIDRs model downloads may reach, passed to the runtime",
+    "allowed-trainer-images": "comma-separated images whose own retraining command may run (default: none)",
+    "consumable-secret-label": "KEY=VALUE label a Secret needs to be referenced (empty: no check)",
+    "allowed-redis-hosts": "comma-separated hosts (or *.DOMAIN) features.redis.url may name (empty: any)",
+    "network-policy": "true/false: a NetworkPolicy per model admitting only known namespaces (default true)",
+    "operator-namespace": "the operator's namespace, admitted by the models' NetworkPolicies",
+    "network-policy-namespaces": "comma-separated namespaces more admitted by the models' NetworkPolicies",
 }
 
 
@@ -60,7 +71,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                 metavar="NS",
                 help=f"watch this namespace (repeatable) [env {env}, comma-separated]",
             )
-        elif f.type == "bool":
+        elif f.type == "bool" and key in ("all-namespaces", "standalone"):
             parser.add_argument(
                 f"--{key}",
                 dest=f.name,

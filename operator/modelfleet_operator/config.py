@@ -16,8 +16,14 @@ from typing import Any
 
 ENV_PREFIX = "MODELFLEET_OPERATOR_"
 DEFAULT_RUNTIME_IMAGE = "ghcr.io/modelfleet/runtime:0.1.0"
-DEFAULT_URI_SCHEMES = ("https", "http", "pvc", "configmap", "file")
-KNOWN_URI_SCHEMES = frozenset(DEFAULT_URI_SCHEMES)
+# DESIGN.md section 9: https and in-cluster volumes by default; http and file only when configured.
+DEFAULT_URI_SCHEMES = ("https", "pvc", "configmap")
+KNOWN_URI_SCHEMES = frozenset(("https", "http", "pvc", "configmap", "file"))
+# The label a Secret must carry before a ModelVersion may reference it (KEY=VALUE).
+DEFAULT_CONSUMABLE_LABEL = "serving.modelfleet.dev/consumable=true"
+# The runtime's own cap on a model download (its --max-model-bytes); the cache emptyDir is sized from it.
+DEFAULT_MAX_MODEL_BYTES = 4 * 1024**3
+DEFAULT_DOWNLOAD_TIMEOUT_SECONDS = 600.0
 DEFAULT_RESOURCES: dict[str, Any] = {
     "requests": {"cpu": "250m", "memory": "512Mi"},
     "limits": {"memory": "2Gi"},
@@ -81,6 +87,31 @@ class OperatorConfig:
     # Images a ModelVersion may name (runtimeImage, trainer image); empty: the runtime image's repository.
     allowed_images: tuple[str, ...] = ()
     allowed_uri_schemes: tuple[str, ...] = DEFAULT_URI_SCHEMES
+    # --- what a ModelVersion may reach and use (DESIGN.md section 9; core.policy checks them) ---
+    # Hosts an http(s) model URI may name: `models.example.com`, or `*.example.com` for its subdomains.
+    # Empty: any host (the runtime still refuses loopback, link-local and private addresses).
+    allowed_model_hosts: tuple[str, ...] = ()
+    # A model URI without spec.source.sha256 is refused.
+    require_sha256: bool = False
+    # Passed to the runtime (--max-model-bytes) and the size of the download emptyDir.
+    max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES
+    # Passed to the runtime (--download-timeout-seconds): one deadline for the whole download.
+    download_timeout_seconds: float = DEFAULT_DOWNLOAD_TIMEOUT_SECONDS
+    # Passed to the runtime (--download-allowed-networks): private networks downloads may reach.
+    download_allowed_networks: tuple[str, ...] = ()
+    # Images whose own command a ModelVersion's retraining may run (empty: none; the runtime image
+    # always runs its own `train`).
+    allowed_trainer_images: tuple[str, ...] = ()
+    # KEY=VALUE label a Secret needs before a ModelVersion may reference it; empty: no label check.
+    consumable_secret_label: str = DEFAULT_CONSUMABLE_LABEL
+    # Hosts features.redis.url may name (same patterns as allowed-model-hosts); empty: any.
+    allowed_redis_hosts: tuple[str, ...] = ()
+    # A NetworkPolicy per model: only its namespace, the Gateway's, the operator's and these reach its pods.
+    network_policy: bool = True
+    # The operator's own namespace (the chart sets it): its pods ask the runtimes for readiness and metrics.
+    operator_namespace: str = ""
+    # More namespaces whose pods may reach the runtime pods (a Gateway's data plane, Prometheus).
+    network_policy_namespaces: tuple[str, ...] = ()
     namespaces: tuple[str, ...] = ()
     all_namespaces: bool = False
     standalone: bool = False
@@ -111,6 +142,7 @@ class OperatorConfig:
             *_scope_problems(self),
             *_process_problems(self),
             *_timing_problems(self),
+            *_security_problems(self),
         ]
         if problems:
             raise ConfigError("; ".join(problems))
@@ -212,6 +244,65 @@ def _timing_problems(config: OperatorConfig) -> list[str]:
         )
         if not least <= seconds <= MAX_SECONDS
     ]
+
+
+def host_allowed(host: str, patterns: tuple[str, ...]) -> bool:
+    """`models.example.com` allows that host; `*.example.com` every host below example.com (not itself)."""
+    host = host.lower().rstrip(".")
+    for pattern in patterns:
+        pattern = pattern.lower()
+        if pattern.startswith("*."):
+            if host.endswith(pattern[1:]):
+                return True
+        elif host == pattern:
+            return True
+    return False
+
+
+def label_requirement(text: str) -> tuple[str, str] | None:
+    """`KEY=VALUE` -> (KEY, VALUE); empty -> None (no label check)."""
+    if not text:
+        return None
+    key, _, value = text.partition("=")
+    return key, value
+
+
+_LABEL_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-_.A-Za-z0-9]{0,61}[A-Za-z0-9])?$"
+)
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-_.A-Za-z0-9]{0,61}[A-Za-z0-9])?)?$")
+_HOST_PATTERN = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def _security_problems(config: OperatorConfig) -> list[str]:
+    """What a ModelVersion may reach and use: hosts, Secrets, download bounds, the NetworkPolicy."""
+    problems: list[str] = []
+    for key, patterns in (
+        ("allowed-model-hosts", config.allowed_model_hosts),
+        ("allowed-redis-hosts", config.allowed_redis_hosts),
+    ):
+        bad = [p for p in patterns if not _HOST_PATTERN.match(p.lower())]
+        if bad:
+            problems.append(f"{key}: {', '.join(bad)} is not a host name or *.DOMAIN")
+    requirement = config.consumable_secret_label
+    if requirement:
+        key, sep, value = requirement.partition("=")
+        if not sep or not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value):
+            problems.append(
+                f"consumable-secret-label must be KEY=VALUE with a label key and value, got {requirement!r}"
+            )
+    if config.max_model_bytes < 1024 * 1024:
+        problems.append(f"max-model-bytes must be at least 1048576 (1 MiB), got {config.max_model_bytes}")
+    if not 1.0 <= config.download_timeout_seconds <= MAX_SECONDS:
+        problems.append(
+            f"download-timeout-seconds must be between 1 and {MAX_SECONDS:g}, got {config.download_timeout_seconds:g}"
+        )
+    for key, names in (
+        ("operator-namespace", (config.operator_namespace,) if config.operator_namespace else ()),
+        ("network-policy-namespaces", config.network_policy_namespaces),
+    ):
+        problems.extend(f"{key}: {ns!r} is not a valid namespace name" for ns in names if not _DNS_LABEL.match(ns))
+    return problems
 
 
 def key_of(field_name: str) -> str:
@@ -323,8 +414,10 @@ __all__ = [
     "ConfigError",
     "OperatorConfig",
     "env_name",
+    "host_allowed",
     "image_allowed",
     "image_repository",
+    "label_requirement",
     "load_config",
     "parse_set_options",
 ]

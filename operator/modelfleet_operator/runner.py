@@ -46,6 +46,11 @@ async def operate(
     """Run the operator in the current event loop until `stop_flag` is set, SIGTERM/SIGINT arrive
     (in the main thread), or the task is cancelled. Metrics listen on `metrics_host`:`metrics-port`."""
     context = handlers.open_context(config)
+    try:
+        await context.discover()
+    except BaseException:
+        await handlers.close_context(context)
+        raise
     exporter = await metrics.serve(context.metrics, config.metrics_port, metrics_host) if config.metrics_port else None
     # Started before kopf, which cancels the tasks it finds at its end as its own; the queue
     # stops after kopf, so no reconcile is cut off while kopf still runs.

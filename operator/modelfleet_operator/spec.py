@@ -112,8 +112,9 @@ class Source(_Spec):
             "Where the ONNX model is loaded from: https://HOST/PATH, http://HOST/PATH, "
             "pvc://CLAIM/PATH (the claim is mounted read-only), configmap://NAME/KEY "
             "(the ConfigMap is mounted read-only; put the model in binaryData), or "
-            "file:///PATH inside the runtime image. The operator's configuration may "
-            "allow fewer schemes; a version with another scheme is Failed."
+            "file:///PATH inside the runtime image. By default the operator allows https, pvc "
+            "and configmap (http and file only when its allowed-uri-schemes lists them) and may "
+            "limit the hosts (allowed-model-hosts); a version with another is Failed."
         ),
         max_length=2048,
         pattern=SOURCE_URI,
@@ -193,6 +194,21 @@ class Warmup(_Spec):
     )
 
 
+class Runtime(_Spec):
+    workers: int | None = Field(
+        None,
+        description=(
+            "Runtime processes per pod sharing its ports (modelfleet-runtime serve --workers), each with "
+            "its own model session and batcher; maxQueue applies per worker. Default: the container's "
+            "CPU request in whole CPUs (at least 1; resources.limits.cpu when no request is set). Each "
+            "worker's onnxruntime intra-op threads are the CPU request divided by the workers, rounded "
+            "down, at least 1."
+        ),
+        ge=1,
+        le=128,
+    )
+
+
 class Redis(_Spec):
     url: str = Field(
         description="Address of the Redis online store, redis://HOST:PORT/DB or rediss://HOST:PORT/DB.",
@@ -206,7 +222,11 @@ class Redis(_Spec):
     )
     password_secret_ref: SecretKeyRef | None = Field(
         None,
-        description="Secret key holding the Redis password; omit for a store without a password.",
+        description=(
+            "Secret key holding the Redis password, mounted into the runtime pods as a file; omit for a "
+            "store without a password. The Secret must carry the label of the operator's "
+            "consumable-secret-label (default serving.modelfleet.dev/consumable=true)."
+        ),
     )
 
 
@@ -280,8 +300,9 @@ class Retraining(_Spec):
     token_secret_ref: TokenSecretRef | None = Field(
         None,
         description=(
-            "Secret holding the bearer token POST /feedback requires. When omitted "
-            "the operator uses (and creates, with a random token) the Secret "
+            "Secret holding the bearer token POST /feedback requires; it must carry the label of the "
+            "operator's consumable-secret-label (default serving.modelfleet.dev/consumable=true). When "
+            "omitted the operator uses (and creates, with a random token) the Secret "
             "MODEL-feedback-token, key token."
         ),
     )
@@ -289,14 +310,19 @@ class Retraining(_Spec):
         None,
         description=(
             "Custom trainer image; accepted only when it matches the operator's "
-            "allowed images. Default: the runtime image running `modelfleet-runtime train`."
+            "allowed images. It runs `modelfleet-runtime train` unless it also matches the operator's "
+            "allowed-trainer-images. Default: the runtime image running `modelfleet-runtime train`."
         ),
         max_length=512,
         pattern=IMAGE_REF,
     )
     command: list[Annotated[str, Field(max_length=4096)]] | None = Field(
         None,
-        description="Command of the custom trainer image (needs image).",
+        description=(
+            "Command of the custom trainer image (needs image). Accepted only when image matches the "
+            "operator's allowed-trainer-images (empty by default): the trainer's report decides "
+            "promotion, so only administrator-approved code may write it; otherwise the version is Failed."
+        ),
         max_length=64,
     )
     resources: ResourceRequirements | None = Field(
@@ -407,6 +433,10 @@ class ModelVersionSpec(_Spec):
         ge=0,
         le=100,
     )
+    runtime: Runtime | None = Field(
+        None,
+        description="How the runtime uses the pod's CPUs: worker processes (default: from the CPU request).",
+    )
     features: Features | None = Field(
         None,
         description="Real-time feature lookup: requests with entity_id get features from an online store.",
@@ -422,6 +452,15 @@ class ModelVersionSpec(_Spec):
     resources: ResourceRequirements | None = Field(
         None,
         description="Compute resources of the runtime container. Default: the operator's configuration.",
+    )
+    predict_token: TokenSecretRef | None = Field(
+        None,
+        description=(
+            "Secret holding a bearer token that predictions must carry (Authorization: Bearer TOKEN); "
+            "mounted into the runtime pods as a file, re-read when the Secret changes. Omit for "
+            "unauthenticated predictions. Like every Secret a ModelVersion names, it must carry the "
+            "label of the operator's consumable-secret-label (default serving.modelfleet.dev/consumable=true)."
+        ),
     )
     runtime_image: str | None = Field(
         None,

@@ -11,6 +11,9 @@ from tests.chart.rbac import check_requests, grants, request_from_http
 # Children are watched, looked up once by name before they are first made, written by server-side apply.
 APPLIED = {"get", "list", "watch", "patch"}
 
+# Which Secrets carry the consumable label: a labelled list and watch, never a get.
+CONSUMABLE_SECRETS = {("list", "", "secrets"), ("watch", "", "secrets")}
+NETWORK_POLICIES = {(v, "networking.k8s.io", "networkpolicies") for v in APPLIED}
 # What the operator does in a watched namespace (service routing, one replica); the
 # integration suite's replay (tests/integration/test_zz_rbac_replay.py) proves each is used.
 NAMESPACED = (
@@ -24,7 +27,9 @@ NAMESPACED = (
     | {(v, "batch", "jobs") for v in ("list", "watch", "create")}
     | {("list", "", "pods"), ("watch", "", "pods")}
     | {("list", "discovery.k8s.io", "endpointslices")}
+    | {(v, "networking.k8s.io", "networkpolicies") for v in APPLIED}
     | {("create", "", "secrets")}
+    | CONSUMABLE_SECRETS
     | {("create", "", "events")}
 )
 CRD_DISCOVERY = {
@@ -32,7 +37,8 @@ CRD_DISCOVERY = {
     ("watch", "apiextensions.k8s.io", "customresourcedefinitions"),
 }
 NAMESPACE_DISCOVERY = {("list", "", "namespaces"), ("watch", "", "namespaces")}
-HTTPROUTES = {(v, "gateway.networking.k8s.io", "httproutes") for v in APPLIED}
+# Gateway mode: the HTTPRoute and, where the cluster serves the kind, the GRPCRoute of each model.
+ROUTES = {(v, "gateway.networking.k8s.io", plural) for v in APPLIED for plural in ("httproutes", "grpcroutes")}
 CLUSTER_PEERING = {(v, "kopf.dev", "clusterkopfpeerings") for v in ("get", "list", "watch", "patch")}
 NAMESPACED_PEERING = {(v, "kopf.dev", "kopfpeerings") for v in ("get", "list", "watch", "patch")}
 
@@ -56,8 +62,8 @@ def test_all_namespaces_grants_exactly_the_operators_rules_cluster_wide(render) 
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "modelfleet", "namespace": "modelfleet"}]
 
 
-def test_gateway_routing_adds_httproutes_only(render) -> None:
-    assert grants(find(render(VALUE_SETS["gateway"]), "ClusterRole")) == NAMESPACED | CRD_DISCOVERY | HTTPROUTES
+def test_gateway_routing_adds_http_and_grpc_routes_only(render) -> None:
+    assert grants(find(render(VALUE_SETS["gateway"]), "ClusterRole")) == NAMESPACED | CRD_DISCOVERY | ROUTES
 
 
 def test_several_replicas_add_cluster_peering_only(render) -> None:
@@ -85,6 +91,19 @@ def test_namespaced_peering_is_granted_in_each_watched_namespace(render) -> None
     assert grants(find(objects, "ClusterRole")) == CRD_DISCOVERY | NAMESPACE_DISCOVERY
     [role] = find(objects, "Role")
     assert grants([role]) == NAMESPACED | NAMESPACED_PEERING
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_no_role_grants_get_on_secrets(render, value_set: str) -> None:
+    # Issue 11, finding 9: the operator never reads a Secret by name (a create answering 409 means it is there).
+    objects = render(VALUE_SETS[value_set])
+    assert not {g for g in grants(objects) if g[1:] == ("", "secrets") and g[0] not in ("create", "list", "watch")}
+
+
+def test_secret_listing_and_network_policies_go_with_their_settings(render) -> None:
+    objects = render({"secretReferences": {"consumableLabel": ""}, "networkPolicy": {"models": False}})
+    [cluster_role] = find(objects, "ClusterRole")
+    assert grants([cluster_role]) == (NAMESPACED - CONSUMABLE_SECRETS - NETWORK_POLICIES) | CRD_DISCOVERY
 
 
 def test_rbac_can_be_left_to_an_administrator(render) -> None:

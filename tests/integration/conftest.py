@@ -8,7 +8,8 @@
 `wait_for`: tests/support/polling.py.)
 
 - `cluster` (harness.cluster.Cluster): the emulated API server with the CRDs of
-  crds/ registered, namespace `ml`, KUBECONFIG pointing at it;
+  crds/ and the Gateway API's GRPCRoute CRD (`crds`; a module may override it to
+  leave one out) registered, namespace `ml`, KUBECONFIG pointing at it;
 - `kubelet` (harness.kubelet.DeploymentController): runs the pods the operator
   asks for as real processes; `kubelet.pods` maps (namespace, name) to PodProcess;
 - `jobs` (harness.jobs.JobController): runs the Jobs the operator creates (the
@@ -39,13 +40,21 @@ from tests.integration.harness.emulator import ApiRequest
 from tests.integration.harness.jobs import JobController
 from tests.integration.harness.kubelet import DeploymentController, EndpointSliceController
 from tests.integration.harness.operator import InProcessOperator
-from tests.integration.model_versions import ModelFile
-from tests.support.paths import CRDS
+from tests.integration.model_versions import LOCAL_SOURCES, ModelFile
+from tests.support.paths import CRDS, GATEWAY_API_SCHEMAS
+
+# Served from its CRD (schema, defaults, list types); HTTPRoutes and Gateways are built into the emulator.
+GRPCROUTE_CRD = GATEWAY_API_SCHEMAS / "gateway.networking.k8s.io_grpcroutes.yaml"
+
+
+def modelfleet_crds() -> list[dict[str, Any]]:
+    return [doc for path in sorted(CRDS.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
 @pytest.fixture(scope="session")
 def crds() -> list[dict[str, Any]]:
-    return [doc for path in sorted(CRDS.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    """The CRDs the emulated cluster serves: ModelFleet's and the Gateway API's GRPCRoute."""
+    return [*modelfleet_crds(), yaml.safe_load(GRPCROUTE_CRD.read_text())]
 
 
 @pytest.fixture
@@ -82,7 +91,7 @@ async def jobs(cluster: Cluster) -> AsyncIterator[JobController]:
 
 @pytest.fixture
 def operator_config() -> OperatorConfig:
-    return OperatorConfig(namespaces=("ml",), standalone=True, log_level="debug")
+    return OperatorConfig(namespaces=("ml",), standalone=True, allowed_uri_schemes=LOCAL_SOURCES, log_level="debug")
 
 
 @pytest.fixture

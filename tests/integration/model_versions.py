@@ -13,6 +13,10 @@ from typing import Any
 from tests.integration.harness.cluster import MV, Cluster
 from tests.support.polling import wait_for
 
+# The scenarios' models are files on this machine (file:// sources), which the operator allows only
+# when its allowed-uri-schemes lists file (DESIGN.md section 9): every scenario's configuration does.
+LOCAL_SOURCES = ("https", "pvc", "configmap", "file")
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelFile:

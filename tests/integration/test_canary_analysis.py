@@ -20,7 +20,7 @@ from modelfleet_operator.config import OperatorConfig
 from tests.integration.harness.cluster import MV, Cluster
 from tests.integration.harness.kubelet import DeploymentController
 from tests.integration.harness.router import Router
-from tests.integration.model_versions import ModelFile, condition, model_version, wait_for_phase
+from tests.integration.model_versions import LOCAL_SOURCES, ModelFile, condition, model_version, wait_for_phase
 from tests.integration.steady_load import POISON, Load, failing_model
 from tests.support.polling import wait_for
 
@@ -35,7 +35,9 @@ TINY_QUEUE = {"maxBatchSize": 1, "maxLatencyMs": 0, "maxQueue": 1}
 
 @pytest.fixture
 def operator_config() -> OperatorConfig:
-    return OperatorConfig(namespaces=("ml",), standalone=True, routing="gateway", gateway="ml/public")
+    return OperatorConfig(
+        namespaces=("ml",), standalone=True, allowed_uri_schemes=LOCAL_SOURCES, routing="gateway", gateway="ml/public"
+    )
 
 
 @pytest.fixture

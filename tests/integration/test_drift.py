@@ -18,7 +18,7 @@ from modelfleet_operator.config import OperatorConfig
 from tests.integration.harness.cluster import DEPLOYMENTS, MV, SERVICES, Cluster
 from tests.integration.harness.kubelet import DeploymentController
 from tests.integration.harness.operator import InProcessOperator
-from tests.integration.model_versions import ModelFile, condition, model_version, wait_for_phase
+from tests.integration.model_versions import LOCAL_SOURCES, ModelFile, condition, model_version, wait_for_phase
 from tests.integration.steady_load import operator_metric
 from tests.support.polling import wait_for
 
@@ -39,7 +39,9 @@ def metrics_port() -> int:
 
 @pytest.fixture
 def operator_config(metrics_port: int) -> OperatorConfig:
-    return OperatorConfig(namespaces=("ml",), standalone=True, metrics_port=metrics_port)
+    return OperatorConfig(
+        namespaces=("ml",), standalone=True, allowed_uri_schemes=LOCAL_SOURCES, metrics_port=metrics_port
+    )
 
 
 def operator_writes(cluster: Cluster, since: int = 0) -> list[tuple[str, str, Any]]:

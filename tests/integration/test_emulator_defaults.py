@@ -262,3 +262,32 @@ async def test_quantities_are_canonical_wherever_the_schema_says_quantity(api: R
     stored = await create(api, ("", "v1", "persistentvolumeclaims"), pvc)
     assert stored["spec"]["resources"]["requests"] == {"storage": "2Gi"}
     assert stored["spec"]["volumeMode"] == "Filesystem"
+
+
+GRPCROUTES = ("gateway.networking.k8s.io", "v1", "grpcroutes")
+
+
+async def test_grpcroutes_are_served_from_their_crd_with_its_defaults_and_pruning(api: RawApi) -> None:
+    status, discovery = await api.call("GET", "/apis/gateway.networking.k8s.io/v1")
+    assert status == 200 and "grpcroutes" in {r["name"] for r in discovery["resources"]}
+    route = await create(
+        api,
+        GRPCROUTES,
+        {
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "GRPCRoute",
+            "metadata": {"name": "fraud"},
+            "spec": {
+                "parentRefs": [{"name": "public"}],
+                "rules": [
+                    {"matches": [{"headers": [{"name": "x-model-version", "value": "1"}]}], "unknown": True},
+                    {"backendRefs": [{"name": "fraud-v1", "port": 8081}]},
+                ],
+            },
+        },
+    )
+    pin, default = route["spec"]["rules"]
+    # The Gateway API v1.6.1 CRD's defaults: parent and backend group/kind, header match type, weight.
+    assert route["spec"]["parentRefs"] == [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "public"}]
+    assert pin == {"matches": [{"headers": [{"type": "Exact", "name": "x-model-version", "value": "1"}]}]}
+    assert default["backendRefs"] == [{"group": "", "kind": "Service", "name": "fraud-v1", "port": 8081, "weight": 1}]

@@ -14,7 +14,7 @@ import yaml
 from modelfleet_operator.config import OperatorConfig
 from tests.integration.harness.cluster import DEPLOYMENTS, HPAS, MV, PDBS, PODS, SERVICES, Cluster
 from tests.integration.harness.kubelet import DeploymentController
-from tests.integration.model_versions import ModelFile, condition, model_version, phase, wait_for_phase
+from tests.integration.model_versions import LOCAL_SOURCES, ModelFile, condition, model_version, phase, wait_for_phase
 from tests.support.paths import EXAMPLES
 from tests.support.polling import wait_for
 
@@ -22,7 +22,13 @@ from tests.support.polling import wait_for
 @pytest.fixture
 def operator_config() -> OperatorConfig:
     # A version that hands its traffic over keeps its pods this long; the resync stays the default.
-    return OperatorConfig(namespaces=("ml",), standalone=True, log_level="debug", scale_down_delay_seconds=2)
+    return OperatorConfig(
+        namespaces=("ml",),
+        standalone=True,
+        allowed_uri_schemes=LOCAL_SOURCES,
+        log_level="debug",
+        scale_down_delay_seconds=2,
+    )
 
 
 def minimal_example(model: ModelFile) -> dict:
@@ -237,3 +243,31 @@ async def test_autoscaler_and_disruption_budget_come_and_go_with_the_spec(
     await cluster.patch_spec("fraud-v1", {"autoscaling": None, "replicas": 1})
     await wait_for(lambda: not cluster.owned_by(HPAS, mv) and not cluster.owned_by(PDBS, mv), timeout=60)
     await wait_for_phase(cluster, "fraud-v1", "Ready")
+
+
+async def test_a_version_requesting_two_cpus_runs_two_workers_that_serve(
+    cluster: Cluster,
+    kubelet: DeploymentController,
+    operator,
+    demo_model: ModelFile,
+) -> None:
+    resources = {"requests": {"cpu": "2", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
+    await cluster.apply(model_version("fraud-v1", "fraud", "1", demo_model.uri, resources=resources))
+    await wait_for_phase(cluster, "fraud-v1", "Ready")
+    deployment = cluster.get(DEPLOYMENTS, "fraud-v1")
+    assert deployment is not None
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert (env["MODELFLEET_WORKERS"], env["MODELFLEET_INTRA_OP_THREADS"]) == ("2", "1")
+
+    # The kubelet ran the runtime with that env: the pod is ready because both of its workers are.
+    [pod] = ready_pods(kubelet, "fraud-v1")
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://{pod.address}:{pod.port('http')}/v2/health/ready") as r,
+    ):
+        assert r.status == 200
+        readiness = await r.json()
+    assert [(w["worker"], w["state"]) for w in readiness["workers"]] == [(0, "ready"), (1, "ready")]
+    answer = await predict(pod.address, pod.port("http"), [0.1, -0.2, 0.3, 0.4, -0.5, 0.6, 0.7, -0.8])
+    assert answer["model_version"] == "1"

@@ -1,11 +1,14 @@
 """The online-learning loop on the emulated cluster (DESIGN.md section 5, docs/online-learning.md).
 
 Real processes all the way: the runtime serves a logistic regression trained on
-one distribution, a client sends predictions and labelled feedback from a
-shifted one (with the bearer token from the Secret the operator created), the
-operator reads the sample count from a pod, creates the retraining Job, the
-test Job controller runs the real trainer on the same feedback folder, and the
-operator creates, rolls out and promotes the child version.
+one distribution from two replicas, a client sends predictions and labelled
+feedback from a shifted one through the model's Service (the test router picks
+a pod per request, as kube-proxy does, so a label often reaches the pod that did
+not answer its prediction), with the bearer token from the Secret the operator
+created; the operator sums the sample count over the pods, creates the
+retraining Job, the test Job controller runs the real trainer on the same
+feedback folder, which joins every label with its logged prediction, and the
+operator creates, rolls out as a canary and promotes the child version.
 """
 
 from __future__ import annotations
@@ -24,13 +27,15 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from prometheus_client.parser import text_string_to_metric_families
 
 from modelfleet_operator.config import OperatorConfig
 from tests.integration.harness.cluster import MV, PODS, Cluster
 from tests.integration.harness.jobs import JobController
 from tests.integration.harness.kubelet import DeploymentController
 from tests.integration.harness.operator import InProcessOperator
-from tests.integration.model_versions import ModelFile, condition, model_version, phase, wait_for_phase
+from tests.integration.harness.router import Router
+from tests.integration.model_versions import LOCAL_SOURCES, ModelFile, condition, model_version, phase, wait_for_phase
 from tests.integration.steady_load import operator_metric
 from tests.support.polling import wait_for
 
@@ -66,7 +71,7 @@ def shifted_samples(rows: int, seed: int) -> tuple[list[list[float]], list[int]]
     return x.tolist(), (x @ W_SHIFTED > 0).astype(int).ravel().tolist()
 
 
-def retraining_version(model: ModelFile, *, min_samples: int) -> dict[str, Any]:
+def retraining_version(model: ModelFile, *, min_samples: int, replicas: int = 1) -> dict[str, Any]:
     return model_version(
         PARENT,
         MODEL,
@@ -74,6 +79,7 @@ def retraining_version(model: ModelFile, *, min_samples: int) -> dict[str, Any]:
         model.uri,
         source={"uri": model.uri, "sha256": model.sha256},
         warmup={"iterations": 2},
+        replicas=replicas,
         retraining={"minSamples": min_samples, "feedbackClaim": CLAIM, "canaryTraffic": 20, "autoPromote": True},
     )
 
@@ -85,7 +91,13 @@ def metrics_port() -> int:
 
 @pytest.fixture
 def operator_config(metrics_port: int) -> OperatorConfig:
-    return OperatorConfig(namespaces=("ml",), standalone=True, metrics_port=metrics_port, scale_down_delay_seconds=2)
+    return OperatorConfig(
+        namespaces=("ml",),
+        standalone=True,
+        allowed_uri_schemes=LOCAL_SOURCES,
+        metrics_port=metrics_port,
+        scale_down_delay_seconds=2,
+    )
 
 
 def free_port() -> int:
@@ -163,6 +175,47 @@ async def send_feedback(
             assert (await response.json())["accepted"] == len(body["labels"])
 
 
+async def pod_counters(http: aiohttp.ClientSession, pods: list[Any]) -> dict[str, tuple[float, float]]:
+    """Each pod's own (rows run through its model, label records it durably appended), from its /metrics."""
+    out = {}
+    for p in pods:
+        async with http.get(f"http://{p.address}:{p.port('http')}/metrics") as response:
+            assert response.status == 200
+            text = await response.text()
+        totals = {"modelfleet_inference_rows": 0.0, "modelfleet_feedback_samples": 0.0}
+        for family in text_string_to_metric_families(text):
+            if family.name in totals:
+                totals[family.name] += sum(s.value for s in family.samples if s.name.endswith("_total"))
+        out[p.name] = (totals["modelfleet_inference_rows"], totals["modelfleet_feedback_samples"])
+    return out
+
+
+def grown(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]], which: int) -> list[str]:
+    return [name for name in after if after[name][which] > before[name][which]]
+
+
+async def feedback_through_the_service(
+    http: aiohttp.ClientSession, url: str, pods: list[Any], token: str, rows: list[list[float]], labels: list[int]
+) -> list[tuple[str, str]]:
+    """Predict and label, chunk by chunk, through the model's Service; (the pod that predicted, the pod
+    that stored the label) per chunk, as the pods' own counters tell."""
+    landed = []
+    chunk = 10
+    for start in range(0, len(rows), chunk):
+        before = await pod_counters(http, pods)
+        answer = await predict(http, url, rows[start : start + chunk])
+        predicted = await pod_counters(http, pods)
+        body = {"request_id": answer["request_id"], "labels": labels[start : start + chunk]}
+        async with http.post(f"{url}/feedback", json=body, headers={"Authorization": f"Bearer {token}"}) as response:
+            assert response.status == 200, await response.text()
+            assert (await response.json())["accepted"] == len(body["labels"])
+        labelled = await pod_counters(http, pods)
+        [by] = grown(before, predicted, 0)
+        [stored] = grown(predicted, labelled, 1)
+        landed.append((by, stored))
+    return landed
+
+
 async def unconsumed(http: aiohttp.ClientSession, base: str) -> int:
     async with http.get(f"{base}/v1/feedback/stats") as response:
         assert response.status == 200
@@ -181,8 +234,16 @@ async def test_feedback_retrains_a_child_that_is_canaried_and_promoted_while_the
 ) -> None:
     served = linear_model(tmp_path / "churn-1.onnx", W_SERVED, "Sigmoid")
     jobs.hold = True  # the Job waits, so the test can look at the cluster while it is pending
-    await cluster.apply(retraining_version(served, min_samples=200))
+    await cluster.apply(retraining_version(served, min_samples=200, replicas=2))
     await wait_for_phase(cluster, PARENT, "Ready")
+    pods = await wait_for(
+        lambda: (
+            [p for p in kubelet.pods_of("ml", PARENT) if p.ready] if len(kubelet.pods_of("ml", PARENT)) == 2 else []
+        ),
+        timeout=60,
+        message="two ready pods of the parent",
+    )
+    assert len(pods) == 2
 
     # The operator made the token Secret the pods mount; it belongs to the model, not to one version.
     secret = cluster.get(SECRETS, f"{MODEL}-feedback-token")
@@ -192,10 +253,18 @@ async def test_feedback_retrains_a_child_that_is_canaried_and_promoted_while_the
 
     base = await ready_address(kubelet, PARENT)
     rows, labels = shifted_samples(240, seed=1)
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession() as http, Router(cluster.emulator, "ml", MODEL, mode="service", seed=7) as router:
         async with http.post(f"{base}/feedback", json={"features": rows[0], "label": labels[0]}) as response:
             assert response.status == 401  # feedback changes the next model: never without the token
-        await send_feedback(http, base, token, rows, labels)
+        landed = await feedback_through_the_service(http, router.url, pods, token, rows, labels)
+        # Both pods answered predictions and stored labels, and labels reached the pod that did not log
+        # their predictions (the prediction log on the shared volume joins them).
+        assert {by for by, _ in landed} == {stored for _, stored in landed} == {p.name for p in pods}, landed
+        assert any(by != stored for by, stored in landed), landed
+        # Every labelled request was stored once, by one of the pods (the counter counts label records:
+        # one per request, of ten rows each here).
+        counters = await pod_counters(http, pods)
+        assert sum(records for _, records in counters.values()) == len(landed) == 24
 
         # Threshold -> one Job, owned by the version, mounting the same claim.
         await wait_for(
@@ -226,6 +295,9 @@ async def test_feedback_retrains_a_child_that_is_canaried_and_promoted_while_the
         produced = claim / "models" / JOB / "model.onnx"
         metrics = json.loads((claim / "models" / JOB / "metrics.json").read_text())
         assert metrics["child"]["accuracy"] > metrics["parent"]["accuracy"]
+        # Every label joined its prediction, whichever pod logged the one and stored the other.
+        joined = metrics["samples"]["labels"]
+        assert (joined["matched"], joined["unmatched"], joined["expired"]) == (240, 0, 0), joined
         assert await unconsumed(http, base) == 0  # consumed only now that the model is written
 
         # Restarted, it picks up the finished Job: exactly one child.

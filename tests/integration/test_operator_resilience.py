@@ -15,7 +15,7 @@ from tests.integration.harness.cluster import DEPLOYMENTS, MV, SERVICES, Cluster
 from tests.integration.harness.kubelet import DeploymentController
 from tests.integration.harness.operator import InProcessOperator
 from tests.integration.harness.router import Router
-from tests.integration.model_versions import ModelFile, model_version, wait_for_phase
+from tests.integration.model_versions import LOCAL_SOURCES, ModelFile, model_version, wait_for_phase
 from tests.integration.steady_load import CapacitySampler, Load
 from tests.support.polling import wait_for
 
@@ -24,7 +24,9 @@ FINALIZER = "serving.modelfleet.dev/finalizer"
 
 @pytest.fixture
 def operator_config() -> OperatorConfig:
-    return OperatorConfig(namespaces=("ml",), standalone=True, scale_down_delay_seconds=2)
+    return OperatorConfig(
+        namespaces=("ml",), standalone=True, allowed_uri_schemes=LOCAL_SOURCES, scale_down_delay_seconds=2
+    )
 
 
 @pytest.fixture
@@ -131,9 +133,11 @@ async def test_api_errors_and_a_kill_in_the_middle_of_a_promotion_converge_witho
         lambda: (
             status(cluster, "fraud-v2").get("servingTraffic") == 9
             and status(cluster, "fraud-v1").get("phase") == "Ready"
+            # Sized for its canary share (ceil(2 x 9%) = 1), so that the promotion has to patch it.
+            and (cluster.get(DEPLOYMENTS, "fraud-v2") or {}).get("spec", {}).get("replicas") == 1
         ),
         timeout=90,
-        message="fraud-v2 serving its canary share",
+        message="fraud-v2 serving its canary share on one replica",
     )
     sampler = CapacitySampler(cluster, router, "fraud")
     async with Load(router.url) as load, sampler.running():

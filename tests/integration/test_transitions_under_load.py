@@ -24,7 +24,7 @@ from modelfleet_operator.config import OperatorConfig
 from tests.integration.harness.cluster import DEPLOYMENTS, MV, Cluster
 from tests.integration.harness.kubelet import DeploymentController
 from tests.integration.harness.router import Router
-from tests.integration.model_versions import ModelFile, condition, model_version, wait_for_phase
+from tests.integration.model_versions import LOCAL_SOURCES, ModelFile, condition, model_version, wait_for_phase
 from tests.integration.steady_load import CapacitySampler, Load, applied_split, route_weights
 from tests.support.polling import wait_for
 
@@ -45,6 +45,7 @@ def operator_config(mode: str) -> OperatorConfig:
     return OperatorConfig(
         namespaces=("ml",),
         standalone=True,
+        allowed_uri_schemes=LOCAL_SOURCES,
         scale_down_delay_seconds=DELAY,
         retire_after_seconds=RETIRE,
         **routing,

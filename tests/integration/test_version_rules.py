@@ -17,7 +17,7 @@ import pytest
 from modelfleet_operator.config import OperatorConfig
 from tests.integration.harness.cluster import DEPLOYMENTS, MV, SERVICES, Cluster
 from tests.integration.harness.workloads import SimulatedWorkloads
-from tests.integration.model_versions import condition, model_version, wait_for_phase
+from tests.integration.model_versions import LOCAL_SOURCES, condition, model_version, wait_for_phase
 from tests.support.polling import wait_for
 
 URI = "https://models.example.com/fraud/1/model.onnx"
@@ -46,7 +46,9 @@ async def workloads(cluster: Cluster, clock: Clock) -> AsyncIterator[SimulatedWo
 
 @pytest.fixture
 def operator_config() -> OperatorConfig:
-    return OperatorConfig(namespaces=("ml",), standalone=True, allowed_images=(IMAGE,))
+    return OperatorConfig(
+        namespaces=("ml",), standalone=True, allowed_uri_schemes=LOCAL_SOURCES, allowed_images=(IMAGE,)
+    )
 
 
 def versions(cluster: Cluster) -> dict[str, str]:

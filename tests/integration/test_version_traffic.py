@@ -24,7 +24,7 @@ from modelfleet_operator.core.traffic import apportion
 from tests.integration.harness.cluster import DEPLOYMENTS, MV, Cluster
 from tests.integration.harness.kubelet import DeploymentController
 from tests.integration.harness.router import Router
-from tests.integration.model_versions import ModelFile, condition, model_version, wait_for_phase
+from tests.integration.model_versions import LOCAL_SOURCES, ModelFile, condition, model_version, wait_for_phase
 from tests.integration.steady_load import (
     FEATURES,
     MAX_REQUESTS,
@@ -48,7 +48,9 @@ EVENTS = ("", "v1", "events")
 @pytest.fixture
 def operator_config() -> OperatorConfig:
     # Service routing; a version giving up traffic keeps its pods 2 s (the resync stays the default).
-    return OperatorConfig(namespaces=("ml",), standalone=True, scale_down_delay_seconds=2)
+    return OperatorConfig(
+        namespaces=("ml",), standalone=True, allowed_uri_schemes=LOCAL_SOURCES, scale_down_delay_seconds=2
+    )
 
 
 @contextlib.asynccontextmanager
@@ -84,7 +86,13 @@ async def wait_for_split(cluster: Cluster, shares: Mapping[str, int], timeout: f
 class TestGatewayRouting:
     @pytest.fixture
     def operator_config(self) -> OperatorConfig:
-        return OperatorConfig(namespaces=("ml",), standalone=True, routing="gateway", gateway="ml/public")
+        return OperatorConfig(
+            namespaces=("ml",),
+            standalone=True,
+            allowed_uri_schemes=LOCAL_SOURCES,
+            routing="gateway",
+            gateway="ml/public",
+        )
 
     @pytest.fixture
     async def router(self, cluster: Cluster) -> AsyncIterator[Router]:

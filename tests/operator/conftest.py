@@ -79,6 +79,14 @@ def httproute_validator() -> jsonschema.Validator:
     return crd_validator(crd, "v1")
 
 
+@pytest.fixture(scope="session")
+def grpcroute_validator() -> jsonschema.Validator:
+    crd = yaml.safe_load((GATEWAY_SCHEMAS / "gateway.networking.k8s.io_grpcroutes.yaml").read_text())
+    bundle = crd["metadata"]["annotations"]["gateway.networking.k8s.io/bundle-version"]
+    assert bundle == GATEWAY_API_VERSION, f"{GATEWAY_SCHEMAS} holds Gateway API {bundle}, not {GATEWAY_API_VERSION}"
+    return crd_validator(crd, "v1")
+
+
 MINIMAL_SPEC: dict[str, Any] = {
     "model": "fraud",
     "version": "1",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import pytest
 
@@ -17,13 +18,22 @@ from modelfleet_operator.core.manifests import (
     label_selector,
     version_endpoint,
 )
-from modelfleet_operator.core.model_objects import ModelObjects, build_model_objects, build_model_service, endpoint
+from modelfleet_operator.core.model_objects import (
+    ModelObjects,
+    build_grpcroute,
+    build_httproute,
+    build_model_objects,
+    build_model_service,
+    endpoint,
+)
 from modelfleet_operator.core.render import render_manifests
 from modelfleet_operator.core.traffic import Scale
 from modelfleet_runtime.settings import Settings, load_settings
 
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
 CONFIG = OperatorConfig()
+# The default configuration with file:// sources allowed (the "file source" case).
+FILE_CONFIG = OperatorConfig(allowed_uri_schemes=("https", "pvc", "configmap", "file"))
 MakeMV = Callable[..., dict[str, Any]]
 
 FULL_SPEC: dict[str, Any] = {
@@ -59,7 +69,12 @@ REPRESENTATIVE: dict[str, dict[str, Any]] = {
 }
 
 
-def shared_of(versions: list[dict[str, Any]], config: OperatorConfig = CONFIG, **shares: int) -> ModelObjects:
+def shared_of(
+    versions: list[dict[str, Any]],
+    config: OperatorConfig = CONFIG,
+    served: frozenset[str] = frozenset(),
+    **shares: int,
+) -> ModelObjects:
     live = [v for v in versions if not v["metadata"].get("deletionTimestamp")]
     return ModelObjects(
         model="fraud",
@@ -69,6 +84,7 @@ def shared_of(versions: list[dict[str, Any]], config: OperatorConfig = CONFIG, *
         shares=shares,
         version_of={v["metadata"]["name"]: v["spec"]["version"] for v in versions},
         config=config,
+        served=served,
     )
 
 
@@ -89,8 +105,8 @@ def _env(container: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_children_are_valid_kubernetes_objects(make_mv: MakeMV, case: str, version: str) -> None:
     mv = make_mv(**REPRESENTATIVE[case])
-    children = build_children(mv, CONFIG)
-    for obj in [*children, build_model_service(shared_of([mv]))]:
+    children = build_children(mv, FILE_CONFIG)
+    for obj in [*children, *build_model_objects(shared_of([mv]))]:
         kubernetes_validate.validate(obj, version, strict=True)
 
 
@@ -108,7 +124,7 @@ def test_every_runtime_env_var_is_a_runtime_setting_the_runtime_accepts(make_mv:
     assert settings.model == FULL_SPEC["source"]["uri"]
     assert settings.sha256 == "ab" * 32
     assert (settings.name, settings.model_version) == ("fraud", "1")
-    assert (settings.host, settings.port) == ("0.0.0.0", 8080)
+    assert (settings.host, settings.port, settings.grpc_port) == ("0.0.0.0", 8080, 8081)
     assert (settings.max_batch_size, settings.max_latency_ms, settings.max_queue) == (64, 5.0, 256)
     assert settings.warmup_iterations == 3
     assert (settings.model_root, settings.cache_dir) == ("/mnt/models", "/var/cache/modelfleet")
@@ -117,14 +133,28 @@ def test_every_runtime_env_var_is_a_runtime_setting_the_runtime_accepts(make_mv:
     assert (settings.feature_cache_ttl, settings.feature_cache_size) == (60.0, 500)
     assert settings.feedback_dir == "/var/lib/modelfleet/feedback"
     assert settings.feedback_token_file == "/var/run/secrets/modelfleet/feedback/token"
-    assert env["MODELFLEET_FEATURE_STORE_PASSWORD"] == {"secretKeyRef": {"name": "store", "key": "password"}}
+    # the password is a file from the Secret, never a variable (kubectl describe shows variables' sources)
+    assert "MODELFLEET_FEATURE_STORE_PASSWORD" not in env
+    assert settings.feature_store_password_file == "/var/run/secrets/modelfleet/feature-store/password"
+    pod = deployment["spec"]["template"]["spec"]
+    [volume] = [v for v in pod["volumes"] if v["name"] == "feature-store-password"]
+    assert volume["secret"]["secretName"] == "store" and volume["secret"]["items"] == [
+        {"key": "password", "path": "password"}
+    ]
+    # the download rules the operator enforces are the runtime's too
+    assert settings.allowed_uri_schemes == CONFIG.allowed_uri_schemes == ("https", "pvc", "configmap")
+    assert settings.max_model_bytes == CONFIG.max_model_bytes
+    assert settings.download_timeout_seconds == CONFIG.download_timeout_seconds
 
 
 def test_runtime_container_runs_the_serve_command_and_probes_the_v2_health_endpoints(make_mv: MakeMV) -> None:
     container = _container(build_children(make_mv(), CONFIG)[0])
     assert container["command"] == ["modelfleet-runtime", "serve"]
     assert container["image"] == "ghcr.io/modelfleet/runtime:0.1.0"
-    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": 8081, "protocol": "TCP"},
+    ]
     assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
     startup = container["startupProbe"]
@@ -155,8 +185,8 @@ def test_runtime_pods_are_locked_down(make_mv: MakeMV) -> None:
     assert security["seccompProfile"] == {"type": "RuntimeDefault"}
     mounts = {m["mountPath"]: m["name"] for m in _container(deployment)["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
-    # the only writable paths are emptyDirs
-    assert volumes[mounts["/var/cache/modelfleet"]] == {"name": "cache", "emptyDir": {}}
+    # the only writable paths are emptyDirs, the download folder no larger than the largest model allowed
+    assert volumes[mounts["/var/cache/modelfleet"]] == {"name": "cache", "emptyDir": {"sizeLimit": "4160Mi"}}
     assert volumes[mounts["/tmp"]] == {"name": "tmp", "emptyDir": {}}
 
 
@@ -295,13 +325,15 @@ def test_a_trainer_image_outside_the_allowed_images_is_rejected(make_mv: MakeMV)
     mv = make_mv(retraining={"feedbackClaim": "fb", "image": "python:3.12", "command": ["python", "-c", "1"]})
     with pytest.raises(ImageNotAllowed, match=r"spec.retraining.image"):
         build_children(mv, CONFIG)
-    allowed = OperatorConfig(allowed_images=("ghcr.io/modelfleet/runtime", "python:3.12"))
+    allowed = OperatorConfig(
+        allowed_images=("ghcr.io/modelfleet/runtime", "python:3.12"), allowed_trainer_images=("python:3.12",)
+    )
     assert build_children(mv, allowed)
 
 
 def test_a_uri_scheme_the_operator_does_not_allow_is_rejected(make_mv: MakeMV) -> None:
     config = OperatorConfig(allowed_uri_schemes=("https", "pvc"))
-    with pytest.raises(UriSchemeNotAllowed, match=r"http://.*allowed: https://, pvc://") as err:
+    with pytest.raises(UriSchemeNotAllowed, match=r"http://.*allowed-uri-schemes: https://, pvc://") as err:
         build_children(make_mv(source={"uri": "http://insecure/model.onnx"}), config)
     assert err.value.reason == "UriSchemeNotAllowed"
 
@@ -338,13 +370,79 @@ def test_versions_being_deleted_do_not_own_the_shared_service(make_mv: MakeMV) -
     v1 = make_mv(traffic=50)
     v2 = make_mv(name="fraud-v2", uid="uid-2", version="2", traffic=50)
     v2["metadata"]["deletionTimestamp"] = "2024-01-01T00:00:00Z"
-    [service] = build_model_objects(shared_of([v1, v2]))
-    assert [o["name"] for o in service["metadata"]["ownerReferences"]] == ["fraud-v1"]
+    for shared in build_model_objects(shared_of([v1, v2])):
+        assert [o["name"] for o in shared["metadata"]["ownerReferences"]] == ["fraud-v1"]
 
 
 def test_gateway_mode_adds_the_httproute(make_mv: MakeMV) -> None:
     config = OperatorConfig(routing="gateway", gateway="infra/public")
-    assert [m["kind"] for m in build_model_objects(shared_of([make_mv()], config))] == ["Service", "HTTPRoute"]
+    kinds = ["Service", "HTTPRoute", "NetworkPolicy"]
+    assert [m["kind"] for m in build_model_objects(shared_of([make_mv()], config))] == kinds
+
+
+GRPC = frozenset({"GRPCRoute"})
+
+
+def test_both_services_expose_http_and_grpc_with_their_app_protocols(make_mv: MakeMV) -> None:
+    v1 = make_mv()
+    version_service = build_children(v1, CONFIG)[1]
+    model_service = build_model_service(shared_of([v1]))
+    for service in (version_service, model_service):
+        assert service["spec"]["ports"] == [
+            {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"},
+            {"name": "grpc", "port": 8081, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"},
+        ]
+    # The target ports name container ports of the runtime, which serves gRPC where the env says.
+    container = _container(build_children(v1, CONFIG)[0])
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": 8080, "grpc": 8081}
+    assert _env(container)["MODELFLEET_GRPC_PORT"] == "8081"
+
+
+def test_gateway_mode_adds_a_grpcroute_only_where_the_cluster_serves_it(make_mv: MakeMV) -> None:
+    gateway = OperatorConfig(routing="gateway", gateway="infra/public")
+    kinds = [m["kind"] for m in build_model_objects(shared_of([make_mv()], gateway, served=GRPC))]
+    assert kinds == ["Service", "HTTPRoute", "GRPCRoute", "NetworkPolicy"]
+    assert build_grpcroute(shared_of([make_mv()], gateway)) is None  # no GRPCRoute CRD in the cluster
+    assert build_grpcroute(shared_of([make_mv()], CONFIG, served=GRPC)) is None  # service mode
+
+
+def test_the_grpcroute_splits_like_the_httproute_on_the_grpc_port(
+    make_mv: MakeMV, grpcroute_validator: jsonschema.Validator, httproute_validator: jsonschema.Validator
+) -> None:
+    config = OperatorConfig(routing="gateway", gateway="infra/public", gateway_domain="models.example.org")
+    versions = [
+        make_mv(),
+        make_mv(name="fraud-v2", uid="uid-2", version="2"),
+        make_mv(name="fraud-v3", uid="uid-3", version="3"),
+    ]
+    shared = shared_of(versions, config, served=GRPC, **{"fraud-v1": 80, "fraud-v2": 20})
+    grpc, http = build_grpcroute(shared), build_httproute(shared)
+    assert grpc is not None and http is not None
+    assert [e.message for e in grpcroute_validator.iter_errors(grpc)] == []
+    assert [e.message for e in httproute_validator.iter_errors(http)] == []
+    assert grpc["metadata"] == http["metadata"]
+    assert (
+        grpc["spec"]["parentRefs"]
+        == http["spec"]["parentRefs"]
+        == [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "public", "namespace": "infra"}]
+    )
+    assert grpc["spec"]["hostnames"] == http["spec"]["hostnames"] == ["fraud-ml.models.example.org"]
+
+    def backends(route: dict[str, Any]) -> list[list[tuple[str, int, int]]]:
+        return [[(b["name"], b["port"], b["weight"]) for b in r["backendRefs"]] for r in route["spec"]["rules"]]
+
+    assert backends(grpc) == [
+        [("fraud-v1", 8081, 1)],
+        [("fraud-v2", 8081, 1)],
+        [("fraud-v3", 8081, 1)],
+        [("fraud-v1", 8081, 80), ("fraud-v2", 8081, 20)],
+    ]
+    assert [[(n, w) for n, _, w in rule] for rule in backends(grpc)] == [
+        [(n, w) for n, _, w in rule] for rule in backends(http)
+    ]
+    pins = [r["matches"] for r in grpc["spec"]["rules"][:-1]]
+    assert pins == [[{"headers": [{"type": "Exact", "name": "x-model-version", "value": v}]}] for v in "123"]
+    assert "matches" not in grpc["spec"]["rules"][-1]  # no matches: every method of every service
 
 
 def test_render_groups_versions_by_model_and_splits_their_traffic(make_mv: MakeMV) -> None:
@@ -355,7 +453,8 @@ def test_render_groups_versions_by_model_and_splits_their_traffic(make_mv: MakeM
     ]
     rendered = render_manifests(objs, CONFIG)
     names = [(o["kind"], o["metadata"]["name"]) for o in rendered]
-    assert names[:3] == [("Service", "churn"), ("Deployment", "churn-v1"), ("Service", "churn-v1")]
+    churn = [("Service", "churn"), ("NetworkPolicy", "churn"), ("Deployment", "churn-v1"), ("Service", "churn-v1")]
+    assert names[:4] == churn
     deployments = {o["metadata"]["name"]: o["spec"]["replicas"] for o in rendered if o["kind"] == "Deployment"}
     assert deployments == {"churn-v1": 1, "fraud-v1": 4, "fraud-v2": 1}  # ceil(4 * 10 / 100)
 

@@ -35,6 +35,8 @@ class Model:
         self.deployments: dict[str, dict[str, Any]] = {}
         self.services: dict[str, dict[str, Any]] = {}
         self.pods: list[dict[str, Any]] = []
+        # The optional kinds the cluster serves (the shell discovers them).
+        self.served: frozenset[str] = frozenset()
 
     def version(
         self, name: str, version: str, *, created: int = 0, status: dict[str, Any] | None = None, **spec: Any
@@ -78,6 +80,7 @@ class Model:
             services=self.services,
             shared={"Service": self.services["fraud"]} if "fraud" in self.services else {},
             pods=self.pods,
+            served=self.served,
         )
 
     def decide(self, observations: Observations | None = None, now: datetime = NOW) -> ModelDecision:
@@ -126,7 +129,10 @@ def test_a_new_version_gets_its_children_at_full_replicas_and_the_shared_service
         "PodDisruptionBudget",
     ]
     assert replicas_of(decision, "fraud-v1") == 2
-    assert [(m["kind"], m["metadata"]["name"]) for m in decision.shared] == [("Service", "fraud")]
+    assert [(m["kind"], m["metadata"]["name"]) for m in decision.shared] == [
+        ("Service", "fraud"),
+        ("NetworkPolicy", "fraud"),
+    ]
     status = decision.versions["fraud-v1"].status
     assert status["phase"] == "Pending" and status["servingTraffic"] == 0
     assert not decision.versions["fraud-v1"].finalizer  # alone: deleting it protects nothing
@@ -227,6 +233,27 @@ def test_in_gateway_mode_a_rolled_back_canary_keeps_its_replicas_warm_at_weight_
     assert [(b["name"], b["weight"]) for b in route["spec"]["rules"][-1]["backendRefs"]] == [("fraud-v1", 100)]
     assert replicas_of(decision, "fraud-v2") == 2
     assert decision.versions["fraud-v1"].status["endpoint"] == "http://fraud-ml.models.example.org"
+
+
+def test_in_gateway_mode_the_grpcroute_carries_the_same_split_as_the_httproute(make_mv: MakeMV) -> None:
+    model = Model(make_mv, GATEWAY)
+    model.served = frozenset({"GRPCRoute"})
+    serving_pair(model)
+    decision = model.decide()
+    routes = {m["kind"]: m for m in decision.shared if m["kind"] in ("HTTPRoute", "GRPCRoute")}
+    weights = {
+        kind: [(b["name"], b["weight"]) for b in route["spec"]["rules"][-1]["backendRefs"]]
+        for kind, route in routes.items()
+    }
+    shares = [(n, decision.versions[n].status["servingTraffic"]) for n in ("fraud-v1", "fraud-v2")]
+    assert weights == {"HTTPRoute": shares, "GRPCRoute": shares}
+    assert {b["port"] for r in routes["GRPCRoute"]["spec"]["rules"] for b in r["backendRefs"]} == {8081}
+
+
+def test_without_the_grpcroute_kind_gateway_mode_makes_only_the_httproute(make_mv: MakeMV) -> None:
+    model = Model(make_mv, GATEWAY)
+    serving_pair(model)
+    assert [m["kind"] for m in model.decide().shared] == ["Service", "HTTPRoute", "NetworkPolicy"]
 
 
 # --- transitions ------------------------------------------------------------------------------------

@@ -20,7 +20,13 @@ def test_defaults() -> None:
     assert config.runtime_image == "ghcr.io/modelfleet/runtime:0.1.0"
     assert config.routing == "service" and config.cluster_domain == "cluster.local"
     assert config.allowed_images == ("ghcr.io/modelfleet/runtime",)
-    assert config.allowed_uri_schemes == ("https", "http", "pvc", "configmap", "file")
+    # DESIGN.md section 9: https and in-cluster volumes only; http and file when configured
+    assert config.allowed_uri_schemes == ("https", "pvc", "configmap")
+    assert config.allowed_model_hosts == () and config.require_sha256 is False
+    assert config.max_model_bytes == 4 * 1024**3 and config.download_timeout_seconds == 600.0
+    assert config.allowed_trainer_images == ()  # no trainer code of its own by default
+    assert config.consumable_secret_label == "serving.modelfleet.dev/consumable=true"
+    assert config.network_policy is True
     assert config.namespaces == () and not config.all_namespaces and not config.standalone
     assert config.liveness_port == 8081
     assert config.default_resources["requests"]
@@ -52,6 +58,17 @@ def test_every_key_has_an_environment_variable() -> None:
         "MODELFLEET_OPERATOR_SCALE_DOWN_DELAY_SECONDS": "5.5",
         "MODELFLEET_OPERATOR_RETIRE_AFTER_SECONDS": "0",
         "MODELFLEET_OPERATOR_METRICS_PORT": "9090",
+        "MODELFLEET_OPERATOR_ALLOWED_MODEL_HOSTS": "models.example.com,*.store.internal",
+        "MODELFLEET_OPERATOR_REQUIRE_SHA256": "true",
+        "MODELFLEET_OPERATOR_MAX_MODEL_BYTES": "1073741824",
+        "MODELFLEET_OPERATOR_DOWNLOAD_TIMEOUT_SECONDS": "120",
+        "MODELFLEET_OPERATOR_DOWNLOAD_ALLOWED_NETWORKS": "10.20.0.0/16",
+        "MODELFLEET_OPERATOR_ALLOWED_TRAINER_IMAGES": "registry.local/trainer",
+        "MODELFLEET_OPERATOR_CONSUMABLE_SECRET_LABEL": "example.com/modelfleet=yes",
+        "MODELFLEET_OPERATOR_ALLOWED_REDIS_HOSTS": "redis.ml.svc",
+        "MODELFLEET_OPERATOR_NETWORK_POLICY": "false",
+        "MODELFLEET_OPERATOR_OPERATOR_NAMESPACE": "modelfleet",
+        "MODELFLEET_OPERATOR_NETWORK_POLICY_NAMESPACES": "monitoring,envoy-gateway-system",
     }
     assert {k.removeprefix("MODELFLEET_OPERATOR_").lower().replace("_", "-") for k in environ} == set(CONFIG_KEYS)
     config = load_config({}, environ)
@@ -68,6 +85,17 @@ def test_every_key_has_an_environment_variable() -> None:
         log_level="debug",
         log_format="json",
         default_resources={"requests": {"cpu": "1"}},
+        allowed_model_hosts=("models.example.com", "*.store.internal"),
+        require_sha256=True,
+        max_model_bytes=1073741824,
+        download_timeout_seconds=120.0,
+        download_allowed_networks=("10.20.0.0/16",),
+        allowed_trainer_images=("registry.local/trainer",),
+        consumable_secret_label="example.com/modelfleet=yes",
+        allowed_redis_hosts=("redis.ml.svc",),
+        network_policy=False,
+        operator_namespace="modelfleet",
+        network_policy_namespaces=("monitoring", "envoy-gateway-system"),
         gateway_hostname_template="{model}.{namespace}.{domain}",
         gateway_domain="models.internal",
         resync_seconds=120.0,

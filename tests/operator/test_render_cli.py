@@ -14,7 +14,7 @@ import yaml
 
 import modelfleet_operator
 from modelfleet_operator import cli
-from modelfleet_operator.config import OperatorConfig
+from modelfleet_operator.config import OperatorConfig, load_config
 from modelfleet_operator.core import drift
 from modelfleet_operator.core.manifests import build_children
 from modelfleet_operator.core.render import render_manifests
@@ -39,23 +39,36 @@ def _docs(path: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
 
 
+# The settings an example needs (full.yaml has a trainer of its own), as `render --set` pairs.
+EXAMPLE_SETTINGS = {
+    "full.yaml": {
+        "allowed-images": "ghcr.io/modelfleet/runtime,registry.example.com/ml/",
+        "allowed-trainer-images": "registry.example.com/ml/fraud-trainer",
+    }
+}
+
+
 @pytest.mark.parametrize("example", ["minimal.yaml", "full.yaml", "canary.yaml"])
 def test_render_prints_exactly_what_the_pure_functions_build(repo: Path, example: str) -> None:
     path = repo / "examples" / example
-    result = _run("render", str(path))
+    settings = EXAMPLE_SETTINGS.get(example, {})
+    result = _run("render", str(path), *(arg for k, v in settings.items() for arg in ("--set", f"{k}={v}")))
     assert result.returncode == 0, result.stderr
     printed = list(yaml.safe_load_all(result.stdout))
-    assert printed == render_manifests(_docs(path), OperatorConfig())
-    # and that is the shared Service followed by each version's own children, stamped for the drift check
+    config = load_config(settings)
+    assert printed == render_manifests(_docs(path), config)
+    # and that is the shared Service and NetworkPolicy followed by each version's own children, stamped
+    # for the drift check
     versions = sorted(_docs(path), key=lambda v: v["metadata"]["name"])
-    assert (printed[0]["kind"], printed[0]["metadata"]["name"]) == ("Service", versions[0]["spec"]["model"])
-    owners = [o["metadata"]["name"] for o in printed[1:]]
+    model = versions[0]["spec"]["model"]
+    assert [(o["kind"], o["metadata"]["name"]) for o in printed[:2]] == [("Service", model), ("NetworkPolicy", model)]
+    owners = [o["metadata"]["name"] for o in printed[2:]]
     assert owners == sorted(owners) and set(owners) == {v["metadata"]["name"] for v in versions}
     for mv in versions:
-        mine = [o for o in printed[1:] if o["metadata"]["name"] == mv["metadata"]["name"]]
+        mine = [o for o in printed[2:] if o["metadata"]["name"] == mv["metadata"]["name"]]
         replicas = next(o for o in mine if o["kind"] == "Deployment")["spec"].get("replicas")
         scale = Scale(replicas) if replicas is not None else None
-        expected = build_children(mv, OperatorConfig(), scale) if scale else build_children(mv, OperatorConfig())
+        expected = build_children(mv, config, scale) if scale else build_children(mv, config)
         assert [{k: v for k, v in o.items() if k != "metadata"} for o in mine] == [
             {k: v for k, v in c.items() if k != "metadata"} for c in expected
         ]
@@ -101,7 +114,8 @@ def test_render_reads_stdin_and_skips_other_kinds(repo: Path) -> None:
     result = _run("render", "-", stdin=text)
     assert result.returncode == 0, result.stderr
     assert "skipping document 1 (Namespace)" in result.stderr
-    assert [o["kind"] for o in yaml.safe_load_all(result.stdout)] == ["Service", "Deployment", "Service"]
+    kinds = ["Service", "NetworkPolicy", "Deployment", "Service"]
+    assert [o["kind"] for o in yaml.safe_load_all(result.stdout)] == kinds
 
 
 def test_render_fails_with_an_actionable_message(tmp_path: Path, repo: Path) -> None:

@@ -25,6 +25,7 @@ from modelfleet_operator.core.manifests import (
     build_children,
     validated,
 )
+from modelfleet_operator.core.policy import TrainerNotAllowed
 from modelfleet_operator.core.retraining import (
     ANNOTATION_METRICS,
     BACKOFF_MAX,
@@ -54,7 +55,8 @@ from modelfleet_runtime import sources
 from modelfleet_runtime.training import job as trainer
 
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
-CONFIG = OperatorConfig()
+# file:// sources are allowed here so the trainer's view of every source scheme is covered.
+CONFIG = OperatorConfig(allowed_uri_schemes=("https", "pvc", "configmap", "file"))
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 MakeMV = Callable[..., dict[str, Any]]
 SHA = "ab" * 32
@@ -131,7 +133,9 @@ def test_job_is_a_valid_kubernetes_object(make_mv: MakeMV, source: str, version:
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_custom_trainer_job_is_a_valid_kubernetes_object(make_mv: MakeMV, version: str) -> None:
-    config = OperatorConfig(allowed_images=("ghcr.io/modelfleet/",))
+    config = OperatorConfig(
+        allowed_images=("ghcr.io/modelfleet/",), allowed_trainer_images=("ghcr.io/modelfleet/trainer",)
+    )
     retraining = {
         **RETRAINING,
         "image": "ghcr.io/modelfleet/trainer:1",
@@ -258,8 +262,10 @@ def test_same_attempt_builds_the_same_job(make_mv: MakeMV) -> None:
     )
 
 
-def test_custom_trainer_runs_its_own_image_command_and_resources(make_mv: MakeMV) -> None:
-    config = OperatorConfig(allowed_images=("ghcr.io/modelfleet/",))
+def test_an_allowed_trainer_image_runs_its_own_command_and_resources(make_mv: MakeMV) -> None:
+    config = OperatorConfig(
+        allowed_images=("ghcr.io/modelfleet/",), allowed_trainer_images=("ghcr.io/modelfleet/trainer",)
+    )
     retraining = {
         **RETRAINING,
         "image": "ghcr.io/modelfleet/trainer:1",
@@ -275,6 +281,29 @@ def test_custom_trainer_runs_its_own_image_command_and_resources(make_mv: MakeMV
     image_only = {**RETRAINING, "image": "ghcr.io/modelfleet/trainer:1"}
     job = build_job(_retrainable(make_mv, retraining=image_only), config, samples=120, attempt=1, now=NOW)
     assert "command" not in _container(job)  # the image's own entrypoint
+
+
+def test_a_custom_command_in_the_runtime_image_is_refused_with_the_setting_to_change(make_mv: MakeMV) -> None:
+    # Issue 11, finding 1: the runtime image passes allowed-images, so its command ran anything and wrote
+    # the report that decides promotion.
+    retraining = {**RETRAINING, "image": "ghcr.io/modelfleet/runtime:0.1.0", "command": ["python", "-c", "evil"]}
+    mv = _retrainable(make_mv, retraining=retraining)
+    with pytest.raises(TrainerNotAllowed) as caught:
+        build_job(mv, CONFIG, samples=120, attempt=1, now=NOW)
+    assert caught.value.reason == "TrainerNotAllowed"
+    assert "allowed-trainer-images" in str(caught.value) and "spec.retraining.command" in str(caught.value)
+    with pytest.raises(TrainerNotAllowed):
+        build_children(mv, CONFIG)  # nothing of the version is built either: it is Failed before it runs
+
+
+def test_an_allowed_image_outside_the_trainer_allowlist_runs_the_runtimes_own_train(make_mv: MakeMV) -> None:
+    config = OperatorConfig(allowed_images=("ghcr.io/modelfleet/",))
+    for image in ("ghcr.io/modelfleet/runtime:0.1.0", "ghcr.io/modelfleet/trainer:1"):
+        retraining = {**RETRAINING, "image": image}
+        job = build_job(_retrainable(make_mv, retraining=retraining), config, samples=120, attempt=1, now=NOW)
+        assert _container(job)["image"] == image
+        assert _container(job)["command"] == ["modelfleet-runtime", "train"]  # never the image's entrypoint
+        assert "podFailurePolicy" in job["spec"]
 
 
 def test_trainer_without_resources_gets_the_operator_default(make_mv: MakeMV) -> None:

@@ -9,4 +9,6 @@ CRDS = REPO / "crds"
 CHART = REPO / "charts" / "modelfleet"
 EXAMPLES = REPO / "examples"
 SCHEMAS = REPO / "tests" / "schemas"
+# The pinned Gateway API CRDs (tests/schemas/README.md).
+GATEWAY_API_SCHEMAS = SCHEMAS / "gateway-api-v1.6.1"
 INTEGRATION = REPO / "tests" / "integration"

@@ -39,12 +39,21 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* An image reference: repository@digest when a digest is given (the tag is then ignored), else repository:tag. */}}
+{{- define "modelfleet.imageRef" -}}
+{{- if .image.digest }}
+{{- printf "%s@%s" .image.repository .image.digest }}
+{{- else }}
+{{- printf "%s:%s" .image.repository (default .appVersion .image.tag) }}
+{{- end }}
+{{- end }}
+
 {{- define "modelfleet.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- include "modelfleet.imageRef" (dict "image" .Values.image "appVersion" .Chart.AppVersion) }}
 {{- end }}
 
 {{- define "modelfleet.runtimeImage" -}}
-{{- printf "%s:%s" .Values.runtimeImage.repository (default .Chart.AppVersion .Values.runtimeImage.tag) }}
+{{- include "modelfleet.imageRef" (dict "image" .Values.runtimeImage "appVersion" .Chart.AppVersion) }}
 {{- end }}
 
 {{- define "modelfleet.peering" -}}
@@ -90,8 +99,9 @@ step with tests/chart/rbac.py and the request log of the integration tests.
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, patch, delete]
 {{- if eq .Values.routing.mode "gateway" }}
+# GRPCRoutes only where the cluster serves them (the operator asks discovery at start).
 - apiGroups: [gateway.networking.k8s.io]
-  resources: [httproutes]
+  resources: [httproutes, grpcroutes]
   verbs: [get, list, watch, patch]
 {{- end }}
 # Retraining Jobs (watched, created when the samples are there) and the pods of
@@ -106,10 +116,24 @@ step with tests/chart/rbac.py and the request log of the integration tests.
 - apiGroups: [discovery.k8s.io]
   resources: [endpointslices]
   verbs: [list]
-# The feedback token Secret the operator creates when none is named (never read).
+{{- if .Values.networkPolicy.models }}
+# The NetworkPolicy of each model (network-policy), made like its other shared objects.
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch, patch]
+{{- end }}
+# The feedback token Secret the operator creates when none is named; never read.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [create]
+{{- if .Values.secretReferences.consumableLabel }}
+# Which Secrets carry the consumable label: listed and watched with that label as a
+# server-side selector, names and labels kept. RBAC cannot limit list/watch to a label
+# or to metadata (docs/security.md); there is still no get.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [list, watch]
+{{- end }}
 # kopf's and the operator's own Events.
 - apiGroups: [""]
   resources: [events]

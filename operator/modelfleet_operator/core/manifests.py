@@ -22,7 +22,11 @@ from urllib.parse import urlsplit
 
 from modelfleet_operator import spec as crd
 from modelfleet_operator.config import OperatorConfig, image_allowed
-from modelfleet_operator.core.traffic import SERVICE_PORT, Scale, scale_from_spec
+from modelfleet_operator.core import policy
+from modelfleet_operator.core.errors import SpecRejected
+from modelfleet_operator.core.policy import UriSchemeNotAllowed
+from modelfleet_operator.core.traffic import GRPC_SERVICE_PORT, SERVICE_PORT, Scale, scale_from_spec
+from modelfleet_operator.core.workers import plan_workers
 from modelfleet_operator.spec import ModelVersionSpec, SpecError, parse_spec
 
 LABEL_MODEL = f"{crd.GROUP}/model"
@@ -35,12 +39,21 @@ RUNTIME_COMMAND = ["modelfleet-runtime", "serve"]
 CONTAINER_NAME = "runtime"
 CONTAINER_PORT = 8080
 PORT_NAME = "http"
+# The runtime's Open Inference Protocol gRPC service (--grpc-port).
+GRPC_CONTAINER_PORT = 8081
+GRPC_PORT_NAME = "grpc"
 RUNTIME_UID = 10001
 MODEL_ROOT = "/mnt/models"
 CACHE_DIR = "/var/cache/modelfleet"
 FEEDBACK_DIR = "/var/lib/modelfleet/feedback"
 FEEDBACK_TOKEN_DIR = "/var/run/secrets/modelfleet/feedback"
 FEEDBACK_TOKEN_FILE = f"{FEEDBACK_TOKEN_DIR}/token"
+PREDICT_TOKEN_DIR = "/var/run/secrets/modelfleet/predict"
+PREDICT_TOKEN_FILE = f"{PREDICT_TOKEN_DIR}/token"
+FEATURE_PASSWORD_DIR = "/var/run/secrets/modelfleet/feature-store"
+FEATURE_PASSWORD_FILE = f"{FEATURE_PASSWORD_DIR}/password"
+# Room in the download emptyDir beyond the largest model (the runtime's partial-file bookkeeping).
+CACHE_SLACK_BYTES = 64 * 1024 * 1024
 READY_PATH = "/v2/health/ready"
 LIVE_PATH = "/v2/health/live"
 # SIGTERM handling: the endpoint is removed while the preStop sleep runs, then the
@@ -55,18 +68,8 @@ STARTUP_FAILURE_THRESHOLD = 60
 PROGRESS_DEADLINE_SECONDS = STARTUP_PERIOD_SECONDS * STARTUP_FAILURE_THRESHOLD + 300
 
 
-class SpecRejected(ValueError):
-    """A ModelVersion the operator will not serve; `reason` is a CamelCase condition reason."""
-
-    reason = "InvalidSpec"
-
-
 class ImageNotAllowed(SpecRejected):
     reason = "ImageNotAllowed"
-
-
-class UriSchemeNotAllowed(SpecRejected):
-    reason = "UriSchemeNotAllowed"
 
 
 # --- reading a ModelVersion object -------------------------------------------
@@ -111,13 +114,7 @@ def check_policy(name: str, spec: ModelVersionSpec, config: OperatorConfig) -> N
             f"spec.retraining.image {trainer!r} is not an allowed image (allowed: {allowed}); "
             "remove it to train with the runtime image, or ask the operator's administrator to allow it"
         )
-    scheme = urlsplit(spec.source.uri).scheme
-    if scheme not in config.allowed_uri_schemes:
-        raise UriSchemeNotAllowed(
-            f"spec.source.uri uses {scheme}://, which this operator does not allow "
-            f"(allowed: {', '.join(s + '://' for s in config.allowed_uri_schemes)}); "
-            "publish the model through one of those"
-        )
+    policy.check(spec, config)
 
 
 def validated(mv: Mapping[str, Any], config: OperatorConfig) -> ModelVersionSpec:
@@ -250,15 +247,56 @@ def feature_parts(spec: ModelVersionSpec) -> PodParts:
         _env("MODELFLEET_FEATURE_CACHE_TTL", features.cache_ttl_seconds),
         _env("MODELFLEET_FEATURE_CACHE_SIZE", features.cache_size),
     ]
+    parts = PodParts(env=env)
     ref = features.redis.password_secret_ref
     if ref is not None:
-        env.append(
+        # A file rather than a variable: it is not in the process environment, nor in `kubectl describe`.
+        parts.extend(_secret_file("feature-store-password", ref.name, ref.key, FEATURE_PASSWORD_FILE))
+        parts.env.append(_env("MODELFLEET_FEATURE_STORE_PASSWORD_FILE", FEATURE_PASSWORD_FILE))
+    return parts
+
+
+def _secret_file(volume: str, secret: str, key: str, path: str) -> PodParts:
+    """One key of a Secret as a read-only file at `path` (its folder is the mount)."""
+    folder, _, filename = path.rpartition("/")
+    return PodParts(
+        volumes=[
             {
-                "name": "MODELFLEET_FEATURE_STORE_PASSWORD",
-                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+                "name": volume,
+                "secret": {"secretName": secret, "items": [{"key": key, "path": filename}], "defaultMode": 0o440},
             }
-        )
-    return PodParts(env=env)
+        ],
+        mounts=[{"name": volume, "mountPath": folder, "readOnly": True}],
+    )
+
+
+def predict_token_parts(spec: ModelVersionSpec) -> PodParts:
+    """spec.predictToken: the bearer token predictions need, as a file the runtime re-reads on change."""
+    ref = spec.predict_token
+    if ref is None:
+        return PodParts()
+    parts = _secret_file("predict-token", ref.name, ref.key, PREDICT_TOKEN_FILE)
+    parts.env.append(_env("MODELFLEET_PREDICT_TOKEN_FILE", PREDICT_TOKEN_FILE))
+    return parts
+
+
+def download_parts(config: OperatorConfig) -> PodParts:
+    """The download rules the operator enforces, handed to the runtime so both agree, and the cache
+    folder the downloads land in, an emptyDir no larger than the largest model allowed."""
+    env = [
+        _env("MODELFLEET_ALLOWED_URI_SCHEMES", ",".join(config.allowed_uri_schemes)),
+        _env("MODELFLEET_MAX_MODEL_BYTES", config.max_model_bytes),
+        _env("MODELFLEET_DOWNLOAD_TIMEOUT_SECONDS", f"{config.download_timeout_seconds:g}"),
+        _env("MODELFLEET_CACHE_DIR", CACHE_DIR),
+    ]
+    if config.download_allowed_networks:
+        env.append(_env("MODELFLEET_DOWNLOAD_ALLOWED_NETWORKS", ",".join(config.download_allowed_networks)))
+    limit = -(-(config.max_model_bytes + CACHE_SLACK_BYTES) // (1024 * 1024))
+    return PodParts(
+        env=env,
+        volumes=[{"name": "cache", "emptyDir": {"sizeLimit": f"{limit}Mi"}}],
+        mounts=[{"name": "cache", "mountPath": CACHE_DIR}],
+    )
 
 
 def feedback_token_secret(spec: ModelVersionSpec) -> tuple[str, str]:
@@ -307,12 +345,12 @@ def runtime_env(name: str, spec: ModelVersionSpec) -> list[dict[str, Any]]:
         _env("MODELFLEET_MODEL_VERSION", spec.version),
         _env("MODELFLEET_HOST", "0.0.0.0"),
         _env("MODELFLEET_PORT", CONTAINER_PORT),
+        _env("MODELFLEET_GRPC_PORT", GRPC_CONTAINER_PORT),
         _env("MODELFLEET_MAX_BATCH_SIZE", spec.batching.max_batch_size),
         _env("MODELFLEET_MAX_LATENCY_MS", spec.batching.max_latency_ms),
         _env("MODELFLEET_MAX_QUEUE", spec.batching.max_queue),
         _env("MODELFLEET_WARMUP_ITERATIONS", spec.warmup.iterations),
         _env("MODELFLEET_MODEL_ROOT", MODEL_ROOT),
-        _env("MODELFLEET_CACHE_DIR", CACHE_DIR),
         _env("MODELFLEET_DRAIN_TIMEOUT_SECONDS", DRAIN_SECONDS),
     ]
 
@@ -320,12 +358,27 @@ def runtime_env(name: str, spec: ModelVersionSpec) -> list[dict[str, Any]]:
 def pod_parts(name: str, spec: ModelVersionSpec) -> PodParts:
     parts = PodParts(
         env=runtime_env(name, spec),
-        volumes=[{"name": "cache", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
-        mounts=[{"name": "cache", "mountPath": CACHE_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
+        volumes=[{"name": "tmp", "emptyDir": {}}],
+        mounts=[{"name": "tmp", "mountPath": "/tmp"}],
     )
-    for extra in (source_parts(spec), feature_parts(spec), retraining_parts(spec)):
+    for extra in (source_parts(spec), feature_parts(spec), retraining_parts(spec), predict_token_parts(spec)):
         parts.extend(extra)
     return parts
+
+
+def container_resources(spec: ModelVersionSpec, config: OperatorConfig) -> dict[str, Any]:
+    """The runtime container's resources: the spec's, else the operator's default."""
+    return spec.resources.to_manifest() if spec.resources else dict(config.default_resources)
+
+
+def worker_parts(spec: ModelVersionSpec, config: OperatorConfig) -> PodParts:
+    """The runtime's worker processes and their threads, from the CPU request (`core.workers`)."""
+    override = spec.runtime.workers if spec.runtime else None
+    plan = plan_workers(container_resources(spec, config), override)
+    env = [_env("MODELFLEET_WORKERS", plan.workers)]
+    if plan.intra_op_threads is not None:
+        env.append(_env("MODELFLEET_INTRA_OP_THREADS", plan.intra_op_threads))
+    return PodParts(env=env)
 
 
 def _probe(path: str, *, period: int, failures: int, timeout: int = 2) -> dict[str, Any]:
@@ -338,12 +391,15 @@ def _probe(path: str, *, period: int, failures: int, timeout: int = 2) -> dict[s
 
 
 def runtime_container(name: str, spec: ModelVersionSpec, config: OperatorConfig, parts: PodParts) -> dict[str, Any]:
-    resources = spec.resources.to_manifest() if spec.resources else dict(config.default_resources)
+    resources = container_resources(spec, config)
     return {
         "name": CONTAINER_NAME,
         "image": runtime_image(spec, config),
         "command": list(RUNTIME_COMMAND),
-        "ports": [{"name": PORT_NAME, "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": PORT_NAME, "containerPort": CONTAINER_PORT, "protocol": "TCP"},
+            {"name": GRPC_PORT_NAME, "containerPort": GRPC_CONTAINER_PORT, "protocol": "TCP"},
+        ],
         "env": parts.env,
         "volumeMounts": parts.mounts,
         "resources": resources,
@@ -387,6 +443,8 @@ def build_deployment(mv: Mapping[str, Any], config: OperatorConfig, scale: Scale
     labels = version_labels(name, spec)
     selector = selector_labels(spec.model, spec.version)
     parts = pod_parts(name, spec)
+    parts.extend(download_parts(config))
+    parts.extend(worker_parts(spec, config))
     owner = owner_reference(mv)
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector},
@@ -434,14 +492,23 @@ def runs_current_spec(deployment: Mapping[str, Any] | None, mv: Mapping[str, Any
     return bool(annotations.get(TEMPLATE_ANNOTATION) == wanted)
 
 
+def service_ports() -> list[dict[str, Any]]:
+    """The ports of the version and model Services: HTTP (REST, KServe V1/V2) on 80 and the Open
+    Inference Protocol's gRPC on 8081, each marked with its appProtocol for meshes and gateways."""
+    return [
+        {"name": PORT_NAME, "port": SERVICE_PORT, "targetPort": PORT_NAME, "protocol": "TCP", "appProtocol": "http"},
+        {
+            "name": GRPC_PORT_NAME,
+            "port": GRPC_SERVICE_PORT,
+            "targetPort": GRPC_PORT_NAME,
+            "protocol": "TCP",
+            "appProtocol": "grpc",
+        },
+    ]
+
+
 def _service_spec(selector: Mapping[str, str]) -> dict[str, Any]:
-    return {
-        "type": "ClusterIP",
-        "selector": dict(selector),
-        "ports": [
-            {"name": PORT_NAME, "port": SERVICE_PORT, "targetPort": PORT_NAME, "protocol": "TCP", "appProtocol": "http"}
-        ],
-    }
+    return {"type": "ClusterIP", "selector": dict(selector), "ports": service_ports()}
 
 
 def _version_metadata(mv: Mapping[str, Any], spec: ModelVersionSpec) -> dict[str, Any]:
@@ -543,19 +610,24 @@ __all__ = [
     "build_pdb",
     "build_version_service",
     "check_policy",
+    "container_resources",
     "default_scale",
+    "download_parts",
     "feature_parts",
     "feedback_token_secret",
     "label_selector",
     "model_labels",
     "owner_reference",
+    "predict_token_parts",
     "retraining_parts",
     "runs_current_spec",
     "runtime_env",
     "selector_labels",
+    "service_ports",
     "source_parts",
     "template_hash",
     "validated",
     "version_endpoint",
     "version_labels",
+    "worker_parts",
 ]

@@ -249,6 +249,7 @@ def _shared_objects(
         shares={v.name: plan.share(v.name) for v in taking_part},
         version_of={v.name: v.spec.version for v in taking_part if v.spec},
         config=config,
+        served=snapshot.served,
     )
     return [drift.stamped(m) for m in build_model_objects(objects)]
 

@@ -1,5 +1,6 @@
 """What `modelfleet-operator render` prints: every manifest the operator creates for ModelVersions
-once all of them are Ready, with the same builders the reconciler uses.
+once all of them are Ready, with the same builders the reconciler uses, for a cluster that serves
+every optional kind (the GRPCRoute of gateway mode included).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any
 
 from modelfleet_operator.config import OperatorConfig
 from modelfleet_operator.core import drift, manifests
-from modelfleet_operator.core.model_objects import ModelObjects, build_model_objects
+from modelfleet_operator.core.model_objects import OPTIONAL_KINDS, ModelObjects, build_model_objects
 from modelfleet_operator.core.snapshot import meta_of, name_of
 from modelfleet_operator.core.transitions import VersionTraffic, plan_transition
 
@@ -51,6 +52,7 @@ def render_manifests(objects: Iterable[Mapping[str, Any]], config: OperatorConfi
             shares={n: p.share for n, p in plan.versions.items()},
             version_of={name_of(mv): str(mv["spec"]["version"]) for mv in versions},
             config=config,
+            served=OPTIONAL_KINDS,
         )
         out.extend(drift.stamped(m) for m in build_model_objects(objects_))
         for mv in versions:

@@ -42,6 +42,7 @@ from modelfleet_operator.core.manifests import (
     validated,
     version_labels,
 )
+from modelfleet_operator.core.policy import custom_trainer_command
 from modelfleet_operator.core.timestamps import parse_time, rfc3339
 
 LABEL_ROLE = f"{crd.GROUP}/role"
@@ -303,11 +304,13 @@ def build_job(
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "File",
     }
-    if retraining.image is None:
+    # Only an image of allowed-trainer-images runs its own code (its command, else its entrypoint):
+    # the trainer's report decides promotion. Every other image runs the runtime's own trainer.
+    custom = custom_trainer_command(spec, config)
+    if not custom:
         container["command"] = list(TRAIN_COMMAND)
     elif retraining.command:
         container["command"] = list(retraining.command)
-    # else: the custom image's own entrypoint.
     job_spec: dict[str, Any] = {
         "backoffLimit": JOB_BACKOFF_LIMIT,
         "ttlSecondsAfterFinished": JOB_TTL_SECONDS,
@@ -330,7 +333,7 @@ def build_job(
             },
         },
     }
-    if retraining.image is None:
+    if not custom:
         job_spec["podFailurePolicy"] = {
             "rules": [
                 {

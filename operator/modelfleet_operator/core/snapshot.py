@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelfleet_operator.config import OperatorConfig
-from modelfleet_operator.core import manifests, ownership, status
+from modelfleet_operator.core import manifests, ownership, policy, status
 from modelfleet_operator.core.model_objects import shared_kinds
 from modelfleet_operator.core.rollout import Counts
 from modelfleet_operator.core.traffic import Scale
@@ -28,6 +28,9 @@ class ModelSnapshot:
     name, whoever owns them; `shared`: the live objects named like the model, by kind (the
     operator's cache holds what it labelled, and what a GET found that it did not).
     `pods`: the model's pods that are not terminating, with their labels.
+    `consumable_secrets`: the names of the namespace's Secrets that carry the opt-in label.
+    `served`: the optional kinds of shared objects the cluster serves (GRPCRoute), as discovered
+    when the operator started.
     """
 
     namespace: str
@@ -39,6 +42,9 @@ class ModelSnapshot:
     pdbs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     shared: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     pods: Sequence[Mapping[str, Any]] = ()
+    # Names of the namespace's Secrets that carry the consumable-secret-label (only those may be named).
+    consumable_secrets: frozenset[str] = frozenset()
+    served: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -205,6 +211,8 @@ def versions_of(snapshot: ModelSnapshot, config: OperatorConfig) -> list[Version
             failure = rejected
         if failure is None and name in dups:
             failure = ownership.duplicate_error(dups[name], snapshot.model)
+        if failure is None and spec is not None:
+            failure = policy.secret_problem(spec, snapshot.consumable_secrets, config)
         if failure is None:
             failure = model_conflict or _version_conflict(snapshot, mv)
         pods = [] if spec is None or failure else _pods_of(snapshot, spec.version)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 HEADER_VERSION = "x-model-version"
 SERVICE_PORT = 80
+# The Open Inference Protocol gRPC port of the Services, the same number as the runtime's --grpc-port.
+GRPC_SERVICE_PORT = 8081
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,7 @@ def apportion(weights: Mapping[str, int], total: int = 100) -> dict[str, int]:
 
 
 __all__ = [
+    "GRPC_SERVICE_PORT",
     "HEADER_VERSION",
     "SERVICE_PORT",
     "Scale",

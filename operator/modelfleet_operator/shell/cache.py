@@ -2,7 +2,7 @@
 
 kopf lists and watches ModelVersions and, with a server-side label selector on
 `app.kubernetes.io/managed-by=modelfleet-operator`, the objects the operator
-creates (Deployments, Services, HPAs, PDBs, Pods, Jobs, HTTPRoutes). Its index
+creates (Deployments, Services, HPAs, PDBs, Pods, Jobs, HTTPRoutes, GRPCRoutes). Its index
 handlers, which kopf calls for every object before it lets any other handler
 run, put each object here (`observe`); its event handlers take the deleted ones
 out (`forget`) and say which models to reconcile (`models_of`). A reconcile
@@ -15,6 +15,10 @@ of one object only grow, and the API servers the operator meets write them as
 numbers). Objects another party owns are not watched; a GET that found one
 before a create is remembered (`remember_foreign`) and looked at again every
 `FOREIGN_TTL_SECONDS` by the reconciles of the model that wants the name.
+
+Secrets are watched only with the server-side selector of `consumable-secret-label`,
+and only their names and labels are kept (`observe_consumable_secret`): the
+snapshot says which names a ModelVersion may reference.
 """
 
 from __future__ import annotations
@@ -154,7 +158,10 @@ class Cache:
         if model:
             keys.add((namespace, model))
         # A shared object named like a version of another model, or the reverse (ownership conflicts).
-        if kind in (k8s.SERVICES, k8s.HTTPROUTES) and (namespace, name) in self._by_model[k8s.MODELVERSIONS]:
+        if (
+            kind in (k8s.SERVICES, k8s.HTTPROUTES, k8s.GRPCROUTES, k8s.NETWORKPOLICIES)
+            and (namespace, name) in self._by_model[k8s.MODELVERSIONS]
+        ):
             keys.add((namespace, name))
         namesake = self._objects[k8s.MODELVERSIONS].get((namespace, name))
         if namesake is not None and kind != k8s.MODELVERSIONS:
@@ -168,9 +175,12 @@ class Cache:
             keys.update(by_model)
         return keys
 
-    def snapshot(self, namespace: str, model: str, shared: Iterable[Kind] = ()) -> ModelSnapshot:
+    def snapshot(
+        self, namespace: str, model: str, shared: Iterable[Kind] = (), served: frozenset[str] = frozenset()
+    ) -> ModelSnapshot:
         """Everything one reconcile of the model reads, in one consistent view; `shared`: the kinds of
-        the model's shared objects (looked up by the model's name)."""
+        the model's shared objects (looked up by the model's name); `served`: the optional kinds the
+        cluster serves."""
         versions = self.of_model(k8s.MODELVERSIONS, namespace, model)
         names = [str(_meta(v)["name"]) for v in versions]
 
@@ -187,7 +197,23 @@ class Cache:
             pdbs=named(k8s.PDBS, names),
             shared={k8s.KIND_NAMES[kind]: obj for kind in shared if (obj := self.get(kind, namespace, model))},
             pods=[p for p in self.of_model(k8s.PODS, namespace, model) if not _is_trainer(p)],
+            consumable_secrets=frozenset(name for ns, name in self._objects[k8s.SECRETS] if ns == namespace),
+            served=served,
         )
+
+    def observe_consumable_secret(self, secret: Mapping[str, Any]) -> None:
+        """Keep a Secret that carries the opt-in label: its name and labels, never its data."""
+        meta = _meta(secret)
+        kept = {k: meta.get(k) for k in ("name", "namespace", "uid", "resourceVersion", "labels") if meta.get(k)}
+        self.observe(k8s.SECRETS, {"metadata": kept})
+
+    def models_naming_secret(self, namespace: str, name: str) -> set[ModelKey]:
+        """The models of the namespace with a version that references the Secret `name`."""
+        keys: set[ModelKey] = set()
+        for (ns, _), mv in self._objects[k8s.MODELVERSIONS].items():
+            if ns == namespace and name in referenced_secret_names(mv):
+                keys.add((ns, str((mv.get("spec") or {}).get("model"))))
+        return keys
 
     def jobs(self, namespace: str, model: str) -> list[dict[str, Any]]:
         return self.of_model(k8s.JOBS, namespace, model)
@@ -201,6 +227,17 @@ class Cache:
 
     def count(self, kind: Kind) -> int:
         return len(self._objects[kind])
+
+
+def referenced_secret_names(mv: Mapping[str, Any]) -> set[str]:
+    """The Secret names a ModelVersion object references, read loosely (its spec may be invalid)."""
+    spec = mv.get("spec") or {}
+    refs = (
+        ((spec.get("features") or {}).get("redis") or {}).get("passwordSecretRef"),
+        (spec.get("retraining") or {}).get("tokenSecretRef"),
+        spec.get("predictToken"),
+    )
+    return {str(ref["name"]) for ref in refs if isinstance(ref, Mapping) and ref.get("name")}
 
 
 def _is_trainer(pod: Mapping[str, Any]) -> bool:

@@ -60,10 +60,12 @@ PODS = Kind("", "v1", "pods")
 HPAS = Kind("autoscaling", "v2", "horizontalpodautoscalers")
 PDBS = Kind("policy", "v1", "poddisruptionbudgets")
 HTTPROUTES = Kind("gateway.networking.k8s.io", "v1", "httproutes")
+GRPCROUTES = Kind("gateway.networking.k8s.io", "v1", "grpcroutes")
 JOBS = Kind("batch", "v1", "jobs")
 SECRETS = Kind("", "v1", "secrets")
 EVENTS = Kind("", "v1", "events")
 ENDPOINTSLICES = Kind("discovery.k8s.io", "v1", "endpointslices")
+NETWORKPOLICIES = Kind("networking.k8s.io", "v1", "networkpolicies")
 
 _BY_MANIFEST: dict[tuple[str, str], Kind] = {
     ("apps/v1", "Deployment"): DEPLOYMENTS,
@@ -72,6 +74,8 @@ _BY_MANIFEST: dict[tuple[str, str], Kind] = {
     ("autoscaling/v2", "HorizontalPodAutoscaler"): HPAS,
     ("policy/v1", "PodDisruptionBudget"): PDBS,
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): HTTPROUTES,
+    ("networking.k8s.io/v1", "NetworkPolicy"): NETWORKPOLICIES,
+    ("gateway.networking.k8s.io/v1", "GRPCRoute"): GRPCROUTES,
     ("batch/v1", "Job"): JOBS,
     ("v1", "Secret"): SECRETS,
     ("v1", "Event"): EVENTS,
@@ -186,6 +190,18 @@ class Kube:
             raise ApiError(0, f"{args[0]} {args[1]} answered with an empty body, not the object")
         return answer
 
+    async def served(self, kind: Kind) -> bool:
+        """Whether the API server serves `kind`, from its discovery document of the kind's group and
+        version (open to every authenticated user; 404 when nobody serves that group version)."""
+        path = f"/apis/{kind.group}/{kind.version}" if kind.group else f"/api/{kind.version}"
+        try:
+            found = await self._request("GET", path)
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return any(r.get("name") == kind.plural for r in (found or {}).get("resources") or [])
+
     async def get(
         self, kind: Kind, namespace: str | None, name: str, subresource: str | None = None
     ) -> dict[str, Any] | None:
@@ -289,11 +305,13 @@ __all__ = [
     "ENDPOINTSLICES",
     "EVENTS",
     "FIELD_MANAGER",
+    "GRPCROUTES",
     "HPAS",
     "HTTPROUTES",
     "JOBS",
     "KIND_NAMES",
     "MODELVERSIONS",
+    "NETWORKPOLICIES",
     "PDBS",
     "PODS",
     "SECRETS",

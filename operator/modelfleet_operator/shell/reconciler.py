@@ -72,6 +72,8 @@ class ModelReconciler:
         names = set(shared_kinds(config))
         self.shared = [kind for kind, name in k8s.KIND_NAMES.items() if name in names and kind != k8s.MODELVERSIONS]
         self._analysed: dict[ModelKey, float] = {}
+        # The optional shared kinds the cluster serves (`handlers.discover`, before the first reconcile).
+        self.served: frozenset[str] = frozenset()
 
     async def reconcile(self, key: ModelKey) -> float | None:
         """Reconcile one model; returns when to look again without an event (None: at the resync)."""
@@ -93,7 +95,7 @@ class ModelReconciler:
     async def _reconcile(self, key: ModelKey) -> float | None:
         namespace, model = key
         await self._look_again_at_foreign(namespace, model)
-        snapshot = self.cache.snapshot(namespace, model, self.shared)
+        snapshot = self.cache.snapshot(namespace, model, self.shared, self.served)
         if not snapshot.versions:
             self._analysed.pop(key, None)
             return None  # the model is gone; the garbage collector removes what it owned

@@ -119,6 +119,7 @@ BUILTIN_RESOURCES: tuple[ResourceType, ...] = (
     ResourceType("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", subresources=("status",)),
     ResourceType("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", subresources=("status",)),
     ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice"),
+    ResourceType("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
     ResourceType("coordination.k8s.io", "v1", "leases", "Lease"),
     ResourceType("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute", subresources=("status",)),
     ResourceType("gateway.networking.k8s.io", "v1", "gateways", "Gateway", subresources=("status",)),
