@@ -752,14 +752,20 @@ class EndpointSliceController(PollingController):
                 with contextlib.suppress(ApiError):
                     await self.client.create("discovery.k8s.io", "v1", "endpointslices", namespace, desired)
             elif (existing.get("endpoints"), existing.get("ports")) != (desired["endpoints"], desired["ports"]):
-                await self.client.merge_patch(
-                    "discovery.k8s.io",
-                    "v1",
-                    "endpointslices",
-                    namespace,
-                    slice_name,
-                    {"endpoints": desired["endpoints"], "ports": desired["ports"]},
-                )
+                try:
+                    await self.client.merge_patch(
+                        "discovery.k8s.io",
+                        "v1",
+                        "endpointslices",
+                        namespace,
+                        slice_name,
+                        {"endpoints": desired["endpoints"], "ports": desired["ports"]},
+                    )
+                except ApiError as exc:
+                    # Its Service was deleted since the read, and the garbage collector took the slice
+                    # with it (as kube-controller-manager's EndpointSlice controller, try again next pass).
+                    if exc.status != 404:
+                        raise
 
 
 def _port_by_name(pod: Mapping[str, Any], port_name: str) -> int:
