@@ -235,7 +235,8 @@ class CapacitySampler:
     cluster: Cluster
     router: Router
     model: str
-    interval: float = 0.05
+    # Dense enough to see a transition the event-driven operator finishes in a fraction of a second.
+    interval: float = 0.01
     samples: int = 0
     violations: list[tuple[float, dict[str, float], dict[str, int]]] = field(default_factory=list)
 
