@@ -23,16 +23,14 @@ from __future__ import annotations
 
 import decimal
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from modelfleet_operator.core import drift
+
 # The runtime's bound on --workers (modelfleet_runtime.settings.MAX_WORKERS).
 MAX_WORKERS = 128
-_QUANTITY = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(.*)$")
-_DECIMAL_SUFFIXES = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
-_BINARY_SUFFIXES = {"Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40, "Pi": 50, "Ei": 60}
 
 
 class BadQuantity(ValueError):
@@ -40,22 +38,14 @@ class BadQuantity(ValueError):
 
 
 def quantity(value: Any) -> decimal.Decimal:
-    """A Kubernetes resource quantity as an exact decimal number ("1500m" -> 1.5, "1Ki" -> 1024)."""
-    text = str(value).strip()
-    match = _QUANTITY.match(text)
-    if match is None:
+    """A Kubernetes resource quantity as an exact decimal number ("1500m" -> 1.5, "1Ki" -> 1024).
+
+    The same reading as drift's (which compares the quantities the API server canonicalises).
+    """
+    parsed = drift.quantity(value)
+    if parsed is None:
         raise BadQuantity(f"{value!r} is not a resource quantity")
-    number, suffix = decimal.Decimal(match.group(1)), match.group(2)
-    if suffix in _DECIMAL_SUFFIXES:
-        return number.scaleb(_DECIMAL_SUFFIXES[suffix])
-    if suffix in _BINARY_SUFFIXES:
-        return number * decimal.Decimal(2 ** _BINARY_SUFFIXES[suffix])
-    if suffix[:1] in ("e", "E"):
-        try:
-            return number.scaleb(int(suffix[1:]))
-        except ValueError:
-            pass
-    raise BadQuantity(f"{value!r} is not a resource quantity (unknown suffix {suffix!r})")
+    return parsed
 
 
 def cpu_request(resources: Mapping[str, Any]) -> decimal.Decimal | None:
