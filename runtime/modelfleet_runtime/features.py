@@ -115,7 +115,6 @@ class FeatureStore:
         self._cache: TTLCache[str, np.ndarray] = TTLCache(maxsize=cache_size, ttl=cache_ttl, timer=clock)
         # Entities the store did not have -> what to answer, until miss_ttl passes.
         self._misses: TTLCache[str, str] = TTLCache(maxsize=cache_size, ttl=miss_ttl, timer=clock)
-        self._metrics.cache_entries.set_function(lambda: len(self._cache))
         self._where = _describe(url)
 
         pool_kwargs: dict[str, Any] = {
@@ -229,6 +228,8 @@ class FeatureStore:
                     waiting[entity_id] = self._future_for(entity_id)
             self._metrics.cache_hits.inc(hits)
             self._metrics.cache_misses.inc(len(entity_ids) - hits)
+            # Set, not read at scrape time: a pod's workers report through files (multiprocess mode).
+            self._metrics.cache_entries.set(len(self._cache))
             if waiting:
                 # asyncio.wait leaves the shared futures alone if this caller is cancelled.
                 await asyncio.wait(waiting.values())
@@ -307,6 +308,7 @@ class FeatureStore:
                     self._settle(entity_id, problem)
                 else:
                     self._cache[entity_id] = vector
+                    self._metrics.cache_entries.set(len(self._cache))
                     self._settle(entity_id, vector)
         finally:
             # Cancelled by close(), or a bug: no caller may wait forever. No await separates

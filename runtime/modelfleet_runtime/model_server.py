@@ -101,7 +101,7 @@ class ModelServer:
                 self._fail(f"the feedback volume {self.settings.volume_dir} cannot be used: {exc}")
                 return
             self.volume = volume
-            volume.predictions.register_metrics(self.metrics.registry)
+            volume.predictions.register_metrics(self.metrics.registry, self.metrics.model, self.metrics.version)
             self.prediction_log = volume.predictions
         self._load_task = asyncio.get_running_loop().create_task(self._load(), name="modelfleet-load")
 

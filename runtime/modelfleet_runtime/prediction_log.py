@@ -57,9 +57,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from .durable import atomic_write
 from .segments import (
@@ -290,6 +288,7 @@ class PredictionLog:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._metrics: _LogMetrics | None = None
         # Plain integers, read by the metrics collector.
         self.dropped_buffer = 0
         self.dropped_full = 0  # the volume's quota leaves no room for predictions
@@ -299,8 +298,14 @@ class PredictionLog:
         self.groups = 0
         self.errors = 0
 
-    def register_metrics(self, registry: CollectorRegistry) -> None:
-        registry.register(_LogMetrics(self))
+    def register_metrics(self, registry: CollectorRegistry, model: str = "model", version: str = "1") -> None:
+        """The log's metrics in `registry`, labelled with the served model, kept current by the log's thread."""
+        self._metrics = _LogMetrics(self, registry, (model, version))
+        self._metrics.push()
+
+    def _push_metrics(self) -> None:
+        if self._metrics is not None:
+            self._metrics.push()
 
     @property
     def queued_bytes(self) -> int:
@@ -403,6 +408,7 @@ class PredictionLog:
             self._sleeping = False
             self._wake.clear()
             self._housekeeping()
+            self._push_metrics()  # what was counted without a write (predictions answered without an id)
         with self._lock, self._account(0):  # close() set _closing first: no write follows this seal
             try:
                 self._appender.seal()
@@ -425,6 +431,7 @@ class PredictionLog:
                 os.close(fd)
         self._synced_bytes = written
         self.accepting = self._room() and not self._closing
+        self._push_metrics()
 
     def _housekeeping(self) -> None:
         """Seal a segment older than max_segment_age (so retention can delete it) and re-read the quota."""
@@ -452,34 +459,56 @@ class PredictionLog:
                 log.error("the prediction log did not finish writing within %gs", timeout)
 
 
-class _LogMetrics(Collector):
-    """The log's counters, read at scrape time from plain integers (the predict path takes no lock)."""
+class _LogMetrics:
+    """The log's counters as metrics, pushed from the log's own thread (the predict path only adds to
+    plain integers and takes no lock). Pushed, not read at scrape time: a pod's workers report through
+    prometheus-client's multiprocess files, which only metrics that were set or increased reach."""
 
-    def __init__(self, log: PredictionLog) -> None:
+    def __init__(self, log: PredictionLog, registry: CollectorRegistry, labels: tuple[str, str]) -> None:
         self.log = log
-
-    def collect(self) -> Iterator[Metric]:
-        p = self.log
-        yield CounterMetricFamily(
-            "modelfleet_prediction_log_records", "predictions written to this process's prediction log", value=p.records
-        )
-        dropped = CounterMetricFamily(
+        names = ["model", "version"]
+        self.records = Counter(
+            "modelfleet_prediction_log_records", "predictions written to the prediction log", names, registry=registry
+        ).labels(*labels)
+        self.bytes = Counter(
+            "modelfleet_prediction_log_bytes", "bytes written to the prediction log", names, registry=registry
+        ).labels(*labels)
+        dropped = Counter(
             "modelfleet_prediction_log_dropped",
             "predictions answered without a request_id: the write buffer or the volume's quota was full, "
             "or the write failed",
-            labels=["reason"],
+            [*names, "reason"],
+            registry=registry,
         )
-        for reason, value in (("buffer", p.dropped_buffer), ("quota", p.dropped_full), ("error", p.dropped_error)):
-            dropped.add_metric([reason], value)
-        yield dropped
-        yield CounterMetricFamily(
-            "modelfleet_prediction_log_bytes", "bytes this process wrote to its prediction log", value=p.bytes
-        )
-        yield GaugeMetricFamily(
+        self.dropped = {reason: dropped.labels(*labels, reason) for reason in ("buffer", "quota", "error")}
+        self.queued = Gauge(
             "modelfleet_prediction_log_queued_bytes",
             "bytes of predictions written to the log but not yet synced to disk",
-            value=p.queued_bytes,
-        )
+            names,
+            registry=registry,
+            multiprocess_mode="livesum",  # each worker has its own log
+        ).labels(*labels)
+        self._pushed: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def push(self) -> None:
+        """Add what the log counted since the last push; set the bytes waiting for their sync."""
+        p = self.log
+        now = {
+            "records": p.records,
+            "bytes": p.bytes,
+            "buffer": p.dropped_buffer,
+            "quota": p.dropped_full,
+            "error": p.dropped_error,
+        }
+        with self._lock:
+            for key, value in now.items():
+                delta = value - self._pushed.get(key, 0)
+                if delta > 0:
+                    counter = self.records if key == "records" else self.bytes if key == "bytes" else self.dropped[key]
+                    counter.inc(delta)
+                self._pushed[key] = value
+            self.queued.set(p.queued_bytes)
 
 
 def _encode(entries: list[Entry]) -> bytes:

@@ -136,6 +136,7 @@ async def test_cache_hit_never_touches_the_store(redis_url, make_store):
     assert sample(store, "modelfleet_feature_cache_misses_total") == 1
     assert sample(store, "modelfleet_feature_lookups_total") == 3
     assert sample(store, "modelfleet_feature_lookup_seconds_count") == 2
+    assert sample(store, "modelfleet_feature_cache_entries") == 1  # set as it changes, so workers' files hold it
 
 
 async def test_ttl_expiry_refreshes_from_the_store(redis_url, make_store, clock):

@@ -106,3 +106,29 @@ async def test_a_worker_that_dies_is_restarted_and_the_pod_is_not_ready_meanwhil
     # The dead worker's counts stay in the pod's counters: they never go down.
     assert predictions(text) == 10.0
     assert samples(text)[("modelfleet_worker_restarts_total", (("model", "model"), ("version", "1")))] == 1.0
+
+
+async def test_the_prediction_logs_of_every_worker_add_up_in_the_pods_metrics(tmp_path: Path) -> None:
+    env = pod_env(build_mlp(tmp_path / "mlp.onnx"), MODELFLEET_FEEDBACK_DIR=str(tmp_path / "feedback"))
+    listener = listening_socket(reuse_port=True)
+    labels = (("model", "model"), ("version", "1"))
+    try:
+        async with RuntimeProcess(env, tmp_path, listener=listener) as runtime:
+            answers = await asyncio.gather(
+                *(fresh(runtime, "POST", "/predict", json={"features": FEATURES}) for _ in range(40))
+            )
+            assert [a.status_code for a in answers] == [200] * 40 and all("request_id" in a.json() for a in answers)
+            writers = {a.json()["request_id"].rsplit("-", 1)[0] for a in answers}
+
+            async def logged() -> bool:
+                text = (await fresh(runtime, "GET", "/metrics")).text
+                return samples(text).get(("modelfleet_prediction_log_records_total", labels)) == 40.0
+
+            # Pushed by each worker's log thread after its sync: every worker's records, from any worker.
+            await wait_for(logged, timeout=30, message="the pod's metrics to count all 40 logged predictions")
+            texts = [(await fresh(runtime, "GET", "/metrics")).text for _ in range(8)]
+    finally:
+        listener.close()
+    assert len(writers) == 2, writers  # both workers logged predictions
+    assert {samples(t)[("modelfleet_prediction_log_records_total", labels)] for t in texts} == {40.0}
+    assert {samples(t)[("modelfleet_prediction_log_queued_bytes", labels)] for t in texts} == {0.0}
