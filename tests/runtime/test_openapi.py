@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
+import schemathesis.specs.openapi.schemas  # at collection, not lazily mid-suite (see CHECKS)
 import uvicorn
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
@@ -32,6 +33,9 @@ from tests.support.polling import wait_until
 from tests.support.protocol_models import build_mixed
 from tests.support.runtime_process import listening_socket
 
+# schemathesis.specs.openapi.schemas is imported above, at collection: schemathesis imports it lazily
+# inside from_url, and parsed mid-suite it once met CPython 3.11's "AST constructor recursion depth
+# mismatch" when the garbage collector ran a finalizer during the parse.
 CHECKS = [
     not_a_server_error,
     status_code_conformance,

@@ -28,6 +28,11 @@ from modelfleet_operator.config import OperatorConfig
 from modelfleet_operator.runner import operate
 from tests.support.polling import wait_for
 
+# The loops of killed operators and their tasks, kept for the rest of the session: a killed process
+# runs nothing more, and neither may these. Collected, their coroutines would run cleanup code at
+# whatever moment the garbage collector picks, inside another test (and warn about it).
+_KILLED: list[tuple[asyncio.AbstractEventLoop, set[asyncio.Task[Any]]]] = []
+
 
 class InProcessOperator:
     """`start()`, `stop()` (graceful, like SIGTERM), `kill()` (abrupt, like SIGKILL), `restart()`."""
@@ -68,8 +73,9 @@ class InProcessOperator:
         finally:
             started.set()
             if self._killed:
-                # Never run the loop again: what was pending is dropped mid-flight.
+                # Never run the loop again: what was pending is dropped mid-flight, and never finalised.
                 self._executor.shutdown(wait=False, cancel_futures=True)
+                _KILLED.append((loop, asyncio.all_tasks(loop)))
             else:
                 loop.run_until_complete(loop.shutdown_asyncgens())
                 loop.run_until_complete(loop.shutdown_default_executor())
