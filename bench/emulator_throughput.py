@@ -22,8 +22,9 @@ from typing import Any
 
 import kmock
 
+from tests.integration.harness.client import resource_path
 from tests.integration.harness.emulator import ClusterEmulator
-from tests.integration.harness.rawapi import APPLY, MERGE, RawApi, path_of
+from tests.integration.harness.rawapi import APPLY, MERGE, RawApi
 
 DEPLOYMENTS = ("apps", "v1", "deployments")
 
@@ -81,10 +82,10 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             await api.call("POST", "/api/v1/namespaces", {"metadata": {"name": "ml"}})
             for i in range(args.objects):
                 await emulator.write_local("POST", *DEPLOYMENTS, "ml", None, deployment(f"d{i}"))
-            collection = path_of(*DEPLOYMENTS, "ml")
+            collection = resource_path(*DEPLOYMENTS, "ml")
 
             async def get(i: int) -> int:
-                return (await api.call("GET", path_of(*DEPLOYMENTS, "ml", f"d{i % args.objects}")))[0]
+                return (await api.call("GET", resource_path(*DEPLOYMENTS, "ml", f"d{i % args.objects}")))[0]
 
             async def list_all(i: int) -> int:
                 return (await api.call("GET", collection))[0]
@@ -96,12 +97,12 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             async def apply_same(i: int) -> int:
                 name = f"d{i % args.objects}"
                 body = deployment(name)
-                return (await api.apply(path_of(*DEPLOYMENTS, "ml", name), body, "bench"))[0]
+                return (await api.apply(resource_path(*DEPLOYMENTS, "ml", name), body, "bench"))[0]
 
             async def apply_change(i: int) -> int:
                 name = f"d{i % args.objects}"
                 body = deployment(name, replicas=1 + i % 3)
-                path = path_of(*DEPLOYMENTS, "ml", name)
+                path = resource_path(*DEPLOYMENTS, "ml", name)
                 return (
                     await api.call(
                         "PATCH", path, body, content_type=APPLY, params={"fieldManager": "bench", "force": "true"}
@@ -109,7 +110,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 )[0]
 
             async def patch_status(i: int) -> int:
-                path = path_of(*DEPLOYMENTS, "ml", f"d{i % args.objects}", "status")
+                path = resource_path(*DEPLOYMENTS, "ml", f"d{i % args.objects}", "status")
                 return (await api.call("PATCH", path, {"status": {"observedGeneration": i}}, content_type=MERGE))[0]
 
             for name, call in (
@@ -146,7 +147,7 @@ async def watch_rate(api: RawApi, collection: str, args: argparse.Namespace) -> 
     started = time.monotonic()
     writes = 0
     while time.monotonic() - started < args.seconds:
-        path = path_of(*DEPLOYMENTS, "ml", f"d{writes % args.objects}", "status")
+        path = resource_path(*DEPLOYMENTS, "ml", f"d{writes % args.objects}", "status")
         await api.call("PATCH", path, {"status": {"replicas": writes}}, content_type=MERGE)
         writes += 1
     elapsed = time.monotonic() - started

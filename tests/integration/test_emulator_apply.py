@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.integration.harness.client import resource_path
 from tests.integration.harness.cluster import Cluster
-from tests.integration.harness.rawapi import APPLY, JSON_PATCH, MERGE, STRATEGIC, RawApi, path_of
+from tests.integration.harness.rawapi import APPLY, JSON_PATCH, MERGE, STRATEGIC, RawApi
 
 DEPLOYMENTS = ("apps", "v1", "deployments")
 SERVICES = ("", "v1", "services")
@@ -50,7 +51,7 @@ def deployment(**spec: Any) -> dict[str, Any]:
     }
 
 
-WEB = path_of(*DEPLOYMENTS, "ml", "web")
+WEB = resource_path(*DEPLOYMENTS, "ml", "web")
 
 
 def entry(obj: dict[str, Any], manager: str, operation: str = "Apply") -> dict[str, Any] | None:
@@ -200,13 +201,13 @@ async def test_service_ports_are_keyed_by_port_and_protocol(api: RawApi) -> None
         "metadata": {"name": "fraud"},
         "spec": {"selector": {"app": "fraud"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
     }
-    status, created = await api.apply(path_of(*SERVICES, "ml", "fraud"), svc, "modelfleet")
+    status, created = await api.apply(resource_path(*SERVICES, "ml", "fraud"), svc, "modelfleet")
     assert status == 201, created
     ports = created["metadata"]["managedFields"][0]["fieldsV1"]["f:spec"]["f:ports"]
     assert list(ports) == ['k:{"port":80,"protocol":"TCP"}']  # the defaulted protocol is part of the key
     grpc = copy.deepcopy(svc)
     grpc["spec"] = {"ports": [{"name": "grpc", "port": 81, "targetPort": 8081}]}
-    _, both = await api.apply(path_of(*SERVICES, "ml", "fraud"), grpc, "grpc-addon")
+    _, both = await api.apply(resource_path(*SERVICES, "ml", "fraud"), grpc, "grpc-addon")
     assert [p["name"] for p in both["spec"]["ports"]] == ["http", "grpc"]
 
 
@@ -229,7 +230,7 @@ async def test_the_status_subresource_applies_only_the_status(api: RawApi, clust
     _, main = await api.apply(WEB, {**deployment(replicas=2), "status": {"replicas": 7}}, "modelfleet")
     assert main["status"]["replicas"] == 2
     nothing = {**status_config, "metadata": {"name": "nothing"}}
-    status, _ = await api.apply(path_of(*DEPLOYMENTS, "ml", "nothing", "status"), nothing, "kubelet")
+    status, _ = await api.apply(resource_path(*DEPLOYMENTS, "ml", "nothing", "status"), nothing, "kubelet")
     assert status == 404
 
 
@@ -240,7 +241,7 @@ async def test_a_custom_resource_merges_by_its_crd_schema(api: RawApi) -> None:
         "metadata": {"name": "fraud-v1"},
         "spec": {"model": "fraud", "version": "1", "source": {"uri": "https://models.example.com/m.onnx"}},
     }
-    path = path_of(*MV, "ml", "fraud-v1")
+    path = resource_path(*MV, "ml", "fraud-v1")
     status, created = await api.apply(path, mv, "user")
     assert status == 201, created
 
@@ -268,7 +269,7 @@ async def test_apply_takes_yaml_and_checks_what_it_is_given(api: RawApi) -> None
     assert status == 422 and "force" in body["message"]
     status, _ = await api.apply(WEB, {**deployment(), "kind": "StatefulSet"}, "kubectl")
     assert status == 400
-    status, _ = await api.apply(path_of(*DEPLOYMENTS, "ml", "other"), deployment(), "kubectl")
+    status, _ = await api.apply(resource_path(*DEPLOYMENTS, "ml", "other"), deployment(), "kubectl")
     assert status == 400  # the name in the body is not the name in the URL
     stale = deployment()
     stale["metadata"]["resourceVersion"] = "1"

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
+from tests.integration.harness.client import resource_path
 from tests.integration.harness.cluster import Cluster
 from tests.integration.harness.quantities import QuantityError, canonical
-from tests.integration.harness.rawapi import MERGE, RawApi, path_of
+from tests.integration.harness.rawapi import MERGE, RawApi
 
 DEPLOYMENTS = ("apps", "v1", "deployments")
 
@@ -32,7 +33,7 @@ async def api(cluster: Cluster) -> AsyncIterator[RawApi]:
 
 
 async def create(api: RawApi, resource: tuple[str, str, str], obj: dict[str, Any]) -> dict[str, Any]:
-    status, body = await api.call("POST", path_of(*resource, "ml"), obj)
+    status, body = await api.call("POST", resource_path(*resource, "ml"), obj)
     assert status == 201, body
     return body
 
@@ -156,7 +157,7 @@ async def test_a_service_gets_its_defaults_and_keeps_its_allocated_address(api: 
     replaced = copy.deepcopy(stored)
     for key in ("clusterIP", "clusterIPs"):
         replaced["spec"].pop(key)
-    status, body = await api.call("PUT", path_of("", "v1", "services", "ml", "fraud"), replaced)
+    status, body = await api.call("PUT", resource_path("", "v1", "services", "ml", "fraud"), replaced)
     assert status == 200 and body["spec"]["clusterIP"] == spec["clusterIP"]
 
 
@@ -231,7 +232,7 @@ async def test_a_custom_resource_gets_its_schema_defaults_and_loses_fields_its_s
     assert spec["replicas"] == 1 and spec["traffic"] == 100
     assert spec["batching"] == {"maxBatchSize": 32, "maxLatencyMs": 100, "maxQueue": 1024}
     # Status written through /status is pruned by the schema too, except where unknown fields are kept.
-    path = path_of("serving.modelfleet.dev", "v1alpha1", "modelversions", "ml", "fraud-v1", "status")
+    path = resource_path("serving.modelfleet.dev", "v1alpha1", "modelversions", "ml", "fraud-v1", "status")
     status, body = await api.call(
         "PATCH", path, {"status": {"phase": "Ready", "madeUp": 1, "kopf": {"progress": {"x": 1}}}}, content_type=MERGE
     )
@@ -240,12 +241,12 @@ async def test_a_custom_resource_gets_its_schema_defaults_and_loses_fields_its_s
 
 
 async def test_a_malformed_quantity_answers_422(api: RawApi) -> None:
-    status, body = await api.call("POST", path_of(*DEPLOYMENTS, "ml"), web(resources={"limits": {"cpu": "lots"}}))
+    status, body = await api.call("POST", resource_path(*DEPLOYMENTS, "ml"), web(resources={"limits": {"cpu": "lots"}}))
     assert status == 422 and "resources.limits.cpu" in body["message"]
 
 
 async def test_a_namespace_gets_its_name_label_and_finalizer(api: RawApi) -> None:
-    status, body = await api.call("POST", path_of("", "v1", "namespaces"), {"metadata": {"name": "team-a"}})
+    status, body = await api.call("POST", resource_path("", "v1", "namespaces"), {"metadata": {"name": "team-a"}})
     assert status == 201, body
     assert body["metadata"]["labels"] == {"kubernetes.io/metadata.name": "team-a"}
     assert body["spec"] == {"finalizers": ["kubernetes"]} and body["status"] == {"phase": "Active"}

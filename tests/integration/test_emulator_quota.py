@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
+from tests.integration.harness.client import resource_path
 from tests.integration.harness.cluster import Cluster
-from tests.integration.harness.rawapi import MERGE, RawApi, path_of
+from tests.integration.harness.rawapi import MERGE, RawApi
 
 PODS = ("", "v1", "pods")
 QUOTAS = ("", "v1", "resourcequotas")
@@ -24,7 +25,7 @@ async def api(cluster: Cluster) -> AsyncIterator[RawApi]:
     async with RawApi(cluster.url) as raw:
         status, body = await raw.call(
             "POST",
-            path_of(*QUOTAS, "ml"),
+            resource_path(*QUOTAS, "ml"),
             {"metadata": {"name": "compute"}, "spec": {"hard": {"pods": "2", "requests.cpu": "1"}}},
         )
         assert status == 201, body
@@ -38,9 +39,9 @@ def pod(name: str, cpu: str | None = "500m") -> dict[str, Any]:
 
 async def test_a_pod_beyond_the_quota_is_forbidden_until_one_goes(api: RawApi, cluster: Cluster) -> None:
     for name in ("a", "b"):
-        status, body = await api.call("POST", path_of(*PODS, "ml"), pod(name))
+        status, body = await api.call("POST", resource_path(*PODS, "ml"), pod(name))
         assert status == 201, body
-    status, body = await api.call("POST", path_of(*PODS, "ml"), pod("c", "100m"))
+    status, body = await api.call("POST", resource_path(*PODS, "ml"), pod("c", "100m"))
     assert status == 403 and body["reason"] == "Forbidden"
     assert body["message"] == (
         'pods "c" is forbidden: exceeded quota: compute, requested: pods=1,requests.cpu=100m, '
@@ -50,23 +51,23 @@ async def test_a_pod_beyond_the_quota_is_forbidden_until_one_goes(api: RawApi, c
         "hard": {"pods": "2", "requests.cpu": "1"},
         "used": {"pods": "2", "requests.cpu": "1"},
     }
-    await api.call("DELETE", path_of(*PODS, "ml", "a"))
-    status, body = await api.call("POST", path_of(*PODS, "ml"), pod("c", "100m"))
+    await api.call("DELETE", resource_path(*PODS, "ml", "a"))
+    status, body = await api.call("POST", resource_path(*PODS, "ml"), pod("c", "100m"))
     assert status == 201, body
     assert cluster.get(QUOTAS, "compute")["status"]["used"] == {"pods": "2", "requests.cpu": "600m"}
 
 
 async def test_a_pod_that_does_not_say_what_the_quota_limits_is_forbidden(api: RawApi) -> None:
-    status, body = await api.call("POST", path_of(*PODS, "ml"), pod("a", None))
+    status, body = await api.call("POST", resource_path(*PODS, "ml"), pod("a", None))
     assert status == 403
     assert body["message"] == 'pods "a" is forbidden: failed quota: compute: must specify requests.cpu'
 
 
 async def test_terminal_pods_do_not_count(api: RawApi) -> None:
     for name in ("a", "b"):
-        await api.call("POST", path_of(*PODS, "ml"), pod(name))
-    path = path_of(*PODS, "ml", "a", "status")
+        await api.call("POST", resource_path(*PODS, "ml"), pod(name))
+    path = resource_path(*PODS, "ml", "a", "status")
     status, _ = await api.call("PATCH", path, {"status": {"phase": "Succeeded"}}, content_type=MERGE)
     assert status == 200
-    status, body = await api.call("POST", path_of(*PODS, "ml"), pod("c"))
+    status, body = await api.call("POST", resource_path(*PODS, "ml"), pod("c"))
     assert status == 201, body

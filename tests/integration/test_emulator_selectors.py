@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
+from tests.integration.harness.client import resource_path
 from tests.integration.harness.cluster import Cluster
-from tests.integration.harness.rawapi import MERGE, RawApi, path_of
+from tests.integration.harness.rawapi import MERGE, RawApi
 from tests.integration.harness.selectors import SelectorError, parse_label_selector
 
 CONFIGMAPS = ("", "v1", "configmaps")
@@ -25,20 +26,20 @@ CONFIGMAPS = ("", "v1", "configmaps")
 @pytest.fixture
 async def api(cluster: Cluster) -> AsyncIterator[RawApi]:
     async with RawApi(cluster.url) as raw:
-        await raw.call("POST", path_of("", "v1", "namespaces"), {"metadata": {"name": "other"}})
+        await raw.call("POST", resource_path("", "v1", "namespaces"), {"metadata": {"name": "other"}})
         yield raw
 
 
 async def make(api: RawApi, name: str, labels: dict[str, str], namespace: str = "ml") -> dict[str, Any]:
     status, body = await api.call(
-        "POST", path_of(*CONFIGMAPS, namespace), {"metadata": {"name": name, "labels": labels}}
+        "POST", resource_path(*CONFIGMAPS, namespace), {"metadata": {"name": name, "labels": labels}}
     )
     assert status == 201, body
     return body
 
 
 async def names(api: RawApi, namespace: str | None = "ml", **params: str) -> list[str]:
-    status, body = await api.call("GET", path_of(*CONFIGMAPS, namespace), params=params)
+    status, body = await api.call("GET", resource_path(*CONFIGMAPS, namespace), params=params)
     assert status == 200, body
     return [item["metadata"]["name"] for item in body["items"]]
 
@@ -80,12 +81,12 @@ def test_a_selector_that_does_not_parse_is_an_error_not_a_match_everything(bad: 
 
 
 async def test_a_bad_selector_answers_400_on_list_and_on_watch(api: RawApi) -> None:
-    status, body = await api.call("GET", path_of(*CONFIGMAPS, "ml"), params={"labelSelector": "app in fraud"})
+    status, body = await api.call("GET", resource_path(*CONFIGMAPS, "ml"), params={"labelSelector": "app in fraud"})
     assert status == 400 and body["reason"] == "BadRequest"
-    status, body = await api.call("GET", path_of(*CONFIGMAPS, "ml"), params={"fieldSelector": "spec.x=1"})
+    status, body = await api.call("GET", resource_path(*CONFIGMAPS, "ml"), params={"fieldSelector": "spec.x=1"})
     assert status == 400 and "field label not supported" in body["message"]
     status, body = await api.call(
-        "GET", path_of(*CONFIGMAPS, "ml"), params={"watch": "true", "labelSelector": "a in ("}
+        "GET", resource_path(*CONFIGMAPS, "ml"), params={"watch": "true", "labelSelector": "a in ("}
     )
     assert status == 400
 
@@ -103,40 +104,46 @@ async def test_field_selectors_select_by_name_and_namespace(api: RawApi) -> None
 async def test_pagination_serves_one_consistent_snapshot(api: RawApi) -> None:
     for name in "edcba":
         await make(api, name, {})
-    status, first = await api.call("GET", path_of(*CONFIGMAPS, "ml"), params={"limit": "2"})
+    status, first = await api.call("GET", resource_path(*CONFIGMAPS, "ml"), params={"limit": "2"})
     assert status == 200 and [i["metadata"]["name"] for i in first["items"]] == ["a", "b"]
     assert first["metadata"]["remainingItemCount"] == 3
     # A change between pages is not seen: the pages are one list at one resourceVersion.
     await make(api, "aa", {})
-    await api.call("DELETE", path_of(*CONFIGMAPS, "ml", "e"))
+    await api.call("DELETE", resource_path(*CONFIGMAPS, "ml", "e"))
     token = first["metadata"]["continue"]
-    _, second = await api.call("GET", path_of(*CONFIGMAPS, "ml"), params={"limit": "2", "continue": token})
+    _, second = await api.call("GET", resource_path(*CONFIGMAPS, "ml"), params={"limit": "2", "continue": token})
     _, third = await api.call(
-        "GET", path_of(*CONFIGMAPS, "ml"), params={"limit": "2", "continue": second["metadata"]["continue"]}
+        "GET", resource_path(*CONFIGMAPS, "ml"), params={"limit": "2", "continue": second["metadata"]["continue"]}
     )
     assert [i["metadata"]["name"] for i in second["items"] + third["items"]] == ["c", "d", "e"]
     assert "continue" not in third["metadata"]
     assert second["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
-    status, body = await api.call("GET", path_of(*CONFIGMAPS, "ml"), params={"continue": "garbage"})
+    status, body = await api.call("GET", resource_path(*CONFIGMAPS, "ml"), params={"continue": "garbage"})
     assert status == 400, body
 
 
 async def test_a_watch_with_a_selector_sees_objects_enter_and_leave_the_selection(api: RawApi) -> None:
     await make(api, "in", {"app": "fraud"})
     await make(api, "out", {"app": "churn"})
-    async with api.watch(path_of(*CONFIGMAPS, "ml"), {"labelSelector": "app=fraud"}) as stream:
+    async with api.watch(resource_path(*CONFIGMAPS, "ml"), {"labelSelector": "app=fraud"}) as stream:
         assert stream.status == 200
         first = await stream.next()
         assert (first["type"], first["object"]["metadata"]["name"]) == ("ADDED", "in")
 
         # An object that starts matching arrives as ADDED, one that stops as DELETED.
         await api.call(
-            "PATCH", path_of(*CONFIGMAPS, "ml", "out"), {"metadata": {"labels": {"app": "fraud"}}}, content_type=MERGE
+            "PATCH",
+            resource_path(*CONFIGMAPS, "ml", "out"),
+            {"metadata": {"labels": {"app": "fraud"}}},
+            content_type=MERGE,
         )
         event = await stream.next()
         assert (event["type"], event["object"]["metadata"]["name"]) == ("ADDED", "out")
         _, left = await api.call(
-            "PATCH", path_of(*CONFIGMAPS, "ml", "in"), {"metadata": {"labels": {"app": "churn"}}}, content_type=MERGE
+            "PATCH",
+            resource_path(*CONFIGMAPS, "ml", "in"),
+            {"metadata": {"labels": {"app": "churn"}}},
+            content_type=MERGE,
         )
         event = await stream.next()
         assert (event["type"], event["object"]["metadata"]["name"]) == ("DELETED", "in")
@@ -145,7 +152,7 @@ async def test_a_watch_with_a_selector_sees_objects_enter_and_leave_the_selectio
         assert event["object"]["metadata"]["resourceVersion"] == left["metadata"]["resourceVersion"]
 
         # Changes outside the selection are not seen: the next event is the next matching one.
-        await api.call("PATCH", path_of(*CONFIGMAPS, "ml", "in"), {"data": {"x": "1"}}, content_type=MERGE)
+        await api.call("PATCH", resource_path(*CONFIGMAPS, "ml", "in"), {"data": {"x": "1"}}, content_type=MERGE)
         await make(api, "late", {"app": "churn"})
         await make(api, "sentinel", {"app": "fraud"})
         event = await stream.next()
@@ -155,10 +162,10 @@ async def test_a_watch_with_a_selector_sees_objects_enter_and_leave_the_selectio
 async def test_a_watch_resumed_from_a_resource_version_replays_every_event_after_it(api: RawApi) -> None:
     created = await make(api, "a", {})
     await make(api, "b", {})
-    await api.call("PATCH", path_of(*CONFIGMAPS, "ml", "a"), {"data": {"x": "1"}}, content_type=MERGE)
-    await api.call("DELETE", path_of(*CONFIGMAPS, "ml", "b"))
+    await api.call("PATCH", resource_path(*CONFIGMAPS, "ml", "a"), {"data": {"x": "1"}}, content_type=MERGE)
+    await api.call("DELETE", resource_path(*CONFIGMAPS, "ml", "b"))
     params = {"resourceVersion": created["metadata"]["resourceVersion"]}
-    async with api.watch(path_of(*CONFIGMAPS, "ml"), params) as stream:
+    async with api.watch(resource_path(*CONFIGMAPS, "ml"), params) as stream:
         seen = [await stream.next() for _ in range(3)]
     # A deletion while the client was away is replayed too (kopf would otherwise never see it).
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in seen] == [
@@ -177,7 +184,7 @@ async def test_a_watch_from_a_resource_version_no_longer_kept_answers_410_expire
     for name in "bcd":
         await make(api, name, {})
     async with api.watch(
-        path_of(*CONFIGMAPS, "ml"), {"resourceVersion": first["metadata"]["resourceVersion"]}
+        resource_path(*CONFIGMAPS, "ml"), {"resourceVersion": first["metadata"]["resourceVersion"]}
     ) as stream:
         event = await stream.next()
     assert event["type"] == "ERROR" and event["object"]["code"] == 410
@@ -186,7 +193,7 @@ async def test_a_watch_from_a_resource_version_no_longer_kept_answers_410_expire
 async def test_initial_events_end_with_a_bookmark_when_asked_for(api: RawApi) -> None:
     await make(api, "a", {})
     params = {"sendInitialEvents": "true", "resourceVersionMatch": "NotOlderThan", "allowWatchBookmarks": "true"}
-    async with api.watch(path_of(*CONFIGMAPS, "ml"), params) as stream:
+    async with api.watch(resource_path(*CONFIGMAPS, "ml"), params) as stream:
         added, bookmark = await stream.next(), await stream.next()
     assert added["type"] == "ADDED" and added["object"]["metadata"]["name"] == "a"
     assert bookmark["type"] == "BOOKMARK"

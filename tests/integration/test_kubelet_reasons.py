@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
+from tests.integration.harness.client import resource_path
 from tests.integration.harness.cluster import DEPLOYMENTS, PODS, Cluster
 from tests.integration.harness.kubelet import DeploymentController, runtime_image_pullable
-from tests.integration.harness.rawapi import RawApi, path_of
+from tests.integration.harness.rawapi import RawApi
 from tests.support.polling import wait_for
 
 RUNTIME = "ghcr.io/modelfleet/runtime:0.1.0"
@@ -85,7 +86,7 @@ def test_only_the_runtime_image_can_be_pulled() -> None:
 async def test_an_image_the_harness_cannot_pull_waits_in_image_pull_back_off(
     cluster: Cluster, api: RawApi, kubelet: DeploymentController
 ) -> None:
-    await api.call("POST", path_of(*DEPLOYMENTS, "ml"), deployment("web", "docker.io/library/nginx:1.27"))
+    await api.call("POST", resource_path(*DEPLOYMENTS, "ml"), deployment("web", "docker.io/library/nginx:1.27"))
     await wait_for(
         lambda: container_state(cluster).get("state", {}).get("waiting", {}).get("reason") == "ImagePullBackOff",
         timeout=10,
@@ -103,7 +104,7 @@ async def test_a_process_that_keeps_exiting_is_in_crash_loop_back_off_with_its_l
     cluster: Cluster, api: RawApi, kubelet: DeploymentController
 ) -> None:
     crash = [sys.executable, "-c", "import sys; print('model file is corrupt'); sys.exit(3)"]
-    await api.call("POST", path_of(*DEPLOYMENTS, "ml"), deployment("crash", RUNTIME, command=crash))
+    await api.call("POST", resource_path(*DEPLOYMENTS, "ml"), deployment("crash", RUNTIME, command=crash))
 
     def crash_looping() -> bool:
         status = container_state(cluster)
@@ -121,7 +122,7 @@ async def test_a_process_that_keeps_exiting_is_in_crash_loop_back_off_with_its_l
 async def test_a_rollout_that_does_not_progress_in_time_exceeds_its_progress_deadline(
     cluster: Cluster, api: RawApi, kubelet: DeploymentController, clock: Clock
 ) -> None:
-    await api.call("POST", path_of(*DEPLOYMENTS, "ml"), deployment("stuck", "docker.io/library/nginx:1.27"))
+    await api.call("POST", resource_path(*DEPLOYMENTS, "ml"), deployment("stuck", "docker.io/library/nginx:1.27"))
     await wait_for(lambda: condition(cluster, "stuck", "Progressing"), timeout=10, message="Progressing")
     assert condition(cluster, "stuck", "Progressing")["reason"] == "ReplicaSetUpdated"
     clock.now += 61  # past spec.progressDeadlineSeconds since the last progress
@@ -138,17 +139,19 @@ async def test_a_quota_that_forbids_pods_is_a_replica_failure(
 ) -> None:
     await api.call(
         "POST",
-        path_of("", "v1", "resourcequotas", "ml"),
+        resource_path("", "v1", "resourcequotas", "ml"),
         {"metadata": {"name": "two"}, "spec": {"hard": {"pods": "1"}}},
     )
-    await api.call("POST", path_of(*DEPLOYMENTS, "ml"), deployment("wide", "docker.io/library/nginx:1.27", replicas=2))
+    await api.call(
+        "POST", resource_path(*DEPLOYMENTS, "ml"), deployment("wide", "docker.io/library/nginx:1.27", replicas=2)
+    )
     await wait_for(lambda: condition(cluster, "wide", "ReplicaFailure"), timeout=10, message="ReplicaFailure")
     failure = condition(cluster, "wide", "ReplicaFailure")
     assert failure["status"] == "True" and failure["reason"] == "FailedCreate"
     assert failure["message"].startswith('pods "wide-') and "exceeded quota: two" in failure["message"]
     assert len(kubelet.pods_of("ml", "wide")) == 1
     # Room again: the next retry creates the pod and the failure goes.
-    await api.call("DELETE", path_of("", "v1", "resourcequotas", "ml", "two"))
+    await api.call("DELETE", resource_path("", "v1", "resourcequotas", "ml", "two"))
     clock.now += 2
     await wait_for(lambda: not condition(cluster, "wide", "ReplicaFailure"), timeout=10, message="no failure")
     assert len(kubelet.pods_of("ml", "wide")) == 2

@@ -20,9 +20,10 @@ import aiohttp
 import aiohttp.web
 import pytest
 
+from tests.integration.harness.client import resource_path
 from tests.integration.harness.cluster import Cluster
 from tests.integration.harness.gateway import GatewayRef, HttpRequest, NoRoute, decide, hostname_matches
-from tests.integration.harness.rawapi import RawApi, path_of
+from tests.integration.harness.rawapi import RawApi
 from tests.integration.harness.router import Gateway, Router
 
 ROUTES = ("gateway.networking.k8s.io", "v1", "httproutes")
@@ -218,7 +219,7 @@ class Backends:
     async def add(self, namespace: str, name: str, *, ready: bool = True) -> None:
         port = await self.stack.enter_async_context(backend(f"{namespace}/{name}"))
         svc = {"metadata": {"name": name}, "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 80}]}}
-        status, body = await self.api.call("POST", path_of("", "v1", "services", namespace), svc)
+        status, body = await self.api.call("POST", resource_path("", "v1", "services", namespace), svc)
         assert status == 201, body
         eps = {
             "metadata": {"name": f"{name}-x", "labels": {"kubernetes.io/service-name": name}},
@@ -226,19 +227,21 @@ class Backends:
             "ports": [{"name": "http", "port": port}],
             "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": ready}}],
         }
-        status, body = await self.api.call("POST", path_of("discovery.k8s.io", "v1", "endpointslices", namespace), eps)
+        status, body = await self.api.call(
+            "POST", resource_path("discovery.k8s.io", "v1", "endpointslices", namespace), eps
+        )
         assert status == 201, body
 
     async def route(self, manifest: dict[str, Any]) -> None:
         namespace = manifest["metadata"]["namespace"]
-        status, body = await self.api.call("POST", path_of(*ROUTES, namespace), manifest)
+        status, body = await self.api.call("POST", resource_path(*ROUTES, namespace), manifest)
         assert status == 201, body
 
 
 @pytest.fixture
 async def backends(cluster: Cluster) -> AsyncIterator[Backends]:
     async with RawApi(cluster.url) as api, contextlib.AsyncExitStack() as stack:
-        await api.call("POST", path_of("", "v1", "namespaces"), {"metadata": {"name": "team"}})
+        await api.call("POST", resource_path("", "v1", "namespaces"), {"metadata": {"name": "team"}})
         yield Backends(api, stack)
 
 

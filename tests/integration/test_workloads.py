@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
+from tests.integration.harness.client import resource_path
 from tests.integration.harness.cluster import Cluster
-from tests.integration.harness.rawapi import MERGE, RawApi, path_of
+from tests.integration.harness.rawapi import MERGE, RawApi
 from tests.integration.harness.workloads import SimulatedWorkloads
 from tests.support.polling import wait_for
 
@@ -61,7 +62,7 @@ def ready_addresses(cluster: Cluster, service: str) -> list[str]:
 async def test_a_deployment_becomes_available_and_follows_its_scale(
     cluster: Cluster, workloads: SimulatedWorkloads, api: RawApi
 ) -> None:
-    await api.call("POST", path_of(*DEPLOYMENTS, "ml"), deployment("fraud-v1", 2))
+    await api.call("POST", resource_path(*DEPLOYMENTS, "ml"), deployment("fraud-v1", 2))
     await wait_for(lambda: status(cluster, "fraud-v1").get("availableReplicas") == 2, timeout=10, message="2 available")
     dep = cluster.get(DEPLOYMENTS, "fraud-v1")
     assert status(cluster, "fraud-v1")["observedGeneration"] == dep["metadata"]["generation"]
@@ -70,9 +71,13 @@ async def test_a_deployment_becomes_available_and_follows_its_scale(
     assert all(p["status"]["podIP"].startswith("127.") for p in pods)
     assert all(p["metadata"]["ownerReferences"][0]["uid"] == dep["metadata"]["uid"] for p in pods)
 
-    await api.call("PATCH", path_of(*DEPLOYMENTS, "ml", "fraud-v1"), {"spec": {"replicas": 3}}, content_type=MERGE)
+    await api.call(
+        "PATCH", resource_path(*DEPLOYMENTS, "ml", "fraud-v1"), {"spec": {"replicas": 3}}, content_type=MERGE
+    )
     await wait_for(lambda: status(cluster, "fraud-v1").get("readyReplicas") == 3, timeout=10, message="3 ready")
-    await api.call("PATCH", path_of(*DEPLOYMENTS, "ml", "fraud-v1"), {"spec": {"replicas": 0}}, content_type=MERGE)
+    await api.call(
+        "PATCH", resource_path(*DEPLOYMENTS, "ml", "fraud-v1"), {"spec": {"replicas": 0}}, content_type=MERGE
+    )
     await wait_for(lambda: not cluster.list(("", "v1", "pods")), timeout=10, message="no pods at 0 replicas")
     assert status(cluster, "fraud-v1")["replicas"] == 0
 
@@ -85,12 +90,12 @@ async def test_a_service_gets_the_ready_addresses_of_the_pods_its_selector_selec
         manifest = deployment(name, replicas)
         if name.startswith("churn"):
             manifest["spec"]["template"]["metadata"]["labels"]["model"] = "churn"
-        await api.call("POST", path_of(*DEPLOYMENTS, "ml"), manifest)
+        await api.call("POST", resource_path(*DEPLOYMENTS, "ml"), manifest)
     svc = {
         "metadata": {"name": "fraud"},
         "spec": {"selector": {"model": "fraud"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
     }
-    await api.call("POST", path_of(*SERVICES, "ml"), svc)
+    await api.call("POST", resource_path(*SERVICES, "ml"), svc)
     fraud_v1 = lambda: sorted(p.address for p in workloads.pods_of("ml", "fraud-v1"))  # noqa: E731
     await wait_for(lambda: len(ready_addresses(cluster, "fraud")) == 2, timeout=10, message="fraud-v1's two pods")
     assert ready_addresses(cluster, "fraud") == fraud_v1()  # the held canary is selected but not ready
@@ -105,11 +110,11 @@ async def test_a_service_gets_the_ready_addresses_of_the_pods_its_selector_selec
 async def test_a_template_change_replaces_the_pods(
     cluster: Cluster, workloads: SimulatedWorkloads, api: RawApi
 ) -> None:
-    await api.call("POST", path_of(*DEPLOYMENTS, "ml"), deployment("fraud-v1", 2))
+    await api.call("POST", resource_path(*DEPLOYMENTS, "ml"), deployment("fraud-v1", 2))
     await wait_for(lambda: status(cluster, "fraud-v1").get("availableReplicas") == 2, timeout=10, message="available")
     before = {p.name for p in workloads.pods_of("ml", "fraud-v1")}
     patch = {"spec": {"template": {"spec": {"containers": [{"name": "runtime", "image": "runtime:2"}]}}}}
-    await api.call("PATCH", path_of(*DEPLOYMENTS, "ml", "fraud-v1"), patch, content_type=MERGE)
+    await api.call("PATCH", resource_path(*DEPLOYMENTS, "ml", "fraud-v1"), patch, content_type=MERGE)
     await wait_for(
         lambda: (
             status(cluster, "fraud-v1").get("updatedReplicas") == 2 and status(cluster, "fraud-v1").get("replicas") == 2
@@ -160,9 +165,9 @@ def condition(cluster: Cluster, name: str, kind: str) -> dict[str, Any] | None:
 
 async def test_a_quota_that_forbids_more_pods_is_a_replica_failure(cluster: Cluster, api: RawApi) -> None:
     quota = {"metadata": {"name": "pods"}, "spec": {"hard": {"pods": "1"}}}
-    await api.call("POST", path_of("", "v1", "resourcequotas", "ml"), quota)
+    await api.call("POST", resource_path("", "v1", "resourcequotas", "ml"), quota)
     async with SimulatedWorkloads(cluster.emulator) as workloads:
-        await api.call("POST", path_of(*DEPLOYMENTS, "ml"), deployment("fraud-v1", 2))
+        await api.call("POST", resource_path(*DEPLOYMENTS, "ml"), deployment("fraud-v1", 2))
         await wait_for(
             lambda: condition(cluster, "fraud-v1", "ReplicaFailure"), timeout=10, message="a ReplicaFailure condition"
         )
@@ -174,7 +179,7 @@ async def test_a_quota_that_forbids_more_pods_is_a_replica_failure(cluster: Clus
         # The quota grows: the controller's retry creates the pod and the failure goes.
         await api.call(
             "PATCH",
-            path_of("", "v1", "resourcequotas", "ml", "pods"),
+            resource_path("", "v1", "resourcequotas", "ml", "pods"),
             {"spec": {"hard": {"pods": "5"}}},
             content_type=MERGE,
         )
@@ -195,7 +200,7 @@ async def test_a_deployment_that_does_not_progress_in_time_exceeds_its_deadline(
         workloads.hold("ml", "fraud-v1")
         manifest = deployment("fraud-v1", 1)
         manifest["spec"]["progressDeadlineSeconds"] = 60
-        await api.call("POST", path_of(*DEPLOYMENTS, "ml"), manifest)
+        await api.call("POST", resource_path(*DEPLOYMENTS, "ml"), manifest)
         await wait_for(lambda: condition(cluster, "fraud-v1", "Progressing"), timeout=10, message="Progressing")
         assert condition(cluster, "fraud-v1", "Progressing")["reason"] == "ReplicaSetUpdated"
         clock.now += 61
@@ -211,7 +216,7 @@ async def test_a_deployment_that_does_not_progress_in_time_exceeds_its_deadline(
 
 async def test_an_image_that_cannot_be_pulled_leaves_its_pods_waiting(cluster: Cluster, api: RawApi) -> None:
     async with SimulatedWorkloads(cluster.emulator, pullable=lambda image: image.startswith("runtime:")) as workloads:
-        await api.call("POST", path_of(*DEPLOYMENTS, "ml"), deployment("fraud-v1", 1, image="elsewhere.io/x:1"))
+        await api.call("POST", resource_path(*DEPLOYMENTS, "ml"), deployment("fraud-v1", 1, image="elsewhere.io/x:1"))
 
         def waiting() -> str | None:
             pods = cluster.list(("", "v1", "pods"))

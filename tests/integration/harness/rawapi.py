@@ -25,25 +25,6 @@ JSON_PATCH = "application/json-patch+json"
 STRATEGIC = "application/strategic-merge-patch+json"
 
 
-def path_of(
-    group: str,
-    version: str,
-    plural: str,
-    namespace: str | None = None,
-    name: str | None = None,
-    subresource: str | None = None,
-) -> str:
-    base = f"/apis/{group}/{version}" if group else f"/api/{version}"
-    if namespace:
-        base += f"/namespaces/{namespace}"
-    base += f"/{plural}"
-    if name:
-        base += f"/{name}"
-    if subresource:
-        base += f"/{subresource}"
-    return base
-
-
 class RawApi:
     """`await api.call("PATCH", path, body, content_type=APPLY, params={...})` -> (status, body)."""
 
@@ -113,4 +94,4 @@ class Watch:
                 return event
 
 
-__all__ = ["APPLY", "JSON_PATCH", "MERGE", "STRATEGIC", "RawApi", "Watch", "path_of"]
+__all__ = ["APPLY", "JSON_PATCH", "MERGE", "STRATEGIC", "RawApi", "Watch"]
