@@ -418,6 +418,17 @@ def runtime_container(name: str, spec: ModelVersionSpec, config: OperatorConfig,
 # --- the objects of one version -----------------------------------------------
 
 
+def pod_security_context() -> dict[str, Any]:
+    """The pod-level side of those defaults (the fixed non-root UID, its group owning the volumes)."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUNTIME_UID,
+        "runAsGroup": RUNTIME_UID,
+        "fsGroup": RUNTIME_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
 def container_security_context() -> dict[str, Any]:
     """The hardened container defaults of DESIGN.md section 9, shared by runtime and trainer pods."""
     return {
@@ -458,13 +469,7 @@ def build_deployment(mv: Mapping[str, Any], config: OperatorConfig, scale: Scale
                 "automountServiceAccountToken": False,
                 "enableServiceLinks": False,
                 "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
-                "securityContext": {
-                    "runAsNonRoot": True,
-                    "runAsUser": RUNTIME_UID,
-                    "runAsGroup": RUNTIME_UID,
-                    "fsGroup": RUNTIME_UID,
-                    "seccompProfile": {"type": "RuntimeDefault"},
-                },
+                "securityContext": pod_security_context(),
                 "containers": [runtime_container(name, spec, config, parts)],
                 "volumes": parts.volumes,
             },
